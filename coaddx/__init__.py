@@ -1,0 +1,62 @@
+"""coaddx: deep astronomical coadds with the LSST algorithms on dask, xarray and Zarr."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import runtime as _runtime  # noqa: F401  (registers the coaddx dask config defaults)
+from .assemble import assemble
+from .config import AssembleConfig, InterpConfig, from_lsst_config
+from .errors import (
+    CoaddxError,
+    ConfigError,
+    InputError,
+    MaskPlaneError,
+    SchemaError,
+    StoreError,
+)
+from .io.zarr import (
+    IncompleteStoreWarning,
+    WarpStore,
+    check_store,
+    open_coadd,
+    open_warps,
+    write_coadd,
+    write_warps,
+)
+from .masks import mask_planes
+from .skymap import Box, Patch, Tract
+
+__all__ = [
+    "AssembleConfig",
+    "Box",
+    "CoaddxError",
+    "ConfigError",
+    "IncompleteStoreWarning",
+    "InputError",
+    "InterpConfig",
+    "MaskPlaneError",
+    "Patch",
+    "SchemaError",
+    "StoreError",
+    "Tract",
+    "WarpStore",
+    "__version__",
+    "assemble",
+    "check_store",
+    "from_lsst_config",
+    "mask_planes",
+    "open_coadd",
+    "open_warps",
+    "simulate",
+    "write_coadd",
+    "write_warps",
+]
+
+
+def __getattr__(name: str):  # lazy: the simulator pulls in rendering code
+    if name == "simulate":
+        from .simulate import simulate
+
+        return simulate
+    raise AttributeError(f"module 'coaddx' has no attribute {name!r}")

@@ -1,0 +1,187 @@
+"""The ``coaddx`` command line: simulate, assemble, demo. Argument parsing only; the science
+lives in the library."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask
+
+from . import __version__
+from .errors import CoaddxError
+
+__all__ = ["main"]
+
+
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("execution")
+    g.add_argument("--scheduler", metavar="ADDRESS",
+                   help="use an existing dask scheduler (tcp://host:8786) instead of a LocalCluster")
+    g.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: 1 "
+                   "threaded worker; see coaddx.local-cluster)")
+    g.add_argument("--threads", type=int, default=None, help="threads per LocalCluster worker "
+                   "(default: one per core)")
+    g.add_argument("--processes", action="store_true", help="LocalCluster with process workers")
+    g.add_argument("--memory-per-task", metavar="BYTES",
+                   help="memory budget of one stacking task, e.g. 512MiB (coaddx.memory-per-task)")
+    g.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="coaddx", description="Deep astronomical coadds with the LSST algorithms on dask.")
+    parser.add_argument("--version", action="version", version=f"coaddx {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("simulate", help="simulate a multi-visit data set with ground truth",
+                       description="Write a simulated patch: warp store, calexp FITS files and truth.")
+    p.add_argument("out", type=Path, help="output directory")
+    _add_sim_args(p)
+
+    p = sub.add_parser("assemble", help="stack a warp store into a coadd (AssembleCoadd)",
+                       description="Stack the warps of a patch store into a coadd Zarr store.")
+    p.add_argument("warps", type=Path, help="warp store (patch .zarr)")
+    p.add_argument("out", type=Path, help="output coadd store (.zarr)")
+    _add_assemble_args(p)
+    _add_runtime(p)
+
+    p = sub.add_parser("demo", help="simulate, stack and show a coadd end to end",
+                       description="Simulate a data set, stack it (3-sigma MEANCLIP), write the "
+                       "coadd, a quick-look PNG beside the plain per-visit mean, and a summary.")
+    p.add_argument("out", type=Path, nargs="?", default=Path("coaddx-demo"),
+                   help="output directory (default: ./coaddx-demo)")
+    _add_sim_args(p, visits=16, size=1024)
+    _add_runtime(p)
+    return parser
+
+
+def _add_sim_args(p: argparse.ArgumentParser, visits: int = 16, size: int = 1024) -> None:
+    p.add_argument("--visits", type=int, default=visits, help=f"number of visits (default {visits})")
+    p.add_argument("--size", type=int, default=size, help=f"patch side in pixels (default {size})")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--psf", choices=("moffat", "gaussian"), default="moffat")
+    p.add_argument("--no-calexps", action="store_true", help="do not write calexp FITS files")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def _add_assemble_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--statistic", choices=("meanclip", "mean", "median"), default="meanclip")
+    p.add_argument("--sigma-clip", type=float, default=3.0)
+    p.add_argument("--clip-iter", type=int, default=2)
+    p.add_argument("--bad-mask-planes", default="NO_DATA,BAD,SAT,EDGE",
+                   help="comma-separated planes that reject an input pixel")
+    p.add_argument("--no-interp", action="store_true", help="do not interpolate over NO_DATA")
+    p.add_argument("--subregion-size", type=int, default=None,
+                   help="fixed subregion side (default: planned from the memory budget)")
+    p.add_argument("--warp-type", choices=("direct", "psf_matched"), default="direct")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing coadd store")
+
+
+@contextlib.contextmanager
+def _client(args: argparse.Namespace) -> Iterator[Any]:
+    from .cluster import connect, local
+
+    if args.scheduler:
+        client = connect(args.scheduler)
+    else:
+        client = local(args.workers, args.threads, processes=True if args.processes else None)
+    print(f"dask dashboard: {client.dashboard_link}")
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster = getattr(client, "cluster", None)
+        if cluster is not None and not args.scheduler:
+            cluster.close()
+
+
+def _config(args: argparse.Namespace):
+    from .config import AssembleConfig
+
+    return AssembleConfig(
+        statistic=args.statistic, sigma_clip=args.sigma_clip, clip_iter=args.clip_iter,
+        bad_mask_planes=tuple(p for p in args.bad_mask_planes.split(",") if p),
+        interp=None if args.no_interp else AssembleConfig().interp,
+        subregion_size=args.subregion_size)
+
+
+def _write_coadd(client: Any, coadd: Any, out: Path, *, overwrite: bool, progress: bool) -> None:
+    from .cluster import compute_with_progress
+    from .io.zarr import write_coadd
+
+    if out.exists() and not overwrite:
+        raise CoaddxError(f"{out} exists; pass --overwrite to replace it")
+    write_coadd(coadd, out, overwrite=overwrite,
+                compute=lambda delayed: compute_with_progress(client, delayed, show=progress))
+
+
+def _summary(rows: Sequence[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import simulate
+
+    t0 = time.perf_counter()
+    sim = simulate(args.out, n_visits=args.visits, shape=(args.size, args.size), seed=args.seed,
+                   psf=args.psf, calexps=not args.no_calexps, overwrite=args.overwrite)
+    print(f"simulated {args.visits} visits of {args.size} x {args.size} in "
+          f"{time.perf_counter() - t0:.1f} s -> {sim.out}")
+    return 0
+
+
+def _cmd_assemble(args: argparse.Namespace) -> int:
+    from .assemble import assemble
+    from .diagnostics import PeakMemory, format_bytes
+    from .io.zarr import open_warps
+
+    config = _config(args)
+    with _client(args) as client, PeakMemory() as mem:
+        warps = open_warps(args.warps, args.warp_type)
+        coadd = assemble(warps, config)
+        t0 = time.perf_counter()
+        _write_coadd(client, coadd, args.out, overwrite=args.overwrite,
+                     progress=not args.no_progress)
+        dt = time.perf_counter() - t0
+    n, ny, nx = (warps.sizes[d] for d in ("visit", "y", "x"))
+    print(_summary([
+        ("inputs", f"{n} visits x {ny} x {nx} ({args.warps})"),
+        ("statistic", f"{config.statistic} (sigma {config.sigma_clip}, {config.clip_iter} iterations)"),
+        ("plan", f"{coadd.attrs['plan']['subregion']} subregions, "
+                 f"{format_bytes(coadd.attrs['plan']['task_bytes'])} planned per task"),
+        ("time", f"{dt:.2f} s ({n * ny * nx / dt / 1e6:.0f} Mpix-visits/s)"),
+        ("peak memory", f"{format_bytes(mem.peak)} (+{format_bytes(mem.added)} during the run)"),
+        ("coadd", str(args.out)),
+    ]))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+COMMANDS = {"simulate": _cmd_simulate, "assemble": _cmd_assemble, "demo": _cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if getattr(args, "memory_per_task", None):
+        dask.config.set({"coaddx.memory-per-task": args.memory_per_task})
+    try:
+        return COMMANDS[args.command](args)
+    except CoaddxError as exc:
+        print(f"coaddx {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Dask graph builders: the only place where kernels are wired into dask.
+
+Stacking runs blockwise: each task holds every visit of one ``S x S`` subregion and returns a
+structured block (image, variance, mask, n_image), so the four coadd planes come from one
+computation. Interpolation over NO_DATA runs on bands of full rows (rows are independent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import dask.array as da
+import numpy as np
+
+from .kernels.interp import interpolate_over_defects
+from .kernels.stack import stack_block
+from .kernels.stats import meanclip_1d
+
+__all__ = ["STACK_DTYPE", "finish_coadd_mask", "interpolate_rows", "stack", "visit_meanclip"]
+
+STACK_DTYPE = np.dtype([("image", "f4"), ("variance", "f4"), ("mask", "i4"), ("n_image", "i4")])
+
+
+def _stack_chunk(image: np.ndarray, variance: np.ndarray, mask: np.ndarray,
+                 weights: np.ndarray, **kwargs: object) -> np.ndarray:
+    value, var, out_mask, n_image = stack_block(image, variance, mask, weights, **kwargs)
+    out = np.empty(value.shape, dtype=STACK_DTYPE)
+    out["image"], out["variance"], out["mask"], out["n_image"] = value, var, out_mask, n_image
+    return out
+
+
+def stack(image: da.Array, variance: da.Array, mask: da.Array, weights: da.Array | np.ndarray,
+          **kernel_kwargs: object) -> da.Array:
+    """Blockwise stack of ``(visit, y, x)`` arrays chunked ``(all visits, S, S)``.
+
+    Returns a ``(y, x)`` dask array of :data:`STACK_DTYPE`. ``weights`` is a ``(visit,)``
+    array (numpy or a one-chunk dask array, computed before the blocks that need it).
+    """
+    if image.numblocks[0] != 1:
+        raise ValueError("stack needs every visit in one chunk along 'visit'")
+    w = da.asarray(weights).rechunk(-1) if isinstance(weights, da.Array) else np.asarray(weights, np.float64)
+    return da.blockwise(
+        _stack_chunk, "yx",
+        image, "vyx", variance, "vyx", mask, "vyx", w, "v",
+        dtype=STACK_DTYPE, concatenate=True, **kernel_kwargs,
+    )
+
+
+def _finish_mask(mask: np.ndarray, variance: np.ndarray, *, inexact_from: int,
+                 inexact_bit: int, edge_bit: int) -> np.ndarray:
+    out = mask.copy()
+    out[(mask & inexact_from) != 0] |= inexact_bit
+    out[variance == 0] |= edge_bit
+    return out
+
+
+def finish_coadd_mask(mask: da.Array, variance: da.Array, *, inexact_from: int,
+                      inexact_bit: int, edge_bit: int) -> da.Array:
+    """setInexactPsf (INEXACT_PSF where SENSOR_EDGE|CLIPPED|REJECTED) and setCoaddEdgeBits
+    (EDGE where the coadd variance is exactly 0)."""
+    return da.map_blocks(_finish_mask, mask, variance, inexact_from=inexact_from,
+                         inexact_bit=inexact_bit, edge_bit=edge_bit, dtype=np.int32)
+
+
+def _fallback_chunk(image: np.ndarray, *, kind: str, user_value: float,
+                    negative_allowed: bool) -> np.ndarray:
+    if kind == "MEDIAN":
+        finite = image[np.isfinite(image)]
+        value = float(np.median(finite)) if finite.size else float("nan")
+    elif kind == "MEAN":
+        finite = image[np.isfinite(image)]
+        value = float(finite.mean()) if finite.size else float("nan")
+    elif kind == "MEANCLIP":
+        value = meanclip_1d(image)
+    else:
+        value = float(user_value)
+    if not negative_allowed and np.isfinite(value):
+        value = max(value, 0.0)
+    return np.asarray(value, dtype=np.float64)
+
+
+def _interp_chunk(image: np.ndarray, variance: np.ndarray, mask: np.ndarray,
+                  fallback: np.ndarray, *, bad_bits: int, intrp_bit: int, transpose: bool,
+                  field: str) -> np.ndarray:
+    img, var, msk = interpolate_over_defects(image, variance, mask, bad_bits=bad_bits,
+                                             intrp_bit=intrp_bit, fallback=float(fallback),
+                                             transpose=transpose)
+    if field == "image":
+        return img
+    if field == "mask":
+        return msk
+    with np.errstate(invalid="ignore"):
+        return np.where(var > 0, var, np.float32(np.inf)).astype(var.dtype, copy=False)
+
+
+def interpolate_rows(image: da.Array, variance: da.Array, mask: da.Array, *, bad_bits: int,
+                     intrp_bit: int, kind: str = "MEDIAN", user_value: float = 0.0,
+                     negative_allowed: bool = False, transpose: bool = False,
+                     band_rows: int | None = None) -> tuple[da.Array, da.Array, da.Array]:
+    """InterpImageTask over ``bad_bits`` of a 2-D coadd, then variance -> +inf where not > 0.
+
+    The fallback is a statistic of the whole image (one small task over the 2-D coadd); rows
+    (columns when ``transpose``) are interpolated in bands of full lines, so the result does
+    not depend on the stacking subregions.
+    """
+    fallback = da.map_blocks(
+        _fallback_chunk, image.rechunk(image.shape), kind=kind, user_value=user_value,
+        negative_allowed=negative_allowed, dtype=np.float64, chunks=(), drop_axis=[0, 1])
+    ny, nx = image.shape
+    if transpose:
+        cols = band_rows or max(1, min(nx, image.chunks[1][0]))
+        line_chunks: tuple[int | Sequence[int], int | Sequence[int]] = (ny, cols)
+    else:
+        rows = band_rows or max(1, min(ny, image.chunks[0][0]))
+        line_chunks = (rows, nx)
+    im, var, msk = (a.rechunk(line_chunks) for a in (image, variance, mask))
+    outs = []
+    for field, dtype in (("image", image.dtype), ("variance", variance.dtype), ("mask", mask.dtype)):
+        outs.append(da.map_blocks(
+            _interp_chunk, im, var, msk, fallback, bad_bits=bad_bits, intrp_bit=intrp_bit,
+            transpose=transpose, field=field, dtype=dtype,
+            name=f"coaddx-interp-{field}"))
+    return outs[0], outs[1], outs[2]
+
+
+def _visit_meanclip_chunk(variance: np.ndarray, mask: np.ndarray, *, bad_mask: int,
+                          sigma_clip: float, clip_iter: int) -> np.ndarray:
+    out = np.empty(variance.shape[0], dtype=np.float64)
+    for i in range(variance.shape[0]):  # loop over visits, each a vectorised reduction
+        good = (mask[i] & bad_mask) == 0
+        out[i] = meanclip_1d(variance[i][good], sigma_clip=sigma_clip, clip_iter=clip_iter)
+    return out
+
+
+def visit_meanclip(variance: da.Array, mask: da.Array, *, bad_mask: int, sigma_clip: float,
+                   clip_iter: int) -> da.Array:
+    """Per-visit MEANCLIP of the variance plane over pixels without ``bad_mask`` bits
+    (prepareInputs). Each task holds whole visit planes, one visit at a time."""
+    ny, nx = variance.shape[1:]
+    v = variance.rechunk((1, ny, nx))
+    m = mask.rechunk((1, ny, nx))
+    return da.blockwise(_visit_meanclip_chunk, "v", v, "vyx", m, "vyx", dtype=np.float64,
+                        concatenate=True, bad_mask=bad_mask, sigma_clip=sigma_clip,
+                        clip_iter=clip_iter)

@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+import xarray as xr
+
+import coaddx
+from coaddx.io.zarr import WarpStore, check_store
+from tests.conftest import make_warps
+
+
+def test_write_open_round_trip_is_lazy_and_exact(tmp_path):
+    ds = make_warps(5, (30, 70), seed=1)
+    ds.attrs["wcs"] = "SIMPLE  =                    T"
+    coaddx.write_warps(ds, tmp_path / "p.zarr")
+    back = coaddx.open_warps(tmp_path / "p.zarr")
+    assert back["image"].dims == ("visit", "y", "x")
+    assert all(hasattr(back[v].data, "dask") for v in ("image", "variance", "mask"))
+    np.testing.assert_array_equal(back["visit"].values, ds["visit"].values)
+    for v in ("image", "variance", "mask"):
+        np.testing.assert_array_equal(back[v].values, ds[v].values)
+    np.testing.assert_allclose(back["psf_fwhm"].values, ds["psf_fwhm"].values)
+    assert back.attrs["mask_planes"] == coaddx.mask_planes()
+    assert back.attrs["wcs"].startswith("SIMPLE")
+    assert back.attrs["provenance"][-1]["operation"] == "write_warps"
+    assert back["mask"].dtype == np.int32 and back["image"].dtype == np.float32
+
+
+def test_append_visits_and_storage_chunks(tmp_path):
+    a, b = make_warps(3, seed=2), make_warps(4, seed=3)
+    b = b.assign_coords(visit=b["visit"] + 10)
+    coaddx.write_warps(a, tmp_path / "p.zarr")
+    coaddx.write_warps(b, tmp_path / "p.zarr")
+    back = coaddx.open_warps(tmp_path / "p.zarr", chunks="storage")
+    assert back.sizes["visit"] == 7
+    assert back["image"].data.chunksize[0] == 1
+    np.testing.assert_array_equal(back["image"].values[3:], b["image"].values)
+    with pytest.raises(coaddx.StoreError, match="already"):
+        coaddx.write_warps(a.isel(visit=[0]), tmp_path / "p.zarr")
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda d: d.drop_vars("variance"), "variance"),
+    (lambda d: d.assign(mask=d["mask"].astype(float)), "integer"),
+    (lambda d: d.drop_attrs(), "mask_planes"),
+    (lambda d: d.assign(image=d["image"].transpose("y", "visit", "x")), "dims"),
+    (lambda d: d.assign_coords(visit=[1, 1, 2]), "duplicate"),
+])
+def test_write_rejects_bad_datasets(tmp_path, mutate, match):
+    ds = mutate(make_warps(3))
+    with pytest.raises(coaddx.SchemaError, match=match):
+        coaddx.write_warps(ds, tmp_path / "p.zarr")
+    assert not (tmp_path / "p.zarr").exists() or not coaddx.check_store(tmp_path / "p.zarr").n_committed
+
+
+def test_append_mismatches_are_refused(tmp_path):
+    coaddx.write_warps(make_warps(2, (20, 20)), tmp_path / "p.zarr")
+    other = make_warps(2, (20, 21), seed=5).assign_coords(visit=[7, 8])
+    with pytest.raises(coaddx.SchemaError, match="holds 20 x 20"):
+        coaddx.write_warps(other, tmp_path / "p.zarr")
+    planes = make_warps(2, (20, 20), seed=5).assign_coords(visit=[7, 8])
+    planes.attrs["mask_planes"] = {"BAD": 0, "NO_DATA": 1}
+    with pytest.raises(coaddx.SchemaError, match="mask planes"):
+        coaddx.write_warps(planes, tmp_path / "p.zarr")
+
+
+def test_nan_variance_is_refused_and_nothing_written(tmp_path):
+    ds = make_warps(2, (10, 10))
+    good = ds.isel(visit=[0])
+    coaddx.write_warps(good, tmp_path / "p.zarr")
+    bad = ds.isel(visit=[1]).copy(deep=True)
+    bad["variance"][0, 3, 4] = np.nan
+    bad["image"][0, 3, 4] = 1.0
+    with pytest.raises(coaddx.InputError, match="NaN or negative variance"):
+        coaddx.write_warps(bad, tmp_path / "p.zarr")
+    assert coaddx.open_warps(tmp_path / "p.zarr").sizes["visit"] == 1
+    assert check_store(tmp_path / "p.zarr").ok
+
+
+def test_missing_empty_and_wrong_stores(tmp_path):
+    with pytest.raises(coaddx.StoreError, match="no warp store"):
+        coaddx.open_warps(tmp_path / "nothing.zarr")
+    WarpStore.create(tmp_path / "e.zarr", shape=(8, 8), mask_planes=coaddx.mask_planes())
+    with pytest.raises(coaddx.StoreError, match="no visits"):
+        coaddx.open_warps(tmp_path / "e.zarr")
+    with pytest.raises(coaddx.StoreError, match="psf_matched"):
+        coaddx.open_warps(tmp_path / "e.zarr", "psf_matched")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "notes.txt").write_text("mine")
+    with pytest.raises(coaddx.StoreError, match="not a Zarr store"):
+        coaddx.write_warps(make_warps(1), tmp_path / "plain")
+    assert (tmp_path / "plain" / "notes.txt").read_text() == "mine"
+
+
+def test_interrupted_append_reads_as_before_and_is_finished_later(tmp_path):
+    ds = make_warps(3, (16, 16), seed=4)
+    coaddx.write_warps(ds.isel(visit=[0, 1]), tmp_path / "p.zarr")
+    store = WarpStore(tmp_path / "p.zarr")
+    index = store._slot(int(ds["visit"][2]))  # reserve, write half the planes, then "crash"
+    store.group["image"][index] = ds["image"].values[2]
+    report = check_store(tmp_path / "p.zarr")
+    assert report.incomplete == (int(ds["visit"][2]),) and report.n_committed == 2
+    with pytest.warns(coaddx.IncompleteStoreWarning, match=str(int(ds["visit"][2]))):
+        back = coaddx.open_warps(tmp_path / "p.zarr")
+    assert back.sizes["visit"] == 2
+    np.testing.assert_array_equal(back["image"].values, ds["image"].values[:2])
+    coaddx.write_warps(ds.isel(visit=[2]), tmp_path / "p.zarr")  # rerun finishes it
+    back = coaddx.open_warps(tmp_path / "p.zarr")
+    assert check_store(tmp_path / "p.zarr").ok and back.sizes["visit"] == 3
+    np.testing.assert_array_equal(back["variance"].values, ds["variance"].values)
+
+
+def test_write_coadd_is_atomic(tmp_path):
+    ds = xr.Dataset({"image": (("y", "x"), np.ones((4, 4), np.float32))})
+    coaddx.write_coadd(ds, tmp_path / "c.zarr")
+    assert coaddx.open_coadd(tmp_path / "c.zarr")["image"].values.sum() == 16
+
+    def boom(_):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        coaddx.write_coadd(ds * 2, tmp_path / "c.zarr", overwrite=True, compute=boom)
+    assert coaddx.open_coadd(tmp_path / "c.zarr")["image"].values.sum() == 16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]
+    with pytest.raises(coaddx.StoreError, match="exists"):
+        coaddx.write_coadd(ds, tmp_path / "c.zarr")
