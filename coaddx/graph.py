@@ -19,6 +19,7 @@ from .kernels.stats import meanclip_1d
 __all__ = ["STACK_DTYPE", "finish_coadd_mask", "interpolate_rows", "stack", "visit_meanclip"]
 
 STACK_DTYPE = np.dtype([("image", "f4"), ("variance", "f4"), ("mask", "i4"), ("n_image", "i4")])
+PLANES_DTYPE = np.dtype([("image", "f4"), ("variance", "f4"), ("mask", "i4")])
 
 
 def _stack_chunk(image: np.ndarray, variance: np.ndarray, mask: np.ndarray,
@@ -80,17 +81,16 @@ def _fallback_chunk(image: np.ndarray, *, kind: str, user_value: float,
 
 
 def _interp_chunk(image: np.ndarray, variance: np.ndarray, mask: np.ndarray,
-                  fallback: np.ndarray, *, bad_bits: int, intrp_bit: int, transpose: bool,
-                  field: str) -> np.ndarray:
+                  fallback: np.ndarray, *, bad_bits: int, intrp_bit: int,
+                  transpose: bool) -> np.ndarray:
     img, var, msk = interpolate_over_defects(image, variance, mask, bad_bits=bad_bits,
                                              intrp_bit=intrp_bit, fallback=float(fallback),
                                              transpose=transpose)
-    if field == "image":
-        return img
-    if field == "mask":
-        return msk
+    out = np.empty(img.shape, dtype=PLANES_DTYPE)
+    out["image"], out["mask"] = img, msk
     with np.errstate(invalid="ignore"):
-        return np.where(var > 0, var, np.float32(np.inf)).astype(var.dtype, copy=False)
+        out["variance"] = np.where(var > 0, var, np.float32(np.inf))
+    return out
 
 
 def interpolate_rows(image: da.Array, variance: da.Array, mask: da.Array, *, bad_bits: int,
@@ -114,13 +114,9 @@ def interpolate_rows(image: da.Array, variance: da.Array, mask: da.Array, *, bad
         rows = band_rows or max(1, min(ny, image.chunks[0][0]))
         line_chunks = (rows, nx)
     im, var, msk = (a.rechunk(line_chunks) for a in (image, variance, mask))
-    outs = []
-    for field, dtype in (("image", image.dtype), ("variance", variance.dtype), ("mask", mask.dtype)):
-        outs.append(da.map_blocks(
-            _interp_chunk, im, var, msk, fallback, bad_bits=bad_bits, intrp_bit=intrp_bit,
-            transpose=transpose, field=field, dtype=dtype,
-            name=f"coaddx-interp-{field}"))
-    return outs[0], outs[1], outs[2]
+    packed = da.map_blocks(_interp_chunk, im, var, msk, fallback, bad_bits=bad_bits,
+                           intrp_bit=intrp_bit, transpose=transpose, dtype=PLANES_DTYPE)
+    return packed["image"], packed["variance"], packed["mask"]
 
 
 def _visit_meanclip_chunk(variance: np.ndarray, mask: np.ndarray, *, bad_mask: int,

@@ -8,7 +8,7 @@ import xarray as xr
 import coaddx
 from coaddx.config import AssembleConfig
 from tests.conftest import make_warps
-from tests.kernels.stack_reference import stack_block as reference_stack
+from tests.kernels.stack_reference import stack_block_reference as reference_stack
 
 P = coaddx.mask_planes()
 BIT = {k: 1 << v for k, v in P.items()}
@@ -62,6 +62,8 @@ def reference_assemble(ds, config):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_assemble_matches_brute_force(statistic, seed):
     ds = make_warps(7, (24, 30), seed=seed)
+    ds["mask"].values[:, 0:2, 0:3] |= BIT["BAD"]  # no good input: NO_DATA replaces the mask
+    ds["mask"].values[:4, 5, 5] |= BIT["SAT"]  # SAT-rejected weight above 10 %: SAT propagates
     config = AssembleConfig(statistic=statistic, interp=None)
     out = coaddx.assemble(ds, config).compute()
     value, var, mask, n_image, weights = reference_assemble(ds, config)
@@ -70,7 +72,10 @@ def test_assemble_matches_brute_force(statistic, seed):
     np.testing.assert_allclose(out["variance"].values, var, rtol=2e-6, atol=1e-9, equal_nan=True)
     np.testing.assert_array_equal(out["mask"].values, mask)
     np.testing.assert_array_equal(out["n_image"].values, n_image)
-    assert (out["mask"].values & BIT["NO_DATA"]).any()  # the data exercise the NO_DATA branch
+    # afw order: NO_DATA replaces the OR mask, then the mask map adds REJECTED (BAD inputs)
+    want = BIT["NO_DATA"] | BIT["REJECTED"] | BIT["INEXACT_PSF"]
+    assert ((out["mask"].values[0:2, 0:3] & want) == want).all()
+    assert out["mask"].values[5, 5] & BIT["SAT"] and out["mask"].values[5, 5] & BIT["REJECTED"]
 
 
 def test_result_independent_of_subregion_and_chunking():
