@@ -25,6 +25,7 @@ from .io.zarr import (
     write_warps,
 )
 from .masks import mask_planes
+from .simulate import Simulation, simulate
 from .skymap import Box, Patch, Tract
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "MaskPlaneError",
     "Patch",
     "SchemaError",
+    "Simulation",
     "StoreError",
     "Tract",
     "WarpStore",
@@ -53,10 +55,3 @@ __all__ = [
     "write_warps",
 ]
 
-
-def __getattr__(name: str):  # lazy: the simulator pulls in rendering code
-    if name == "simulate":
-        from .simulate import simulate
-
-        return simulate
-    raise AttributeError(f"module 'coaddx' has no attribute {name!r}")

@@ -42,7 +42,7 @@ from zarr.codecs import BloscCodec
 
 from .. import __version__
 from ..errors import InputError, SchemaError, StoreError
-from ..kernels.stats import meanclip_1d
+from ..kernels.stats import good_values, meanclip_1d
 from ..masks import bitmask, check_mask_planes
 
 __all__ = [
@@ -124,9 +124,8 @@ def visit_weight_stats(variance: np.ndarray, mask: np.ndarray, mask_planes: Mapp
     out = {}
     for sigma, iters, planes in WEIGHT_STAT_KEYS:
         bad = bitmask(mask_planes, planes, strict=False)
-        good = (mask & bad) == 0
         out[weight_stat_key(sigma, iters, planes)] = meanclip_1d(
-            variance[good], sigma_clip=sigma, clip_iter=iters)
+            good_values(variance, mask, bad), sigma_clip=sigma, clip_iter=iters)
     return out
 
 

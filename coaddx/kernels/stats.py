@@ -2,37 +2,76 @@
 
 from __future__ import annotations
 
+import math
+
+import numba
 import numpy as np
 
-__all__ = ["IQR_TO_SIGMA", "meanclip_1d"]
+__all__ = ["IQR_TO_SIGMA", "good_values", "meanclip_1d"]
 
 IQR_TO_SIGMA = 0.741301109252802
+
+
+@numba.njit(nogil=True, cache=True)
+def _gather(values, mask, bad):  # pragma: no cover - numba
+    out = np.empty(values.size, dtype=np.float64)
+    flat_v, flat_m = values.ravel(), mask.ravel()
+    k = 0
+    for i in range(flat_v.size):
+        v = flat_v[i]
+        if (flat_m[i] & bad) == 0 and math.isfinite(v):
+            out[k] = v
+            k += 1
+    return out[:k]
+
+
+def good_values(values: np.ndarray, mask: np.ndarray, bad_mask: int) -> np.ndarray:
+    """Finite values whose mask has no ``bad_mask`` bit, as a float64 1-D array."""
+    return _gather(np.ascontiguousarray(values), np.ascontiguousarray(mask, dtype=np.int32),
+                   np.int32(bad_mask))
+
+
+@numba.njit(nogil=True, cache=True)
+def _clip_passes(x, center, iqr, sigma, iters):  # pragma: no cover - numba
+    kept_n = x.size
+    var = np.nan
+    for it in range(iters):
+        if it == 0 or kept_n <= 1:
+            half = sigma * IQR_TO_SIGMA * iqr
+        else:
+            half = sigma * math.sqrt(max(0.0, var))
+        total = 0.0
+        k = 0
+        for v in x:
+            if abs(v - center) <= half:
+                total += v
+                k += 1
+        if k == 0:
+            return np.nan
+        mean = total / k
+        ss = 0.0
+        for v in x:
+            if abs(v - center) <= half:
+                ss += (v - mean) * (v - mean)
+        var = ss / (k - 1) if k > 1 else np.nan
+        center = mean
+        kept_n = k
+    return center
 
 
 def meanclip_1d(values: np.ndarray, *, sigma_clip: float = 3.0, clip_iter: int = 2) -> float:
     """Unweighted afw MEANCLIP of the finite entries of ``values`` (any shape).
 
     Iteration 0 clips around the median with half-width ``sigma_clip * 0.7413 * IQR``; later
-    iterations around the previous clipped mean with ``sigma_clip * sqrt(clipped variance)``;
-    each iteration re-selects from the full set (not cumulative) and keeps ``|x - c| <= h``.
+    iterations around the previous clipped mean with ``sigma_clip * sqrt(clipped variance)``
+    (back to the IQR width whenever the previous iteration kept at most one value); each
+    iteration re-selects from the full set (not cumulative) and keeps ``|x - c| <= h``.
     Returns NaN when nothing is kept. This is prepareInputs' ``MEANCLIP(variance plane)``.
     """
     x = np.asarray(values, dtype=np.float64).ravel()
-    x = x[np.isfinite(x)]
-    n = x.size
-    if n == 0:
+    if not np.isfinite(x).all():
+        x = x[np.isfinite(x)]
+    if x.size == 0:
         return float("nan")
     q1, med, q3 = np.percentile(x, [25.0, 50.0, 75.0], method="linear")
-    center, var, kept_n = med, float("nan"), n
-    for it in range(clip_iter):
-        if it == 0 or kept_n <= 1:
-            half = sigma_clip * IQR_TO_SIGMA * (q3 - q1)
-        else:
-            half = sigma_clip * np.sqrt(max(0.0, var))
-        kept = x[np.abs(x - center) <= half]
-        kept_n = kept.size
-        if kept_n == 0:
-            return float("nan")
-        center = float(kept.mean())
-        var = float(kept.var(ddof=1)) if kept_n > 1 else float("nan")
-    return float(center)
+    return float(_clip_passes(x, float(med), float(q3 - q1), float(sigma_clip), int(clip_iter)))
