@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -148,7 +147,12 @@ def visit_weights(warps: xr.Dataset, config: AssembleConfig,
     key = weight_stat_key(config.sigma_clip, config.clip_iter, config.bad_mask_planes)
     if "variance_meanclip" in warps and key in warps["weight_key"].values:
         meanvar = warps["variance_meanclip"].sel(weight_key=key).values
-        return _weights_from_variance(np.asarray(meanvar, dtype=np.float64))
+        w = _weights_from_variance(np.asarray(meanvar, dtype=np.float64))
+        skipped = [int(v) for v, x in zip(warps["visit"].values, w, strict=True) if np.isnan(x)]
+        if skipped:
+            warnings.warn(f"visit(s) {skipped} skipped: MEANCLIP of the variance plane is not "
+                          "finite and positive (no usable pixels)", stacklevel=3)
+        return w
     bad = bitmask(planes, config.bad_mask_planes, strict=False)
     ny, nx = warps.sizes["y"], warps.sizes["x"]
     variance, mask = (_as_dask(warps[v], (1, ny, nx)) for v in ("variance", "mask"))
@@ -273,15 +277,3 @@ def _dataset(out: dict[str, da.Array], weights: np.ndarray | da.Array, warps: xr
         if key in warps.attrs:
             ds.attrs[key] = warps.attrs[key]
     return ds
-
-
-def skipped_visits(coadd: xr.Dataset) -> list[int]:
-    """Visits left out because their weight was not finite (computes the weights)."""
-    w = coadd["weight"].values
-    return [int(v) for v, x in zip(coadd["visit"].values, w, strict=True) if not np.isfinite(x) or x <= 0]
-
-
-def _quiet_compute(*arrays: Any) -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return dask.compute(*arrays)

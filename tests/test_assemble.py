@@ -30,8 +30,7 @@ def reference_meanclip(values, sigma_clip, clip_iter):
         kept = x[np.abs(x - center) <= half]
         center = kept.sum() / len(kept)
         var = ((kept - center) ** 2).sum() / (len(kept) - 1) if len(kept) > 1 else np.nan
-        half = (sigma_clip * np.sqrt(max(0.0, var)) if len(kept) > 1
-                else sigma_clip * 0.741301109252802 * (q(0.75) - q(0.25)))
+        half = sigma_clip * np.sqrt(max(0.0, var)) if n > 1 else half
     return center
 
 

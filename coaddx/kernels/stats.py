@@ -33,11 +33,12 @@ def good_values(values: np.ndarray, mask: np.ndarray, bad_mask: int) -> np.ndarr
 
 @numba.njit(nogil=True, cache=True)
 def _clip_passes(x, center, iqr, sigma, iters):  # pragma: no cover - numba
-    kept_n = x.size
     var = np.nan
     for it in range(iters):
-        if it == 0 or kept_n <= 1:
+        if it == 0 or x.size <= 1:
             half = sigma * IQR_TO_SIGMA * iqr
+        elif math.isnan(var):  # a pass that kept one value: nothing is kept next, as in afw
+            half = np.nan
         else:
             half = sigma * math.sqrt(max(0.0, var))
         total = 0.0
@@ -55,7 +56,6 @@ def _clip_passes(x, center, iqr, sigma, iters):  # pragma: no cover - numba
                 ss += (v - mean) * (v - mean)
         var = ss / (k - 1) if k > 1 else np.nan
         center = mean
-        kept_n = k
     return center
 
 
@@ -64,7 +64,7 @@ def meanclip_1d(values: np.ndarray, *, sigma_clip: float = 3.0, clip_iter: int =
 
     Iteration 0 clips around the median with half-width ``sigma_clip * 0.7413 * IQR``; later
     iterations around the previous clipped mean with ``sigma_clip * sqrt(clipped variance)``
-    (back to the IQR width whenever the previous iteration kept at most one value); each
+    (the IQR width only when there is at most one value at all, as in afw); each
     iteration re-selects from the full set (not cumulative) and keeps ``|x - c| <= h``.
     Returns NaN when nothing is kept. This is prepareInputs' ``MEANCLIP(variance plane)``.
     """

@@ -1,0 +1,1 @@
+"""Pure numpy/numba per-block kernels (no dask, xarray, zarr or IO imports)."""
