@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-
 from pathlib import Path
-
-
 
 from .diagnostics import PeakMemory, Stages, format_bytes
 

@@ -3,8 +3,13 @@ import pytest
 from astropy.coordinates import SkyCoord
 
 import coaddx
-from coaddx.masks import bitmask, check_mask_planes, mask_planes_from_header, merge_mask_planes
-from coaddx.masks import mask_planes_to_header
+from coaddx.masks import (
+    bitmask,
+    check_mask_planes,
+    mask_planes_from_header,
+    mask_planes_to_header,
+    merge_mask_planes,
+)
 from coaddx.plan import plan_stack, task_bytes
 from coaddx.skymap import Box, Tract
 
