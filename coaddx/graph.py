@@ -22,9 +22,22 @@ STACK_DTYPE = np.dtype([("image", "f4"), ("variance", "f4"), ("mask", "i4"), ("n
 PLANES_DTYPE = np.dtype([("image", "f4"), ("variance", "f4"), ("mask", "i4")])
 
 
-def _stack_chunk(image: np.ndarray, variance: np.ndarray, mask: np.ndarray,
-                 weights: np.ndarray, **kwargs: object) -> np.ndarray:
-    value, var, out_mask, n_image = stack_block(image, variance, mask, weights, **kwargs)
+def _one(blocks: list[np.ndarray] | np.ndarray) -> np.ndarray:
+    """The single block along ``visit`` (blockwise with ``concatenate=False`` hands over a list;
+    ``concatenate=True`` would copy every input block even when there is just one)."""
+    while isinstance(blocks, list) and len(blocks) == 1:
+        blocks = blocks[0]
+    if isinstance(blocks, list):
+        from dask.array.core import concatenate3
+
+        return concatenate3(blocks)
+    return blocks
+
+
+def _stack_chunk(image: list[np.ndarray], variance: list[np.ndarray], mask: list[np.ndarray],
+                 weights: list[np.ndarray], **kwargs: object) -> np.ndarray:
+    value, var, out_mask, n_image = stack_block(_one(image), _one(variance), _one(mask),
+                                                _one(weights), **kwargs)
     out = np.empty(value.shape, dtype=STACK_DTYPE)
     out["image"], out["variance"], out["mask"], out["n_image"] = value, var, out_mask, n_image
     return out
@@ -43,7 +56,7 @@ def stack(image: da.Array, variance: da.Array, mask: da.Array, weights: da.Array
     return da.blockwise(
         _stack_chunk, "yx",
         image, "vyx", variance, "vyx", mask, "vyx", w, "v",
-        dtype=STACK_DTYPE, concatenate=True, **kernel_kwargs,
+        dtype=STACK_DTYPE, concatenate=False, **kernel_kwargs,
     )
 
 
@@ -121,6 +134,7 @@ def interpolate_rows(image: da.Array, variance: da.Array, mask: da.Array, *, bad
 
 def _visit_meanclip_chunk(variance: np.ndarray, mask: np.ndarray, *, bad_mask: int,
                           sigma_clip: float, clip_iter: int) -> np.ndarray:
+    variance, mask = _one(variance), _one(mask)
     out = np.empty(variance.shape[0], dtype=np.float64)
     for i in range(variance.shape[0]):  # loop over visits, each a vectorised reduction
         out[i] = meanclip_1d(good_values(variance[i], mask[i], bad_mask),
@@ -136,5 +150,5 @@ def visit_meanclip(variance: da.Array, mask: da.Array, *, bad_mask: int, sigma_c
     v = variance.rechunk((1, ny, nx))
     m = mask.rechunk((1, ny, nx))
     return da.blockwise(_visit_meanclip_chunk, "v", v, "vyx", m, "vyx", dtype=np.float64,
-                        concatenate=True, bad_mask=bad_mask, sigma_clip=sigma_clip,
+                        concatenate=False, bad_mask=bad_mask, sigma_clip=sigma_clip,
                         clip_iter=clip_iter)

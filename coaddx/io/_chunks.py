@@ -1,0 +1,156 @@
+"""A fast reader of regions of local Zarr v3 arrays, for the stacking read path.
+
+zarr-python 3 spends 1-2 ms of Python and event-loop overhead per chunk on top of the codec,
+which dominates a stack of many visits (measured on the project machine: 7.6 s to read a
+64 x 2048 x 2048 warp cube through zarr, 1.5 s by reading the chunk files and decoding them
+with numcodecs, which releases the GIL, so dask threads decode in parallel). This reader
+handles the layouts coaddx itself writes — a local directory store, regular chunk grid,
+default "/" chunk keys, ``bytes`` (little endian) optionally followed by ``blosc`` — and
+:func:`region_reader` returns ``None`` for anything else, so callers fall back to zarr.
+Missing chunk files read as the fill value, as in zarr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import numcodecs
+import numpy as np
+
+from ..errors import StoreError
+
+__all__ = ["LocalChunkArray", "region_reader"]
+
+
+def _fill(meta: dict[str, Any], dtype: np.dtype) -> Any:
+    value = meta.get("fill_value", 0)
+    if isinstance(value, str):  # "NaN", "Infinity", "-Infinity"
+        return float(value.replace("Infinity", "inf"))
+    return dtype.type(value if value is not None else 0)
+
+
+def region_reader(array_path: str | Path) -> LocalChunkArray | None:
+    """A :class:`LocalChunkArray` for the array at ``array_path``, or None if its layout is not
+    one this reader handles (the caller then uses zarr)."""
+    path = Path(array_path)
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("zarr_format") != 3 or meta.get("chunk_grid", {}).get("name") != "regular":
+        return None
+    keys = meta.get("chunk_key_encoding", {})
+    if keys.get("name") != "default" or keys.get("configuration", {}).get("separator", "/") != "/":
+        return None
+    codecs = meta.get("codecs", [])
+    if not codecs or codecs[0].get("name") != "bytes":
+        return None
+    endian = codecs[0].get("configuration", {}).get("endian", "little")
+    if endian != sys.byteorder and np.dtype(meta["data_type"]).itemsize > 1:
+        return None
+    if len(codecs) > 2 or (len(codecs) == 2 and codecs[1].get("name") != "blosc"):
+        return None
+    try:
+        dtype = np.dtype(meta["data_type"])
+    except TypeError:
+        return None
+    return LocalChunkArray(path, tuple(meta["shape"]),
+                           tuple(meta["chunk_grid"]["configuration"]["chunk_shape"]), dtype,
+                           _fill(meta, dtype), len(codecs) == 2)
+
+
+class LocalChunkArray:
+    """Array-like view of a local Zarr v3 array whose ``__getitem__`` reads chunk files directly.
+
+    Only basic slicing with steps of 1 is supported (what ``dask.array.from_array`` uses).
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...], chunks: tuple[int, ...],
+                 dtype: np.dtype, fill: Any, compressed: bool) -> None:
+        self.path = str(path)
+        self.shape = shape
+        self.chunks = chunks
+        self.dtype = dtype
+        self.ndim = len(shape)
+        self.fill = fill
+        self.compressed = compressed
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (LocalChunkArray, (Path(self.path), self.shape, self.chunks, self.dtype, self.fill,
+                                  self.compressed))
+
+    def _slices(self, key: Any) -> list[slice]:
+        if not isinstance(key, tuple):
+            key = (key,)
+        out = []
+        for dim, k in zip(self.shape, key + (slice(None),) * (self.ndim - len(key)), strict=True):
+            if not isinstance(k, slice):
+                raise TypeError("LocalChunkArray supports slices only")
+            start, stop, step = k.indices(dim)
+            if step != 1:
+                raise TypeError("LocalChunkArray supports unit-step slices only")
+            out.append(slice(start, max(start, stop)))
+        return out
+
+    def _decode(self, buf: bytes, n_items: int, dest: np.ndarray | None) -> np.ndarray:
+        if not self.compressed:
+            return np.frombuffer(buf, dtype=self.dtype, count=n_items)
+        if dest is not None:
+            numcodecs.blosc.decompress(buf, dest)
+            return dest
+        return np.frombuffer(numcodecs.blosc.decompress(buf), dtype=self.dtype, count=n_items)
+
+    def _read_chunk(self, index: Sequence[int], dest: np.ndarray | None) -> np.ndarray | None:
+        """Decode chunk ``index``; into ``dest`` (a whole-chunk contiguous view) when given.
+        Returns the chunk array, or None when the chunk file does not exist (fill value)."""
+        key = Path(self.path, "c", *(str(i) for i in index))
+        n_items = int(np.prod(self.chunks))
+        if dest is not None and not self.compressed:
+            return self._read_into(key, dest)
+        try:
+            buf = key.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            flat = self._decode(buf, n_items, dest)
+        except Exception as exc:  # numcodecs raises RuntimeError/ValueError on corrupt data
+            raise StoreError(f"corrupt chunk {key}: {exc}") from exc
+        if flat.size != n_items:
+            raise StoreError(f"corrupt chunk {key}: {flat.size} values, expected {n_items}")
+        return flat.reshape(self.chunks)
+
+    def _read_into(self, key: Path, dest: np.ndarray) -> np.ndarray | None:
+        """Read an uncompressed chunk file straight into ``dest`` (no intermediate copy)."""
+        try:
+            with key.open("rb", buffering=0) as fh:
+                got = fh.readinto(memoryview(dest).cast("B"))
+        except FileNotFoundError:
+            return None
+        if got != dest.nbytes:
+            raise StoreError(f"corrupt chunk {key}: {got} bytes, expected {dest.nbytes}")
+        return dest
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        sl = self._slices(key)
+        out = np.empty([s.stop - s.start for s in sl], dtype=self.dtype)
+        ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(sl, self.chunks, strict=True)]
+        for index in product(*ranges):
+            lo = [i * c for i, c in zip(index, self.chunks, strict=True)]
+            src = tuple(slice(max(s.start, a) - a, min(s.stop, a + c, dim) - a)
+                        for s, a, c, dim in zip(sl, lo, self.chunks, self.shape, strict=True))
+            dst = tuple(slice(max(s.start, a) - s.start, min(s.stop, a + c, dim) - s.start)
+                        for s, a, c, dim in zip(sl, lo, self.chunks, self.shape, strict=True))
+            whole = all(d.stop - d.start == c for d, c in zip(dst, self.chunks, strict=True))
+            target = out[dst]
+            direct = whole and target.flags.c_contiguous
+            chunk = self._read_chunk(index, target if direct else None)
+            if chunk is None:
+                target[...] = self.fill
+            elif not direct:
+                target[...] = chunk[src]
+        return out
