@@ -34,6 +34,10 @@ def test_regions_equal_zarr_reads(stored):
         key = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
         np.testing.assert_array_equal(reader[key], data[key])
     np.testing.assert_array_equal(reader[:], data)
+    for key in [(1, 5, 7), (2, slice(3, 40), -1), (0,), (np.int64(1), slice(None), 44)]:
+        np.testing.assert_array_equal(reader[key], data[key])
+    with pytest.raises(IndexError):
+        reader[3, 0, 0]
 
 
 def test_corrupt_chunk_raises_store_error(stored):

@@ -84,18 +84,29 @@ class LocalChunkArray:
         return (LocalChunkArray, (Path(self.path), self.shape, self.chunks, self.dtype, self.fill,
                                   self.compressed))
 
-    def _slices(self, key: Any) -> list[slice]:
+    def _slices(self, key: Any) -> tuple[list[slice], tuple[int | slice, ...]]:
+        """Unit-step slices per dimension, and the index that drops integer-indexed ones."""
         if not isinstance(key, tuple):
             key = (key,)
-        out = []
+        if len(key) > self.ndim:
+            raise IndexError(f"too many indices for a {self.ndim}-d array")
+        out, squeeze = [], []
         for dim, k in zip(self.shape, key + (slice(None),) * (self.ndim - len(key)), strict=True):
+            if isinstance(k, int | np.integer):
+                i = int(k) + dim if k < 0 else int(k)
+                if not 0 <= i < dim:
+                    raise IndexError(f"index {k} is out of bounds for size {dim}")
+                out.append(slice(i, i + 1))
+                squeeze.append(0)
+                continue
             if not isinstance(k, slice):
-                raise TypeError("LocalChunkArray supports slices only")
+                raise TypeError("LocalChunkArray supports integers and slices only")
             start, stop, step = k.indices(dim)
             if step != 1:
                 raise TypeError("LocalChunkArray supports unit-step slices only")
             out.append(slice(start, max(start, stop)))
-        return out
+            squeeze.append(slice(None))
+        return out, tuple(squeeze)
 
     def _decode(self, buf: bytes, n_items: int, dest: np.ndarray | None) -> np.ndarray:
         if not self.compressed:
@@ -136,7 +147,7 @@ class LocalChunkArray:
         return dest
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        sl = self._slices(key)
+        sl, squeeze = self._slices(key)
         out = np.empty([s.stop - s.start for s in sl], dtype=self.dtype)
         ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(sl, self.chunks, strict=True)]
         for index in product(*ranges):
@@ -153,4 +164,4 @@ class LocalChunkArray:
                 target[...] = self.fill
             elif not direct:
                 target[...] = chunk[src]
-        return out
+        return out[squeeze]
