@@ -28,6 +28,7 @@ import coaddx
 from coaddx.config import AssembleConfig
 from coaddx.diagnostics import PeakMemory, format_bytes
 from coaddx.io.zarr import weight_stat_key
+from coaddx.runtime import tune_malloc
 
 
 def _store(out: Path, visits: int, size: int) -> Path:
@@ -106,7 +107,11 @@ def main(argv=None) -> int:
     parser.add_argument("--slab", type=int, default=256, help="rows of the cube the references use")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (best is shown)")
+    parser.add_argument("--no-malloc-tuning", action="store_true",
+                        help="leave glibc malloc at its defaults (see coaddx.runtime.tune_malloc)")
     args = parser.parse_args(argv)
+    if not args.no_malloc_tuning:
+        print(f"glibc malloc tuned: {tune_malloc()}")
     args.out.mkdir(parents=True, exist_ok=True)
     path = _store(args.out, args.visits, args.size)
     warps = coaddx.open_warps(path)

@@ -174,6 +174,9 @@ COMMANDS = {"simulate": _cmd_simulate, "assemble": _cmd_assemble, "demo": _cmd_d
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from .runtime import tune_malloc
+
+    tune_malloc()
     if getattr(args, "memory_per_task", None):
         dask.config.set({"coaddx.memory-per-task": args.memory_per_task})
     try:
