@@ -44,6 +44,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="output directory")
     _add_sim_args(p)
 
+    p = sub.add_parser("warp", help="warp calexps onto a patch grid (MakeDirectWarp)",
+                       description="Warp every exposure that overlaps the patch into the warp "
+                       "store, one parallel task per visit (Lanczos-3, flux conserving, nJy).")
+    p.add_argument("store", type=Path, help="warp store to create or extend (patch .zarr)")
+    p.add_argument("exposures", type=Path, nargs="+", help="calexp FITS files (coaddx, LSST or "
+                   "DECam CP layouts)")
+    p.add_argument("--grid-from", type=Path, metavar="STORE_OR_FITS",
+                   help="output grid: an existing warp store, or a FITS file whose header has "
+                   "the WCS and NAXIS1/2 (like a SWarp header); default: STORE's own grid")
+    p.add_argument("--kernel", choices=("lanczos3", "lanczos4", "bilinear", "nearest"),
+                   default="lanczos3")
+    p.add_argument("--interp-length", type=int, default=10)
+    p.add_argument("--border", type=int, default=256)
+    p.add_argument("--no-reuse", action="store_true",
+                   help="fail on visits already in the store instead of skipping them")
+    _add_runtime(p)
+
     p = sub.add_parser("assemble", help="stack a warp store into a coadd (AssembleCoadd)",
                        description="Stack the warps of a patch store into a coadd Zarr store.")
     p.add_argument("warps", type=Path, help="warp store (patch .zarr)")
@@ -163,13 +180,57 @@ def _cmd_assemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grid(args: argparse.Namespace):
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    from .errors import InputError
+    from .skymap import Patch
+    from .warp import patch_from_store
+
+    source = args.grid_from or args.store
+    if source.suffix.lower() in (".fits", ".fit", ".fts", ".head", ".hdr") and source.is_file():
+        header = (fits.Header.fromtextfile(source) if source.suffix in (".head", ".hdr")
+                  else fits.getheader(source))
+        if "NAXIS1" not in header or "NAXIS2" not in header:
+            raise InputError(f"{source}: the grid header needs NAXIS1 and NAXIS2")
+        return Patch.from_wcs(WCS(header), (int(header["NAXIS2"]), int(header["NAXIS1"])))
+    return patch_from_store(source)
+
+
+def _cmd_warp(args: argparse.Namespace) -> int:
+    from .cluster import compute_with_progress
+    from .diagnostics import PeakMemory, format_bytes
+    from .warp import WarpConfig, make_warps
+
+    config = WarpConfig(kernel=args.kernel, interp_length=args.interp_length, border=args.border)
+    patch = _grid(args)
+    with _client(args) as client, PeakMemory() as mem:
+        t0 = time.perf_counter()
+        result = make_warps(args.exposures, patch, args.store, config=config,
+                            reuse=not args.no_reuse,
+                            compute=lambda *tasks: compute_with_progress(
+                                client, list(tasks), show=not args.no_progress))
+        dt = time.perf_counter() - t0
+    ny, nx = patch.shape
+    rows = [("warped", f"{len(result.written)} visits onto {ny} x {nx} in {dt:.1f} s"),
+            ("reused", f"{len(result.reused)} visits already in the store"),
+            ("not overlapping", f"{len(result.not_overlapping)} exposures"),
+            ("peak memory", format_bytes(mem.peak)), ("store", str(args.store))]
+    for visit, why in result.failed.items():
+        rows.append((f"FAILED visit {visit}", why))
+    print(_summary(rows))
+    return 1 if result.failed else 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(args)
 
 
-COMMANDS = {"simulate": _cmd_simulate, "assemble": _cmd_assemble, "demo": _cmd_demo}
+COMMANDS = {"simulate": _cmd_simulate, "warp": _cmd_warp, "assemble": _cmd_assemble,
+            "demo": _cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -59,8 +59,10 @@ def compute_with_progress(client: Any, obj: Any, *, show: bool = True) -> Any:
     """Compute ``obj`` (a dask collection or delayed) on ``client`` with a progress bar."""
     from distributed import progress
 
-    future = client.compute(obj)
+    futures = client.compute(obj)
     if show:
-        progress(future)
+        progress(futures)
         print()
-    return future.result()
+    if isinstance(futures, list | tuple):
+        return client.gather(list(futures))
+    return futures.result()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 from .diagnostics import PeakMemory, Stages, format_bytes
@@ -13,10 +14,12 @@ __all__ = ["run_demo"]
 def run_demo(args: argparse.Namespace) -> int:
     from .assemble import assemble
     from .cli import _client, _summary, _write_coadd
+    from .cluster import compute_with_progress
     from .config import AssembleConfig
     from .io.zarr import open_coadd, open_warps
     from .quicklook import quicklook_png
     from .simulate import simulate
+    from .warp import make_warps
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -27,7 +30,15 @@ def run_demo(args: argparse.Namespace) -> int:
                            seed=args.seed, psf=args.psf, calexps=not args.no_calexps,
                            overwrite=True)
         with _client(args) as client:
-            warps = open_warps(out / "sim" / "warps.zarr")
+            store = sim.warps
+            if sim.calexps:  # start from the calexps: warp them onto the patch
+                store = out / "warps.zarr"
+                if store.exists():
+                    shutil.rmtree(store)
+                with stages("warp (Lanczos-3)"):
+                    make_warps(sim.calexps, sim.patch, store, compute=lambda *t: compute_with_progress(
+                        client, list(t), show=not args.no_progress))
+            warps = open_warps(store)
             coadd = assemble(warps)
             with stages("assemble (meanclip)"):
                 _write_coadd(client, coadd, out / "coadd.zarr", overwrite=True,
@@ -52,7 +63,8 @@ def run_demo(args: argparse.Namespace) -> int:
         ("plan", f"subregions {written.attrs['plan']['subregion']}, "
                  f"{format_bytes(written.attrs['plan']['task_bytes'])} planned per task"),
         ("clipped pixels", f"{clipped} coadd pixels had an input clipped"),
-        ("warps", str(sim.out / "warps.zarr")),
+        ("calexps", f"{len(sim.calexps)} files in {sim.out / 'calexp'}"),
+        ("warps", str(store)),
         ("coadd", str(out / "coadd.zarr")),
         ("quick-look", str(png)),
     ]

@@ -299,7 +299,10 @@ def test_read_decam_cp_from_any_sibling(tmp_path):
     zp = 26.610 - 2.5 * math.log10(4.0) - 0.17 * 0.2 + 2.5 * math.log10(90.0)
     assert exp.metadata["zero_point"] == pytest.approx(zp)
     assert exp.photo_calib == pytest.approx(nJy_per_count(zp))
-    assert exp.mask[2, 3] == bitmask(PLANES, ["SAT", "NO_DATA"]) and np.isnan(exp.variance[2, 3])
+    # a flagged (ivar = 0) pixel keeps its plane and gets the median good variance
+    good = np.isfinite(exp.variance) & ((exp.mask & bitmask(PLANES, ["SAT"])) == 0)
+    assert exp.mask[2, 3] == bitmask(PLANES, ["SAT"])
+    assert exp.variance[2, 3] == pytest.approx(np.median(exp.variance[good]))
     assert exp.image[2, 3] == 100.0  # kept; the mask says not to use it
     assert exp.mask[5, 5] == bitmask(PLANES, ["CR"]) and exp.variance[5, 5] == pytest.approx(25)
 
@@ -432,7 +435,11 @@ def test_real_decam_dq_and_ivar_are_mapped(real_data):
             assert np.all(np.isfinite(exp.variance[good]) & (exp.variance[good] > 0))
             np.testing.assert_allclose(exp.variance[good], 1.0 / ivar[good], rtol=1e-6)
             nodata = (exp.mask & bitmask(PLANES, ["NO_DATA"])) != 0
-            assert np.array_equal(nodata, ~good) and np.isnan(exp.variance[~good]).all()
+            flagged = ~good & (dq > 0)
+            # flagged pixels keep their planes with a finite placeholder variance; only
+            # unflagged pixels without data are NO_DATA
+            assert np.array_equal(nodata, ~good & ~flagged) and np.isnan(exp.variance[nodata]).all()
+            assert np.isfinite(exp.variance[flagged]).all()
             np.testing.assert_array_equal(exp.image, fits.getdata(path, 1))  # image unchanged
     assert {3, 4} <= seen  # testcase6 sits on a bright star: saturated cores and bleed trails
 

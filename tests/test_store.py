@@ -122,3 +122,42 @@ def test_write_coadd_is_atomic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]
     with pytest.raises(coaddx.StoreError, match="exists"):
         coaddx.write_coadd(ds, tmp_path / "c.zarr")
+
+
+def test_reused_slot_does_not_show_chunks_of_an_interrupted_write(tmp_path):
+    ds = make_warps(2, (40, 40), seed=8, nan_frac=0, mask_frac=0)
+    coaddx.write_warps(ds.isel(visit=[0]), tmp_path / "p.zarr", chunk=16)
+    store = WarpStore(tmp_path / "p.zarr")
+    index = store._slot(999)  # a visit starts writing, then the run dies
+    store.group["image"][index] = np.full((40, 40), 7.0, np.float32)
+    other = ds.isel(visit=[1]).copy(deep=True)
+    other["image"][0, :16, :16] = np.nan  # this chunk is all NaN: zarr does not write it
+    other["variance"][0, :16, :16] = np.nan
+    other["mask"][0, :16, :16] = 1 << coaddx.mask_planes()["NO_DATA"]
+    coaddx.write_warps(other, tmp_path / "p.zarr")
+    back = coaddx.open_warps(tmp_path / "p.zarr")
+    assert np.isnan(back["image"].values[1, :16, :16]).all()  # not the stale 7.0
+    np.testing.assert_array_equal(back["image"].values[1], other["image"].values[0])
+
+
+def test_parallel_writers_reserve_write_and_commit(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    ds = make_warps(4, (32, 32), seed=9)
+    coaddx.write_warps(ds.isel(visit=[0]), tmp_path / "p.zarr", chunk=16)
+    store = WarpStore(tmp_path / "p.zarr")
+    visits = [int(v) for v in ds["visit"].values[1:]]
+    slots = store.reserve(visits)
+    assert check_store(tmp_path / "p.zarr").incomplete == tuple(visits)
+
+    def write(i):
+        return store.write_slot(slots[visits[i]], *(ds[v].values[i + 1] for v in
+                                                    ("image", "variance", "mask")))
+
+    with ThreadPoolExecutor(3) as pool:
+        pixels = list(pool.map(write, range(3)))
+    store.commit([{"visit": v, **p} for v, p in zip(visits, pixels, strict=True)])
+    back = coaddx.open_warps(tmp_path / "p.zarr")
+    assert check_store(tmp_path / "p.zarr").ok
+    for v in ("image", "variance", "mask"):
+        np.testing.assert_array_equal(back[v].values, ds[v].values)

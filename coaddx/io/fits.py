@@ -344,9 +344,11 @@ def read_exposure(path: str | os.PathLike[str], *, ccdname: str | None = None,
       by name onto coaddx planes with :data:`CP_DQ_CODES` / :data:`CP_DQ_BITS` (from legacypipe
       ``image.py::remap_dq_cp_codes`` and ``bits.py::DQ_BITS``), including legacypipe's rule
       that BAD pixels touching a saturated core are SAT.
-    * Variance is ``1 / ivar``. Pixels with ``ivar <= 0`` (or non-finite ivar or image) get
-      ``NO_DATA`` and NaN variance; their image values are kept, unmodified, and it is the mask
-      that says not to use them (the CP sets ``ivar = 0`` exactly on its DQ-flagged pixels).
+    * Variance is ``1 / ivar``. The CP sets ``ivar = 0`` exactly on its DQ-flagged pixels;
+      those keep their own planes (SAT, BAD, CR, ...), their image values, and a finite
+      placeholder variance (the median good variance), like an LSST calexp, so the flags
+      survive warping and stacking (SAT propagation, REJECTED). Pixels without data and
+      without a flag (non-finite image or ivar) get ``NO_DATA`` and NaN variance.
     * Calibration: a zero point ``MAGZERO`` in the headers is taken for image counts (as
       legacypipe reads DES/CP headers); ``CCDZPT`` or ``MAGZPT`` are per second
       (+ 2.5 log10 EXPTIME, as legacypipe does with its survey-ccds ``ccdzpt``). The CP
@@ -613,9 +615,16 @@ def _read_decam_cp(path: Path, *, ccdname: str | None, psfex: str | os.PathLike[
     planes = mask_planes()
     mask = decam_dq_to_mask(dq, planes, codes=_cp_uses_codes(primary.get("PLVER")))
     good = np.isfinite(ivar) & (ivar > 0) & np.isfinite(image)
-    mask[~good] |= np.int32(bitmask(planes, ["NO_DATA"]))
     variance = np.full(image.shape, np.nan, np.float32)
     variance[good] = 1.0 / ivar[good].astype(np.float64)
+    # The CP zeroes ivar on every DQ-flagged pixel. A flagged pixel keeps its own planes (SAT,
+    # BAD, CR, ...) with a finite placeholder variance (the median good variance), as an LSST
+    # calexp would, so the flag survives warping (copyGoodPixels drops NO_DATA) and no NaN
+    # spreads through the warping kernel; pixels with no flag and no data are NO_DATA.
+    flagged = ~good & (mask != 0) & np.isfinite(image)
+    fill = float(np.median(variance[good])) if good.any() else 1.0
+    variance[flagged] = fill
+    mask[~good & ~flagged] |= np.int32(bitmask(planes, ["NO_DATA"]))
     fields, meta = _cp_metadata(primary, header, files["image"], photo_calib)
     wcs = _wcs_from_header(header, files["image"], "image")
     psf = _cp_psf(files["image"], psfex, meta, image.shape)

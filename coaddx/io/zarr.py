@@ -210,18 +210,61 @@ class WarpStore:
     def visits(self) -> list[dict[str, Any]]:
         return list(self.group.attrs.get("visits", []))
 
+    def _clear_slot(self, index: int) -> None:
+        """Remove any chunk files left in slot ``index`` by an interrupted write: zarr does not
+        write chunks that equal the fill value, so a reused slot could otherwise show them."""
+        for name in PLANES:
+            shutil.rmtree(self.path / self.warp_type / name / "c" / str(index), ignore_errors=True)
+
+    def reserve(self, visits: Sequence[int]) -> dict[int, int]:
+        """Reserve one slot per visit (after the committed ones) for writers running in
+        parallel, each writing only its own slot; returns visit -> slot index. The visits stay
+        invisible to readers until :meth:`commit`."""
+        committed = {int(r["visit"]) for r in self.visits}
+        again = sorted(committed & {int(v) for v in visits})
+        if again:
+            raise StoreError(f"visit(s) {again} are already in {self.path}/{self.warp_type}")
+        start = len(committed)
+        slots = {int(v): start + i for i, v in enumerate(visits)}
+        total = start + len(slots)
+        for name in PLANES:
+            arr = self.group[name]
+            if arr.shape[0] != total:
+                arr.resize((total, *arr.shape[1:]))
+        for index in slots.values():
+            self._clear_slot(index)
+        self.group.attrs["pending"] = [{"visit": v, "index": i, "time": _now()}
+                                       for v, i in slots.items()]
+        return slots
+
+    def write_slot(self, index: int, image: np.ndarray, variance: np.ndarray,
+                   mask: np.ndarray) -> dict[str, Any]:
+        """Write one reserved slot (safe to call in parallel for different slots) and return
+        the record fields that depend on the pixels (checksums, weight statistics)."""
+        arrays = {"image": np.asarray(image, dtype=np.float32),
+                  "variance": np.asarray(variance, dtype=np.float32),
+                  "mask": np.asarray(mask, dtype=np.int32)}
+        for name, arr in arrays.items():
+            self.group[name][index] = arr
+        return {"checksum": {k: _crc(v) for k, v in arrays.items()},
+                "weight_stats": visit_weight_stats(arrays["variance"], arrays["mask"],
+                                                   self.mask_planes),
+                "n_finite": int(np.isfinite(arrays["image"]).sum())}
+
+    def commit(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Make reserved visits visible, in the order given (their slots must come first)."""
+        visits = self.visits
+        pending = {int(p["visit"]): int(p["index"]) for p in self.group.attrs.get("pending", [])}
+        for i, record in enumerate(records):
+            visit = int(record["visit"])
+            if pending.get(visit) != len(visits) + i:
+                raise StoreError(f"visit {visit} is not reserved at slot {len(visits) + i}")
+        left = [{"visit": v, "index": k} for v, k in pending.items()
+                if v not in {int(r["visit"]) for r in records}]
+        self.group.attrs.update({"visits": visits + [dict(r) for r in records], "pending": left})
+
     def _slot(self, visit: int) -> int:
-        committed = self.visits
-        if any(int(r["visit"]) == visit for r in committed):
-            raise StoreError(f"visit {visit} is already in {self.path}/{self.warp_type}")
-        index = len(committed)
-        n = self.group["image"].shape[0]
-        if n <= index:
-            for name in PLANES:
-                arr = self.group[name]
-                arr.resize((index + 1, *arr.shape[1:]))
-        self.group.attrs["pending"] = [{"visit": int(visit), "index": index, "time": _now()}]
-        return index
+        return self.reserve([visit])[visit]
 
     def append_visit(self, visit: int, image: np.ndarray, variance: np.ndarray,
                      mask: np.ndarray, metadata: Mapping[str, Any] | None = None) -> int:
@@ -244,19 +287,10 @@ class WarpStore:
         arrays["mask"] = arrays["mask"].astype(np.int32, copy=False)
         _check_variance(visit, arrays["image"], arrays["variance"])
         index = self._slot(visit)
-        for name, arr in arrays.items():
-            self.group[name][index] = arr
+        pixels = self.write_slot(index, arrays["image"], arrays["variance"], arrays["mask"])
         record = {"visit": visit, **{k: _jsonable(v) for k, v in (metadata or {}).items()}}
-        record["checksum"] = {k: _crc(v) for k, v in arrays.items()}
-        record["weight_stats"] = visit_weight_stats(arrays["variance"], arrays["mask"],
-                                                    self.mask_planes)
-        record["n_finite"] = int(np.isfinite(arrays["image"]).sum())
-        self._commit(record)
+        self.commit([{**record, **pixels}])
         return index
-
-    def _commit(self, record: dict[str, Any]) -> None:
-        visits = self.visits + [record]
-        self.group.attrs.update({"visits": visits, "pending": []})
 
     def add_provenance(self, entry: Mapping[str, Any]) -> None:
         prov = list(self.group.attrs.get("provenance", []))
