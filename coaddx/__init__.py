@@ -24,12 +24,18 @@ from .io.zarr import (
     write_coadd,
     write_warps,
 )
+from .exposure import Exposure
+from .io.fits import read_exposure, write_exposure
 from .masks import mask_planes
 from .simulate import Simulation, simulate
 from .skymap import Box, Patch, Tract
+from .warp import WarpConfig, WarpResult, make_warps
 
 __all__ = [
     "AssembleConfig",
+    "Exposure",
+    "WarpConfig",
+    "WarpResult",
     "Box",
     "CoaddxError",
     "ConfigError",
@@ -46,6 +52,9 @@ __all__ = [
     "__version__",
     "assemble",
     "check_store",
+    "make_warps",
+    "read_exposure",
+    "write_exposure",
     "from_lsst_config",
     "mask_planes",
     "open_coadd",

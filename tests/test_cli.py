@@ -38,3 +38,22 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no warp store" in err and "Traceback" not in err
     assert not (tmp_path / "c.zarr").exists()
+
+
+def test_cli_warp_then_assemble(tmp_path, capsys):
+    from coaddx.simulate import simulate
+
+    sim = simulate(tmp_path / "sim", n_visits=3, shape=(192, 192), seed=4, calexps=True,
+                   n_stars=40, n_galaxies=5, artifacts=False)
+    store = tmp_path / "w.zarr"
+    rc = main(["warp", str(store), *map(str, sim.calexps), "--grid-from", str(sim.warps),
+               "--no-progress"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "warped" in out and "3 visits" in out
+    ds = coaddx.open_warps(store)
+    assert ds.sizes["visit"] == 3 and ds.attrs["wcs"] == coaddx.open_warps(sim.warps).attrs["wcs"]
+    rc = main(["warp", str(store), *map(str, sim.calexps), "--no-progress"])  # reuses the store grid
+    assert rc == 0 and "3 visits already in the store" in capsys.readouterr().out
+    assert main(["assemble", str(store), str(tmp_path / "c.zarr"), "--no-progress"]) == 0
+    assert np.isfinite(coaddx.open_coadd(tmp_path / "c.zarr")["image"].values).mean() > 0.9
