@@ -16,9 +16,10 @@ import warnings
 import numpy as np
 from astropy.wcs import WCS, NoConvergence
 
-__all__ = ["exposure_overlaps", "pixel_scale", "source_coordinates"]
+__all__ = ["exposure_overlaps", "map_pixels", "pixel_scale", "source_coordinates", "world_to_pixel"]
 
 _INVERSE_TOLERANCE = 1e-8   # pixels, for iterative (SIP / lookup-table) inverses
+_MIN_OVERLAP = 1e-6         # px^2: polygons that only touch (up to rounding) do not overlap
 
 
 def source_coordinates(dest_wcs: WCS, src_wcs: WCS, dest_shape: tuple[int, int], *,
@@ -35,7 +36,8 @@ def source_coordinates(dest_wcs: WCS, src_wcs: WCS, dest_shape: tuple[int, int],
     interp_length : int
         The exact mapping is evaluated on a grid every ``interp_length`` columns and rows (plus
         the last row and column) and bilinearly interpolated in between (afw ``interpLength``,
-        LSST default 10); 0 or 1 evaluates it exactly at every pixel.
+        LSST default 10); 0 or 1 evaluates it exactly at every pixel. As in afw the grid is
+        anchored one pixel below the block: nodes at -1, L - 1, 2L - 1, ... and n - 1.
     origin : (int, int)
         (x0, y0) pixel of ``dest_wcs`` at the block's pixel (0, 0), for a sub-box of the
         destination grid.
@@ -100,7 +102,10 @@ def _relative_area(px: np.ndarray, py: np.ndarray) -> np.ndarray:
     ay = py[1:, 1:] - py[1:, :-1]
     bx = px[1:, 1:] - px[:-1, 1:]
     by = py[1:, 1:] - py[:-1, 1:]
-    return np.abs(ax * by - ay * bx)
+    ax *= by
+    ay *= bx
+    ax -= ay
+    return np.abs(ax, out=ax)
 
 
 def map_pixels(from_wcs: WCS, to_wcs: WCS, x: np.ndarray, y: np.ndarray
@@ -145,9 +150,9 @@ def exposure_overlaps(src_wcs: WCS, src_shape: tuple[int, int], dest_wcs: WCS,
     Returns
     -------
     bool
-        True if the source polygon, mapped onto the destination pixel plane, has a positive
-        area in common with the grown destination box (a source that contains the box, or lies
-        inside it, overlaps it; one that only touches an edge does not). Sources whose sky
+        True if the source polygon, mapped onto the destination pixel plane, has an area in
+        common with the grown destination box (a source that contains the box, or lies inside
+        it, overlaps it; one that only touches an edge, to 1e-6 px^2, does not). Sources whose sky
         footprint cannot reach the box (disjoint bounding caps) are rejected before projecting.
 
     Examples
@@ -171,7 +176,7 @@ def exposure_overlaps(src_wcs: WCS, src_shape: tuple[int, int], dest_wcs: WCS,
     if not (np.all(np.isfinite(px)) and np.all(np.isfinite(py))):
         return True       # unprojectable vertices: cannot decide cheaply, so do not drop it
     clipped = _clip_to_box(np.column_stack([px, py]), box)
-    return len(clipped) >= 3 and _polygon_area(clipped) > 0.0
+    return len(clipped) >= 3 and _polygon_area(clipped) > _MIN_OVERLAP
 
 
 def _box_ring(x0: float, y0: float, x1: float, y1: float, n_edge: int) -> np.ndarray:

@@ -21,10 +21,17 @@ box shrunk by n - 1 on the low side and n on the high side for Lanczos-n, by 0 a
 finite, are "no data": (NaN, +inf, ``no_data_bit``).
 
 NaN source pixels are never dropped: a NaN in a tap with non-zero weight makes the value NaN
-(weights are not renormalised over finite pixels). Where f is exactly 0 on an axis (identity or
-integer-shift mappings) that axis has a single non-zero tap and is summed as such, so a NaN
-pixel then spoils only the destination pixels that really use it; for 0 < f < 1 every Lanczos
-tap is non-zero, exactly as in afw.
+(weights are not renormalised over finite pixels); for 0 < f < 1 every Lanczos tap is non-zero,
+exactly as in afw. Deliberate differences from afw, all at exact-integer fractions:
+
+* where f is exactly 0 on an axis (identity or integer-shift mappings) that axis has a single
+  non-zero tap and is summed as such, so a NaN pixel spoils only the destination pixels that
+  use it (afw multiplies all 2n taps, so 0 * NaN spreads it over the footprint);
+* nearest rounds f = 0.5 up (afw's NearestFunction1 gives both taps weight 0 there, so
+  kSum = 0 and the pixel becomes NaN).
+
+The mask kernel is bilinear whatever ``kernel`` is (LSST's maskWarpingKernelName), and the
+grown bits use the main kernel's footprint (2x2 for bilinear and nearest).
 
 Speed (single thread, ``benchmarks/bench_warp_kernel.py``): sin(pi (k - f)) = -(-1)^k sin(pi f)
 for every tap, and sin(pi (k - f) / n) follows from sin and cos of pi f / n by the angle
@@ -32,7 +39,9 @@ difference formula, so an axis costs three short polynomial evaluations (accurat
 the ranges used) instead of 2n sine calls; they are computed for a whole destination row at once
 (SIMD-vectorised). The tap count is a compile-time constant of each kernel's loop, pixels are read
 as stored (float32) and accumulated in float64, and the grown-bit footprint OR is skipped wherever
-a lazily built 8x8-tile summary of the source mask shows none of those bits.
+a lazily built 8x8-tile summary of the source mask shows none of those bits. On the project
+machine a rotated 2048 x 4096 -> 2048 x 2048 Lanczos-3 warp runs at about 27 input Mpix/s in one
+thread (a straightforward numba loop: about 15), bilinear at about 85.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ __all__ = ["KERNELS", "warp_block"]
 
 KERNELS = ("lanczos3", "lanczos4", "bilinear", "nearest")
 
-# kernel code -> (first tap offset, number of taps); Lanczos-n is coded n, the others below 1
+# kernel codes: Lanczos-n is coded n, the 2-tap kernels below 2
 _BILINEAR, _NEAREST = 0, -1
 _CODES = {"lanczos3": 3, "lanczos4": 4, "bilinear": _BILINEAR, "nearest": _NEAREST}
 _MAX_TAPS = 8
@@ -124,10 +133,11 @@ def _as_float(a: np.ndarray) -> np.ndarray:
 
 
 def _tap_constants(code: int) -> np.ndarray:
-    """Per-tap constants of Lanczos-n, shape (6, 8): for k = lo + m and for k' = 1 - k, the
-    rows (sign, sin(pi k / n), cos(pi k / n)) with sign = -(-1)^k, so that
-    sin(pi (k - g)) = sign sin(pi g) and sin(pi (k - g) / n) = sin(pi k/n) cos(b) - cos(pi k/n) sin(b)
-    with b = pi g / n. Zeros for the other kernels.
+    """Per-tap constants of Lanczos-n, shape (6, 8), zeros for the other kernels.
+
+    Rows 0-2 for k = lo + m and rows 3-5 for k' = 1 - k: (sign, sin(pi k / n), cos(pi k / n))
+    with sign = -(-1)^k, so that sin(pi (k - g)) = sign sin(pi g) and
+    sin(pi (k - g) / n) = sin(pi k / n) cos(b) - cos(pi k / n) sin(b), b = pi g / n.
     """
     lo, ntap = _footprint(code)
     consts = np.zeros((6, _MAX_TAPS))
@@ -177,7 +187,8 @@ def _cos_small(z):  # pragma: no cover - numba
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
-def _lanczos_weight(g, flip, k, code, sign, sk, ck, sign1, sk1, ck1, s1, sb, cb):  # pragma: no cover
+def _lanczos_weight(g, flip, k, code, sign, sk, ck, sign1, sk1, ck1, s1, sb,
+                    cb):  # pragma: no cover - numba
     """L(k - f) for g = min(f, 1 - f), from s1 = sin(pi g), sb, cb = sin, cos(pi g / n).
 
     For f > 0.5 (flip) the tap is evaluated as tap 1 - k at g (L is even), which keeps
@@ -303,14 +314,14 @@ def _pixel_general(image, variance, i, j, fx, fy, code, lo, ntap, consts,
     ay, my, ty = _axis_weights(fy, code, lo, ntap, consts, wy, wy2)
     acc = 0.0
     acc_v = 0.0
-    for l in range(my):
+    for t in range(my):
         part = 0.0
         part_v = 0.0
         for k in range(mx):
-            part += wx[k] * image[j + ay + l, i + ax + k]
-            part_v += wx2[k] * variance[j + ay + l, i + ax + k]
-        acc += wy[l] * part
-        acc_v += wy2[l] * part_v
+            part += wx[k] * image[j + ay + t, i + ax + k]
+            part_v += wx2[k] * variance[j + ay + t, i + ax + k]
+        acc += wy[t] * part
+        acc_v += wy2[t] * part_v
     return acc, acc_v, tx * ty
 
 
@@ -367,14 +378,14 @@ def _make_warp(code: int):
                 acc = 0.0
                 acc_v = 0.0
                 q = np.uint64(j + lo) * stride + np.uint64(i + lo)
-                for l in range(ntap):
+                for t in range(ntap):
                     part = 0.0
                     part_v = 0.0
                     for k in range(ntap):
                         w = wxs[k, c]
                         part += w * flat_image[q + np.uint64(k)]
                         part_v += (w * w) * flat_variance[q + np.uint64(k)]
-                    w = wys[l, c]
+                    w = wys[t, c]
                     acc += w * part
                     acc_v += (w * w) * part_v
                     q += stride
