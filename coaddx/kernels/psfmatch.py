@@ -261,8 +261,8 @@ def _convolve_valid(stamp: np.ndarray, kernels: np.ndarray) -> np.ndarray:
     """
     size = kernels.shape[-1]
     windows = sliding_window_view(stamp, (size, size))
-    flipped = kernels[:, ::-1, ::-1].reshape(kernels.shape[0], -1)
-    return windows.reshape(-1, size * size) @ flipped.T
+    flipped = np.ascontiguousarray(kernels[:, ::-1, ::-1].reshape(kernels.shape[0], -1).T)
+    return windows.reshape(-1, size * size) @ flipped
 
 
 # --------------------------------------------------------------- per-candidate solution (6.3)
@@ -290,7 +290,7 @@ class CandidateSolution:
     rms_z: float = math.nan
 
     @property
-    def M(self) -> np.ndarray:  # noqa: N802 - the algorithm's name
+    def M(self) -> np.ndarray:
         """Alias of ``m`` (the normal-equation matrix)."""
         return self.m
 
@@ -376,7 +376,7 @@ def candidate_diffim_stats(template: np.ndarray, science: np.ndarray, var_t: np.
     rms uses n - 1. NaN when too few pixels remain (NaN pixel values propagate, as in LSST).
     """
     k = np.asarray(kernel, np.float64)
-    size, half = k.shape[0], k.shape[0] // 2
+    half = k.shape[0] // 2
     s = np.asarray(science, np.float64)
     ny, nx = s.shape
     good = (slice(half, ny - half), slice(half, nx - half))
@@ -499,7 +499,8 @@ class SpatialKernel:
     def background(self, x, y):
         """Spatial background at (x, y); 0 when no background was fitted."""
         if self.bg_coeffs is None:
-            return 0.0 if np.ndim(x) == 0 and np.ndim(y) == 0 else np.zeros(np.broadcast(x, y).shape)
+            shape = np.broadcast(x, y).shape
+            return np.zeros(shape) if shape else 0.0
         f = _spatial_terms(x, y, self.bg_order, self.model, self.bbox)
         out = np.tensordot(self.bg_coeffs, f, axes=1)
         return float(out) if np.ndim(out) == 0 else out
@@ -863,6 +864,8 @@ def fit_psf_matching_kernel(
     """
     if len(stamps) == 0:
         raise ValueError("no kernel candidates: the stamp list is empty")
+    if max_spatial_iterations < 1 or n_star_per_cell == 0 or n_star_per_cell < -1:
+        raise ValueError("max_spatial_iterations must be >= 1 and n_star_per_cell >= 1 or -1")
     basis = np.asarray(basis, np.float64)
     if constant_first_term is None:
         constant_first_term = use_pca or not _is_delta_basis(basis)
@@ -871,8 +874,9 @@ def fit_psf_matching_kernel(
                     core_radius if use_core_stats else None, bad_bits, max_condition_number)
     ratings = [_rating(s, core_radius, bad_bits) for s in stamps]
     loop = _Loop(stamps, _cells(stamps, bbox, cell_size, ratings), n_star_per_cell, opts)
-    spatial_kw = dict(spatial_order=spatial_order, bg_order=bg_order, model=model, bbox=bbox,
-                      fit_background=fit_background, constant_first_term=constant_first_term)
+    spatial_kw = {"spatial_order": spatial_order, "bg_order": bg_order, "model": model,
+                  "bbox": bbox, "fit_background": fit_background,
+                  "constant_first_term": constant_first_term}
     it = restarts = n_rej_spatial = 0
     spatial_basis, converged, spatial = basis, False, None
     ksum = (math.nan, math.nan)
