@@ -174,3 +174,69 @@ def select_candidate_positions(science: Exposure, template: Exposure, *, half: i
     rank = np.arange(cell.size) - np.searchsorted(cell, cell)
     take = rank < config.n_star_per_cell if config.n_star_per_cell > 0 else np.ones_like(rank, bool)
     return np.column_stack([xs[take], ys[take]])
+
+
+# -- ModelPsfMatch (algorithms.md 5.3, 6.5) -------------------------------------------------
+
+FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelPsfMatchConfig:
+    """MakePsfMatchedWarp's ModelPsfMatch: match every warp to a double-Gaussian model PSF."""
+
+    model_psf_fwhm: float = 7.7
+    kernel_size: int = 21
+    al_sigmas: tuple[float, ...] = (1.0, 2.0, 4.5)
+    al_degrees: tuple[int, ...] = (4, 2, 2)
+    auto_pad_psf_to: float = 1.4
+
+    def __post_init__(self) -> None:
+        if not self.model_psf_fwhm > 0:
+            raise ConfigError(f"ModelPsfMatchConfig.model_psf_fwhm must be > 0, got {self.model_psf_fwhm}")
+        if self.kernel_size % 2 != 1:
+            raise ConfigError(f"ModelPsfMatchConfig.kernel_size must be odd, got {self.kernel_size}")
+        if not 1.0 <= self.auto_pad_psf_to <= 2.0:
+            raise ConfigError("ModelPsfMatchConfig.auto_pad_psf_to must be in 1.0..2.0")
+
+
+def model_psf(fwhm: float = 7.7, size: int | None = None) -> np.ndarray:
+    """GaussianPsfFactory's model: DoubleGaussianPsf(size, sigma1 = fwhm/2.3548, sigma2 =
+    2.5 sigma1, b = 0.1) on the pixel grid, unit sum; size = (int(3 fwhm)//2)*2 + 1 (23 for
+    7.7) unless given."""
+    size = size or max((int(3.0 * fwhm) // 2) * 2 + 1, 5)
+    s1 = fwhm * FWHM_TO_SIGMA
+    s2 = 2.5 * s1
+    r2 = np.add.outer((np.arange(size) - size // 2) ** 2, (np.arange(size) - size // 2) ** 2)
+    psf = np.exp(-r2 / (2 * s1**2)) + 0.1 * np.exp(-r2 / (2 * s2**2))
+    return psf / psf.sum()
+
+
+def _pad(psf: np.ndarray, size: int) -> np.ndarray:
+    n = psf.shape[0]
+    if n == size:
+        return psf.astype(np.float64)
+    if n > size:
+        c = (n - size) // 2
+        return psf[c:c + size, c:c + size].astype(np.float64)
+    out = np.zeros((size, size))
+    c = (size - n) // 2
+    out[c:c + n, c:c + n] = psf
+    return out
+
+
+def model_matching_kernel(psf: np.ndarray, config: ModelPsfMatchConfig | None = None):
+    """The kernel that turns ``psf`` (an odd, centred PSF image) into the model PSF, with its sum
+    forced to 1 (ModelPsfMatchTask with a spatially constant PSF: one candidate)."""
+    from .kernels.psfmatch import alard_lupton_basis, solve_candidate, solve_spatial
+
+    config = config or ModelPsfMatchConfig()
+    min_size = int(np.ceil(config.kernel_size * config.auto_pad_psf_to))
+    size = max(psf.shape[0], min_size + (1 - min_size % 2))
+    template, science = _pad(psf / psf.sum(), size), _pad(model_psf(config.model_psf_fwhm), size)
+    basis = alard_lupton_basis(config.kernel_size, config.al_sigmas, config.al_degrees)
+    ones = np.ones_like(template)
+    solution = solve_candidate(template, science, ones, ones, basis)
+    kernel = solve_spatial([solution], np.array([[0.0, 0.0]]), basis, spatial_order=0,
+                           bg_order=0, bbox=(-1.0, -1.0, 1.0, 1.0))
+    return kernel.with_kernel_sum(1.0)

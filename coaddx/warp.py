@@ -201,6 +201,56 @@ def warp_exposure(exposure: Exposure, patch: Patch, config: WarpConfig | None = 
     return image, variance, out_mask
 
 
+def warped_psf(exposure: Exposure, patch: Patch, size: int | None = None) -> np.ndarray:
+    """The exposure's PSF in the patch frame (WarpedPsf at the exposure centre): the PSF image
+    resampled (Lanczos-3) through the local linear pixel mapping, unit sum. Exposures without a
+    PSF image get a circular Moffat (beta 3) of their ``psf_fwhm``."""
+    psf = exposure.psf
+    if psf is None:
+        if not np.isfinite(exposure.psf_fwhm):
+            raise InputError(f"{exposure.where}: no PSF image and no psf_fwhm to build one")
+        from .simulate import psf_image
+
+        psf = psf_image(float(exposure.psf_fwhm), "moffat")
+    ny, nx = exposure.shape
+    cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
+    px, py = patch.wcs.world_to_pixel_values(*exposure.wcs.pixel_to_world_values(cx, cy))
+    step = 1.0
+    pts = np.array([[px, py], [px + step, py], [px, py + step]])
+    sx, sy = exposure.wcs.world_to_pixel_values(*patch.wcs.pixel_to_world_values(pts[:, 0], pts[:, 1]))
+    jac = np.array([[sx[1] - sx[0], sx[2] - sx[0]], [sy[1] - sy[0], sy[2] - sy[0]]]) / step
+    n = size or psf.shape[0]
+    h, c = n // 2, psf.shape[0] // 2
+    dy, dx = np.mgrid[-h:h + 1, -h:h + 1].astype(np.float64)
+    src_x = c + jac[0, 0] * dx + jac[0, 1] * dy
+    src_y = c + jac[1, 0] * dx + jac[1, 1] * dy
+    area = np.full(src_x.shape, abs(np.linalg.det(jac)))
+    pad = np.pad(psf.astype(np.float32), 4)
+    img, _, _ = warp_block(pad, np.zeros_like(pad), np.zeros(pad.shape, np.int32), src_x + 4,
+                           src_y + 4, area, kernel="lanczos3")
+    img = np.nan_to_num(img.astype(np.float64))
+    return img / img.sum()
+
+
+def psf_match_warp(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, psf: np.ndarray,
+                   planes: dict[str, int], config: Any = None,
+                   region: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ModelPsfMatch a warp: convolve it with the kernel that turns ``psf`` into the model PSF
+    (each local kernel normalised to unit sum). NO_DATA grows inward by the kernel half-width
+    wherever the footprint leaves the data (chip gaps and edges); variance is sum K^2 var."""
+    from .diffim import _convolve_regions
+    from .psfmatch import model_matching_kernel
+
+    kernel = model_matching_kernel(psf, config)
+    no_data = bitmask(planes, "NO_DATA")
+    img, var, msk = _convolve_regions(image, variance, mask, kernel, region=region,
+                                      no_data=no_data, normalize=True)
+    gone = (msk & no_data) != 0
+    img[gone] = np.nan
+    var[gone] = np.nan
+    return img, var, msk
+
+
 def _remap_mask(mask: np.ndarray, have: dict[str, int], want: dict[str, int], where: str) -> np.ndarray:
     """Re-express a mask in another plane dictionary (by name)."""
     if all(want.get(name) == bit for name, bit in have.items()):
@@ -230,28 +280,41 @@ def _visit_metadata(exposures: Sequence[Exposure], items: Sequence[_Input]) -> d
     return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in meta.items()}
 
 
+def _blank(shape: tuple[int, int], no_data: int) -> list[np.ndarray]:
+    return [np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32),
+            np.full(shape, no_data, np.int32)]
+
+
+def _copy_good(dest: list[np.ndarray], src: Sequence[np.ndarray], no_data: int) -> None:
+    good = (src[2] & no_data) == 0  # copyGoodPixels: later detectors overwrite overlaps
+    for d, s in zip(dest, src, strict=True):
+        d[good] = s[good]
+
+
 def _warp_visit(items: Sequence[_Input], patch: Patch, config: WarpConfig, store_path: str,
-                warp_type: str, index: int) -> dict[str, Any]:
-    """Task body: read, calibrate, warp and composite one visit, write its slot."""
+                slots: dict[str, int], psf_config: Any = None) -> dict[str, Any]:
+    """Task body: read, calibrate, warp and composite one visit (and PSF-match each detector's
+    warp when a psf_matched slot is given); write the visit's slots."""
     visit = items[0].visit
     try:
-        store = WarpStore(store_path, warp_type)
-        planes = store.mask_planes
+        stores = {t: WarpStore(store_path, t) for t in slots}
+        planes = stores["direct"].mask_planes
+        no_data = bitmask(planes, "NO_DATA")
         exposures = [i.source if isinstance(i.source, Exposure) else read_exposure(i.source)
                      for i in items]
-        ny, nx = patch.shape
-        image = np.full((ny, nx), np.nan, np.float32)
-        variance = np.full((ny, nx), np.nan, np.float32)
-        mask = np.full((ny, nx), bitmask(planes, "NO_DATA"), np.int32)
-        no_data = bitmask(planes, "NO_DATA")
-        for exp in exposures:  # later detectors overwrite overlaps (copyGoodPixels)
-            img, var, msk = warp_exposure(exp, patch, config, planes)
-            good = (msk & no_data) == 0
-            image[good], variance[good], mask[good] = img[good], var[good], msk[good]
-        if not np.isfinite(image).any():
+        planes_out = {t: _blank(patch.shape, no_data) for t in slots}
+        for exp in exposures:
+            warped = warp_exposure(exp, patch, config, planes)
+            _copy_good(planes_out["direct"], warped, no_data)
+            if "psf_matched" in slots:
+                matched = psf_match_warp(*warped, warped_psf(exp, patch), planes, psf_config)
+                _copy_good(planes_out["psf_matched"], matched, no_data)
+        if not np.isfinite(planes_out["direct"][0]).any():
             return {"visit": visit, "error": "no pixel of the visit lands on the patch"}
-        pixels = store.write_slot(index, image, variance, mask)
-        return {"visit": visit, **_visit_metadata(exposures, items), **pixels}
+        meta = _visit_metadata(exposures, items)
+        records = {t: {"visit": visit, **meta, **stores[t].write_slot(slots[t], *planes_out[t])}
+                   for t in slots}
+        return {"visit": visit, "records": records}
     except Exception as exc:  # a failed visit must not spoil the others: report it instead
         kind = "" if isinstance(exc, CoaddxError) else f"{type(exc).__name__}: "
         return {"visit": visit, "error": f"{kind}{exc}"}
@@ -277,7 +340,8 @@ def patch_from_store(path: str | os.PathLike[str], warp_type: str = "direct") ->
                  tract_id=int(group.attrs.get("tract", 0) or 0))
 
 
-def _open_store(store: Path, patch: Patch, planes: dict[str, int], warp_type: str) -> WarpStore:
+def _open_store(store: Path, patch: Patch, planes: dict[str, int], warp_type: str,
+                psf_config: Any = None) -> WarpStore:
     if (store / warp_type / "zarr.json").exists():
         ws = WarpStore(store, warp_type)
         have = tuple(ws.group["image"].shape[1:])
@@ -289,12 +353,15 @@ def _open_store(store: Path, patch: Patch, planes: dict[str, int], warp_type: st
         store, warp_type=warp_type, shape=patch.shape, mask_planes=planes,
         wcs=wcs_to_header_string(patch.tract_wcs), x=patch.x, y=patch.y,
         attrs={"tract": patch.tract_id, "patch": patch.name, "bbox": patch.outer_bbox.to_list(),
-               "inner_bbox": patch.inner_bbox.to_list(), "bunit": "nJy"})
+               "inner_bbox": patch.inner_bbox.to_list(), "bunit": "nJy",
+               **({"model_psf_fwhm": psf_config.model_psf_fwhm}
+                  if warp_type == "psf_matched" and psf_config is not None else {})})
 
 
 def make_warps(exposures: Iterable[str | os.PathLike[str] | Exposure], patch: Patch,
                store: str | os.PathLike[str], *, config: WarpConfig | None = None,
-               reuse: bool = True, warp_type: str = "direct",
+               reuse: bool = True, warp_types: Sequence[str] = ("direct",),
+               psf_config: Any = None,
                compute: Callable[..., Any] | None = None) -> WarpResult:
     """Warp every exposure that overlaps ``patch`` into the warp store, one task per visit.
 
@@ -310,6 +377,10 @@ def make_warps(exposures: Iterable[str | os.PathLike[str] | Exposure], patch: Pa
     reuse : bool
         Skip visits already committed in the store and rewrite visits whose writing was
         interrupted; with False, a visit already in the store is an error.
+    warp_types : sequence of {"direct", "psf_matched"}
+        With "psf_matched", each detector's warp is also matched to the model PSF
+        (ModelPsfMatch, :class:`coaddx.psfmatch.ModelPsfMatchConfig`, 7.7 px double Gaussian)
+        and written to the ``psf_matched`` group in the same task.
     compute : callable, optional
         Runs the tasks (``dask.compute`` by default; the CLI passes one with a progress bar).
 
@@ -329,26 +400,37 @@ def make_warps(exposures: Iterable[str | os.PathLike[str] | Exposure], patch: Pa
     for i in selected:
         if isinstance(i.source, Exposure):
             planes = merge_mask_planes(planes, i.source.mask_planes)
-    ws = _open_store(store, patch, planes, warp_type)
+    types = tuple(dict.fromkeys(warp_types))
+    if not types or types[0] != "direct" or not set(types) <= {"direct", "psf_matched"}:
+        raise ConfigError(f"warp_types must start with 'direct' and may add 'psf_matched', got "
+                          f"{tuple(warp_types)}")
+    from .psfmatch import ModelPsfMatchConfig
+
+    psf_config = psf_config or ModelPsfMatchConfig()
+    stores = {t: _open_store(store, patch, planes, t, psf_config) for t in types}
     by_visit: dict[int, list[_Input]] = {}
     for i in sorted(selected, key=lambda i: (i.visit, i.detector)):
         by_visit.setdefault(i.visit, []).append(i)
-    done = {int(r["visit"]) for r in ws.visits}
-    if done & set(by_visit) and not reuse:
-        raise StoreError(f"visit(s) {sorted(done & set(by_visit))} are already in {store}; use "
-                         "reuse=True to skip them")
-    todo = [v for v in by_visit if v not in done]
-    slots = ws.reserve(todo) if todo else {}
-    tasks = [dask.delayed(_warp_visit, pure=False)(by_visit[v], patch, config, str(store),
-                                                   warp_type, slots[v]) for v in todo]
+    done = {t: {int(r["visit"]) for r in ws.visits} for t, ws in stores.items()}
+    complete = set.intersection(*done.values())
+    if complete & set(by_visit) and not reuse:
+        raise StoreError(f"visit(s) {sorted(complete & set(by_visit))} are already in {store}; "
+                         "use reuse=True to skip them")
+    todo = {t: [v for v in by_visit if v not in done[t]] for t in types}
+    visits = sorted(set().union(*todo.values()))
+    slots = {t: (stores[t].reserve(todo[t]) if todo[t] else {}) for t in types}
+    tasks = [dask.delayed(_warp_visit, pure=False)(
+        by_visit[v], patch, config, str(store), {t: slots[t][v] for t in types if v in slots[t]},
+        psf_config) for v in visits]
     results = list((compute or dask.compute)(*tasks)) if tasks else []
-    good = [r for r in results if "error" not in r]
     failed = {int(r["visit"]): r["error"] for r in results if "error" in r}
-    _commit_in_order(ws, good, slots)
-    ws.add_provenance({"operation": "make_warps", "config": config.to_dict(),
-                       "visits": [int(r["visit"]) for r in good], "failed": failed})
-    return WarpResult(store, tuple(int(r["visit"]) for r in good), tuple(sorted(done & set(by_visit))),
-                      missing, failed)
+    for t in types:
+        good = [r["records"][t] for r in results if "records" in r and t in r["records"]]
+        _commit_in_order(stores[t], good, slots[t])
+        stores[t].add_provenance({"operation": "make_warps", "config": config.to_dict(),
+                                  "visits": [int(r["visit"]) for r in good], "failed": failed})
+    written = tuple(int(r["visit"]) for r in results if "records" in r)
+    return WarpResult(store, written, tuple(sorted(complete & set(by_visit))), missing, failed)
 
 
 def _commit_in_order(ws: WarpStore, good: list[dict[str, Any]], slots: dict[int, int]) -> None:
