@@ -97,15 +97,12 @@ def _lerp(values: np.ndarray, nodes: np.ndarray, n: int, axis: int) -> np.ndarra
 
 
 def _relative_area(px: np.ndarray, py: np.ndarray) -> np.ndarray:
-    """|det| of the backward differences of the mapping (arrays extended by one on the low side)."""
-    ax = px[1:, 1:] - px[1:, :-1]
-    ay = py[1:, 1:] - py[1:, :-1]
-    bx = px[1:, 1:] - px[:-1, 1:]
-    by = py[1:, 1:] - py[:-1, 1:]
-    ax *= by
-    ay *= bx
-    ax -= ay
-    return np.abs(ax, out=ax)
+    """|det| of the backward differences of the mapping (arrays extended by one on the low side);
+    one compiled pass (five numpy temporaries of a 20 Mpix grid cost ~0.9 s)."""
+    from .kernels.warp import relative_area
+
+    return relative_area(np.ascontiguousarray(px, dtype=np.float64),
+                         np.ascontiguousarray(py, dtype=np.float64))
 
 
 def map_pixels(from_wcs: WCS, to_wcs: WCS, x: np.ndarray, y: np.ndarray

@@ -14,7 +14,7 @@ IQR_TO_SIGMA = 0.741301109252802
 
 @numba.njit(nogil=True, cache=True)
 def _gather(values, mask, bad):  # pragma: no cover - numba
-    out = np.empty(values.size, dtype=np.float64)
+    out = np.empty(values.size, dtype=values.dtype)
     flat_v, flat_m = values.ravel(), mask.ravel()
     k = 0
     for i in range(flat_v.size):
@@ -26,7 +26,7 @@ def _gather(values, mask, bad):  # pragma: no cover - numba
 
 
 def good_values(values: np.ndarray, mask: np.ndarray, bad_mask: int) -> np.ndarray:
-    """Finite values whose mask has no ``bad_mask`` bit, as a float64 1-D array."""
+    """Finite values whose mask has no ``bad_mask`` bit, as a 1-D array of the values' dtype."""
     return _gather(np.ascontiguousarray(values), np.ascontiguousarray(mask, dtype=np.int32),
                    np.int32(bad_mask))
 
@@ -68,10 +68,28 @@ def meanclip_1d(values: np.ndarray, *, sigma_clip: float = 3.0, clip_iter: int =
     iteration re-selects from the full set (not cumulative) and keeps ``|x - c| <= h``.
     Returns NaN when nothing is kept. This is prepareInputs' ``MEANCLIP(variance plane)``.
     """
-    x = np.asarray(values, dtype=np.float64).ravel()
+    x = np.asarray(values).ravel()
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
     if not np.isfinite(x).all():
         x = x[np.isfinite(x)]
     if x.size == 0:
         return float("nan")
-    q1, med, q3 = np.percentile(x, [25.0, 50.0, 75.0], method="linear")
-    return float(_clip_passes(x, float(med), float(q3 - q1), float(sigma_clip), int(clip_iter)))
+    q1, med, q3 = _quartiles(x)
+    return float(_clip_passes(x, med, q3 - q1, float(sigma_clip), int(clip_iter)))
+
+
+def _quartiles(x: np.ndarray) -> tuple[float, float, float]:
+    """numpy "linear" percentiles 25, 50, 75 from one partition (in the values' own dtype; the
+    interpolation in float64), without np.percentile's float64 copy of the whole sample."""
+    n = x.size
+    pos = [f * (n - 1) for f in (0.25, 0.5, 0.75)]
+    kth = sorted({int(np.floor(p)) for p in pos} | {min(int(np.floor(p)) + 1, n - 1) for p in pos})
+    part = np.partition(x, kth)
+    out = []
+    for p in pos:
+        lo = int(np.floor(p))
+        hi = min(lo + 1, n - 1)
+        a, b = float(part[lo]), float(part[hi])
+        out.append(a + (p - lo) * (b - a))
+    return out[0], out[1], out[2]

@@ -424,3 +424,19 @@ def _make_warp(code: int):
 
 
 _WARP = {code: _make_warp(code) for code in _CODES.values()}
+
+
+@numba.njit(nogil=True, cache=True)
+def relative_area(px, py):  # pragma: no cover - numba
+    """|det| of the backward differences of a mapping sampled on a grid extended by one row and
+    column on the low side: (ny+1, nx+1) -> (ny, nx), in one pass (afw relative area)."""
+    ny, nx = px.shape[0] - 1, px.shape[1] - 1
+    out = np.empty((ny, nx), dtype=np.float64)
+    for j in range(ny):
+        for i in range(nx):
+            ax = px[j + 1, i + 1] - px[j + 1, i]
+            ay = py[j + 1, i + 1] - py[j + 1, i]
+            bx = px[j + 1, i + 1] - px[j, i + 1]
+            by = py[j + 1, i + 1] - py[j, i + 1]
+            out[j, i] = abs(ax * by - ay * bx)
+    return out
