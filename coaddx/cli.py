@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import numpy as np
 
 from . import __version__
 from .errors import CoaddxError
@@ -60,6 +61,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reuse", action="store_true",
                    help="fail on visits already in the store instead of skipping them")
     _add_runtime(p)
+
+    p = sub.add_parser("diff", help="PSF-match and subtract two exposures (ImagePsfMatch)",
+                       description="Fit an Alard-Lupton (or delta-function) PSF-matching kernel on "
+                       "stars of SCIENCE, convolve TEMPLATE with it and write SCIENCE - matched "
+                       "template as a calexp FITS file (the template is warped first if needed).")
+    p.add_argument("template", type=Path)
+    p.add_argument("science", type=Path)
+    p.add_argument("out", type=Path, help="difference image (coaddx calexp FITS)")
+    p.add_argument("--basis", choices=("alard-lupton", "delta-function"), default="alard-lupton")
+    p.add_argument("--spatial-order", type=int, default=2)
+    p.add_argument("--snap", action="store_true", help="SnapPsfMatch preset (two snaps of a visit)")
+    p.add_argument("--fit-background", action="store_true")
+    p.add_argument("--convolve-science", action="store_true",
+                   help="convolve the science image instead of the template")
 
     p = sub.add_parser("assemble", help="stack a warp store into a coadd (AssembleCoadd)",
                        description="Stack the warps of a patch store into a coadd Zarr store.")
@@ -223,6 +238,31 @@ def _cmd_warp(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from .diffim import subtract
+    from .io.fits import read_exposure, write_exposure
+    from .psfmatch import PsfMatchConfig, snap_config
+
+    config = snap_config(args.basis) if args.snap else PsfMatchConfig(
+        basis=args.basis, spatial_kernel_order=args.spatial_order)
+    config = config.replace(fit_for_background=args.fit_background,
+                            convolve_template=not args.convolve_science)
+    t0 = time.perf_counter()
+    result = subtract(read_exposure(args.template), read_exposure(args.science), config)
+    write_exposure(result.difference, args.out)
+    ny, nx = result.difference.shape
+    z = result.difference.image / np.sqrt(result.difference.variance)
+    z = z[np.isfinite(z)]
+    print(_summary([
+        ("kernel", f"{config.basis}, {result.kernel.size} px, spatial order "
+                   f"{config.spatial_kernel_order}, sum {result.kernel.kernel_sum(nx / 2, ny / 2):.4f}"),
+        ("candidates", f"{len(result.candidates)} offered, {result.info.n_used} used"),
+        ("difference", f"{ny} x {nx}, robust sigma of D/sqrt(var) "
+                       f"{1.4826 * np.median(np.abs(z - np.median(z))):.3f}"),
+        ("time", f"{time.perf_counter() - t0:.1f} s"), ("written", str(args.out))]))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -230,7 +270,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"simulate": _cmd_simulate, "warp": _cmd_warp, "assemble": _cmd_assemble,
-            "demo": _cmd_demo}
+            "diff": _cmd_diff, "demo": _cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
