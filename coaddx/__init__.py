@@ -15,6 +15,8 @@ from .errors import (
     SchemaError,
     StoreError,
 )
+from .exposure import Exposure
+from .io.fits import read_exposure, write_exposure
 from .io.zarr import (
     IncompleteStoreWarning,
     WarpStore,
@@ -24,8 +26,6 @@ from .io.zarr import (
     write_coadd,
     write_warps,
 )
-from .exposure import Exposure
-from .io.fits import read_exposure, write_exposure
 from .masks import mask_planes
 from .simulate import Simulation, simulate
 from .skymap import Box, Patch, Tract

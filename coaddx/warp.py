@@ -22,7 +22,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from .errors import ConfigError, CoaddxError, InputError, StoreError
+from .errors import CoaddxError, ConfigError, InputError, StoreError
 from .exposure import Exposure, boundary_pixels
 from .geometry import exposure_overlaps, source_coordinates
 from .io.fits import read_exposure, read_exposure_geometry

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 from astropy.table import Table
-from scipy import ndimage
 
 import coaddx
 from coaddx.diffim import snap_subtract, subtract

@@ -1,6 +1,5 @@
 """make_warps end to end: simulated calexps and real DECam cutouts, store semantics."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -43,8 +43,8 @@ from zarr.codecs import BloscCodec
 from .. import __version__
 from ..errors import InputError, SchemaError, StoreError
 from ..kernels.stats import good_values, meanclip_1d
-from ._chunks import region_reader
 from ..masks import bitmask, check_mask_planes
+from ._chunks import region_reader
 
 __all__ = [
     "WEIGHT_STAT_KEYS",

@@ -119,6 +119,7 @@ def _meanclip(good, r):
     q1, centre, q3 = _quartiles(good)
     iqr_half = r["sigma"] * IQR_TO_SIGMA * (q3 - q1)
     half = iqr_half
+    kept: list = []  # set by iteration 0 before any later iteration reads it
     for it in range(r["niter"]):
         if it > 0:
             _, _, _, mean, var = _moments(kept, centre)
