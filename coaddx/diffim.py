@@ -18,13 +18,13 @@ import numpy as np
 
 from .errors import InputError
 from .exposure import Exposure
+from .graph import convolve_regions
 from .kernels.psfmatch import (
     CandidateStamp,
     FitInfo,
     SpatialKernel,
     alard_lupton_basis,
     alard_lupton_sigmas,
-    convolve_spatial,
     delta_function_basis,
     fit_psf_matching_kernel,
     regularization_matrix,
@@ -122,37 +122,6 @@ def _stamps(template: Exposure, science: Exposure, positions: np.ndarray,
     return out
 
 
-def _tile(image, variance, mask, kernel, box, half, ny, nx, no_data, normalize):
-    y0, y1, x0, x1 = box
-    ya, yb, xa, xb = max(y0 - half, 0), min(y1 + half, ny), max(x0 - half, 0), min(x1 + half, nx)
-    out = convolve_spatial(image[ya:yb, xa:xb], variance[ya:yb, xa:xb], mask[ya:yb, xa:xb],
-                           kernel, origin=(xa, ya), normalize=normalize, bad_bits=no_data)
-    crop = (slice(y0 - ya, y1 - ya), slice(x0 - xa, x1 - xa))
-    return tuple(a[crop] for a in out)
-
-
-def _convolve_regions(image: np.ndarray, variance: np.ndarray, mask: np.ndarray,
-                      kernel: SpatialKernel, *, region: int, no_data: int,
-                      normalize: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """K (x) image as dask tasks over ``region``-sized tiles, each reading a halo of the kernel
-    half-width (the kernel is evaluated at every output pixel, so tiles agree exactly with one
-    whole-image convolution; pixels within the half-width of the IMAGE edge are NO_DATA)."""
-    import dask
-
-    half = kernel.size // 2
-    ny, nx = image.shape
-    boxes = [(y0, min(y0 + region, ny), x0, min(x0 + region, nx))
-             for y0 in range(0, ny, region) for x0 in range(0, nx, region)]
-    tiles = dask.compute(*[dask.delayed(_tile)(image, variance, mask, kernel, b, half, ny, nx,
-                                               no_data, normalize) for b in boxes])
-    out = [np.empty((ny, nx), np.float32), np.empty((ny, nx), np.float32),
-           np.empty((ny, nx), np.int32)]
-    for (y0, y1, x0, x1), parts in zip(boxes, tiles, strict=True):
-        for dest, part in zip(out, parts, strict=True):
-            dest[y0:y1, x0:x1] = part
-    return out[0], out[1], out[2]
-
-
 def subtract(template: Exposure, science: Exposure, config: PsfMatchConfig | None = None, *,
              fwhm_template: float | None = None, fwhm_science: float | None = None,
              candidates: np.ndarray | None = None) -> Subtraction:
@@ -211,7 +180,7 @@ def subtract(template: Exposure, science: Exposure, config: PsfMatchConfig | Non
     except ValueError as exc:
         raise InputError(f"{science.where}: PSF-matching kernel fit failed: {exc}") from exc
     no_data = bitmask(planes, "NO_DATA")
-    m_img, m_var, m_mask = _convolve_regions(to_convolve.image, to_convolve.variance,
+    m_img, m_var, m_mask = convolve_regions(to_convolve.image, to_convolve.variance,
                                              to_convolve.mask, kernel,
                                              region=config.region_size, no_data=no_data)
     yy, xx = np.mgrid[0:ny, 0:nx]

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import dask
 import dask.array as da
 import numpy as np
 
 from .kernels.interp import interpolate_over_defects
+from .kernels.psfmatch import SpatialKernel, convolve_spatial
 from .kernels.stack import stack_block
 from .kernels.stats import good_values, meanclip_1d
 
-__all__ = ["STACK_DTYPE", "finish_coadd_mask", "interpolate_rows", "stack", "visit_meanclip"]
+__all__ = ["STACK_DTYPE", "finish_coadd_mask", "interpolate_rows", "stack", "visit_meanclip", "convolve_regions"]
 
 STACK_DTYPE = np.dtype([("image", "f4"), ("variance", "f4"), ("mask", "i4"), ("n_image", "i4")])
 PLANES_DTYPE = np.dtype([("image", "f4"), ("variance", "f4"), ("mask", "i4")])
@@ -152,3 +154,32 @@ def visit_meanclip(variance: da.Array, mask: da.Array, *, bad_mask: int, sigma_c
     return da.blockwise(_visit_meanclip_chunk, "v", v, "vyx", m, "vyx", dtype=np.float64,
                         concatenate=False, bad_mask=bad_mask, sigma_clip=sigma_clip,
                         clip_iter=clip_iter)
+
+
+def _tile(image, variance, mask, kernel, box, half, ny, nx, no_data, normalize):
+    y0, y1, x0, x1 = box
+    ya, yb, xa, xb = max(y0 - half, 0), min(y1 + half, ny), max(x0 - half, 0), min(x1 + half, nx)
+    out = convolve_spatial(image[ya:yb, xa:xb], variance[ya:yb, xa:xb], mask[ya:yb, xa:xb],
+                           kernel, origin=(xa, ya), normalize=normalize, bad_bits=no_data)
+    crop = (slice(y0 - ya, y1 - ya), slice(x0 - xa, x1 - xa))
+    return tuple(a[crop] for a in out)
+
+
+def convolve_regions(image: np.ndarray, variance: np.ndarray, mask: np.ndarray,
+                      kernel: SpatialKernel, *, region: int, no_data: int,
+                      normalize: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """K (x) image as dask tasks over ``region``-sized tiles, each reading a halo of the kernel
+    half-width (the kernel is evaluated at every output pixel, so tiles agree exactly with one
+    whole-image convolution; pixels within the half-width of the IMAGE edge are NO_DATA)."""
+    half = kernel.size // 2
+    ny, nx = image.shape
+    boxes = [(y0, min(y0 + region, ny), x0, min(x0 + region, nx))
+             for y0 in range(0, ny, region) for x0 in range(0, nx, region)]
+    tiles = dask.compute(*[dask.delayed(_tile)(image, variance, mask, kernel, b, half, ny, nx,
+                                               no_data, normalize) for b in boxes])
+    out = [np.empty((ny, nx), np.float32), np.empty((ny, nx), np.float32),
+           np.empty((ny, nx), np.int32)]
+    for (y0, y1, x0, x1), parts in zip(boxes, tiles, strict=True):
+        for dest, part in zip(out, parts, strict=True):
+            dest[y0:y1, x0:x1] = part
+    return out[0], out[1], out[2]

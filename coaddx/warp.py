@@ -238,12 +238,12 @@ def psf_match_warp(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, ps
     """ModelPsfMatch a warp: convolve it with the kernel that turns ``psf`` into the model PSF
     (each local kernel normalised to unit sum). NO_DATA grows inward by the kernel half-width
     wherever the footprint leaves the data (chip gaps and edges); variance is sum K^2 var."""
-    from .diffim import _convolve_regions
+    from .graph import convolve_regions
     from .psfmatch import model_matching_kernel
 
     kernel = model_matching_kernel(psf, config)
     no_data = bitmask(planes, "NO_DATA")
-    img, var, msk = _convolve_regions(image, variance, mask, kernel, region=region,
+    img, var, msk = convolve_regions(image, variance, mask, kernel, region=region,
                                       no_data=no_data, normalize=True)
     gone = (msk & no_data) != 0
     img[gone] = np.nan
