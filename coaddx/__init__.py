@@ -15,6 +15,7 @@ from .errors import (
     SchemaError,
     StoreError,
 )
+from .diffim import Subtraction, snap_subtract, subtract
 from .exposure import Exposure
 from .io.fits import read_exposure, write_exposure
 from .io.zarr import (
@@ -27,6 +28,7 @@ from .io.zarr import (
     write_warps,
 )
 from .masks import mask_planes
+from .psfmatch import ModelPsfMatchConfig, PsfMatchConfig, snap_config
 from .simulate import Simulation, simulate
 from .skymap import Box, Patch, Tract
 from .warp import WarpConfig, WarpResult, make_warps
@@ -42,6 +44,9 @@ __all__ = [
     "IncompleteStoreWarning",
     "InputError",
     "InterpConfig",
+    "ModelPsfMatchConfig",
+    "PsfMatchConfig",
+    "Subtraction",
     "MaskPlaneError",
     "Patch",
     "SchemaError",
@@ -60,6 +65,9 @@ __all__ = [
     "open_coadd",
     "open_warps",
     "simulate",
+    "snap_config",
+    "snap_subtract",
+    "subtract",
     "write_coadd",
     "write_warps",
 ]
