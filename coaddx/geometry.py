@@ -16,7 +16,8 @@ import warnings
 import numpy as np
 from astropy.wcs import WCS, NoConvergence
 
-__all__ = ["exposure_overlaps", "map_pixels", "pixel_scale", "source_coordinates", "world_to_pixel"]
+__all__ = ["exposure_overlaps", "map_pixels", "pixel_scale", "source_coordinates", "source_grid",
+           "world_to_pixel"]
 
 _INVERSE_TOLERANCE = 1e-8   # pixels, for iterative (SIP / lookup-table) inverses
 _MIN_OVERLAP = 1e-6         # px^2: polygons that only touch (up to rounding) do not overlap
@@ -62,14 +63,31 @@ def source_coordinates(dest_wcs: WCS, src_wcs: WCS, dest_shape: tuple[int, int],
         empty = np.empty((max(ny, 0), max(nx, 0)))
         return empty, empty.copy(), empty.copy()
     step = max(int(interp_length), 1)
-    nodes_y, nodes_x = _nodes(ny + 1, step), _nodes(nx + 1, step)
-    gx, gy = np.meshgrid(nodes_x + (origin[0] - 1.0), nodes_y + (origin[1] - 1.0))
-    px, py = map_pixels(dest_wcs, src_wcs, gx, gy)
+    px, py, nodes_x, nodes_y = source_grid(dest_wcs, src_wcs, dest_shape,
+                                           interp_length=interp_length, origin=origin)
     if step > 1:
         px, py = _interpolate(px, nodes_y, nodes_x), _interpolate(py, nodes_y, nodes_x)
     src_x = np.ascontiguousarray(px[1:, 1:])
     src_y = np.ascontiguousarray(py[1:, 1:])
     return src_x, src_y, _relative_area(px, py)
+
+
+def source_grid(dest_wcs: WCS, src_wcs: WCS, dest_shape: tuple[int, int], *,
+                interp_length: int = 10, origin: tuple[int, int] = (0, 0)
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The exact mapping on the coarse node grid of :func:`source_coordinates`.
+
+    Returns ``(node_x, node_y, nodes_x, nodes_y)``: source column and row at the destination
+    nodes ``nodes_y`` x ``nodes_x`` of the block extended by one pixel on the low side (node
+    index 0 is block pixel -1, the last nodes are ``dest_shape[0]`` and ``dest_shape[1]``).
+    ``coaddx.kernels.warp.warp_on_grid`` interpolates it inside the warping loop.
+    """
+    ny, nx = (int(n) for n in dest_shape)
+    step = max(int(interp_length), 1)
+    nodes_y, nodes_x = _nodes(ny + 1, step), _nodes(nx + 1, step)
+    gx, gy = np.meshgrid(nodes_x + (origin[0] - 1.0), nodes_y + (origin[1] - 1.0))
+    px, py = map_pixels(dest_wcs, src_wcs, gx, gy)
+    return np.asarray(px, np.float64), np.asarray(py, np.float64), nodes_x, nodes_y
 
 
 def _nodes(n: int, step: int) -> np.ndarray:

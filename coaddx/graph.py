@@ -16,7 +16,7 @@ import numpy as np
 from .kernels.interp import interpolate_over_defects
 from .kernels.psfmatch import SpatialKernel, convolve_spatial
 from .kernels.stack import stack_block
-from .kernels.stats import good_values, meanclip_1d
+from .kernels.stats import meanclip_1d, meanclip_masked
 
 __all__ = ["STACK_DTYPE", "finish_coadd_mask", "interpolate_rows", "stack", "visit_meanclip", "convolve_regions"]
 
@@ -139,8 +139,8 @@ def _visit_meanclip_chunk(variance: np.ndarray, mask: np.ndarray, *, bad_mask: i
     variance, mask = _one(variance), _one(mask)
     out = np.empty(variance.shape[0], dtype=np.float64)
     for i in range(variance.shape[0]):  # loop over visits, each a vectorised reduction
-        out[i] = meanclip_1d(good_values(variance[i], mask[i], bad_mask),
-                             sigma_clip=sigma_clip, clip_iter=clip_iter)
+        out[i] = meanclip_masked(variance[i], mask[i], bad_mask, sigma_clip=sigma_clip,
+                                 clip_iter=clip_iter)
     return out
 
 

@@ -24,14 +24,15 @@ from astropy.wcs import WCS
 
 from .errors import CoaddxError, ConfigError, InputError, StoreError
 from .exposure import Exposure, boundary_pixels
-from .geometry import exposure_overlaps, source_coordinates
+from .geometry import exposure_overlaps, source_coordinates, source_grid
 from .io.fits import read_exposure, read_exposure_geometry
 from .io.zarr import WarpStore
-from .kernels.warp import KERNELS, warp_block
+from .kernels.warp import KERNELS, warp_block, warp_on_grid
 from .masks import bitmask, mask_planes, merge_mask_planes
 from .skymap import Box, Patch, wcs_from_header_string, wcs_to_header_string
 
-__all__ = ["WarpConfig", "WarpResult", "make_warps", "patch_from_store", "warp_exposure"]
+__all__ = ["WarpConfig", "WarpResult", "make_warps", "patch_from_store", "warp_exposure",
+           "warp_exposure_box"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,38 +167,71 @@ def _dest_box(exp_wcs: WCS, exp_shape: tuple[int, int], patch: Patch, pad: int) 
     return None if box.empty else box
 
 
+def _calibrated_planes(exp: Exposure) -> tuple[np.ndarray, np.ndarray]:
+    """Image and variance in nJy (as :meth:`Exposure.calibrated`, without copying the rest)."""
+    c = float(exp.photo_calib)
+    if c == 1.0:
+        return exp.image, exp.variance
+    image = np.multiply(exp.image, c, dtype=np.float64).astype(np.float32)
+    variance = np.multiply(exp.variance, c * c, dtype=np.float64).astype(np.float32)
+    return image, variance
+
+
+def warp_exposure_box(exposure: Exposure, patch: Patch, config: WarpConfig | None = None,
+                      planes: dict[str, int] | None = None
+                      ) -> tuple[Box, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Warp one exposure onto the part of the patch it can reach: ``(box, image, variance,
+    mask)`` with arrays of ``box.shape`` (patch-array box), NaN / NaN / NO_DATA where the
+    kernel leaves the exposure; None if the exposure misses the patch."""
+    config = config or WarpConfig()
+    planes = planes or merge_mask_planes(mask_planes(), exposure.mask_planes)
+    no_data_bit = bitmask(planes, "NO_DATA")
+    if config.calibrate:
+        src_image, src_variance = _calibrated_planes(exposure)
+    else:
+        src_image, src_variance = exposure.image, exposure.variance
+    mask = _remap_mask(exposure.mask, exposure.mask_planes, planes, exposure.where)
+    missing = ~(np.isfinite(src_image) & np.isfinite(src_variance))
+    if missing.any():  # NaNs would spread over the whole Lanczos footprint: mark and zero them
+        src_image = np.where(missing, np.float32(0), src_image)
+        src_variance = np.where(missing, np.float32(0), src_variance)
+        mask = mask | np.where(missing, np.int32(no_data_bit), np.int32(0))
+    box = _dest_box(exposure.wcs, exposure.shape, patch, pad=5)
+    if box is None:
+        return None
+    grow = bitmask(planes, config.grow_full_mask_planes, strict=False)
+    if config.interp_length > 1:  # the mapping is interpolated inside the kernel loop
+        node_x, node_y, nodes_x, nodes_y = source_grid(
+            patch.wcs, exposure.wcs, box.shape, interp_length=config.interp_length,
+            origin=(box.x0, box.y0))
+        img, var, msk = warp_on_grid(src_image, src_variance, mask, node_x, node_y, nodes_x,
+                                     nodes_y, box.shape, kernel=config.kernel,
+                                     grow_full_bits=grow, no_data_bit=no_data_bit)
+    else:
+        sx, sy, area = source_coordinates(patch.wcs, exposure.wcs, box.shape,
+                                          interp_length=config.interp_length,
+                                          origin=(box.x0, box.y0))
+        img, var, msk = warp_block(src_image, src_variance, mask, sx, sy, area,
+                                   kernel=config.kernel, grow_full_bits=grow,
+                                   no_data_bit=no_data_bit)
+    no_data = (msk & no_data_bit) != 0
+    img[no_data] = np.nan
+    var[no_data] = np.nan
+    return box, img, var, msk
+
+
 def warp_exposure(exposure: Exposure, patch: Patch, config: WarpConfig | None = None,
                   planes: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Warp one exposure onto the patch grid: (image nJy, variance nJy², mask) over the whole
     patch, NaN / NaN / NO_DATA where the exposure does not reach."""
     config = config or WarpConfig()
     planes = planes or merge_mask_planes(mask_planes(), exposure.mask_planes)
-    exp = exposure.calibrated() if config.calibrate else exposure
-    mask = _remap_mask(exp.mask, exp.mask_planes, planes, exp.where)
-    src_image, src_variance = exp.image, exp.variance
-    missing = ~(np.isfinite(src_image) & np.isfinite(src_variance))
-    if missing.any():  # NaNs would spread over the whole Lanczos footprint: mark and zero them
-        src_image = np.where(missing, np.float32(0), src_image)
-        src_variance = np.where(missing, np.float32(0), src_variance)
-        mask = mask | np.where(missing, np.int32(bitmask(planes, "NO_DATA")), np.int32(0))
-    ny, nx = patch.shape
-    image = np.full((ny, nx), np.nan, np.float32)
-    variance = np.full((ny, nx), np.nan, np.float32)
-    out_mask = np.full((ny, nx), bitmask(planes, "NO_DATA"), np.int32)
-    box = _dest_box(exp.wcs, exp.shape, patch, pad=5)
-    if box is None:
-        return image, variance, out_mask
-    sx, sy, area = source_coordinates(patch.wcs, exp.wcs, box.shape,
-                                      interp_length=config.interp_length, origin=(box.x0, box.y0))
-    img, var, msk = warp_block(src_image, src_variance, mask, sx, sy, area, kernel=config.kernel,
-                               grow_full_bits=bitmask(planes, config.grow_full_mask_planes,
-                                                      strict=False),
-                               no_data_bit=bitmask(planes, "NO_DATA"))
-    rows, cols = box.slices()
-    image[rows, cols], variance[rows, cols], out_mask[rows, cols] = img, var, msk
-    no_data = (out_mask & bitmask(planes, "NO_DATA")) != 0
-    variance[no_data] = np.nan
-    image[no_data] = np.nan
+    image, variance, out_mask = _blank(patch.shape, bitmask(planes, "NO_DATA"))
+    warped = warp_exposure_box(exposure, patch, config, planes)
+    if warped is not None:
+        box, img, var, msk = warped
+        rows, cols = box.slices()
+        image[rows, cols], variance[rows, cols], out_mask[rows, cols] = img, var, msk
     return image, variance, out_mask
 
 
@@ -302,18 +336,36 @@ def _warp_visit(items: Sequence[_Input], patch: Patch, config: WarpConfig, store
         no_data = bitmask(planes, "NO_DATA")
         exposures = [i.source if isinstance(i.source, Exposure) else read_exposure(i.source)
                      for i in items]
-        planes_out = {t: _blank(patch.shape, no_data) for t in slots}
-        for exp in exposures:
-            warped = warp_exposure(exp, patch, config, planes)
-            _copy_good(planes_out["direct"], warped, no_data)
-            if "psf_matched" in slots:
-                matched = psf_match_warp(*warped, warped_psf(exp, patch), planes, psf_config)
-                _copy_good(planes_out["psf_matched"], matched, no_data)
-        if not np.isfinite(planes_out["direct"][0]).any():
+        pairs = [(e, warp_exposure_box(e, patch, config, planes)) for e in exposures]
+        pairs = [(e, w) for e, w in pairs if w is not None]
+        warped = [w for _, w in pairs]
+        if not warped:
+            return {"visit": visit, "error": "no pixel of the visit lands on the patch"}
+        union = Box(min(w[0].x0 for w in warped), min(w[0].y0 for w in warped),
+                    max(w[0].x1 for w in warped), max(w[0].y1 for w in warped))
+        if len(warped) == 1:  # one detector: its box is the visit's data
+            direct = warped[0][1:]
+        else:  # copyGoodPixels, in detector order, into a blank of the union box
+            direct = _blank(union.shape, no_data)
+            for box, *arrays in warped:
+                rows, cols = box.slices(origin=union)
+                _copy_good([p[rows, cols] for p in direct], arrays, no_data)
+        if not np.isfinite(direct[0]).any():
             return {"visit": visit, "error": "no pixel of the visit lands on the patch"}
         meta = _visit_metadata(exposures, items)
-        records = {t: {"visit": visit, **meta, **stores[t].write_slot(slots[t], *planes_out[t])}
-                   for t in slots}
+        records = {"direct": {"visit": visit, **meta, **stores["direct"].write_slot_box(
+            slots["direct"], union.x0, union.y0, *direct)}}
+        if "psf_matched" in slots:
+            matched_out = _blank(patch.shape, no_data)
+            for exp, (box, *arrays) in pairs:
+                full = _blank(patch.shape, no_data)
+                rows, cols = box.slices()
+                for d, arr in zip(full, arrays, strict=True):
+                    d[rows, cols] = arr
+                matched = psf_match_warp(*full, warped_psf(exp, patch), planes, psf_config)
+                _copy_good(matched_out, matched, no_data)
+            records["psf_matched"] = {"visit": visit, **meta, **stores["psf_matched"].write_slot(
+                slots["psf_matched"], *matched_out, data_region=union.slices())}
         return {"visit": visit, "records": records}
     except Exception as exc:  # a failed visit must not spoil the others: report it instead
         kind = "" if isinstance(exc, CoaddxError) else f"{type(exc).__name__}: "

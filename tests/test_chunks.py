@@ -63,3 +63,47 @@ def test_open_warps_reads_through_the_fast_path(tmp_path):
     back = coaddx.open_warps(tmp_path / "p.zarr", chunks={"visit": 3, "y": 24, "x": 24})
     for v in ("image", "variance", "mask"):
         np.testing.assert_array_equal(back[v].values, ds[v].values)
+
+
+@pytest.mark.parametrize("box", [(5, 7, 40, 66), (0, 0, 45, 70), (16, 32, 32, 64), (3, 3, 3, 9)])
+def test_write_slot_box_equals_a_zarr_write_of_the_whole_plane(tmp_path, box):
+    """The direct chunk writer stores what zarr stores for the full plane (data in the box,
+    NaN / NaN / NO_DATA outside; edge chunks padded; all-NaN chunks not written), read back
+    through zarr itself, and a rewrite of the slot leaves no stale chunk behind."""
+    planes = coaddx.mask_planes()
+    nd = 1 << planes["NO_DATA"]
+    x0, y0, x1, y1 = box
+    rng = np.random.default_rng(2)
+    img = rng.normal(size=(y1 - y0, x1 - x0)).astype(np.float32)
+    var = (img**2 + 1).astype(np.float32)
+    msk = rng.integers(0, 4, img.shape).astype(np.int32)
+    img[:2] = np.nan  # NaN data inside the box stays NaN
+    full = [np.full((70, 45), np.nan, np.float32), np.full((70, 45), np.nan, np.float32),
+            np.full((70, 45), nd, np.int32)]
+    for f, a in zip(full, (img, var, msk), strict=True):
+        f[y0:y1, x0:x1] = a
+    ref = coaddx.WarpStore.create(tmp_path / "ref.zarr", shape=(70, 45), mask_planes=planes,
+                                  chunk=32)
+    got = coaddx.WarpStore.create(tmp_path / "got.zarr", shape=(70, 45), mask_planes=planes,
+                                  chunk=32)
+    ref.reserve([1])
+    ref.write_slot(0, *full)
+    got.reserve([1])
+    if x1 < 45:  # a first, shifted write of the slot, overwritten next
+        got.write_slot_box(0, x0 + 1, y0, np.full(img.shape, 7, np.float32), var, msk)
+    rec = got.write_slot_box(0, x0, y0, img, var, msk)
+    assert rec["data_box"] == list(box) and rec["n_finite"] == int(np.isfinite(img).sum())
+    for name in ("image", "variance", "mask"):
+        a = zarr.open_array(str(tmp_path / "ref.zarr" / "direct" / name))[0]
+        b = zarr.open_array(str(tmp_path / "got.zarr" / "direct" / name))[0]
+        np.testing.assert_array_equal(b, a)
+        ref_files = sorted(p.relative_to(tmp_path / "ref.zarr") for p in
+                           (tmp_path / "ref.zarr" / "direct" / name / "c").rglob("*") if p.is_file())
+        got_files = sorted(p.relative_to(tmp_path / "got.zarr") for p in
+                           (tmp_path / "got.zarr" / "direct" / name / "c").rglob("*") if p.is_file())
+        assert got_files == ref_files  # same chunks stored (no all-NaN chunk, no leftovers)
+    want = ref.write_slot(0, *full)["weight_stats"]
+    assert rec["weight_stats"].keys() == want.keys()
+    for key, value in want.items():
+        assert rec["weight_stats"][key] == value or (np.isnan(value) and
+                                                      np.isnan(rec["weight_stats"][key]))

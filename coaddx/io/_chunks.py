@@ -13,7 +13,9 @@ Missing chunk files read as the fill value, as in zarr.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
 from collections.abc import Sequence
 from itertools import product
 from pathlib import Path
@@ -24,7 +26,7 @@ import numpy as np
 
 from ..errors import StoreError
 
-__all__ = ["LocalChunkArray", "region_reader"]
+__all__ = ["LocalChunkArray", "LocalChunkWriter", "region_reader", "region_writer"]
 
 
 def _fill(meta: dict[str, Any], dtype: np.dtype) -> Any:
@@ -165,3 +167,76 @@ class LocalChunkArray:
             elif not direct:
                 target[...] = chunk[src]
         return out[squeeze]
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+def region_writer(array_path: str | Path) -> LocalChunkWriter | None:
+    """A :class:`LocalChunkWriter` for a (visit, y, x) array with chunks (1, cy, cx) in the
+    layout :func:`region_reader` handles, or None (the caller then writes through zarr)."""
+    reader = region_reader(array_path)
+    if reader is None or reader.ndim != 3 or reader.chunks[0] != 1:
+        return None
+    return LocalChunkWriter(reader)
+
+
+class LocalChunkWriter:
+    """Writes one visit slot of a local Zarr v3 array chunk file by chunk, from a box of data.
+
+    Chunks are encoded as zarr would (``bytes``, then blosc lz4 + byte shuffle when the array
+    is compressed), written to a temporary file and renamed into place, so each is whole or
+    absent; chunks equal to the fill value are not stored (zarr's ``write_empty_chunks=False``).
+    Pixels outside the box take ``outside``; chunks entirely outside are encoded once.
+    """
+
+    def __init__(self, reader: LocalChunkArray) -> None:
+        self.array = reader
+
+    def _encode(self, chunk: np.ndarray) -> bytes:
+        chunk = np.ascontiguousarray(chunk, dtype=self.array.dtype)
+        if not self.array.compressed:
+            return chunk.tobytes()
+        return numcodecs.blosc.compress(chunk, b"lz4", 1, numcodecs.blosc.SHUFFLE)
+
+    def _is_fill(self, chunk: np.ndarray) -> bool:
+        fill = self.array.fill
+        if isinstance(fill, float | np.floating) and np.isnan(fill):
+            return bool(np.isnan(chunk).all())
+        return bool((chunk == fill).all())
+
+    def _put(self, key: Path, payload: bytes | None) -> None:
+        if payload is None:
+            key.unlink(missing_ok=True)
+            return
+        key.parent.mkdir(parents=True, exist_ok=True)
+        tmp = key.with_name(f".{key.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with tmp.open("wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, key)
+
+    def write_box(self, index: int, box: tuple[int, int, int, int], data: np.ndarray,
+                  outside: Any) -> None:
+        """Write slot ``index``: ``data`` over ``box`` = (x0, y0, x1, y1) (array pixels, inside
+        the plane), ``outside`` everywhere else."""
+        _, ny, nx = self.array.shape
+        _, cy, cx = self.array.chunks
+        x0, y0, x1, y1 = box
+        if data.shape != (y1 - y0, x1 - x0):
+            raise ValueError(f"data of shape {data.shape} does not fill box {box}")
+        if not (0 <= x0 <= x1 <= nx and 0 <= y0 <= y1 <= ny):
+            raise ValueError(f"box {box} is outside the {ny} x {nx} plane")
+        blank = np.full((cy, cx), outside, dtype=self.array.dtype)
+        blank_payload = None if self._is_fill(blank) else self._encode(blank)
+        base = Path(self.array.path, "c", str(int(index)))
+        for j in range(-(-ny // cy)):
+            for i in range(-(-nx // cx)):
+                key = base / str(j) / str(i)
+                a0, b0 = j * cy, i * cx
+                r0, r1 = max(y0, a0), min(y1, a0 + cy)
+                c0, c1 = max(x0, b0), min(x1, b0 + cx)
+                if r0 >= r1 or c0 >= c1:
+                    self._put(key, blank_payload)
+                    continue
+                chunk = blank.copy()
+                chunk[r0 - a0:r1 - a0, c0 - b0:c1 - b0] = data[r0 - y0:r1 - y0, c0 - x0:c1 - x0]
+                self._put(key, None if self._is_fill(chunk) else self._encode(chunk))

@@ -42,9 +42,9 @@ from zarr.codecs import BloscCodec
 
 from .. import __version__
 from ..errors import InputError, SchemaError, StoreError
-from ..kernels.stats import good_values, meanclip_1d
+from ..kernels.stats import meanclip_masked, meanclip_masked_many
 from ..masks import bitmask, check_mask_planes
-from ._chunks import region_reader
+from ._chunks import region_reader, region_writer
 
 __all__ = [
     "WEIGHT_STAT_KEYS",
@@ -122,13 +122,18 @@ def _open_root(path: Path, mode: str) -> zarr.Group:
 
 
 def visit_weight_stats(variance: np.ndarray, mask: np.ndarray, mask_planes: Mapping[str, int]) -> dict[str, float]:
-    """MEANCLIP of the variance plane for every :data:`WEIGHT_STAT_KEYS` parameter set."""
-    out = {}
-    for sigma, iters, planes in WEIGHT_STAT_KEYS:
-        bad = bitmask(mask_planes, planes, strict=False)
-        out[weight_stat_key(sigma, iters, planes)] = meanclip_1d(
-            good_values(variance, mask, bad), sigma_clip=sigma, clip_iter=iters)
-    return out
+    """MEANCLIP of the variance plane for every :data:`WEIGHT_STAT_KEYS` parameter set (shared
+    passes over the pixels; each value equals its own ``meanclip_masked`` call)."""
+    params = [(bitmask(mask_planes, planes, strict=False), sigma, iters)
+              for sigma, iters, planes in WEIGHT_STAT_KEYS]
+    variance = np.asarray(variance)
+    if variance.dtype == np.float32 and variance.ndim == 2:
+        values = meanclip_masked_many(variance, np.asarray(mask, dtype=np.int32), params)
+    else:
+        values = [meanclip_masked(variance, mask, bad, sigma_clip=sigma, clip_iter=iters)
+                  for bad, sigma, iters in params]
+    return {weight_stat_key(sigma, iters, planes): value
+            for (sigma, iters, planes), value in zip(WEIGHT_STAT_KEYS, values, strict=True)}
 
 
 def _check_variance(visit: int, image: np.ndarray, variance: np.ndarray) -> None:
@@ -238,15 +243,54 @@ class WarpStore:
         return slots
 
     def write_slot(self, index: int, image: np.ndarray, variance: np.ndarray,
-                   mask: np.ndarray) -> dict[str, Any]:
+                   mask: np.ndarray, *, data_region: tuple[slice, slice] | None = None
+                   ) -> dict[str, Any]:
         """Write one reserved slot (safe to call in parallel for different slots) and return
-        the record fields that depend on the pixels (checksums, weight statistics)."""
+        the record fields that depend on the pixels (checksums, weight statistics).
+
+        ``data_region`` (rows, columns), if given, promises that every pixel outside it is
+        NO_DATA (NaN image and variance): the statistics then read only that region.
+        """
         arrays = {"image": np.asarray(image, dtype=np.float32),
                   "variance": np.asarray(variance, dtype=np.float32),
                   "mask": np.asarray(mask, dtype=np.int32)}
         for name, arr in arrays.items():
             self.group[name][index] = arr
+        region = data_region if data_region is not None else (slice(None), slice(None))
         return {"checksum": {k: _crc(v) for k, v in arrays.items()},
+                "weight_stats": visit_weight_stats(arrays["variance"][region],
+                                                   arrays["mask"][region], self.mask_planes),
+                "n_finite": int(np.isfinite(arrays["image"][region]).sum())}
+
+    def write_slot_box(self, index: int, x0: int, y0: int, image: np.ndarray,
+                       variance: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+        """Write one reserved slot from the box of data whose corner is array pixel (x0, y0);
+        every pixel outside the box is NO_DATA (NaN, NaN, the NO_DATA bit). Local stores in
+        coaddx's layout are written chunk file by chunk file straight from the box (no
+        full-plane copies: a warp usually covers part of the patch); others go through zarr.
+        The checksums are those of the box arrays; ``data_box`` is recorded beside them."""
+        arrays = {"image": np.asarray(image, dtype=np.float32),
+                  "variance": np.asarray(variance, dtype=np.float32),
+                  "mask": np.asarray(mask, dtype=np.int32)}
+        ny, nx = self.group["image"].shape[1:]
+        h, w = arrays["image"].shape
+        box = (int(x0), int(y0), int(x0) + w, int(y0) + h)
+        if any(a.shape != (h, w) for a in arrays.values()) or not (
+                0 <= box[0] <= box[2] <= nx and 0 <= box[1] <= box[3] <= ny):
+            raise SchemaError(f"slot {index}: data box {box} of shapes "
+                              f"{[a.shape for a in arrays.values()]} does not fit {ny} x {nx}")
+        no_data = np.int32(bitmask(self.mask_planes, "NO_DATA"))
+        outside = {"image": np.float32(np.nan), "variance": np.float32(np.nan), "mask": no_data}
+        writers = {name: region_writer(self.path / self.warp_type / name) for name in PLANES}
+        if all(w is not None for w in writers.values()):
+            for name, arr in arrays.items():
+                writers[name].write_box(index, box, arr, outside[name])
+        else:
+            for name, arr in arrays.items():
+                full = np.full((ny, nx), outside[name], dtype=arr.dtype)
+                full[box[1]:box[3], box[0]:box[2]] = arr
+                self.group[name][index] = full
+        return {"checksum": {k: _crc(v) for k, v in arrays.items()}, "data_box": list(box),
                 "weight_stats": visit_weight_stats(arrays["variance"], arrays["mask"],
                                                    self.mask_planes),
                 "n_finite": int(np.isfinite(arrays["image"]).sum())}
@@ -345,7 +389,7 @@ def check_store(path: str | os.PathLike[str], warp_type: str = "direct") -> Stor
 
 
 def _visit_variables(records: list[dict[str, Any]]) -> dict[str, tuple[str, np.ndarray]]:
-    skip = {"visit", "checksum", "weight_stats"}
+    skip = {"visit", "checksum", "weight_stats", "data_box"}
     keys: list[str] = []
     for r in records:
         keys += [k for k in r if k not in skip and k not in keys]

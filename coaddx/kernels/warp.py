@@ -51,7 +51,7 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["KERNELS", "warp_block"]
+__all__ = ["KERNELS", "lerp_weights", "warp_block", "warp_on_grid"]
 
 KERNELS = ("lanczos3", "lanczos4", "bilinear", "nearest")
 
@@ -420,10 +420,120 @@ def _make_warp(code: int):
             _row_masks(mask, tiles, src_x[r], src_y[r], box, lo, ntap, grow_bits, no_data_bit,
                        out_mask[r])
 
-    return warp
+    @numba.njit(nogil=True, cache=True, error_model="numpy")
+    def warp_grid(image, variance, mask, node_x, node_y, left_x, t_x, left_y, t_y, consts,
+                  grow_bits, no_data_bit, out_image, out_variance, out_mask):  # pragma: no cover
+        """As ``warp``, with the source coordinates and relative areas interpolated row by row
+        from the node grid (see :func:`warp_on_grid`) instead of read from full arrays."""
+        sy, sx = image.shape
+        ny, nx = out_image.shape
+        box = (float(-lo), float(sx - lo - ntap + 1), float(-lo), float(sy - lo - ntap + 1))
+        tiles = np.full((((sy - 1) >> _TILE_SHIFT) + 1, ((sx - 1) >> _TILE_SHIFT) + 1), -1,
+                        np.int8)
+        wxs = np.empty((ntap, nx))
+        wys = np.empty((ntap, nx))
+        sums = np.empty((2, nx))
+        scratch = np.empty((5, nx))
+        small = np.empty((4, _MAX_TAPS))
+        # node rows interpolated along x once (x first, then y: the order of the reference)
+        rows_x = _lerp_rows(node_x, left_x, t_x)
+        rows_y = _lerp_rows(node_y, left_x, t_x)
+        prev_x = np.empty(nx + 1)
+        prev_y = np.empty(nx + 1)
+        cur_x = np.empty(nx + 1)
+        cur_y = np.empty(nx + 1)
+        area = np.empty(nx)
+        _lerp_row(rows_x, rows_y, left_y[0], t_y[0], prev_x, prev_y)
+        for r in range(ny):
+            _lerp_row(rows_x, rows_y, left_y[r + 1], t_y[r + 1], cur_x, cur_y)
+            for i in range(nx):
+                ax = cur_x[i + 1] - cur_x[i]
+                ay = cur_y[i + 1] - cur_y[i]
+                bx = cur_x[i + 1] - prev_x[i + 1]
+                by = cur_y[i + 1] - prev_y[i + 1]
+                area[i] = abs(ax * by - ay * bx)
+            xs = cur_x[1:]
+            ys = cur_y[1:]
+            if separable:
+                _row_weights(xs, code, lo, ntap, consts, wxs, sums[0], scratch)
+                _row_weights(ys, code, lo, ntap, consts, wys, sums[1], scratch)
+            row_values(image, variance, xs, ys, area, box, consts, wxs, wys,
+                       sums[0], sums[1], small, out_image[r], out_variance[r])
+            _row_masks(mask, tiles, xs, ys, box, lo, ntap, grow_bits, no_data_bit, out_mask[r])
+            prev_x, cur_x = cur_x, prev_x
+            prev_y, cur_y = cur_y, prev_y
+
+    return warp, warp_grid
 
 
-_WARP = {code: _make_warp(code) for code in _CODES.values()}
+@numba.njit(nogil=True, cache=True)
+def _lerp_rows(nodes, left, t):  # pragma: no cover - numba
+    """Each node row linearly interpolated to every column: a * (1 - t) + b * t, as
+    ``geometry._lerp`` computes it."""
+    out = np.empty((nodes.shape[0], left.size))
+    for k in range(nodes.shape[0]):
+        for i in range(left.size):
+            out[k, i] = nodes[k, left[i]] * (1.0 - t[i]) + nodes[k, left[i] + 1] * t[i]
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _lerp_row(rows_x, rows_y, k, t, out_x, out_y):  # pragma: no cover - numba
+    for i in range(out_x.size):
+        out_x[i] = rows_x[k, i] * (1.0 - t) + rows_x[k + 1, i] * t
+        out_y[i] = rows_y[k, i] * (1.0 - t) + rows_y[k + 1, i] * t
+
+
+_KERNEL_LOOPS = {code: _make_warp(code) for code in _CODES.values()}
+_WARP = {code: loops[0] for code, loops in _KERNEL_LOOPS.items()}
+_WARP_GRID = {code: loops[1] for code, loops in _KERNEL_LOOPS.items()}
+
+
+def lerp_weights(nodes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left node index and fraction of every point 0..n-1 between ``nodes`` (the rule of
+    ``geometry._lerp``: the last interval is extended, exact at the nodes)."""
+    pos = np.arange(n)
+    left = np.minimum(np.searchsorted(nodes, pos, side="right") - 1, nodes.size - 2)
+    left = np.maximum(left, 0)
+    t = (pos - nodes[left]) / (nodes[left + 1] - nodes[left])
+    return left.astype(np.int64), t.astype(np.float64)
+
+
+def warp_on_grid(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, node_x: np.ndarray,
+                 node_y: np.ndarray, nodes_x: np.ndarray, nodes_y: np.ndarray,
+                 shape: tuple[int, int], *, kernel: str = "lanczos3", grow_full_bits: int = 0,
+                 no_data_bit: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`warp_block` with the mapping given on a coarse node grid.
+
+    ``node_x``, ``node_y`` are the source positions at the nodes ``nodes_y`` x ``nodes_x`` of
+    the destination block extended by one row and column on the low side (node index 0 is
+    destination pixel -1; the last nodes are ``shape[0]`` and ``shape[1]``), as built by
+    :func:`coaddx.geometry.source_grid`. Each output row's coordinates and relative areas are
+    interpolated in the loop, bit-identical to ``warp_block(*source_coordinates(...))`` without
+    its three full-size float64 arrays (a 15 Mpix block: 360 MB written and read back).
+    """
+    if kernel not in _CODES:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    image, variance = _as_float(image), _as_float(variance)
+    mask = np.ascontiguousarray(mask, dtype=np.int32)
+    if not image.shape == variance.shape == mask.shape or image.ndim != 2:
+        raise ValueError("image, variance and mask must be 2-d arrays of one shape, got "
+                         f"{image.shape}, {variance.shape}, {mask.shape}")
+    ny, nx = (int(n) for n in shape)
+    node_x, node_y = (np.ascontiguousarray(a, dtype=np.float64) for a in (node_x, node_y))
+    if node_x.shape != node_y.shape or node_x.shape != (len(nodes_y), len(nodes_x)) \
+            or nodes_x[-1] != nx or nodes_y[-1] != ny or min(node_x.shape) < 2:
+        raise ValueError("node grids do not match the nodes and the block shape")
+    left_x, t_x = lerp_weights(np.asarray(nodes_x), nx + 1)
+    left_y, t_y = lerp_weights(np.asarray(nodes_y), ny + 1)
+    code = _CODES[kernel]
+    out_image = np.empty((ny, nx), np.float32)
+    out_variance = np.empty((ny, nx), np.float32)
+    out_mask = np.empty((ny, nx), np.int32)
+    _WARP_GRID[code](image, variance, mask, node_x, node_y, left_x, t_x, left_y, t_y,
+                     _tap_constants(code), int(grow_full_bits), int(no_data_bit), out_image,
+                     out_variance, out_mask)
+    return out_image, out_variance, out_mask
 
 
 @numba.njit(nogil=True, cache=True)
