@@ -183,7 +183,7 @@ def subtract(template: Exposure, science: Exposure, config: PsfMatchConfig | Non
     m_img, m_var, m_mask = convolve_regions(to_convolve.image, to_convolve.variance,
                                              to_convolve.mask, kernel,
                                              region=config.region_size, no_data=no_data)
-    yy, xx = np.mgrid[0:ny, 0:nx]
+    yy, xx = np.ogrid[0:ny, 0:nx]  # broadcast: no full-size coordinate planes
     bg = np.asarray(kernel.background(xx, yy), dtype=np.float64) if config.fit_for_background else 0.0
     if config.convolve_template:
         diff = reference.image - m_img - bg

@@ -2,20 +2,46 @@
 
 import numpy as np
 import pytest
-from scipy import ndimage
+from astropy.table import Table
+from scipy import ndimage, optimize
 from scipy.signal import fftconvolve
 
 import coaddx
-from coaddx.io.fits import read_exposure
-from coaddx.psfmatch import ModelPsfMatchConfig, _pad, model_matching_kernel, model_psf
-from coaddx.simulate import simulate
+from coaddx.kernels.render import moffat_alpha
+from coaddx.psfmatch import (
+    FWHM_TO_SIGMA,
+    ModelPsfMatchConfig,
+    _pad,
+    model_matching_kernel,
+    model_psf,
+)
+from coaddx.simulate import psf_image, simulate
 from coaddx.warp import make_warps
+
+MODEL_FWHM = 7.7
 
 
 def _fwhm(stamp):
-    """Half-maximum width from the area above half the peak (bilinear 4x upsampling)."""
-    up = ndimage.zoom(stamp, 4, order=1)
-    return 2 * np.sqrt((up >= up.max() / 2).sum() / 16.0 / np.pi)
+    """Half-maximum diameter of a star centred on the central pixel: the azimuthally averaged
+    profile (one bin per distinct pixel radius) over the central value, linearly interpolated
+    where it crosses 1/2. Unbiased to < 0.1 % for the 7.7 px model and 0.8 % for a 3 px
+    Moffat (``test_fwhm_estimator_matches_analytic_widths``)."""
+    n = stamp.shape[0]
+    c = n // 2
+    yy, xx = np.mgrid[0:n, 0:n]
+    radius, inverse = np.unique(np.round(np.hypot(yy - c, xx - c), 6), return_inverse=True)
+    prof = np.bincount(inverse.ravel(), stamp.ravel() / stamp[c, c]) / np.bincount(inverse.ravel())
+    i = int(np.argmax(prof < 0.5))
+    return 2 * (radius[i - 1] + (0.5 - prof[i - 1]) * (radius[i] - radius[i - 1])
+                / (prof[i] - prof[i - 1]))
+
+
+def _analytic_model_fwhm(fwhm=MODEL_FWHM):
+    """FWHM of the continuous double Gaussian exp(-r²/2s²) + 0.1 exp(-r²/2(2.5s)²)."""
+    s = fwhm * FWHM_TO_SIGMA
+    half = optimize.brentq(lambda r: np.exp(-r * r / (2 * s * s))
+                           + 0.1 * np.exp(-r * r / (2 * (2.5 * s) ** 2)) - 0.55, 0.1, 5 * s)
+    return 2 * half
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +78,18 @@ def test_psf_matched_group_has_every_visit_and_grown_no_data(warped):
         assert (matched["variance"].values[v][good] > 0).all()
 
 
+def test_fwhm_estimator_matches_analytic_widths():
+    """The estimator against independent references: the continuous double Gaussian's
+    half-maximum diameter (8.131 px for a 7.7 px core) and the Moffat/Gaussian FWHMs."""
+    assert _fwhm(model_psf(MODEL_FWHM, 41)) == pytest.approx(_analytic_model_fwhm(), rel=1e-3)
+    for fwhm in (3.0, 4.0, 5.5):
+        for kind in ("moffat", "gaussian"):
+            assert _fwhm(psf_image(fwhm, kind, 41)) == pytest.approx(fwhm, rel=0.008)
+
+
 def test_matching_conserves_flux_and_reaches_the_model_width():
     """One isolated Moffat star (FWHM 4 px) matched to the 7.7 px model: flux kept to 0.1 %,
-    the matched star as wide as the model (same estimator) within 4 %."""
-    from coaddx.simulate import psf_image
+    the matched star as wide as the model within 2 %."""
     from coaddx.warp import psf_match_warp
 
     psf = psf_image(4.0, "moffat")
@@ -68,23 +102,147 @@ def test_matching_conserves_flux_and_reaches_the_model_width():
     img, var, msk = psf_match_warp(image, variance, mask, psf, planes)
     assert np.nansum(img) == pytest.approx(1000.0, rel=1e-3)
     assert np.isnan(img[:5]).all() and (msk[:5] & (1 << planes["NO_DATA"])).all()  # kernel border
-    got, want = _fwhm(img[50:111, 50:111]), _fwhm(model_psf(7.7, 61))
+    got, want = _fwhm(img[50:111, 50:111]), _fwhm(model_psf(MODEL_FWHM, 61))
     print(f"\nmatched star FWHM {got:.3f}, model {want:.3f}")
-    assert abs(got / want - 1) < 0.04
+    assert abs(got / want - 1) < 0.02
     assert np.nanmax(var) < 1.0  # sum K^2 var with a unit-sum kernel is below var
 
 
-def test_matched_psf_fwhm_close_to_model():
-    """The fitted kernel turns each calexp PSF into the model: FWHM within 4 % (the issue asks
-    2 %; with LSST's 1.4x PSF padding the fit constrains only the PSF core; see the notes)."""
-    model = _fwhm(model_psf(7.7, 41))
-    for fwhm_in in (3.5, 4.0, 4.6):
-        from coaddx.simulate import psf_image
-
-        psf = psf_image(fwhm_in, "moffat")
+@pytest.mark.parametrize("kind", ["moffat", "gaussian"])
+def test_matched_psf_fwhm_close_to_model(kind):
+    """The fitted kernel turns each PSF (FWHM 3-6.5 px) into the model: FWHM within 2 %
+    (measured: -0.6..+1.4 %), kernel sum exactly 1."""
+    model = _fwhm(model_psf(MODEL_FWHM, 61))
+    errors = []
+    for fwhm_in in (3.0, 3.5, 4.0, 4.6, 5.5, 6.5):
+        psf = psf_image(fwhm_in, kind)
         kernel = model_matching_kernel(psf, ModelPsfMatchConfig())
         assert kernel.kernel_sum(0, 0) == pytest.approx(1.0, abs=1e-12)
-        got = _fwhm(fftconvolve(_pad(psf, 41), kernel.kernel_image(0, 0), mode="same"))
-        print(f"input FWHM {fwhm_in}: matched {got:.3f} vs model {model:.3f}")
-        assert abs(got / model - 1) < 0.04
-    _ = read_exposure
+        errors.append(_fwhm(fftconvolve(_pad(psf, 61), kernel.kernel_image(0, 0), mode="same"))
+                      / model - 1)
+    print(f"\n{kind}: matched FWHM / model - 1 = {np.round(100 * np.array(errors), 2)} %")
+    assert np.max(np.abs(errors)) < 0.02
+
+
+def test_model_matching_kernel_is_the_constrained_least_squares_solution():
+    """Against an independent solve: columns B_j (x) T by scipy's direct convolution over the
+    valid region, B_0's coefficient fixed at 1, the rest by numpy lstsq."""
+    from scipy.signal import convolve
+
+    from coaddx.kernels.psfmatch import alard_lupton_basis
+
+    config = ModelPsfMatchConfig()
+    psf = psf_image(4.0, "moffat")  # 33 px: the 31 px minimum of 21 x 1.4 does not pad it
+    basis = alard_lupton_basis(21, config.al_sigmas, config.al_degrees)
+    model = model_psf(MODEL_FWHM, 33)[10:-10, 10:-10].ravel()
+    cols = np.column_stack([convolve(psf, b, mode="valid").ravel() for b in basis])
+    rest = np.linalg.lstsq(cols[:, 1:], model - cols[:, 0], rcond=None)[0]
+    want = basis[0] + np.tensordot(rest, basis[1:], axes=1)
+    got = model_matching_kernel(psf, config).kernel_image(0, 0)
+    np.testing.assert_allclose(got, want, atol=1e-9 * np.abs(want).max())
+
+
+def test_lsst_kernel_sum_override_narrows_the_matched_psf():
+    """Why coaddx fixes the kernel sum inside the fit (docs/design-notes.md): LSST's free fit
+    followed by overwriting the first coefficient leaves a 3.5 px Moffat 13 % too narrow."""
+    psf = psf_image(3.5, "moffat")
+    model = _fwhm(model_psf(MODEL_FWHM, 61))
+    got = {}
+    for mode in ("constrained", "lsst"):
+        kernel = model_matching_kernel(psf, ModelPsfMatchConfig(kernel_sum_fit=mode))
+        assert kernel.kernel_sum(0, 0) == pytest.approx(1.0, abs=1e-12)
+        got[mode] = _fwhm(fftconvolve(_pad(psf, 61), kernel.kernel_image(0, 0), mode="same"))
+    assert abs(got["constrained"] / model - 1) < 0.02
+    assert got["lsst"] / model - 1 < -0.10
+
+
+def test_model_matching_kernel_rejects_bad_input():
+    with pytest.raises(coaddx.InputError, match="odd square"):
+        model_matching_kernel(np.ones((20, 20)))
+    with pytest.raises(coaddx.InputError, match="positive sum"):
+        model_matching_kernel(np.zeros((21, 21)))
+    with pytest.raises(coaddx.ConfigError, match="kernel_size"):
+        model_matching_kernel(psf_image(2.0), ModelPsfMatchConfig(auto_pad_psf_to=1.0))
+    with pytest.raises(coaddx.ConfigError, match="kernel_sum_fit"):
+        ModelPsfMatchConfig(kernel_sum_fit="free")
+
+
+# -- FWHM measured on the stars of the warps ------------------------------------------------
+
+def _double_gaussian(fwhm):
+    s = fwhm * FWHM_TO_SIGMA
+    return lambda dx, dy: (np.exp(-(dx * dx + dy * dy) / (2 * s * s))
+                           + 0.1 * np.exp(-(dx * dx + dy * dy) / (2 * (2.5 * s) ** 2)))
+
+
+def _moffat(fwhm, beta=3.0):
+    alpha = moffat_alpha(fwhm, beta)
+    return lambda dx, dy: (1.0 + (dx * dx + dy * dy) / alpha**2) ** -beta
+
+
+def _targets(sim, shape, half):
+    """Truth stars for the width measurement: 5e3 nJy < flux, unsaturated, more than 30 px
+    from a saturated star, stamp (plus a 2 px margin) inside the patch; and every source."""
+    t = Table.read(sim.truth / "sources.ecsv", format="ascii.ecsv")
+    xy = np.column_stack([np.asarray(t["x_patch"]), np.asarray(t["y_patch"])])
+    flux = np.asarray(t["flux"])
+    sat = np.asarray(t["saturated"]) | (flux > 2e6)
+    near_sat = (np.hypot(*(xy[:, None] - xy[None, sat]).transpose(2, 0, 1)) < 30).any(1)
+    lo, hi = half + 2, np.array(shape[::-1]) - half - 3
+    inside = ((np.rint(xy) >= lo) & (np.rint(xy) <= hi)).all(1)
+    return np.flatnonzero((flux > 5e3) & ~sat & ~near_sat & inside), xy
+
+
+def _star_stamps(image, mask, bad, xy, targets, profile, half=10):
+    """Target stars (and their fitted amplitudes, the stacking weights), each with its neighbours removed and
+    re-centred: per stamp, a linear fit of ``profile`` at the truth positions of every source
+    within the stamp (+8 px) plus a plane; the neighbours and the plane are subtracted, the
+    stamp is shifted (cubic spline) to put the star on the central pixel and divided by its
+    fitted amplitude. Stamps touching a ``bad`` mask bit are skipped."""
+    stamps, weights = [], []
+    for k in targets:
+        ix, iy = np.rint(xy[k]).astype(int)
+        sl = (slice(iy - half - 2, iy + half + 3), slice(ix - half - 2, ix + half + 3))
+        if (mask[sl] & bad).any():
+            continue
+        yy, xx = np.mgrid[sl]
+        near = np.flatnonzero((np.abs(xy - (ix, iy)) < half + 10).all(1) & (np.arange(len(xy)) != k))
+        cols = [profile(xx - xy[j, 0], yy - xy[j, 1]).ravel() for j in (k, *near)]
+        design = np.column_stack([*cols, np.ones(xx.size), (xx - ix).ravel(), (yy - iy).ravel()])
+        stamp = image[sl].astype(np.float64)
+        amp = np.linalg.lstsq(design, stamp.ravel(), rcond=None)[0]
+        star = stamp - (design[:, 1:] @ amp[1:]).reshape(stamp.shape)
+        shifted = ndimage.shift(star, (iy - xy[k, 1], ix - xy[k, 0]), order=3)[2:-2, 2:-2]
+        stamps.append(shifted / amp[0])
+        weights.append(amp[0])
+    return stamps, weights
+
+
+def test_psf_matched_warp_stars_have_the_model_fwhm(warped):
+    """Stars in the PSF-matched warps of make_warps (calexp PSF FWHMs 4.0-5.4 px) are as wide
+    as the 7.7 px model within 2 % (measured -0.9 %, 23 stars over 3 visits). The same
+    measurement on the direct warps recovers each visit's input PSF FWHM within 2 % (measured
+    -1.1..+0.7 %), which validates it on noisy, crowded data."""
+    sim, direct, matched = warped
+    half = 10
+    planes = direct.attrs["mask_planes"]
+    bad = sum(1 << planes[p] for p in ("BAD", "SAT", "NO_DATA", "EDGE"))
+    targets, xy = _targets(sim, (direct.sizes["y"], direct.sizes["x"]), half)
+    stamps, weights = [], []
+    for v in range(direct.sizes["visit"]):
+        fwhm_in = float(direct["psf_fwhm"].values[v])
+        d_stamps, d_weights = _star_stamps(direct["image"].values[v], direct["mask"].values[v],
+                                           bad, xy, targets, _moffat(fwhm_in), half)
+        star = np.average(d_stamps, axis=0, weights=d_weights)
+        err = _fwhm(star) / _fwhm(psf_image(fwhm_in, "moffat", 2 * half + 1)) - 1
+        print(f"\nvisit {v}: direct warp, {len(d_stamps)} stars, FWHM / input PSF - 1 = "
+              f"{100 * err:+.2f} %")
+        assert len(d_stamps) >= 5 and abs(err) < 0.02
+        m_stamps, m_weights = _star_stamps(matched["image"].values[v], matched["mask"].values[v],
+                                           bad, xy, targets, _double_gaussian(MODEL_FWHM), half)
+        stamps += m_stamps
+        weights += m_weights
+    err = (_fwhm(np.average(stamps, axis=0, weights=weights))
+           / _fwhm(model_psf(MODEL_FWHM, 2 * half + 1)) - 1)
+    print(f"PSF-matched warps, {len(stamps)} stars: FWHM / model - 1 = {100 * err:+.2f} %")
+    assert len(stamps) >= 15 and abs(err) < 0.02
