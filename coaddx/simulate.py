@@ -72,6 +72,7 @@ from .kernels.render import (
     noise,
 )
 from .masks import mask_planes as default_mask_planes
+from .psf import psf_image as _psf_image
 from .skymap import Patch, Tract, wcs_to_header_string
 
 __all__ = ["ARTIFACT_BITS", "Simulation", "enclosed_flux_fraction", "psf_image", "simulate"]
@@ -107,17 +108,9 @@ def enclosed_flux_fraction(radius: float, fwhm: float, psf: T_Psf = "moffat",
 
 
 def psf_image(fwhm: float, psf: T_Psf = "moffat", size: int | None = None) -> np.ndarray:
-    """The simulated PSF sampled at pixel centres on an odd ``size`` grid, unit sum."""
-    size = size or 2 * int(math.ceil(4.0 * fwhm)) + 1
-    if size % 2 == 0:
-        raise ConfigError(f"psf_image: size must be odd, got {size}")
-    c = (np.arange(size) - size // 2).astype(np.float64) ** 2
-    r2 = c[:, None] + c[None, :]
-    if psf == "moffat":
-        img = (1.0 + r2 / moffat_alpha(fwhm, MOFFAT_BETA) ** 2) ** -MOFFAT_BETA
-    else:
-        img = np.exp(-0.5 * r2 / (fwhm / 2.3548200450309493) ** 2)
-    return img / img.sum()
+    """The simulated PSF sampled at pixel centres on an odd ``size`` grid, unit sum
+    (:func:`coaddx.psf.psf_image` with the simulator's Moffat beta)."""
+    return _psf_image(fwhm, psf, size, MOFFAT_BETA)
 
 
 # -- rendering one frame (the patch grid of a visit, or one detector) ------------------------

@@ -29,6 +29,7 @@ from .io.fits import read_exposure, read_exposure_geometry
 from .io.zarr import WarpStore
 from .kernels.warp import KERNELS, warp_block, warp_on_grid
 from .masks import bitmask, mask_planes, merge_mask_planes
+from .psf import psf_image
 from .skymap import Box, Patch, wcs_from_header_string, wcs_to_header_string
 
 __all__ = ["WarpConfig", "WarpResult", "make_warps", "patch_from_store", "warp_exposure",
@@ -243,8 +244,6 @@ def warped_psf(exposure: Exposure, patch: Patch, size: int | None = None) -> np.
     if psf is None:
         if not np.isfinite(exposure.psf_fwhm):
             raise InputError(f"{exposure.where}: no PSF image and no psf_fwhm to build one")
-        from .simulate import psf_image
-
         psf = psf_image(float(exposure.psf_fwhm), "moffat")
     ny, nx = exposure.shape
     cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
