@@ -6,6 +6,7 @@ __version__ = "0.1.0"
 
 from . import runtime as _runtime  # noqa: F401  (registers the coaddx dask config defaults)
 from .assemble import assemble
+from .compare_warp import CompareWarpConfig, assemble_compare_warp
 from .config import AssembleConfig, InterpConfig, from_lsst_config
 from .errors import (
     CoaddxError,
@@ -18,6 +19,7 @@ from .errors import (
 from .diffim import Subtraction, snap_subtract, subtract
 from .exposure import Exposure
 from .io.fits import read_exposure, write_exposure
+from .io.export import export_fits
 from .io.zarr import (
     IncompleteStoreWarning,
     WarpStore,
@@ -35,6 +37,7 @@ from .warp import WarpConfig, WarpResult, make_warps
 
 __all__ = [
     "AssembleConfig",
+    "CompareWarpConfig",
     "Exposure",
     "WarpConfig",
     "WarpResult",
@@ -56,7 +59,9 @@ __all__ = [
     "WarpStore",
     "__version__",
     "assemble",
+    "assemble_compare_warp",
     "check_store",
+    "export_fits",
     "make_warps",
     "read_exposure",
     "write_exposure",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -32,6 +33,20 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     g.add_argument("--memory-per-task", metavar="BYTES",
                    help="memory budget of one stacking task, e.g. 512MiB (coaddx.memory-per-task)")
     g.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    g.add_argument("--cluster", choices=("local", "slurm", "pbs"), default="local",
+                   help="where the dask workers run: a LocalCluster (default) or batch jobs "
+                   "submitted through dask-jobqueue")
+    g.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="batch jobs to start with --cluster slurm/pbs (default 1)")
+    g.add_argument("--adapt", action="store_true",
+                   help="with --cluster slurm/pbs: adapt between 0 and --jobs jobs")
+    g.add_argument("--jobqueue-config", type=Path, metavar="YAML",
+                   help="dask-jobqueue settings (cluster/jobqueue.yaml format); default: the "
+                   "user's dask config")
+    g.add_argument("--job-script", action="store_true",
+                   help="print the batch script of a worker job before submitting it")
+    g.add_argument("--report", type=Path, metavar="FILE",
+                   help="write a dask performance report (HTML) of the computation")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Write a simulated patch: warp store, calexp FITS files and truth.")
     p.add_argument("out", type=Path, help="output directory")
     _add_sim_args(p)
+    p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
 
     p = sub.add_parser("warp", help="warp calexps onto a patch grid (MakeDirectWarp)",
                        description="Warp every exposure that overlaps the patch into the warp "
@@ -90,6 +106,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="output directory (default: ./coaddx-demo)")
     _add_sim_args(p, visits=16, size=1024)
     _add_runtime(p)
+
+    p = sub.add_parser("export-fits", help="write a coadd store as LSST-style FITS",
+                       description="Write the IMAGE, MASK (MP_* keywords) and VARIANCE HDUs "
+                       "(and N_IMAGE) of a coadd store with its WCS, chunk by chunk from the "
+                       "workers into a temporary file renamed into place.")
+    p.add_argument("coadd", type=Path, help="coadd store (.zarr)")
+    p.add_argument("out", type=Path, help="FITS file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing FITS file")
+    _add_runtime(p)
     return parser
 
 
@@ -112,24 +137,53 @@ def _add_assemble_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subregion-size", type=int, default=None,
                    help="fixed subregion side (default: planned from the memory budget)")
     p.add_argument("--warp-type", choices=("direct", "psf_matched"), default="direct")
+    p.add_argument("--method", choices=("assemble", "compare-warp"), default="assemble",
+                   help="assemble: AssembleCoadd of --warp-type warps; compare-warp: CompareWarp "
+                   "artifact rejection with LSST's defaults, reading the direct and psf_matched "
+                   "groups (only --subregion-size and --no-interp apply; writes epoch_count and "
+                   "artifact_mask too)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing coadd store")
 
 
-@contextlib.contextmanager
-def _client(args: argparse.Namespace) -> Iterator[Any]:
+def _start_client(args: argparse.Namespace) -> Any:
     from .cluster import connect, local
 
+    kind = getattr(args, "cluster", "local")
+    if kind == "local" and (args.jobs is not None or args.adapt or args.jobqueue_config
+                            or args.job_script):
+        raise CoaddxError("--jobs, --adapt, --jobqueue-config and --job-script need "
+                          "--cluster slurm or --cluster pbs")
+    if kind != "local":
+        if args.scheduler:
+            raise CoaddxError("--scheduler and --cluster slurm/pbs exclude each other")
+        conn = connect(kind, jobs=args.jobs, adapt=args.adapt, config=args.jobqueue_config,
+                       job_script=args.job_script)
+        print("waiting for the first worker job to start ...", flush=True)
+        conn.wait_for_workers(1)
+        return conn
     if args.scheduler:
         client = connect(args.scheduler)
     else:
         client = local(args.workers, args.threads, processes=True if args.processes else None)
     print(f"dask dashboard: {client.dashboard_link}")
+    return client
+
+
+@contextlib.contextmanager
+def _client(args: argparse.Namespace) -> Iterator[Any]:
+    from .cluster import ClusterConnection, performance_report
+
+    client = _start_client(args)
     try:
-        yield client
+        with performance_report(getattr(args, "report", None)):
+            yield client
+        if getattr(args, "report", None):
+            print(f"performance report: {args.report}")
     finally:
         client.close()
         cluster = getattr(client, "cluster", None)
-        if cluster is not None and not args.scheduler:
+        if (cluster is not None and not args.scheduler
+                and not isinstance(client, ClusterConnection)):
             cluster.close()
 
 
@@ -158,40 +212,123 @@ def _summary(rows: Sequence[tuple[str, str]]) -> str:
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
 
+def _bar(label: str, unit: str, width: int = 40):
+    """A text progress bar callback ``(done, total)`` on stderr."""
+    def show(done: int, total: int) -> None:
+        filled = int(width * done / max(total, 1))
+        end = "\n" if done >= total else ""
+        print(f"\r{label} [{'#' * filled}{' ' * (width - filled)}] {done}/{total} {unit}",
+              end=end, file=sys.stderr, flush=True)
+    return show
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from .simulate import simulate
 
     t0 = time.perf_counter()
     sim = simulate(args.out, n_visits=args.visits, shape=(args.size, args.size), seed=args.seed,
-                   psf=args.psf, calexps=not args.no_calexps, overwrite=args.overwrite)
+                   psf=args.psf, calexps=not args.no_calexps, overwrite=args.overwrite,
+                   progress=None if args.no_progress else _bar("simulate", "visits"))
     print(f"simulated {args.visits} visits of {args.size} x {args.size} in "
           f"{time.perf_counter() - t0:.1f} s -> {sim.out}")
     return 0
 
 
-def _cmd_assemble(args: argparse.Namespace) -> int:
-    from .assemble import assemble
-    from .diagnostics import PeakMemory, format_bytes
+def _fitted_budget(client: Any, shape: tuple[int, int], args: argparse.Namespace) -> int:
+    """``coaddx.memory-per-task``, lowered when the workers' memory limits cannot hold it
+    (an explicit ``--memory-per-task`` is kept as given)."""
+    from .cluster import worker_resources
+    from .diagnostics import format_bytes
+    from .plan import task_budget
+    from .runtime import memory_per_task
+
+    budget = memory_per_task()
+    workers = [w for w in worker_resources(client).values() if w[1] > 0]
+    if args.memory_per_task or not workers:
+        return budget
+    threads, limit = min(workers, key=lambda w: w[1] / max(w[0], 1))
+    fitted = task_budget(limit, threads=threads, shape=shape, n_workers=len(workers))
+    if fitted < budget:
+        print(f"memory per task: {format_bytes(fitted)} (lowered from {format_bytes(budget)} "
+              f"to fit workers of {format_bytes(limit)} with {threads} thread(s))")
+        return fitted
+    return budget
+
+
+def _memory_rows(workers: Any, client: Any, planned_fn: Any) -> list[tuple[str, str]]:
+    """Summary rows: the measured peak RSS of each worker beside its plan, and spills."""
+    from .cluster import worker_resources
+    from .diagnostics import format_bytes
+    from .plan import KERNEL_LOAD_BYTES
+
+    threads = worker_resources(client)
+    rows = []
+    for i, (addr, peak) in enumerate(sorted(workers.peaks.items())):
+        planned = planned_fn(threads.get(addr, (1, 0))[0], len(workers.peaks), peak.baseline)
+        label = f"peak memory, worker {i}" if len(workers.peaks) > 1 else "peak memory"
+        rows.append((label, (f"{format_bytes(peak.peak)} (+{format_bytes(peak.added)} during "
+                             f"the run); planned {format_bytes(planned + KERNEL_LOAD_BYTES)} "
+                             f"per worker, incl. {format_bytes(KERNEL_LOAD_BYTES)} for loading "
+                             "compiled kernels")))
+    rows.append(("spilled to disk", f"{workers.spilled} keys"))
+    return rows
+
+
+def _compare_warp(warps_path: Path, args: argparse.Namespace) -> tuple[Any, Any]:
+    from .compare_warp import CompareWarpConfig, assemble_compare_warp
     from .io.zarr import open_warps
 
+    config = CompareWarpConfig(subregion_size=args.subregion_size)
+    if args.no_interp:
+        config = config.replace(assemble=config.assemble.replace(interp=None))
+    warps = open_warps(warps_path, "direct")
+    return warps, assemble_compare_warp(warps, open_warps(warps_path, "psf_matched"), config)
+
+
+def _cmd_assemble(args: argparse.Namespace) -> int:
+    from .assemble import assemble
+    from .cluster import WorkerMemory
+    from .diagnostics import PeakMemory, Stages, format_bytes
+    from .io.zarr import open_warps
+    from .plan import StackPlan, worker_bytes
+
     config = _config(args)
+    stages = Stages()
     with _client(args) as client, PeakMemory() as mem:
-        warps = open_warps(args.warps, args.warp_type)
-        coadd = assemble(warps, config)
-        t0 = time.perf_counter()
-        _write_coadd(client, coadd, args.out, overwrite=args.overwrite,
-                     progress=not args.no_progress)
-        dt = time.perf_counter() - t0
-    n, ny, nx = (warps.sizes[d] for d in ("visit", "y", "x"))
-    print(_summary([
+        with stages("open + plan"):
+            sizes = open_warps(args.warps, args.warp_type).sizes
+            budget = _fitted_budget(client, (sizes["y"], sizes["x"]), args)
+            with dask.config.set({"coaddx.memory-per-task": budget}):
+                if args.method == "compare-warp":
+                    warps, coadd = _compare_warp(args.warps, args)
+                else:
+                    warps = open_warps(args.warps, args.warp_type)
+                    coadd = assemble(warps, config)
+        with stages("stack + write"), WorkerMemory(client) as workers:
+            _write_coadd(client, coadd, args.out, overwrite=args.overwrite,
+                         progress=not args.no_progress)
+        n, ny, nx = (warps.sizes[d] for d in ("visit", "y", "x"))
+        p = coadd.attrs["plan"]
+        sy, sx = p["subregion"]
+        plan = StackPlan((sy, sx), p["task_bytes"], p["budget_bytes"],
+                         math.ceil(ny / sy) * math.ceil(nx / sx), (ny, nx))
+        memory = _memory_rows(workers, client, lambda t, k, b: worker_bytes(
+            plan, threads=t, n_workers=k, baseline=b))
+    dt = stages.times["stack + write"]
+    rows = [
         ("inputs", f"{n} visits x {ny} x {nx} ({args.warps})"),
-        ("statistic", f"{config.statistic} (sigma {config.sigma_clip}, {config.clip_iter} iterations)"),
-        ("plan", f"{coadd.attrs['plan']['subregion']} subregions, "
-                 f"{format_bytes(coadd.attrs['plan']['task_bytes'])} planned per task"),
-        ("time", f"{dt:.2f} s ({n * ny * nx / dt / 1e6:.0f} Mpix-visits/s)"),
-        ("peak memory", f"{format_bytes(mem.peak)} (+{format_bytes(mem.added)} during the run)"),
+        ("statistic", "compare-warp: MEAN with CLIPPED artifacts rejected"
+         if args.method == "compare-warp" else
+         f"{config.statistic} (sigma {config.sigma_clip}, {config.clip_iter} iterations)"),
+        ("plan", (f"{p['subregion']} subregions, {format_bytes(p['task_bytes'])} planned per "
+                  f"task (budget {format_bytes(p['budget_bytes'])})")),
+        *[(f"time: {k}", f"{v:.2f} s") for k, v in stages.times.items()],
+        ("throughput", f"{n * ny * nx / dt / 1e6:.3g} Mpix-visits/s (stack + write)"),
+        *memory,
+        ("client memory", f"{format_bytes(mem.peak)} (+{format_bytes(mem.added)})"),
         ("coadd", str(args.out)),
-    ]))
+    ]
+    print(_summary(rows))
     return 0
 
 
@@ -213,25 +350,47 @@ def _grid(args: argparse.Namespace):
     return patch_from_store(source)
 
 
+def _warp_plan(exposures: Sequence[Path], patch: Any) -> tuple[int, int]:
+    """(planned bytes of the largest visit task, detector pixels) from the headers."""
+    from .plan import warp_task_bytes
+    from .warp import _inputs
+
+    by_visit: dict[int, list[tuple[int, int]]] = {}
+    for item in _inputs(exposures):
+        by_visit.setdefault(item.visit, []).append(item.shape)
+    planned = max(warp_task_bytes(patch.shape, shapes) for shapes in by_visit.values())
+    pixels = sum(ny * nx for shapes in by_visit.values() for ny, nx in shapes)
+    return planned, pixels
+
+
 def _cmd_warp(args: argparse.Namespace) -> int:
-    from .cluster import compute_with_progress
-    from .diagnostics import PeakMemory, format_bytes
+    from .cluster import WorkerMemory, compute_with_progress
+    from .diagnostics import PeakMemory, Stages, format_bytes
     from .warp import WarpConfig, make_warps
 
     config = WarpConfig(kernel=args.kernel, interp_length=args.interp_length, border=args.border)
     patch = _grid(args)
+    stages = Stages()
     with _client(args) as client, PeakMemory() as mem:
-        t0 = time.perf_counter()
-        result = make_warps(args.exposures, patch, args.store, config=config,
-                            reuse=not args.no_reuse,
-                            compute=lambda *tasks: compute_with_progress(
-                                client, list(tasks), show=not args.no_progress))
-        dt = time.perf_counter() - t0
+        with stages("read headers + plan"):
+            per_task, det_pixels = _warp_plan(args.exposures, patch)
+        with stages("warp + write"), WorkerMemory(client) as workers:
+            result = make_warps(args.exposures, patch, args.store, config=config,
+                                reuse=not args.no_reuse,
+                                compute=lambda *tasks: compute_with_progress(
+                                    client, list(tasks), show=not args.no_progress))
+        memory = _memory_rows(workers, client, lambda t, k, b: b + t * per_task)
+    dt = stages.times["warp + write"]
     ny, nx = patch.shape
     rows = [("warped", f"{len(result.written)} visits onto {ny} x {nx} in {dt:.1f} s"),
             ("reused", f"{len(result.reused)} visits already in the store"),
             ("not overlapping", f"{len(result.not_overlapping)} exposures"),
-            ("peak memory", format_bytes(mem.peak)), ("store", str(args.store))]
+            *[(f"time: {k}", f"{v:.2f} s") for k, v in stages.times.items()],
+            ("throughput", (f"{det_pixels / 1e6 / dt:.3g} input Mpix/s "
+                            f"({format_bytes(per_task)} planned per visit task)")),
+            *memory,
+            ("client memory", f"{format_bytes(mem.peak)} (+{format_bytes(mem.added)})"),
+            ("store", str(args.store))]
     for visit, why in result.failed.items():
         rows.append((f"FAILED visit {visit}", why))
     print(_summary(rows))
@@ -269,8 +428,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _cmd_export_fits(args: argparse.Namespace) -> int:
+    from .cluster import compute_with_progress
+    from .diagnostics import format_bytes
+    from .io.export import export_fits
+
+    if args.out.exists() and not args.overwrite:
+        raise CoaddxError(f"{args.out} exists; pass --overwrite to replace it")
+    t0 = time.perf_counter()
+    with _client(args) as client:
+        export_fits(args.coadd, args.out, overwrite=args.overwrite,
+                    compute=lambda d: compute_with_progress(client, d, show=not args.no_progress))
+    dt = time.perf_counter() - t0
+    print(_summary([("written", f"{args.out} ({format_bytes(args.out.stat().st_size)})"),
+                    ("time", f"{dt:.2f} s")]))
+    return 0
+
+
 COMMANDS = {"simulate": _cmd_simulate, "warp": _cmd_warp, "assemble": _cmd_assemble,
-            "diff": _cmd_diff, "demo": _cmd_demo}
+            "diff": _cmd_diff, "demo": _cmd_demo, "export-fits": _cmd_export_fits}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,15 @@ One stacking task holds every visit of one ``S x S`` subregion: the three input 
 made on the way in (a decoded chunk, an alternative-mask OR, a dtype conversion) and the packed
 output. The planner picks the largest ``S`` whose working set fits the budget, aligned to the
 storage chunk so that each task reads whole chunks.
+
+Measured (``tests/test_plan_memory.py``, tracemalloc): a stacking task whose reads are fused into
+it peaks at the input block plus its outputs, about half of :func:`task_bytes`; reading through a
+rechunk (storage chunks smaller than the subregion) peaks at up to twice the block, which
+``INPUT_COPIES`` covers. What a task does not see is what a *worker* holds besides its running
+tasks: the stacked planes of every coadd pixel until interpolation over NO_DATA can start (its
+fallback value is a statistic of the whole image) and that fallback task itself.
+:func:`worker_bytes` adds both; :func:`task_budget` turns a worker memory limit into a per-task
+budget, and :func:`warp_task_bytes` plans one warping task.
 """
 
 from __future__ import annotations
@@ -14,13 +23,38 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-__all__ = ["StackPlan", "plan_stack", "task_bytes"]
+__all__ = ["StackPlan", "plan_stack", "task_budget", "task_bytes", "warp_task_bytes",
+           "worker_bytes"]
 
 BYTES_PER_PIXEL_VISIT = 12  # image f4 + variance f4 + mask i4
 INPUT_COPIES = 2.0  # the block itself + one transient copy (chunk decode / mask OR)
 OUTPUT_BYTES_PER_PIXEL = 4 * 8 + 16  # packed float64 (value, variance, mask, n_image) + final planes
 KERNEL_BYTES_PER_PIXEL_VISIT = 0.25  # per-row sort buffers, amortised over the block
 MIN_SUBREGION = 64
+#: Held per coadd pixel until interpolation: the packed stack result (16 B) and the finished
+#: mask (4 B); without interpolation the planes are written out as they come (an upper bound).
+HELD_BYTES_PER_PIXEL = 20
+#: The interpolation fallback task (a statistic of the whole coadd image): the image blocks
+#: (4 B), their concatenation (4 B), the finite test (1 B), the finite values (4 B) and the
+#: selection's copy (4 B) per coadd pixel.
+FALLBACK_BYTES_PER_PIXEL = 17
+#: distributed starts spilling when a worker's process memory passes 70 % of its limit (and
+#: managed data past 60 %); the planner keeps a worker's plan under this fraction.
+WORKER_SAFE_FRACTION = 0.6
+#: Resident memory of an idle worker process with coaddx, numba and its kernels loaded
+#: (measured 300 MiB on the project machine; re-measured by the CLI when it knows better).
+WORKER_BASELINE_BYTES = 320 * 2**20
+#: What a worker process adds once, the first time it runs a step: numba loads the compiled
+#: kernels from its cache (measured 46 MiB for stacking, about 116 MiB for warping, whose
+#: first run also imports the WCS machinery). Commands add it to the per-worker plan they
+#: report; it is not part of a task.
+KERNEL_LOAD_BYTES = 128 * 2**20
+#: One warping task (one visit), measured with tracemalloc (tests/test_plan_memory.py): per
+#: patch pixel the composite planes (12 B) and their good-pixel test; per detector pixel its
+#: planes as read (12-18 B), its calibrated copy (8 B), its NO_DATA test and its warped box
+#: (12 B; the previous detector's box is still alive while the next one is warped); a fixed
+#: part for the weight statistics and the chunk encoder.
+WARP_PATCH_BYTES, WARP_DETECTOR_BYTES, WARP_FIXED_BYTES = 16, 44, 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -31,11 +65,22 @@ class StackPlan:
     task_bytes: int
     budget_bytes: int
     n_tasks: int
+    shape: tuple[int, int] = (0, 0)
 
     def describe(self) -> str:
         sy, sx = self.subregion
         return (f"subregions {sy} x {sx} ({self.n_tasks} tasks), planned "
                 f"{self.task_bytes / 2**20:.0f} MiB per task of a {self.budget_bytes / 2**20:.0f} MiB budget")
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes the whole cluster holds for the stacked planes until interpolation."""
+        return self.shape[0] * self.shape[1] * HELD_BYTES_PER_PIXEL
+
+    @property
+    def fallback_bytes(self) -> int:
+        """Bytes of the one task computing the interpolation fallback over the whole image."""
+        return self.shape[0] * self.shape[1] * FALLBACK_BYTES_PER_PIXEL
 
 
 def task_bytes(n_visits: int, sy: int, sx: int) -> int:
@@ -98,4 +143,62 @@ def plan_stack(n_visits: int, shape: tuple[int, int], *, budget_bytes: int,
     planned = task_bytes(n_visits, sy, sx)
     n_tasks = math.ceil(ny / sy) * math.ceil(nx / sx)
     return StackPlan(subregion=(sy, sx), task_bytes=planned, budget_bytes=int(budget_bytes),
-                     n_tasks=n_tasks)
+                     n_tasks=n_tasks, shape=(int(ny), int(nx)))
+
+
+def worker_bytes(plan: StackPlan, *, threads: int, n_workers: int = 1,
+                 baseline: int = 0) -> int:
+    """Planned peak memory of one worker running ``plan``: ``threads`` stacking tasks at once
+    (fewer if the plan has fewer),
+    its share of the stacked planes held until interpolation, the fallback task (which runs on
+    one worker) and the process ``baseline``."""
+    if threads < 1 or n_workers < 1:
+        raise ConfigError(f"threads and n_workers must be >= 1, got {threads} and {n_workers}")
+    running = min(threads, plan.n_tasks) if plan.n_tasks > 0 else threads
+    return int(baseline + running * plan.task_bytes + plan.held_bytes // n_workers
+               + plan.fallback_bytes)
+
+
+def task_budget(memory_limit: int, *, threads: int, shape: tuple[int, int], n_workers: int = 1,
+                baseline: int = WORKER_BASELINE_BYTES,
+                fraction: float = WORKER_SAFE_FRACTION) -> int:
+    """Per-task budget that keeps :func:`worker_bytes` under ``fraction`` of a worker's
+    ``memory_limit`` (below the level where distributed spills to disk).
+
+    Parameters
+    ----------
+    memory_limit : int
+        Memory limit of one worker, bytes.
+    threads : int
+        Tasks a worker runs at once.
+    shape : (int, int)
+        Coadd shape, for the planes held until interpolation.
+    n_workers : int
+        Workers sharing the held planes.
+    baseline : int
+        Resident memory of an idle worker process.
+    fraction : float
+        Part of the limit the plan may use.
+    """
+    if memory_limit <= 0:
+        raise ConfigError(f"worker memory limit must be > 0 bytes, got {memory_limit}")
+    empty = StackPlan((1, 1), 0, 0, 0, (int(shape[0]), int(shape[1])))
+    fixed = worker_bytes(empty, threads=threads, n_workers=n_workers, baseline=baseline)
+    usable = int(fraction * memory_limit) - fixed
+    if usable <= 0:
+        raise ConfigError(
+            f"a worker memory limit of {memory_limit / 2**20:.0f} MiB leaves nothing for stacking "
+            f"tasks: the process ({baseline / 2**20:.0f} MiB) and the {shape[0]} x {shape[1]} "
+            f"coadd planes it holds need {fixed / 2**20:.0f} MiB of the "
+            f"{fraction * memory_limit / 2**20:.0f} MiB usable; give workers more memory")
+    return usable // threads
+
+
+def warp_task_bytes(patch_shape: tuple[int, int], detector_shapes: list[tuple[int, int]]) -> int:
+    """Planned peak bytes of one warping task: one visit's detectors onto a patch (direct
+    warps only; PSF matching adds its convolution's planes)."""
+    if not detector_shapes:
+        return 0
+    patch = int(patch_shape[0]) * int(patch_shape[1])
+    detectors = sum(int(ny) * int(nx) for ny, nx in detector_shapes)
+    return int(patch * WARP_PATCH_BYTES + detectors * WARP_DETECTOR_BYTES + WARP_FIXED_BYTES)
