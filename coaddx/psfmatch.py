@@ -189,6 +189,15 @@ class ModelPsfMatchConfig:
     "lsst" fits freely and then overwrites the sum as ModelPsfMatchTask does, which leaves the
     matched PSF too narrow (by 13 % for a 3.5 px Moffat; docs/design-notes.md, "ModelPsfMatch:
     the kernel sum is fixed inside the fit").
+
+    ``kernel_norm_penalty``: the fit minimises |model - K⊗psf|² + λ ΣK², λ =
+    kernel_norm_penalty · tr(M)/tr(G) (M the normal matrix, G the basis Gram matrix,
+    :func:`coaddx.kernels.psfmatch.kernel_norm_matrix`). The noise-free PSF fit is otherwise
+    ill-conditioned: directions that barely change the residual get huge coefficients
+    (ΣK² up to 3300 for a 6.5 px Gaussian). The default 5e-4 keeps ΣK² <= 0.022 and
+    min K >= -0.06 max K for Moffat and Gaussian PSFs of FWHM 3-6.5 px, the matched FWHM
+    within 1.8 % of the model; 0 is the plain least-squares fit of LSST (docs/design-notes.md,
+    "ModelPsfMatch: the kernel's square sum is penalised").
     """
 
     model_psf_fwhm: float = 7.7
@@ -197,6 +206,7 @@ class ModelPsfMatchConfig:
     al_degrees: tuple[int, ...] = (4, 2, 2)
     auto_pad_psf_to: float = 1.4
     kernel_sum_fit: Literal["constrained", "lsst"] = "constrained"
+    kernel_norm_penalty: float = 5e-4
 
     def __post_init__(self) -> None:
         if not self.model_psf_fwhm > 0:
@@ -210,6 +220,9 @@ class ModelPsfMatchConfig:
         if self.kernel_sum_fit not in ("constrained", "lsst"):
             raise ConfigError("ModelPsfMatchConfig.kernel_sum_fit must be 'constrained' or "
                               f"'lsst', got {self.kernel_sum_fit!r}")
+        if not (np.isfinite(self.kernel_norm_penalty) and self.kernel_norm_penalty >= 0):
+            raise ConfigError("ModelPsfMatchConfig.kernel_norm_penalty must be finite and >= 0, "
+                              f"got {self.kernel_norm_penalty}")
 
 
 def model_psf(fwhm: float = 7.7, size: int | None = None) -> np.ndarray:
@@ -243,10 +256,17 @@ def model_matching_kernel(psf: np.ndarray, config: ModelPsfMatchConfig | None = 
 
     Both PSFs are put on a psf_size² grid, psf_size = max(PSF width, next odd integer >=
     kernel_size·auto_pad_psf_to); the model is evaluated on that grid (DoubleGaussianPsf
-    ``resized``: its wings are not cut at the model's own 23 px). Raises InputError for a PSF
-    that is not an odd square with a positive sum.
+    ``resized``: its wings are not cut at the model's own 23 px). The fit penalises ΣK²
+    (``config.kernel_norm_penalty``); the penalised normal equations are solved with the
+    kernel sum fixed (``kernel_sum_fit``). Raises InputError for a PSF that is not an odd
+    square with a positive sum.
     """
-    from .kernels.psfmatch import alard_lupton_basis, solve_candidate, solve_spatial
+    from .kernels.psfmatch import (
+        alard_lupton_basis,
+        kernel_norm_matrix,
+        solve_candidate,
+        solve_spatial,
+    )
 
     config = config or ModelPsfMatchConfig()
     psf = np.asarray(psf, np.float64)
@@ -263,7 +283,11 @@ def model_matching_kernel(psf: np.ndarray, config: ModelPsfMatchConfig | None = 
     template, science = _pad(psf / psf.sum(), size), model_psf(config.model_psf_fwhm, size)
     basis = alard_lupton_basis(config.kernel_size, config.al_sigmas, config.al_degrees)
     ones = np.ones_like(template)
-    solution = solve_candidate(template, science, ones, ones, basis)
+    penalty = {}
+    if config.kernel_norm_penalty > 0:
+        penalty = {"regularization": kernel_norm_matrix(basis), "lam_type": "relative",
+                   "lam_scaling": config.kernel_norm_penalty}
+    solution = solve_candidate(template, science, ones, ones, basis, **penalty)
     fixed = 1.0 if config.kernel_sum_fit == "constrained" else None
     kernel = solve_spatial([solution], np.array([[0.0, 0.0]]), basis, spatial_order=0,
                            bg_order=0, bbox=(-1.0, -1.0, 1.0, 1.0), kernel_sum=fixed)

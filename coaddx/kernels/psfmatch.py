@@ -44,6 +44,7 @@ __all__ = [
     "convolve_spatial",
     "delta_function_basis",
     "fit_psf_matching_kernel",
+    "kernel_norm_matrix",
     "regularization_matrix",
     "renormalize_basis",
     "solve_candidate",
@@ -127,6 +128,16 @@ def alard_lupton_basis(kernel_size: int, sigmas: Sequence[float],
         gauss /= gauss.sum()
         out.extend(gauss * (u / scale) ** px * (v / scale) ** py for px, py in _monomials(degree))
     return renormalize_basis(np.array(out))
+
+
+def kernel_norm_matrix(basis: np.ndarray) -> np.ndarray:
+    """Gram matrix G_jk = Σ_pixels B_j B_k, so that aᵀGa = Σ K² for K = Σ_j a_j B_j.
+
+    As the ``regularization`` of :func:`solve_candidate` it penalises the kernel's square sum,
+    the factor by which convolving with K scales white-noise variance (ModelPsfMatch).
+    """
+    flat = np.asarray(basis, np.float64).reshape(len(basis), -1)
+    return flat @ flat.T
 
 
 def delta_function_basis(kernel_size: int) -> np.ndarray:

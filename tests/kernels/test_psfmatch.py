@@ -15,6 +15,7 @@ from coaddx.kernels.psfmatch import (
     convolve_spatial,
     delta_function_basis,
     fit_psf_matching_kernel,
+    kernel_norm_matrix,
     regularization_matrix,
     renormalize_basis,
     solve_candidate,
@@ -188,6 +189,36 @@ def test_regularization_matrix_border_penalty():
     np.testing.assert_allclose(hf, bf.T @ bf)
     with pytest.raises(ValueError):
         regularization_matrix(7, border_penalty=-1.0)
+
+
+def test_kernel_norm_matrix_gives_the_kernel_square_sum(al_basis):
+    """aᵀGa = ΣK² for K = Σ a_j B_j; G is symmetric positive definite for the AL basis."""
+    g = kernel_norm_matrix(al_basis)
+    a = np.random.default_rng(0).normal(size=al_basis.shape[0])
+    kernel = np.tensordot(a, al_basis, axes=1)
+    assert a @ g @ a == pytest.approx((kernel**2).sum(), rel=1e-12)
+    np.testing.assert_allclose(g, g.T)
+    assert np.linalg.eigvalsh(g).min() > 0
+
+
+def test_solve_candidate_kernel_norm_penalty_shrinks_the_kernel(al_basis):
+    """As ``regularization`` the Gram matrix is a ridge on the kernel image: with a relative
+    weight λ = s·tr(M)/tr(G) the solution is (M + λG)⁻¹b and ΣK² falls as s grows."""
+    t = _gaussian(41, 1.2)
+    s = fftconvolve(t, _gaussian(21, 1.5), mode="same")
+    vt = vs = np.ones_like(t)
+    g = kernel_norm_matrix(al_basis)
+    plain = solve_candidate(t, s, vt, vs, al_basis)
+    sums = [(plain.kernel**2).sum()]
+    for scaling in (1e-3, 1e-1):
+        sol = solve_candidate(t, s, vt, vs, al_basis, regularization=g, lam_type="relative",
+                              lam_scaling=scaling)
+        lam = scaling * np.trace(plain.m) / np.trace(g)
+        assert sol.lam == pytest.approx(lam)
+        np.testing.assert_allclose(sol.coeffs, np.linalg.solve(plain.m + lam * g, plain.b),
+                                   rtol=1e-8, atol=1e-12)
+        sums.append((sol.kernel**2).sum())
+    assert sums[0] > sums[1] > sums[2]
 
 
 # ------------------------------------------------------------------------- candidate solution
