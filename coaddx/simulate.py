@@ -58,6 +58,7 @@ from ._simscene import (
     without_artifacts,
 )
 from .errors import ConfigError, StoreError
+from .kernels.interp import interpolate_over_defects
 from .kernels.render import (
     add_gaussians,
     add_points,
@@ -189,7 +190,25 @@ def _render(scene: Scene, v: Visit, frame: _Frame, rng: np.random.Generator,
     bit = {name: np.int32(1 << planes[name]) for name in ("NO_DATA", "BAD", "SAT", "EDGE", "CR")}
     finalize(image, model, code, art, mask, frame.scale, bit["NO_DATA"], bit["BAD"],
              bit["SAT"], bit["EDGE"], bit["CR"])
+    image, model, mask = _isr_interpolate(image, model, mask, bit["BAD"], bit["NO_DATA"],
+                                          bit["SAT"], np.int32(1 << planes["INTRP"]))
     return image, model, mask, art
+
+
+def _isr_interpolate(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, bad: int,
+                     no_data: int, sat: int, intrp: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What ISR leaves in an LSST calexp: detector defects (BAD: hot and dead columns) are
+    interpolated over along rows (coaddx's InterpImage) and flagged INTRP; they keep BAD and
+    their variance.
+    Pixels outside the detectors stay NO_DATA / NaN and are never used as data; saturated
+    defects keep their values (SAT is what stacking acts on there)."""
+    if not (mask & bad).any():
+        return image, variance, mask
+    img, _, msk = interpolate_over_defects(image, variance, mask, bad_bits=int(bad | no_data),
+                                           intrp_bit=int(intrp), fallback=0.0)
+    keep = (mask & (no_data | sat)) != 0  # outside the detectors, and saturated defects
+    img[keep], msk[keep] = image[keep], mask[keep]
+    return img, variance, msk  # the defects keep their (inflated) variance
 
 
 def _warp_frame(scene: Scene, v: Visit) -> _Frame:

@@ -411,3 +411,25 @@ def test_psf_image_and_enclosed_fraction():
         assert np.all(np.diff(fractions) > 0) and fractions[-1] > 0.999
     # half of a Gaussian's light lies inside r = FWHM / 2
     assert enclosed_flux_fraction(2.25, 4.5, "gaussian") == pytest.approx(0.5, abs=1e-9)
+
+
+def test_simulate_defects_are_interpolated_like_isr(warps):
+    """As in an LSST calexp, detector defects (BAD, not saturated) carry interpolated values
+    and INTRP: along each defect row the value is within noise of its two neighbours' mean
+    (a hot column left raw would sit ~30 sky sigma above it)."""
+    bad, sat, intrp = (bitmask(PLANES, p) for p in ("BAD", "SAT", "INTRP"))
+    m = warps["mask"]
+    defects = ((m & bad) != 0) & ((m & sat) == 0)
+    assert defects.any()
+    assert ((m[defects] & intrp) != 0).all()
+    assert not ((m & intrp) != 0)[~defects].any()
+    img, var = warps["image"], warps["variance"]
+    v, y, x = np.nonzero(defects[:, :, 1:-1] & ~defects[:, :, :-2] & ~defects[:, :, 2:])
+    x = x + 1  # single-pixel-wide defects with good neighbours on both sides
+    ok = np.isfinite(img[v, y, x - 1]) & np.isfinite(img[v, y, x + 1])
+    v, y, x = v[ok], y[ok], x[ok]
+    assert v.size > 50
+    z = (img[v, y, x] - 0.5 * (img[v, y, x - 1] + img[v, y, x + 1])) / np.sqrt(var[v, y, x])
+    print(f"\n{v.size} defect pixels: median z {np.median(z):.2f}, 99th pct |z| "
+          f"{np.percentile(np.abs(z), 99):.2f}")
+    assert abs(np.median(z)) < 0.5 and np.percentile(np.abs(z), 99) < 5
