@@ -484,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * 84)
     print(f"{'coaddx make_warps (Lanczos-3, 2 threads)':<44} {cx['seconds']:8.1f} "
           f"{rate_c:10.2f} {format_bytes(cx['peak']):>10} {cx['cpu']:7.1f}")
-    print(f"{'  warp_block kernel only, thread-seconds':<44} {t['warp_on_grid (kernel)']:8.1f} "
+    print(f"{'  warp kernel only (warp_on_grid), thread-s':<44} {t['warp_on_grid (kernel)']:8.1f} "
           f"{kernel_rate:10.2f} {'':>10}   (x2 threads: {2 * kernel_rate:.1f})")
     sc = t["source_grid (WCS map)"]
     print(f"{'  source_grid only, thread-seconds':<44} {sc:8.1f} {in_mpix / sc:10.2f}")
