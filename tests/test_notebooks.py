@@ -56,8 +56,6 @@ def test_scaling_notebook_runs(tmp_path, monkeypatch):
 def test_compare_warp_notebook_runs(tmp_path, monkeypatch):
     import coaddx
 
-    if not hasattr(coaddx, "assemble_compare_warp"):
-        pytest.skip("coaddx.assemble_compare_warp is not available yet (issue 5)")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     book, seconds = _execute("compare_warp.ipynb", tmp_path)
     print(f"compare_warp.ipynb: {seconds:.1f} s")
