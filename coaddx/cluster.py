@@ -25,6 +25,7 @@ from typing import Any, Self
 
 import dask
 import yaml
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from .errors import ConfigError
 
@@ -70,7 +71,31 @@ def local(n_workers: int | None = None, threads_per_worker: int | None = None, *
     cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
                            processes=processes,
                            dashboard_address=":8787" if dashboard else None, **kwargs)
-    return Client(cluster)
+    return _with_malloc_tuning(Client(cluster))
+
+
+class MallocTuning(WorkerPlugin):
+    """Worker plugin: :func:`coaddx.runtime.tune_malloc` in every worker process.
+
+    Worker processes (process LocalClusters, dask-jobqueue jobs, remote schedulers) do not
+    inherit the client's ``mallopt`` settings; without them each stacking task page-faults its
+    fresh buffers (a 1 GiB single-process worker ran 24 % slower). The result is kept as the
+    worker attribute ``coaddx_malloc_tuned``. Obeys ``coaddx.malloc-tuning`` of the worker.
+    """
+
+    name = "coaddx-malloc-tuning"
+    idempotent = True
+
+    def setup(self, worker: Any) -> None:
+        from .runtime import tune_malloc
+
+        worker.coaddx_malloc_tuned = tune_malloc()
+
+
+def _with_malloc_tuning(client: Any) -> Any:
+    """Register :class:`MallocTuning` on the client's workers (present and future)."""
+    client.register_plugin(MallocTuning(), name=MallocTuning.name)
+    return client
 
 
 class ClusterConnection:
@@ -209,7 +234,7 @@ def connect(target: str, jobs: int | None = None, adapt: bool = False, *,
             cluster.adapt(minimum_jobs=0, maximum_jobs=jobs or 1)
         else:
             cluster.scale(jobs=jobs or 1)
-        client = Client(cluster)
+        client = _with_malloc_tuning(Client(cluster))
     except BaseException:
         cluster.close()
         raise
@@ -222,7 +247,7 @@ def _connect_address(address: str, timeout: str):
     from distributed import Client
 
     try:
-        return Client(address, timeout=timeout)
+        return _with_malloc_tuning(Client(address, timeout=timeout))
     except OSError as exc:
         raise ConfigError(f"cannot reach the dask scheduler at {address}: {exc}") from exc
 

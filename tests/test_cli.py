@@ -169,3 +169,16 @@ def test_cluster_connection_closes_client_then_cluster():
         assert conn.name == "client"  # attributes fall through to the client
         assert conn.dashboard_link == "http://x:8787/status"
     assert closed == ["client", "cluster"]
+
+
+def test_process_workers_get_the_malloc_tuning():
+    """Worker processes do not inherit the client's mallopt: the plugin applies it in each."""
+    from coaddx.cluster import local
+
+    client = local(n_workers=2, processes=True, dashboard=False)
+    try:
+        tuned = client.run(lambda dask_worker: getattr(dask_worker, "coaddx_malloc_tuned", None))
+    finally:
+        client.close()
+        client.cluster.close()
+    assert len(tuned) == 2 and all(v is True for v in tuned.values())
