@@ -85,7 +85,9 @@ def planes_bit(planes: Mapping[str, int], name: str) -> int:
     return 1 << int(planes[name])
 
 
-def _as_dask(var: xr.DataArray, chunks: tuple[int, int, int]) -> da.Array:
+def as_dask_cube(var: xr.DataArray, chunks: tuple[int, int, int]) -> da.Array:
+    """``var`` as a dask array in ``chunks`` (wrapped when in memory, rechunked if needed).
+    Shared with :mod:`coaddx.compare_warp`, like the other non-underscore helpers here."""
     data = var.data
     if not isinstance(data, da.Array):
         return da.from_array(np.asarray(data), chunks=chunks)
@@ -114,7 +116,7 @@ def _given_weights(warps: xr.Dataset, weights: Any) -> np.ndarray:
     return w
 
 
-def _check_variance_plane(warps: xr.Dataset, bad_mask: int) -> None:
+def check_variance_plane(warps: xr.Dataset, bad_mask: int) -> None:
     """NaN or negative variance under a good, finite pixel is bad input (checked eagerly for
     in-memory data; the warp store refuses such visits when they are written)."""
     if any(isinstance(warps[v].data, da.Array) for v in ("image", "variance", "mask")):
@@ -155,7 +157,7 @@ def visit_weights(warps: xr.Dataset, config: AssembleConfig,
         return w
     bad = bitmask(planes, config.bad_mask_planes, strict=False)
     ny, nx = warps.sizes["y"], warps.sizes["x"]
-    variance, mask = (_as_dask(warps[v], (1, ny, nx)) for v in ("variance", "mask"))
+    variance, mask = (as_dask_cube(warps[v], (1, ny, nx)) for v in ("variance", "mask"))
     meanvar = graph.visit_meanclip(variance, mask, bad_mask=bad, sigma_clip=config.sigma_clip,
                                    clip_iter=config.clip_iter)
     return meanvar.map_blocks(_weights_from_variance, dtype=np.float64)
@@ -175,7 +177,7 @@ def _alt_masks(alt_masks: Any, warps: xr.Dataset, chunks: tuple[int, int, int]) 
                           f"{tuple(warps.sizes[d] for d in ('visit', 'y', 'x'))}")
     if not np.issubdtype(arr.dtype, np.integer):
         raise SchemaError(f"alt_masks must hold integer mask bits, got {arr.dtype}")
-    return _as_dask(arr.astype(np.int32), chunks)
+    return as_dask_cube(arr.astype(np.int32), chunks)
 
 
 def _plan(warps: xr.Dataset, config: AssembleConfig) -> StackPlan:
@@ -223,11 +225,11 @@ def assemble(warps: xr.Dataset, config: AssembleConfig | None = None, *, weights
         raise ConfigError(f"config must be an AssembleConfig, got {type(config).__name__}")
     validate_warps(warps, where="assemble")
     bits = stack_bits(warps.attrs["mask_planes"], config)
-    _check_variance_plane(warps, bits.bad_mask)
+    check_variance_plane(warps, bits.bad_mask)
     plan = _plan(warps, config)
     n = warps.sizes["visit"]
     chunks = (n, *plan.subregion)
-    image, variance, mask = (_as_dask(warps[v], chunks) for v in ("image", "variance", "mask"))
+    image, variance, mask = (as_dask_cube(warps[v], chunks) for v in ("image", "variance", "mask"))
     if alt_masks is not None:
         mask = mask | _alt_masks(alt_masks, warps, chunks)
     w = (_given_weights(warps, weights) if weights is not None
@@ -235,11 +237,13 @@ def assemble(warps: xr.Dataset, config: AssembleConfig | None = None, *, weights
     packed = graph.stack(image, variance, mask, w, statistic=config.statistic,
                          sigma_clip=float(config.sigma_clip), clip_iter=int(config.clip_iter),
                          error_mode=config.error_mode, **bits.kernel_kwargs())
-    out = _finish(packed, bits, config)
-    return _dataset(out, w, warps, bits, config, plan)
+    out = finish_planes(packed, bits, config)
+    return coadd_dataset(out, w, warps, bits, config, plan)
 
 
-def _finish(packed: da.Array, bits: StackBits, config: AssembleConfig) -> dict[str, da.Array]:
+def finish_planes(packed: da.Array, bits: StackBits, config: AssembleConfig) -> dict[str, da.Array]:
+    """The coadd planes from the packed stack: INEXACT_PSF / EDGE mask bits, then the
+    interpolation over NO_DATA when ``config.interp`` asks for it."""
     p = bits.planes
     value, variance = packed["image"], packed["variance"]
     mask = graph.finish_coadd_mask(
@@ -257,8 +261,10 @@ def _finish(packed: da.Array, bits: StackBits, config: AssembleConfig) -> dict[s
     return {"image": value, "variance": variance, "mask": mask, "n_image": packed["n_image"]}
 
 
-def _dataset(out: dict[str, da.Array], weights: np.ndarray | da.Array, warps: xr.Dataset,
+def coadd_dataset(out: dict[str, da.Array], weights: np.ndarray | da.Array, warps: xr.Dataset,
              bits: StackBits, config: AssembleConfig, plan: StackPlan) -> xr.Dataset:
+    """The coadd Dataset: planes, per-visit ``weight`` and the attributes (mask planes, WCS,
+    config, plan, provenance)."""
     coords = {d: warps[d] for d in ("y", "x") if d in warps.coords}
     ds = xr.Dataset({k: (("y", "x"), v) for k, v in out.items()}, coords=coords)
     ds["weight"] = xr.DataArray(weights, dims=("visit",), coords={"visit": warps["visit"].values})

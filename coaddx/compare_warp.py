@@ -29,12 +29,12 @@ import numpy as np
 import xarray as xr
 
 from . import graph
-from .assemble import (  # the stacking internals; assemble() itself computes given weights
-    _as_dask,
-    _check_variance_plane,
-    _dataset,
-    _finish,
+from .assemble import (  # assemble's building blocks: the final stack takes lazy weights
+    as_dask_cube,
     assemble,
+    check_variance_plane,
+    coadd_dataset,
+    finish_planes,
     stack_bits,
     visit_weights,
 )
@@ -379,7 +379,7 @@ def _store_view(ds: xr.Dataset, chunks: dict[str, int]) -> xr.Dataset | None:
 def _planes_for(ds: xr.Dataset, chunks: tuple[int, int, int]) -> dict[str, da.Array]:
     view = _store_view(ds, dict(zip(("visit", "y", "x"), chunks, strict=True)))
     src = view if view is not None else ds
-    return {v: src[v].data if isinstance(src[v].data, da.Array) else _as_dask(src[v], chunks)
+    return {v: src[v].data if isinstance(src[v].data, da.Array) else as_dask_cube(src[v], chunks)
             for v in ("image", "variance", "mask")}
 
 
@@ -532,9 +532,9 @@ def _final_coadd(inp: _Inputs, packed: da.Array, art: da.Array, config: CompareW
     base = config.assemble.replace(subregion_size=inp.tile)
     cfg = base.replace(bad_mask_planes=tuple(dict.fromkeys((*base.bad_mask_planes, "CLIPPED"))))
     bits = stack_bits(planes_in, cfg)
-    _check_variance_plane(direct, bitmask(bits.planes, base.bad_mask_planes, strict=False))
+    check_variance_plane(direct, bitmask(bits.planes, base.bad_mask_planes, strict=False))
     p = bits.planes
-    image, variance, mask = (_as_dask(direct[v], chunks) for v in ("image", "variance", "mask"))
+    image, variance, mask = (as_dask_cube(direct[v], chunks) for v in ("image", "variance", "mask"))
     mask = da.map_blocks(
         _apply_alt_masks, mask, packed.rechunk(chunks), art.rechunk(chunks), dtype=np.int32,
         clear=bitmask(p, base.bad_mask_planes, strict=False), no_data=bitmask(p, "NO_DATA"),
@@ -544,7 +544,7 @@ def _final_coadd(inp: _Inputs, packed: da.Array, art: da.Array, config: CompareW
     stacked = graph.stack(image, variance, mask, weights, statistic=cfg.statistic,
                           sigma_clip=float(cfg.sigma_clip), clip_iter=int(cfg.clip_iter),
                           error_mode=cfg.error_mode, **bits.kernel_kwargs())
-    out = _finish(stacked, bits, cfg)
+    out = finish_planes(stacked, bits, cfg)
     edge_any = ((packed & kd.EDGE_SPAN) != 0).any(axis=0).rechunk(out["mask"].chunks)
     out["mask"] = out["mask"] | da.where(edge_any, np.int32(bitmask(p, ("SENSOR_EDGE",
                                                                         "INEXACT_PSF"))), np.int32(0))
@@ -618,7 +618,7 @@ def _build(direct: xr.Dataset, psf_matched: xr.Dataset, config: CompareWarpConfi
     art = _artifacts(list(packed), epoch, n_image, template_fp, inp, config)
     n_image, epoch, art = stage("filtering", (n_image, epoch, art))
     out, weights, bits, cfg = _final_coadd(inp, cube, art, config)
-    ds = _dataset(out, weights, direct, bits, cfg, inp.plan)
+    ds = coadd_dataset(out, weights, direct, bits, cfg, inp.plan)
     ds["epoch_count"] = (("y", "x"), epoch.rechunk(inp.tile))
     ds["psf_matched_n_image"] = (("y", "x"), n_image.rechunk(inp.tile))
     ds["artifact_mask"] = (("visit", "y", "x"), ((art & kd.ARTIFACT) != 0).rechunk((1, *inp.tile)))
