@@ -61,14 +61,23 @@ def write_head(path: Path, wcs: WCS, shape: tuple[int, int]) -> Path:
     return path
 
 
-def run_swarp(images: Sequence[Path], workdir: Path, resample_dir: Path,
-              params: Mapping[str, str]) -> subprocess.CompletedProcess:
+def run_swarp(
+    images: Sequence[Path], workdir: Path, resample_dir: Path, params: Mapping[str, str]
+) -> subprocess.CompletedProcess:
     """Run SWarp on ``images`` in ``workdir`` (which holds ``coadd.head``); command-line
     parameters override SWarp's built-in defaults (no configuration file is read)."""
-    args = [swarp_binary(), *[str(p) for p in images], "-c", "/dev/null",
-            "-IMAGEOUT_NAME", str(workdir / "coadd.fits"),
-            "-WEIGHTOUT_NAME", str(workdir / "coadd.weight.fits"),
-            "-RESAMPLE_DIR", str(resample_dir)]
+    args = [
+        swarp_binary(),
+        *[str(p) for p in images],
+        "-c",
+        "/dev/null",
+        "-IMAGEOUT_NAME",
+        str(workdir / "coadd.fits"),
+        "-WEIGHTOUT_NAME",
+        str(workdir / "coadd.weight.fits"),
+        "-RESAMPLE_DIR",
+        str(resample_dir),
+    ]
     for key, value in params.items():
         args += [f"-{key}", str(value)]
     out = subprocess.run(args, cwd=workdir, capture_output=True, text=True, check=False)
@@ -77,8 +86,9 @@ def run_swarp(images: Sequence[Path], workdir: Path, resample_dir: Path,
     return out
 
 
-def read_resampled(path: Path, weight_path: Path, patch_wcs: WCS,
-                   shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def read_resampled(
+    path: Path, weight_path: Path, patch_wcs: WCS, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """A ``.resamp.fits`` image and its weight placed into a full ``shape`` grid of
     ``patch_wcs`` (0-based; weight 0 and image NaN outside what SWarp wrote)."""
     with fits.open(path, memmap=False) as hdul:
@@ -94,7 +104,7 @@ def read_resampled(path: Path, weight_path: Path, patch_wcs: WCS,
     image = np.full(shape, np.nan, np.float32)
     wfull = np.zeros(shape, np.float32)
     ny, nx = data.shape
-    image[oy:oy + ny, ox:ox + nx] = data
-    wfull[oy:oy + ny, ox:ox + nx] = weight
+    image[oy : oy + ny, ox : ox + nx] = data
+    wfull[oy : oy + ny, ox : ox + nx] = weight
     image[wfull <= 0] = np.nan
     return image, wfull

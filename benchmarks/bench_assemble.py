@@ -36,8 +36,9 @@ def _store(out: Path, visits: int, size: int) -> Path:
     if not (path / "warps.zarr").exists():
         print(f"simulating {visits} visits of {size} x {size} into {path} (once) ...", flush=True)
         t0 = time.perf_counter()
-        coaddx.simulate(path, n_visits=visits, shape=(size, size), seed=42, calexps=False,
-                        overwrite=True)
+        coaddx.simulate(
+            path, n_visits=visits, shape=(size, size), seed=42, calexps=False, overwrite=True
+        )
         print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
     return path / "warps.zarr"
 
@@ -63,15 +64,18 @@ def _touch(block):
 
 def _read_once(warps):
     """Read every plane of the cube once through the same reader the stack uses."""
-    arrays = [warps[v].data.map_blocks(_touch, dtype=np.int8, chunks=(1, 1, 1))
-              for v in ("image", "variance", "mask")]
+    arrays = [
+        warps[v].data.map_blocks(_touch, dtype=np.int8, chunks=(1, 1, 1))
+        for v in ("image", "variance", "mask")
+    ]
     return dask.compute(*arrays)
 
 
 def _coaddx(warps, statistic):
     coadd = coaddx.assemble(warps, AssembleConfig(statistic=statistic, interp=None))
-    return dask.compute(coadd["image"].data, coadd["variance"].data, coadd["mask"].data,
-                        coadd["n_image"].data)
+    return dask.compute(
+        coadd["image"].data, coadd["variance"].data, coadd["mask"].data, coadd["n_image"].data
+    )
 
 
 def _ref_numpy_mean(image, variance, mask, weights, bad):
@@ -107,8 +111,11 @@ def main(argv=None) -> int:
     parser.add_argument("--slab", type=int, default=256, help="rows of the cube the references use")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (best is shown)")
-    parser.add_argument("--no-malloc-tuning", action="store_true",
-                        help="leave glibc malloc at its defaults (see coaddx.runtime.tune_malloc)")
+    parser.add_argument(
+        "--no-malloc-tuning",
+        action="store_true",
+        help="leave glibc malloc at its defaults (see coaddx.runtime.tune_malloc)",
+    )
     args = parser.parse_args(argv)
     if not args.no_malloc_tuning:
         print(f"glibc malloc tuned: {tune_malloc()}")
@@ -119,10 +126,14 @@ def main(argv=None) -> int:
     work = n * ny * nx / 1e6
     threads = os.cpu_count() or 1
     plan = coaddx.assemble(warps).attrs["plan"]
-    print(f"cube: {n} visits x {ny} x {nx} = {work:.0f} Mpix-visits "
-          f"({format_bytes(n * ny * nx * 12)}), store {path}")
-    print(f"plan: subregions {plan['subregion']}, {format_bytes(plan['task_bytes'])} per task, "
-          f"budget {format_bytes(plan['budget_bytes'])} per task x {threads} threads\n")
+    print(
+        f"cube: {n} visits x {ny} x {nx} = {work:.0f} Mpix-visits "
+        f"({format_bytes(n * ny * nx * 12)}), store {path}"
+    )
+    print(
+        f"plan: subregions {plan['subregion']}, {format_bytes(plan['task_bytes'])} per task, "
+        f"budget {format_bytes(plan['budget_bytes'])} per task x {threads} threads\n"
+    )
 
     rows = []
     for stat in ("mean", "meanclip", "median"):  # load the compiled kernels
@@ -141,7 +152,10 @@ def main(argv=None) -> int:
     weights = 1.0 / slab["variance_meanclip"].sel(weight_key=key).values
     swork = image.size / 1e6
     for name, fn in (
-        ("numpy masked weighted mean", lambda: _ref_numpy_mean(image, variance, mask, weights, bad)),
+        (
+            "numpy masked weighted mean",
+            lambda: _ref_numpy_mean(image, variance, mask, weights, bad),
+        ),
         ("bottleneck.nanmedian (1 core)", lambda: _ref_bottleneck_median(image, mask, bad)),
         ("astropy sigma_clip + mean", lambda: _ref_astropy_clip(image, mask, bad)),
     ):
@@ -155,9 +169,21 @@ def main(argv=None) -> int:
     read = rate["read cube once (coaddx store)"]
     print("\nratios (rates; > 1 means coaddx is faster):")
     checks = [
-        ("meanclip / astropy sigma_clip+mean", rate["coaddx meanclip"] / rate["astropy sigma_clip + mean"], 8.0),
-        ("median / bottleneck.nanmedian", rate["coaddx median"] / rate["bottleneck.nanmedian (1 core)"], 3.0),
-        ("mean / numpy masked weighted mean", rate["coaddx mean"] / rate["numpy masked weighted mean"], None),
+        (
+            "meanclip / astropy sigma_clip+mean",
+            rate["coaddx meanclip"] / rate["astropy sigma_clip + mean"],
+            8.0,
+        ),
+        (
+            "median / bottleneck.nanmedian",
+            rate["coaddx median"] / rate["bottleneck.nanmedian (1 core)"],
+            3.0,
+        ),
+        (
+            "mean / numpy masked weighted mean",
+            rate["coaddx mean"] / rate["numpy masked weighted mean"],
+            None,
+        ),
         ("mean time / read-once time", read / rate["coaddx mean"], None),
     ]
     for name, value, target in checks:
@@ -166,9 +192,11 @@ def main(argv=None) -> int:
     print(f"  {'mean time / read time target':38s} {'<= 1.5':>6s}")
     planned = plan["task_bytes"] * threads
     peak = max(m.added for name, _, _, m in rows if name.startswith("coaddx"))
-    print(f"\npeak memory added by a coaddx stack: {format_bytes(peak)}; planned "
-          f"{threads} tasks x {format_bytes(plan['task_bytes'])} = {format_bytes(planned)} "
-          f"(budget {format_bytes(plan['budget_bytes'] * threads)})")
+    print(
+        f"\npeak memory added by a coaddx stack: {format_bytes(peak)}; planned "
+        f"{threads} tasks x {format_bytes(plan['task_bytes'])} = {format_bytes(planned)} "
+        f"(budget {format_bytes(plan['budget_bytes'] * threads)})"
+    )
     return 0
 
 

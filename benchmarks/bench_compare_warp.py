@@ -46,16 +46,27 @@ def _psf_matched(store: Path) -> None:
     planes = direct.attrs["mask_planes"]
     ny, nx = direct.sizes["y"], direct.sizes["x"]
     attrs = {k: direct.attrs[k] for k in ("tract", "patch", "bbox") if k in direct.attrs}
-    ws = WarpStore.create(store, warp_type="psf_matched", shape=(ny, nx), mask_planes=planes,
-                          wcs=direct.attrs.get("wcs"), x=direct["x"].values,
-                          y=direct["y"].values, attrs={**attrs, "model_psf_fwhm": 7.7},
-                          overwrite=True)
+    ws = WarpStore.create(
+        store,
+        warp_type="psf_matched",
+        shape=(ny, nx),
+        mask_planes=planes,
+        wcs=direct.attrs.get("wcs"),
+        x=direct["x"].values,
+        y=direct["y"].values,
+        attrs={**attrs, "model_psf_fwhm": 7.7},
+        overwrite=True,
+    )
     for i, visit in enumerate(direct["visit"].values):
         one = direct.isel(visit=i)
-        img, var, msk = psf_match_warp(one["image"].values, one["variance"].values,
-                                       one["mask"].values,
-                                       psf_image(float(one["psf_fwhm"]), "moffat"), planes,
-                                       region=1024)
+        img, var, msk = psf_match_warp(
+            one["image"].values,
+            one["variance"].values,
+            one["mask"].values,
+            psf_image(float(one["psf_fwhm"]), "moffat"),
+            planes,
+            region=1024,
+        )
         ws.append_visit(int(visit), img, var, msk, {"psf_fwhm": float(one["psf_fwhm"])})
         print(f"  psf-matched visit {i + 1}/{direct.sizes['visit']}", flush=True)
     ws.close({"operation": "bench_compare_warp: psf_match_warp of the direct warps"})
@@ -67,11 +78,14 @@ def _store(out: Path, visits: int, size: int) -> Path:
     if not (store / "direct" / "zarr.json").exists():
         print(f"simulating {visits} visits of {size} x {size} into {path} (once) ...", flush=True)
         t0 = time.perf_counter()
-        coaddx.simulate(path, n_visits=visits, shape=(size, size), seed=42, calexps=False,
-                        overwrite=True)
+        coaddx.simulate(
+            path, n_visits=visits, shape=(size, size), seed=42, calexps=False, overwrite=True
+        )
         print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
-    if not (store / "psf_matched" / "zarr.json").exists() or \
-            coaddx.check_store(store, "psf_matched").n_committed != visits:
+    if (
+        not (store / "psf_matched" / "zarr.json").exists()
+        or coaddx.check_store(store, "psf_matched").n_committed != visits
+    ):
         print("PSF-matching the direct warps (ModelPsfMatch, once) ...", flush=True)
         t0 = time.perf_counter()
         _psf_matched(store)
@@ -100,8 +114,9 @@ def _end_to_end(store: Path, dest: Path) -> tuple[float, PeakMemory]:
     gc.collect()
     with PeakMemory() as mem:
         t0 = time.perf_counter()
-        coadd = coaddx.assemble_compare_warp(coaddx.open_warps(store),
-                                             coaddx.open_warps(store, "psf_matched"))
+        coadd = coaddx.assemble_compare_warp(
+            coaddx.open_warps(store), coaddx.open_warps(store, "psf_matched")
+        )
         coaddx.write_coadd(coadd, dest, overwrite=True)
         dt = time.perf_counter() - t0
     return dt, mem
@@ -119,26 +134,34 @@ def main(argv=None) -> int:
     work = args.visits * args.size * args.size / 1e6
     dest = args.out / f"cw-{args.visits}x{args.size}" / "coadd.zarr"
     threads = os.cpu_count() or 1
-    print(f"\nCompareWarp, {args.visits} visits x {args.size} x {args.size} "
-          f"({work:.0f} Mpix-visits), threaded scheduler, {threads} cores")
+    print(
+        f"\nCompareWarp, {args.visits} visits x {args.size} x {args.size} "
+        f"({work:.0f} Mpix-visits), threaded scheduler, {threads} cores"
+    )
     stages, mem, coadd = _by_stage(store, dest)
     print(f"\n{'stage':<24} {'seconds':>8} {'Mpix-visits/s':>14}")
     for name, seconds in stages.times.items():
         print(f"{name:<24} {seconds:8.1f} {work / seconds:14.1f}")
     print(f"{'total (by stage)':<24} {stages.total:8.1f} {work / stages.total:14.1f}")
-    print(f"peak memory (by stage): {format_bytes(mem.peak)} "
-          f"(+{format_bytes(mem.added)} during the run); plan "
-          f"{coadd.attrs['plan']['subregion']} subregions")
+    print(
+        f"peak memory (by stage): {format_bytes(mem.peak)} "
+        f"(+{format_bytes(mem.added)} during the run); plan "
+        f"{coadd.attrs['plan']['subregion']} subregions"
+    )
     dt, mem2 = _end_to_end(store, dest)
     print(f"{'end to end (one graph)':<24} {dt:8.1f} {work / dt:14.1f}")
-    print(f"peak memory (end to end): {format_bytes(mem2.peak)} "
-          f"(+{format_bytes(mem2.added)} during the run)")
+    print(
+        f"peak memory (end to end): {format_bytes(mem2.peak)} "
+        f"(+{format_bytes(mem2.added)} during the run)"
+    )
     out = coaddx.open_coadd(dest)
     clipped = out["artifact_mask"].data.mean().compute()
-    print(f"\nclipped: {float(clipped):.3%} of pixel-visits; epoch count max "
-          f"{int(out['epoch_count'].max())}; ScaleVariance factors "
-          f"{np.round(out['variance_scale'].values.min(), 2)}-"
-          f"{np.round(out['variance_scale'].values.max(), 2)}")
+    print(
+        f"\nclipped: {float(clipped):.3%} of pixel-visits; epoch count max "
+        f"{int(out['epoch_count'].max())}; ScaleVariance factors "
+        f"{np.round(out['variance_scale'].values.min(), 2)}-"
+        f"{np.round(out['variance_scale'].values.max(), 2)}"
+    )
     shutil.rmtree(dest, ignore_errors=True)
     return 0
 

@@ -8,10 +8,11 @@ through a Gaussian PSF of FWHM 3.0 px (template) and one of FWHM 4.5 px (science
 noise (sigma 10) plus Poisson noise (gain 2), with the matching variance plane, on one TAN grid
 (so nothing is warped). ``--science-psf moffat`` makes the science PSF a Moffat (beta 3): its
 wings reach beyond the 21 px kernel, so LSST's single-kernel clipping (|mean z| > 0.25) then
-rejects most bright candidates (about 80 of 100) and the kernel stage does less work. ``coaddx.subtract`` runs with LSST's
-ImagePsfMatch defaults (AL basis from the two FWHMs, spatial_kernel_order 2, spatial_bg_order
-1, 2048 px convolution regions) except ``size_cell = size // 10`` and ``n_star_per_cell = 1``,
-which gives about 100 kernel candidates, as HOTPANTS and the literature timings use.
+rejects most bright candidates (about 80 of 100) and the kernel stage does less work.
+``coaddx.subtract`` runs with LSST's ImagePsfMatch defaults (AL basis from the two FWHMs,
+spatial_kernel_order 2, spatial_bg_order 1, 2048 px convolution regions) except
+``size_cell = size // 10`` and ``n_star_per_cell = 1``, which gives about 100 kernel
+candidates, as HOTPANTS and the literature timings use.
 
 Stages are timed by wrapping the functions ``coaddx.diffim`` calls (wall time):
 
@@ -55,38 +56,56 @@ from coaddx.psfmatch import PsfMatchConfig
 from coaddx.simulate import psf_image
 from coaddx.skymap import make_tan_wcs
 
-FWHM_TEMPLATE, FWHM_SCIENCE = 3.0, 4.5      # px
-SKY_SIGMA, GAIN = 10.0, 2.0                 # counts, e-/count
+FWHM_TEMPLATE, FWHM_SCIENCE = 3.0, 4.5  # px
+SKY_SIGMA, GAIN = 10.0, 2.0  # counts, e-/count
 ANCHORS = {"HOTPANTS": 43.0, "ZOGY": 37.0}  # s for a 4096 x 4096 pair, CPU
-STAGES = {"detect": "select_candidate_positions", "kernel": "fit_psf_matching_kernel",
-          "convolve": "convolve_regions"}
+STAGES = {
+    "detect": "select_candidate_positions",
+    "kernel": "fit_psf_matching_kernel",
+    "convolve": "convolve_regions",
+}
 
 
 def _star_field(rng: np.random.Generator, size: int, n_stars: int) -> np.ndarray:
     """Point sources (flux in counts) spread bilinearly over the 4 nearest pixels."""
     x, y = rng.uniform(20, size - 21, n_stars), rng.uniform(20, size - 21, n_stars)
     bright = rng.random(n_stars) < 0.1
-    flux = np.where(bright, 10 ** rng.uniform(4.5, 5.5, n_stars), 10 ** rng.uniform(2.5, 4.5, n_stars))
+    flux = np.where(
+        bright, 10 ** rng.uniform(4.5, 5.5, n_stars), 10 ** rng.uniform(2.5, 4.5, n_stars)
+    )
     field = np.zeros((size, size))
     ix, iy = np.floor(x).astype(int), np.floor(y).astype(int)
     fx, fy = x - ix, y - iy
-    for dy, dx, w in ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)), (1, 0, (1 - fx) * fy),
-                      (1, 1, fx * fy)):
+    for dy, dx, w in (
+        (0, 0, (1 - fx) * (1 - fy)),
+        (0, 1, fx * (1 - fy)),
+        (1, 0, (1 - fx) * fy),
+        (1, 1, fx * fy),
+    ):
         np.add.at(field, (iy + dy, ix + dx), flux * w)
     return field
 
 
-def _observe(rng: np.random.Generator, field: np.ndarray, psf: np.ndarray, wcs: Any,
-             fwhm: float) -> Exposure:
+def _observe(
+    rng: np.random.Generator, field: np.ndarray, psf: np.ndarray, wcs: Any, fwhm: float
+) -> Exposure:
     model = oaconvolve(field, psf, mode="same")
     variance = SKY_SIGMA**2 + np.maximum(model, 0.0) / GAIN
     image = model + rng.normal(0.0, 1.0, model.shape) * np.sqrt(variance)
-    return Exposure(image.astype(np.float32), np.zeros(model.shape, np.int32),
-                    variance.astype(np.float32), wcs, mask_planes(), psf=psf, psf_fwhm=fwhm)
+    return Exposure(
+        image.astype(np.float32),
+        np.zeros(model.shape, np.int32),
+        variance.astype(np.float32),
+        wcs,
+        mask_planes(),
+        psf=psf,
+        psf_fwhm=fwhm,
+    )
 
 
-def make_pair(size: int, n_stars: int, seed: int = 1,
-              science_psf: str = "gaussian") -> tuple[Exposure, Exposure]:
+def make_pair(
+    size: int, n_stars: int, seed: int = 1, science_psf: str = "gaussian"
+) -> tuple[Exposure, Exposure]:
     """(template, science): one star field under two seeings, independent noise."""
     rng = np.random.default_rng(seed)
     field = _star_field(rng, size, n_stars)
@@ -113,6 +132,7 @@ class _StageTimer:
             finally:
                 self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - t0
                 self.cpu[stage] = self.cpu.get(stage, 0.0) + time.process_time() - c0
+
         return timed
 
     def __enter__(self) -> Self:
@@ -126,11 +146,15 @@ class _StageTimer:
             setattr(cdiffim, name, func)
 
 
-def run_once(template: Exposure, science: Exposure, config: PsfMatchConfig,
-             workers: int) -> tuple[dict[str, float], dict[str, float], cdiffim.Subtraction, int]:
+def run_once(
+    template: Exposure, science: Exposure, config: PsfMatchConfig, workers: int
+) -> tuple[dict[str, float], dict[str, float], cdiffim.Subtraction, int]:
     """One timed ``subtract``: (wall s, CPU s per stage, result, peak memory added)."""
-    with dask.config.set(scheduler="threads", num_workers=workers), PeakMemory() as mem, \
-            _StageTimer() as timer:
+    with (
+        dask.config.set(scheduler="threads", num_workers=workers),
+        PeakMemory() as mem,
+        _StageTimer() as timer,
+    ):
         t0, c0 = time.perf_counter(), time.process_time()
         result = cdiffim.subtract(template, science, config)
         total, cpu_total = time.perf_counter() - t0, time.process_time() - c0
@@ -145,11 +169,13 @@ def _quality(result: cdiffim.Subtraction, size: int) -> str:
     finite = np.isfinite(z)
     z = z[finite]
     status = np.array(result.info.status)
-    return (f"{len(result.candidates)} candidates, {int((status == 'good').sum())} used; kernel "
-            f"{result.kernel.size} px, sum {result.kernel.kernel_sum(size / 2, size / 2):.4f}; "
-            f"D/sigma: std {np.std(z[np.abs(z) < 5]):.3f} within 5 sigma, "
-            f"{100 * np.mean(np.abs(z) >= 5):.3f} % of the pixels beyond; NaN kernel border "
-            f"{100 * (1 - finite.mean()):.2f} %")
+    return (
+        f"{len(result.candidates)} candidates, {int((status == 'good').sum())} used; kernel "
+        f"{result.kernel.size} px, sum {result.kernel.kernel_sum(size / 2, size / 2):.4f}; "
+        f"D/sigma: std {np.std(z[np.abs(z) < 5]):.3f} within 5 sigma, "
+        f"{100 * np.mean(np.abs(z) >= 5):.3f} % of the pixels beyond; NaN kernel border "
+        f"{100 * (1 - finite.mean()):.2f} %"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -163,9 +189,11 @@ def main(argv: list[str] | None = None) -> None:
 
     t0 = time.perf_counter()
     template, science = make_pair(args.size, args.stars, science_psf=args.science_psf)
-    print(f"input: {args.size} x {args.size} pair, {args.stars} stars, FWHM {FWHM_TEMPLATE} "
-          f"(gaussian) -> {FWHM_SCIENCE} px ({args.science_psf}), built in "
-          f"{time.perf_counter() - t0:.1f} s (not timed); {os.cpu_count()} CPUs visible")
+    print(
+        f"input: {args.size} x {args.size} pair, {args.stars} stars, FWHM {FWHM_TEMPLATE} "
+        f"(gaussian) -> {FWHM_SCIENCE} px ({args.science_psf}), built in "
+        f"{time.perf_counter() - t0:.1f} s (not timed); {os.cpu_count()} CPUs visible"
+    )
     config = PsfMatchConfig(size_cell=max(args.size // 10, 32), n_star_per_cell=1)
     mpix = args.size * args.size / 1e6
     load_before = os.getloadavg()[0]
@@ -176,16 +204,21 @@ def main(argv: list[str] | None = None) -> None:
             if n not in rows or run[0]["total"] < rows[n][0]["total"]:
                 rows[n] = run
     for n, (_, _, result, added) in rows.items():
-        print(f"{n} worker(s): {_quality(result, args.size)}; peak memory added "
-              f"{format_bytes(added)}")
-    print(f"\nbest of {args.repeat}; wall seconds, Mpix/s from wall, process CPU seconds "
-          f"(CPU s / wall s > 1: work ran in parallel). 1-min load average {load_before:.1f} "
-          f"before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs")
+        print(
+            f"{n} worker(s): {_quality(result, args.size)}; peak memory added {format_bytes(added)}"
+        )
+    print(
+        f"\nbest of {args.repeat}; wall seconds, Mpix/s from wall, process CPU seconds "
+        f"(CPU s / wall s > 1: work ran in parallel). 1-min load average {load_before:.1f} "
+        f"before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs"
+    )
     print(f"{'stage':<10}" + "".join(f"{f'{n} worker(s)':>30}" for n in rows))
     print(f"{'':<10}" + "".join(f"{'wall s':>10}{'Mpix/s':>10}{'CPU s':>10}" for _ in rows))
     for stage in (*STAGES, "rest", "total"):
-        cells = "".join(f"{r[0][stage]:>10.2f}{mpix / r[0][stage]:>10.2f}{r[1][stage]:>10.2f}"
-                        for r in rows.values())
+        cells = "".join(
+            f"{r[0][stage]:>10.2f}{mpix / r[0][stage]:>10.2f}{r[1][stage]:>10.2f}"
+            for r in rows.values()
+        )
         print(f"{stage:<10}{cells}")
     print("\npublished CPU anchors for a 4096 x 4096 pair (not measured here):")
     for name, seconds in ANCHORS.items():

@@ -19,9 +19,15 @@ from coaddx.kernels.stack import stack_block
 BAD, SAT, EDGE, NO_DATA = 1 << 0, 1 << 1, 1 << 4, 1 << 8
 CLIPPED, SENSOR_EDGE, REJECTED = 1 << 9, 1 << 10, 1 << 12
 BAD_MASK = NO_DATA | BAD | SAT | EDGE
-RULES = dict(bad_mask=BAD_MASK, propagate_bits=(SAT,), propagate_thresholds=(0.1,),
-             clipped_bit=CLIPPED, map_from=(BAD | SAT, EDGE, CLIPPED),
-             map_to=(REJECTED, SENSOR_EDGE, CLIPPED), no_data_bit=NO_DATA)
+RULES = dict(
+    bad_mask=BAD_MASK,
+    propagate_bits=(SAT,),
+    propagate_thresholds=(0.1,),
+    clipped_bit=CLIPPED,
+    map_from=(BAD | SAT, EDGE, CLIPPED),
+    map_to=(REJECTED, SENSOR_EDGE, CLIPPED),
+    no_data_bit=NO_DATA,
+)
 STATISTICS = ("mean", "median", "meanclip")
 
 
@@ -138,7 +144,7 @@ class StackBlock:
     """asv benchmarks: one (V, 512, 512) block per statistic and number of visits."""
 
     params = (list(STATISTICS), [16, 64, 200])
-    param_names = ["statistic", "nvisit"]
+    param_names = ("statistic", "nvisit")
 
     def setup(self, statistic, nvisit):
         warm_up()
@@ -157,8 +163,9 @@ def main(argv=None):
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--dense", action="store_true", help="uniformly scattered mask bits")
     args = parser.parse_args(argv)
-    table(args.visits, tuple(args.shape), args.repeat, args.threads, not args.no_reference,
-          args.dense)
+    table(
+        args.visits, tuple(args.shape), args.repeat, args.threads, not args.no_reference, args.dense
+    )
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def _sky(size: int, rng: np.random.Generator) -> np.ndarray:
     psf = np.exp(-(yy**2 + xx**2) / (2 * 1.8**2)).astype(np.float32)
     psf /= psf.sum()
     for y, x, f in zip(ys, xs, flux, strict=True):
-        sky[y - 6:y + 7, x - 6:x + 7] += f * psf
+        sky[y - 6 : y + 7, x - 6 : x + 7] += f * psf
     return sky
 
 
@@ -78,8 +78,9 @@ def make_store(path: Path, visits: int, size: int, chunk: int, seed: int = 1) ->
     t0 = time.perf_counter()
     planes = coaddx.mask_planes()
     wcs = coaddx.Patch.from_wcs(_tan_wcs(size), (size, size)).wcs_header()
-    store = WarpStore.create(path, shape=(size, size), mask_planes=planes, wcs=wcs, chunk=chunk,
-                             overwrite=True)
+    store = WarpStore.create(
+        path, shape=(size, size), mask_planes=planes, wcs=wcs, chunk=chunk, overwrite=True
+    )
     sky = _sky(size, np.random.default_rng(seed))
     ids = list(range(1000, 1000 + visits))
     slots = store.reserve(ids)
@@ -120,16 +121,20 @@ def _warm_page_cache(path: Path) -> None:
                 while block := fh.read(1 << 22):
                     n += len(block)
     dt = time.perf_counter() - t0
-    print(f"read the store once to warm the page cache: {format_bytes(n)} in {dt:.1f} s "
-          f"({n / dt / 1e9:.1f} GB/s)", flush=True)
+    print(
+        f"read the store once to warm the page cache: {format_bytes(n)} in {dt:.1f} s "
+        f"({n / dt / 1e9:.1f} GB/s)",
+        flush=True,
+    )
 
 
 def _warm_up() -> None:
     from coaddx.kernels.stack import stack_block
 
     cube = np.ones((3, 8, 8), np.float32)
-    stack_block(cube, cube, np.zeros(cube.shape, np.int32), np.ones(3), statistic="meanclip",
-                bad_mask=1)
+    stack_block(
+        cube, cube, np.zeros(cube.shape, np.int32), np.ones(3), statistic="meanclip", bad_mask=1
+    )
 
 
 def run(store: Path, out: Path, workers: int, limit: int) -> dict:
@@ -137,14 +142,18 @@ def run(store: Path, out: Path, workers: int, limit: int) -> dict:
     with local(workers, 1, processes=True, memory_limit=limit, dashboard=False) as client:
         client.run(_warm_up)
         (threads, mem_limit), *_ = worker_resources(client).values()
-        n, ny, nx = (coaddx.open_warps(store, chunks="storage").sizes[d]
-                     for d in ("visit", "y", "x"))
+        n, ny, nx = (
+            coaddx.open_warps(store, chunks="storage").sizes[d] for d in ("visit", "y", "x")
+        )
         budget = task_budget(mem_limit, threads=threads, shape=(ny, nx), n_workers=workers)
         with dask.config.set({"coaddx.memory-per-task": budget}):
             coadd = coaddx.assemble(coaddx.open_warps(store))
-        plan = plan_stack(n, (ny, nx), budget_bytes=budget,
-                          storage_chunk=coaddx.open_warps(store, chunks="storage")
-                          ["image"].data.chunksize[1])
+        plan = plan_stack(
+            n,
+            (ny, nx),
+            budget_bytes=budget,
+            storage_chunk=coaddx.open_warps(store, chunks="storage")["image"].data.chunksize[1],
+        )
         before = set(worker_resources(client))
         t0 = time.perf_counter()
         with WorkerMemory(client) as mem:
@@ -153,33 +162,52 @@ def run(store: Path, out: Path, workers: int, limit: int) -> dict:
         lost = before - set(worker_resources(client))
         client.cluster.close()
     image = coaddx.open_coadd(out)["image"].values
-    return {"workers": workers, "limit": limit, "seconds": seconds, "plan": plan, "mem": mem,
-            "lost": lost, "mpv": n * ny * nx / 1e6, "digest": hashlib.sha1(
-                np.ascontiguousarray(image).view(np.uint8)).hexdigest()[:12],
-            "planned": worker_bytes(plan, threads=threads, n_workers=workers,
-                                    baseline=max(p.baseline for p in mem.peaks.values()))}
+    return {
+        "workers": workers,
+        "limit": limit,
+        "seconds": seconds,
+        "plan": plan,
+        "mem": mem,
+        "lost": lost,
+        "mpv": n * ny * nx / 1e6,
+        "digest": hashlib.sha1(np.ascontiguousarray(image).view(np.uint8)).hexdigest()[:12],
+        "planned": worker_bytes(
+            plan,
+            threads=threads,
+            n_workers=workers,
+            baseline=max(p.baseline for p in mem.peaks.values()),
+        ),
+    }
 
 
 def report(rows: list[dict]) -> list[str]:
     """Print the table; return the failed checks."""
-    print(f"\n{'workers':>7} {'limit':>9} {'subregion':>10} {'tasks':>5} {'per task':>9} "
-          f"{'seconds':>8} {'Mpix-vis/s':>10} {'speed-up':>8} {'peak/worker':>11} "
-          f"{'planned':>9} {'spilled':>7}")
+    print(
+        f"\n{'workers':>7} {'limit':>9} {'subregion':>10} {'tasks':>5} {'per task':>9} "
+        f"{'seconds':>8} {'Mpix-vis/s':>10} {'speed-up':>8} {'peak/worker':>11} "
+        f"{'planned':>9} {'spilled':>7}"
+    )
     failed = []
     for r in rows:
         base = next(b for b in rows if b["limit"] == r["limit"] and b["workers"] == 1)
         plan, mem = r["plan"], r["mem"]
         peak = mem.max_peak
-        print(f"{r['workers']:>7} {format_bytes(r['limit']):>9} {plan.subregion[0]:>10} "
-              f"{plan.n_tasks:>5} {format_bytes(plan.task_bytes):>9} {r['seconds']:>8.1f} "
-              f"{r['mpv'] / r['seconds']:>10.0f} {base['seconds'] / r['seconds']:>8.2f} "
-              f"{format_bytes(peak):>11} {format_bytes(r['planned']):>9} {mem.spilled:>7}")
+        print(
+            f"{r['workers']:>7} {format_bytes(r['limit']):>9} {plan.subregion[0]:>10} "
+            f"{plan.n_tasks:>5} {format_bytes(plan.task_bytes):>9} {r['seconds']:>8.1f} "
+            f"{r['mpv'] / r['seconds']:>10.0f} {base['seconds'] / r['seconds']:>8.2f} "
+            f"{format_bytes(peak):>11} {format_bytes(r['planned']):>9} {mem.spilled:>7}"
+        )
         if peak > r["limit"]:
-            failed.append(f"{r['workers']} worker(s), {format_bytes(r['limit'])}: peak "
-                          f"{format_bytes(peak)} exceeds the limit")
+            failed.append(
+                f"{r['workers']} worker(s), {format_bytes(r['limit'])}: peak "
+                f"{format_bytes(peak)} exceeds the limit"
+            )
         if mem.spilled or r["lost"] or len(mem.peaks) != r["workers"]:
-            failed.append(f"{r['workers']} worker(s), {format_bytes(r['limit'])}: spilled "
-                          f"{mem.spilled} keys, lost workers {sorted(r['lost'])}")
+            failed.append(
+                f"{r['workers']} worker(s), {format_bytes(r['limit'])}: spilled "
+                f"{mem.spilled} keys, lost workers {sorted(r['lost'])}"
+            )
     if len({r["digest"] for r in rows}) != 1:
         failed.append(f"the coadds differ between runs: {[r['digest'] for r in rows]}")
     return failed
@@ -191,32 +219,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--chunk", type=int, default=128, help="storage chunk of the store")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--limits", type=float, nargs="+", default=[1, 4],
-                        help="memory limit per worker, GiB")
+    parser.add_argument(
+        "--limits", type=float, nargs="+", default=[1, 4], help="memory limit per worker, GiB"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     args = parser.parse_args(argv)
     if 1 not in args.workers:
         parser.error("--workers must include 1 (the speed-up baseline)")
-    store = make_store(args.out / f"scaling-{args.visits}x{args.size}-c{args.chunk}.zarr",
-                       args.visits, args.size, args.chunk)
+    store = make_store(
+        args.out / f"scaling-{args.visits}x{args.size}-c{args.chunk}.zarr",
+        args.visits,
+        args.size,
+        args.chunk,
+    )
     n = args.visits * args.size**2
-    print(f"store {store}: {args.visits} visits x {args.size} x {args.size}, "
-          f"{format_bytes(12 * n)} of pixels ({format_bytes(_du(store))} on disk)")
+    print(
+        f"store {store}: {args.visits} visits x {args.size} x {args.size}, "
+        f"{format_bytes(12 * n)} of pixels ({format_bytes(_du(store))} on disk)"
+    )
     _warm_page_cache(store)
     rows = []
     for limit in args.limits:
         for workers in args.workers:
             r = run(store, args.out / "scaling-coadd.zarr", workers, int(limit * GIB))
             total = workers * r["limit"]
-            print(f"  {workers} worker(s) x {format_bytes(r['limit'])}: {r['seconds']:.1f} s; "
-                  f"store / total worker memory = {12 * n / total:.1f}", flush=True)
+            print(
+                f"  {workers} worker(s) x {format_bytes(r['limit'])}: {r['seconds']:.1f} s; "
+                f"store / total worker memory = {12 * n / total:.1f}",
+                flush=True,
+            )
             rows.append(r)
     failed = report(rows)
     for message in failed:
         print("FAILED:", message)
     if not failed:
-        print("\nevery worker stayed within its memory limit, nothing was spilled, no worker "
-              "was lost, and all runs wrote the same coadd")
+        print(
+            "\nevery worker stayed within its memory limit, nothing was spilled, no worker "
+            "was lost, and all runs wrote the same coadd"
+        )
     return 1 if failed else 0
 
 

@@ -74,20 +74,21 @@ from coaddx.runtime import tune_malloc
 from coaddx.skymap import Patch, make_tan_wcs
 from coaddx.warp import WarpConfig, make_warps
 
-NY, NX = 4096, 2048                 # exposure rows, columns
-PIX_IN, PIX_OUT = 0.263, 0.2        # arcsec per pixel
-CENTER = (150.1, 2.2)               # deg
-SKY_SIGMA, GAIN = 10.0, 2.0         # counts, e-/count
-DITHER, MAX_ROT = 40.0, 5.0         # arcsec, deg
-MARGIN = 8                          # output-grid margin around the union, px
-PROBE_SPACING = 160                 # output px between probe stars (32")
-APERTURE = 12                       # aperture radius, output px (>= 4.8 sigma of the widest PSF)
-EDGE_CLEAR = 10                     # output px kept clear of either tool's coverage edge
+NY, NX = 4096, 2048  # exposure rows, columns
+PIX_IN, PIX_OUT = 0.263, 0.2  # arcsec per pixel
+CENTER = (150.1, 2.2)  # deg
+SKY_SIGMA, GAIN = 10.0, 2.0  # counts, e-/count
+DITHER, MAX_ROT = 40.0, 5.0  # arcsec, deg
+MARGIN = 8  # output-grid margin around the union, px
+PROBE_SPACING = 160  # output px between probe stars (32")
+APERTURE = 12  # aperture radius, output px (>= 4.8 sigma of the widest PSF)
+EDGE_CLEAR = 10  # output px kept clear of either tool's coverage edge
 TARGET_SWARP, TARGET_REPROJECT, TARGET_FLUX = 1.5, 10.0, 0.005
 INPUT_VERSION = 1
 
 
 # -- inputs ------------------------------------------------------------------------------------
+
 
 def _grid(visits: list[dict]) -> tuple[WCS, tuple[int, int]]:
     """The output TAN grid at 0.2"/px covering every exposure's outer pixel edges."""
@@ -109,7 +110,8 @@ def _grid(visits: list[dict]) -> tuple[WCS, tuple[int, int]]:
 
 def _exposure_wcs(v: dict) -> WCS:
     center = SkyCoord(CENTER[0] * u.deg, CENTER[1] * u.deg).spherical_offsets_by(
-        v["dra"] * u.arcsec, v["ddec"] * u.arcsec)
+        v["dra"] * u.arcsec, v["ddec"] * u.arcsec
+    )
     return make_tan_wcs(center, ((NX - 1) / 2, (NY - 1) / 2), PIX_IN, v["rotation"])
 
 
@@ -117,7 +119,9 @@ def _catalog(rng: np.random.Generator, shape: tuple[int, int]) -> dict[str, np.n
     """Stars in output-grid pixels: a jittered grid of bright probes and fainter field stars
     kept at least 40 px (8") from every probe."""
     ny, nx = shape
-    gy, gx = np.mgrid[PROBE_SPACING // 2:ny:PROBE_SPACING, PROBE_SPACING // 2:nx:PROBE_SPACING]
+    gy, gx = np.mgrid[
+        PROBE_SPACING // 2 : ny : PROBE_SPACING, PROBE_SPACING // 2 : nx : PROBE_SPACING
+    ]
     px = gx.ravel() + rng.uniform(-20, 20, gx.size)
     py = gy.ravel() + rng.uniform(-20, 20, gy.size)
     pflux = np.exp(rng.uniform(np.log(3e4), np.log(3e5), px.size))
@@ -127,8 +131,12 @@ def _catalog(rng: np.random.Generator, shape: tuple[int, int]) -> dict[str, np.n
     from scipy.spatial import cKDTree
 
     far = cKDTree(np.c_[px, py]).query(np.c_[fx, fy])[0] > 40
-    return {"x": np.r_[px, fx[far]], "y": np.r_[py, fy[far]], "flux": np.r_[pflux, ffx[far]],
-            "probe": np.r_[np.ones(px.size, bool), np.zeros(int(far.sum()), bool)]}
+    return {
+        "x": np.r_[px, fx[far]],
+        "y": np.r_[py, fy[far]],
+        "flux": np.r_[pflux, ffx[far]],
+        "probe": np.r_[np.ones(px.size, bool), np.zeros(int(far.sum()), bool)],
+    }
 
 
 def _render(x: np.ndarray, y: np.ndarray, flux: np.ndarray, sigma: float) -> np.ndarray:
@@ -150,9 +158,10 @@ def _render(x: np.ndarray, y: np.ndarray, flux: np.ndarray, sigma: float) -> np.
     pad = np.zeros((NY + 2 * p, NX + 2 * p))
     rows = (iy[:, None] + offs[None, :] + p)[:, :, None]
     cols = (ix[:, None] + offs[None, :] + p)[:, None, :]
-    np.add.at(pad, (np.broadcast_to(rows, stamps.shape), np.broadcast_to(cols, stamps.shape)),
-              stamps)
-    return pad[p:p + NY, p:p + NX]
+    np.add.at(
+        pad, (np.broadcast_to(rows, stamps.shape), np.broadcast_to(cols, stamps.shape)), stamps
+    )
+    return pad[p : p + NY, p : p + NX]
 
 
 def _make_one(k: int, v: dict, cat: dict, grid_wcs: WCS, folder: Path, seed: int) -> None:
@@ -161,20 +170,37 @@ def _make_one(k: int, v: dict, cat: dict, grid_wcs: WCS, folder: Path, seed: int
     x, y = wcs.world_to_pixel_values(*grid_wcs.pixel_to_world_values(cat["x"], cat["y"]))
     sigma = v["fwhm"] / 2.3548 / PIX_IN
     model = _render(x, y, cat["flux"], sigma)
-    variance = (SKY_SIGMA ** 2 + model / GAIN).astype(np.float32)
-    image = (model + rng.standard_normal((NY, NX), dtype=np.float32) * np.sqrt(variance))
+    variance = (SKY_SIGMA**2 + model / GAIN).astype(np.float32)
+    image = model + rng.standard_normal((NY, NX), dtype=np.float32) * np.sqrt(variance)
     image = image.astype(np.float32)
     mask = np.zeros((NY, NX), np.int32)
-    meta = {"visit": v["visit"], "detector": 0, "band": "r", "mjd": 60000.0 + 0.01 * k,
-            "exptime": 30.0, "airmass": 1.2, "parallactic_angle": 0.0, "photo_calib": 1.0,
-            "psf_fwhm": v["fwhm"] / PIX_IN}
-    write_calexp(folder / f"calexp_{v['visit']}.fits", image, mask, variance, wcs,
-                 mask_planes=mask_planes(), metadata=meta)
+    meta = {
+        "visit": v["visit"],
+        "detector": 0,
+        "band": "r",
+        "mjd": 60000.0 + 0.01 * k,
+        "exptime": 30.0,
+        "airmass": 1.2,
+        "parallactic_angle": 0.0,
+        "photo_calib": 1.0,
+        "psf_fwhm": v["fwhm"] / PIX_IN,
+    }
+    write_calexp(
+        folder / f"calexp_{v['visit']}.fits",
+        image,
+        mask,
+        variance,
+        wcs,
+        mask_planes=mask_planes(),
+        metadata=meta,
+    )
     hdr = _swarp.cd_header(wcs)
-    fits.PrimaryHDU(image, header=hdr).writeto(folder / "swarp" / f"img_{v['visit']}.fits",
-                                               overwrite=True)
+    fits.PrimaryHDU(image, header=hdr).writeto(
+        folder / "swarp" / f"img_{v['visit']}.fits", overwrite=True
+    )
     fits.PrimaryHDU((1.0 / variance).astype(np.float32), header=hdr).writeto(
-        folder / "swarp" / f"img_{v['visit']}.weight.fits", overwrite=True)
+        folder / "swarp" / f"img_{v['visit']}.weight.fits", overwrite=True
+    )
 
 
 def make_inputs(out: Path, n: int, seed: int = 7) -> Path:
@@ -187,19 +213,36 @@ def make_inputs(out: Path, n: int, seed: int = 7) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "swarp").mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    visits = [{"visit": 1000 + k, "dra": float(rng.uniform(-DITHER, DITHER)),
-               "ddec": float(rng.uniform(-DITHER, DITHER)),
-               "rotation": float(rng.uniform(0.0, MAX_ROT)),
-               "fwhm": float(rng.uniform(0.75, 1.15))} for k in range(n)]
+    visits = [
+        {
+            "visit": 1000 + k,
+            "dra": float(rng.uniform(-DITHER, DITHER)),
+            "ddec": float(rng.uniform(-DITHER, DITHER)),
+            "rotation": float(rng.uniform(0.0, MAX_ROT)),
+            "fwhm": float(rng.uniform(0.75, 1.15)),
+        }
+        for k in range(n)
+    ]
     grid_wcs, shape = _grid(visits)
     cat = _catalog(rng, shape)
     np.savez(folder / "catalog.npz", **cat)
     with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda kv: _make_one(kv[0], kv[1], cat, grid_wcs, folder, seed),
-                      enumerate(visits)))
-    done.write_text(json.dumps({"version": INPUT_VERSION, "visits": visits,
-                                "grid_header": _swarp.cd_header(grid_wcs, shape).tostring(),
-                                "shape": list(shape)}, indent=1))
+        list(
+            pool.map(
+                lambda kv: _make_one(kv[0], kv[1], cat, grid_wcs, folder, seed), enumerate(visits)
+            )
+        )
+    done.write_text(
+        json.dumps(
+            {
+                "version": INPUT_VERSION,
+                "visits": visits,
+                "grid_header": _swarp.cd_header(grid_wcs, shape).tostring(),
+                "shape": list(shape),
+            },
+            indent=1,
+        )
+    )
     print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
     return folder
 
@@ -225,6 +268,7 @@ def _warm(paths: list[Path]) -> None:
 
 
 # -- coaddx --------------------------------------------------------------------------------------
+
 
 class _Timers:
     """Thread-seconds spent in wrapped functions (the instrumentation costs microseconds)."""
@@ -279,32 +323,51 @@ def run_coaddx(paths: list[Path], patch: Patch, store: Path) -> dict:
     try:
         with PeakMemory() as mem:
             c0, t0 = _cpu(resource.RUSAGE_SELF), time.perf_counter()
-            result = make_warps(paths, patch, store,
-                                config=WarpConfig(kernel="lanczos3", interp_length=10))
+            result = make_warps(
+                paths, patch, store, config=WarpConfig(kernel="lanczos3", interp_length=10)
+            )
             seconds, cpu = time.perf_counter() - t0, _cpu(resource.RUSAGE_SELF) - c0
     finally:
         timers.restore()
     if result.failed or len(result.written) != len(paths):
-        raise RuntimeError(f"make_warps failed visits: {result.failed}; not overlapping: "
-                           f"{result.not_overlapping}")
+        raise RuntimeError(
+            f"make_warps failed visits: {result.failed}; not overlapping: {result.not_overlapping}"
+        )
     return {"seconds": seconds, "cpu": cpu, "peak": mem.peak - mem.baseline, "timers": timers}
 
 
 # -- SWarp ---------------------------------------------------------------------------------------
 
 SWARP_PARAMS = {
-    "COMBINE": "N", "RESAMPLE": "Y", "RESAMPLING_TYPE": "LANCZOS3", "OVERSAMPLING": "1",
-    "FSCALASTRO_TYPE": "VARIABLE", "FSCALE_KEYWORD": "FLXSCALE", "FSCALE_DEFAULT": "1.0",
-    "SUBTRACT_BACK": "N", "WEIGHT_TYPE": "MAP_WEIGHT", "WEIGHT_SUFFIX": ".weight.fits",
-    "RESCALE_WEIGHTS": "N", "NTHREADS": "2", "DELETE_TMPFILES": "N", "WRITE_XML": "N",
-    "VERBOSE_TYPE": "QUIET", "MEM_MAX": "2048", "COMBINE_BUFSIZE": "1024",
-    "HEADER_SUFFIX": ".head", "CELESTIAL_TYPE": "NATIVE", "PROJECTION_TYPE": "TAN",
-    "INTERPOLATE": "N", "COPY_KEYWORDS": "OBJECT", "WRITE_FILEINFO": "N",
+    "COMBINE": "N",
+    "RESAMPLE": "Y",
+    "RESAMPLING_TYPE": "LANCZOS3",
+    "OVERSAMPLING": "1",
+    "FSCALASTRO_TYPE": "VARIABLE",
+    "FSCALE_KEYWORD": "FLXSCALE",
+    "FSCALE_DEFAULT": "1.0",
+    "SUBTRACT_BACK": "N",
+    "WEIGHT_TYPE": "MAP_WEIGHT",
+    "WEIGHT_SUFFIX": ".weight.fits",
+    "RESCALE_WEIGHTS": "N",
+    "NTHREADS": "2",
+    "DELETE_TMPFILES": "N",
+    "WRITE_XML": "N",
+    "VERBOSE_TYPE": "QUIET",
+    "MEM_MAX": "2048",
+    "COMBINE_BUFSIZE": "1024",
+    "HEADER_SUFFIX": ".head",
+    "CELESTIAL_TYPE": "NATIVE",
+    "PROJECTION_TYPE": "TAN",
+    "INTERPOLATE": "N",
+    "COPY_KEYWORDS": "OBJECT",
+    "WRITE_FILEINFO": "N",
 }
 
 
-def run_swarp(images: list[Path], grid_wcs: WCS, shape: tuple[int, int], work: Path,
-              fscalastro: str) -> dict:
+def run_swarp(
+    images: list[Path], grid_wcs: WCS, shape: tuple[int, int], work: Path, fscalastro: str
+) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     resamp = work / "resamp"
     resamp.mkdir(parents=True)
@@ -314,11 +377,17 @@ def run_swarp(images: list[Path], grid_wcs: WCS, shape: tuple[int, int], work: P
         c0, t0 = _cpu(resource.RUSAGE_CHILDREN), time.perf_counter()
         proc = _swarp.run_swarp(images, work, resamp, params)
         seconds, cpu = time.perf_counter() - t0, _cpu(resource.RUSAGE_CHILDREN) - c0
-    return {"seconds": seconds, "cpu": cpu, "peak": mem.peak - mem.baseline, "dir": resamp,
-            "stderr": proc.stderr.strip()}
+    return {
+        "seconds": seconds,
+        "cpu": cpu,
+        "peak": mem.peak - mem.baseline,
+        "dir": resamp,
+        "stderr": proc.stderr.strip(),
+    }
 
 
 # -- reproject -----------------------------------------------------------------------------------
+
 
 def run_reproject(images: list[Path], grid_wcs: WCS, shape: tuple[int, int], order: str) -> dict:
     from reproject import reproject_interp
@@ -338,19 +407,26 @@ def run_reproject(images: list[Path], grid_wcs: WCS, shape: tuple[int, int], ord
 
 # -- agreement -----------------------------------------------------------------------------------
 
+
 def _aperture(img: np.ndarray, x: float, y: float, r: int) -> tuple[float, float, float]:
     """Sum and first-moment centroid (0-based x, y) within radius r of (x, y)."""
     ix, iy = round(float(x)), round(float(y))
-    cut = img[iy - r:iy + r + 1, ix - r:ix + r + 1].astype(np.float64)
-    dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
+    cut = img[iy - r : iy + r + 1, ix - r : ix + r + 1].astype(np.float64)
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
     inside = (dx + ix - x) ** 2 + (dy + iy - y) ** 2 <= r * r
     w = np.where(inside, cut, 0.0)
     total = w.sum()
     return total, ix + (w * dx).sum() / total, iy + (w * dy).sum() / total
 
 
-def compare(store: Path, swarp_dir: Path, visits: list[dict], grid_wcs: WCS,
-            shape: tuple[int, int], cat: dict) -> dict:
+def compare(
+    store: Path,
+    swarp_dir: Path,
+    visits: list[dict],
+    grid_wcs: WCS,
+    shape: tuple[int, int],
+    cat: dict,
+) -> dict:
     import zarr
 
     group = zarr.open_group(str(store / "direct"), mode="r")
@@ -360,16 +436,20 @@ def compare(store: Path, swarp_dir: Path, visits: list[dict], grid_wcs: WCS,
     for v in visits:
         visit = v["visit"]
         c = group["image"][slots[visit]]
-        s, sw = _swarp.read_resampled(swarp_dir / f"img_{visit}.resamp.fits",
-                                      swarp_dir / f"img_{visit}.resamp.weight.fits",
-                                      grid_wcs, shape)
+        s, sw = _swarp.read_resampled(
+            swarp_dir / f"img_{visit}.resamp.fits",
+            swarp_dir / f"img_{visit}.resamp.weight.fits",
+            grid_wcs,
+            shape,
+        )
         ok_c, ok_s = np.isfinite(c), sw > 0
         both = ok_c & ok_s
-        interior = ndimage.minimum_filter(both.view(np.uint8), size=2 * EDGE_CLEAR + 1,
-                                          mode="constant", cval=0).astype(bool)
+        interior = ndimage.minimum_filter(
+            both.view(np.uint8), size=2 * EDGE_CLEAR + 1, mode="constant", cval=0
+        ).astype(bool)
         cv, sv = c[interior].astype(np.float64), s[interior].astype(np.float64)
         scale = float((cv * sv).sum() / (sv * sv).sum())
-        rel_rms = float(np.sqrt(np.mean((cv - sv) ** 2)) / np.sqrt(np.mean(sv ** 2)))
+        rel_rms = float(np.sqrt(np.mean((cv - sv) ** 2)) / np.sqrt(np.mean(sv**2)))
         only_s = ok_s & ~ok_c
         only_c = ok_c & ~ok_s
         fl, pos_c, pos_s, truth_ratio = [], [], [], []
@@ -379,7 +459,7 @@ def compare(store: Path, swarp_dir: Path, visits: list[dict], grid_wcs: WCS,
             ix, iy = round(float(x)), round(float(y))
             if not (r + 2 <= ix < shape[1] - r - 2 and r + 2 <= iy < shape[0] - r - 2):
                 continue
-            if not interior[iy - r - 1:iy + r + 2, ix - r - 1:ix + r + 2].all():
+            if not interior[iy - r - 1 : iy + r + 2, ix - r - 1 : ix + r + 2].all():
                 continue
             fc, xc, yc = _aperture(c, x, y, r)
             fs, xs, ys = _aperture(s, x, y, r)
@@ -389,37 +469,55 @@ def compare(store: Path, swarp_dir: Path, visits: list[dict], grid_wcs: WCS,
             pos_s.append((xs - x, ys - y))
         fl, pos_c, pos_s = np.array(fl), np.array(pos_c), np.array(pos_s)
         d = pos_c - pos_s
-        rows.append({
-            "visit": visit, "n_stars": len(fl),
-            "flux_median": float(np.median(fl)),
-            "flux_p16": float(np.percentile(fl, 16)), "flux_p84": float(np.percentile(fl, 84)),
-            "flux_min": float(fl.min()), "flux_max": float(fl.max()),
-            "truth_median": float(np.median(truth_ratio)),
-            "dx": float(np.median(d[:, 0])), "dy": float(np.median(d[:, 1])),
-            "dr": float(np.median(np.hypot(d[:, 0], d[:, 1]))),
-            "dr_max": float(np.max(np.hypot(d[:, 0], d[:, 1]))),
-            "c_truth": float(np.median(np.hypot(pos_c[:, 0], pos_c[:, 1]))),
-            "s_truth": float(np.median(np.hypot(pos_s[:, 0], pos_s[:, 1]))),
-            "scale": scale, "rel_rms": rel_rms,
-            "max_rel": float(np.abs(cv - sv).max() / np.abs(sv).max()),
-            "n_c": int(ok_c.sum()), "n_s": int(ok_s.sum()),
-            "only_s": int(only_s.sum()), "only_c": int(only_c.sum()),
-            "c_nonfinite_inside": int((~np.isfinite(c[interior])).sum()),
-        })
+        rows.append(
+            {
+                "visit": visit,
+                "n_stars": len(fl),
+                "flux_median": float(np.median(fl)),
+                "flux_p16": float(np.percentile(fl, 16)),
+                "flux_p84": float(np.percentile(fl, 84)),
+                "flux_min": float(fl.min()),
+                "flux_max": float(fl.max()),
+                "truth_median": float(np.median(truth_ratio)),
+                "dx": float(np.median(d[:, 0])),
+                "dy": float(np.median(d[:, 1])),
+                "dr": float(np.median(np.hypot(d[:, 0], d[:, 1]))),
+                "dr_max": float(np.max(np.hypot(d[:, 0], d[:, 1]))),
+                "c_truth": float(np.median(np.hypot(pos_c[:, 0], pos_c[:, 1]))),
+                "s_truth": float(np.median(np.hypot(pos_s[:, 0], pos_s[:, 1]))),
+                "scale": scale,
+                "rel_rms": rel_rms,
+                "max_rel": float(np.abs(cv - sv).max() / np.abs(sv).max()),
+                "n_c": int(ok_c.sum()),
+                "n_s": int(ok_s.sum()),
+                "only_s": int(only_s.sum()),
+                "only_c": int(only_c.sum()),
+                "c_nonfinite_inside": int((~np.isfinite(c[interior])).sum()),
+            }
+        )
     return {"rows": rows}
 
 
 # -- report --------------------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--exposures", type=int, default=16)
     ap.add_argument("--out", type=Path, default=Path("bench-out"))
-    ap.add_argument("--reproject-subset", type=int, default=2,
-                    help="exposures reprojected (timed, then scaled per input Mpix)")
+    ap.add_argument(
+        "--reproject-subset",
+        type=int,
+        default=2,
+        help="exposures reprojected (timed, then scaled per input Mpix)",
+    )
     ap.add_argument("--reproject-order", default="bicubic", choices=("bilinear", "bicubic"))
-    ap.add_argument("--repeat", type=int, default=2,
-                    help="coaddx and SWarp runs (alternating); the best is reported")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="coaddx and SWarp runs (alternating); the best is reported",
+    )
     ap.add_argument("--swarp-fscalastro", default="VARIABLE", choices=("NONE", "FIXED", "VARIABLE"))
     args = ap.parse_args(argv)
     if args.exposures < 1:
@@ -438,12 +536,16 @@ def main(argv: list[str] | None = None) -> int:
     in_mpix = n * NY * NX / 1e6
     import dask
 
-    print(f"inputs: {n} exposures of {NY} x {NX} px at {PIX_IN}\"/px (rot 0-{MAX_ROT:g} deg, "
-          f"dither +-{DITHER:g}\"), {in_mpix:.1f} input Mpix; {int(cat['probe'].sum())} probe "
-          f"stars, {int((~cat['probe']).sum())} field stars")
-    print(f"output grid: TAN {PIX_OUT}\"/px, {shape[0]} x {shape[1]} px "
-          f"({shape[0] * shape[1] / 1e6:.1f} Mpix) covering the union; CPUs: {os.cpu_count()}; "
-          f"dask scheduler: {dask.config.get('scheduler', 'threads (default)')}")
+    print(
+        f'inputs: {n} exposures of {NY} x {NX} px at {PIX_IN}"/px (rot 0-{MAX_ROT:g} deg, '
+        f'dither +-{DITHER:g}"), {in_mpix:.1f} input Mpix; {int(cat["probe"].sum())} probe '
+        f"stars, {int((~cat['probe']).sum())} field stars"
+    )
+    print(
+        f'output grid: TAN {PIX_OUT}"/px, {shape[0]} x {shape[1]} px '
+        f"({shape[0] * shape[1] / 1e6:.1f} Mpix) covering the union; CPUs: {os.cpu_count()}; "
+        f"dask scheduler: {dask.config.get('scheduler', 'threads (default)')}"
+    )
     print(f"SWarp: {_swarp.swarp_version()}")
     print(flush=True)
 
@@ -455,24 +557,33 @@ def main(argv: list[str] | None = None) -> int:
         _warm(calexps)
         cx_runs.append(run_coaddx(calexps, patch, out / "bench_warp.zarr"))
         r = cx_runs[-1]
-        print(f"[{rep + 1}/{args.repeat}] coaddx make_warps: {r['seconds']:.1f} s wall, "
-              f"{r['cpu']:.1f} s CPU; load avg {os.getloadavg()[0]:.2f}", flush=True)
+        print(
+            f"[{rep + 1}/{args.repeat}] coaddx make_warps: {r['seconds']:.1f} s wall, "
+            f"{r['cpu']:.1f} s CPU; load avg {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
         os.sync()
         _warm(images + weights)
-        sw_runs.append(run_swarp(images, grid_wcs, shape, out / "bench_warp_swarp",
-                                 args.swarp_fscalastro))
+        sw_runs.append(
+            run_swarp(images, grid_wcs, shape, out / "bench_warp_swarp", args.swarp_fscalastro)
+        )
         r = sw_runs[-1]
-        print(f"[{rep + 1}/{args.repeat}] SWarp: {r['seconds']:.1f} s wall, {r['cpu']:.1f} s "
-              f"CPU; load avg {os.getloadavg()[0]:.2f}", flush=True)
+        print(
+            f"[{rep + 1}/{args.repeat}] SWarp: {r['seconds']:.1f} s wall, {r['cpu']:.1f} s "
+            f"CPU; load avg {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
     cx = min(cx_runs, key=lambda r: r["seconds"])
     sw = min(sw_runs, key=lambda r: r["seconds"])
     if sw["stderr"]:
         print("  SWarp stderr:", sw["stderr"][-500:].replace("\n", " | "))
     os.sync()
-    sub = images[:max(1, min(args.reproject_subset, n))]
+    sub = images[: max(1, min(args.reproject_subset, n))]
     rp = run_reproject(sub, grid_wcs, shape, args.reproject_order)
-    print(f"reproject_interp ({args.reproject_order}, {rp['n']} exposures): "
-          f"{rp['seconds']:.1f} s", flush=True)
+    print(
+        f"reproject_interp ({args.reproject_order}, {rp['n']} exposures): {rp['seconds']:.1f} s",
+        flush=True,
+    )
 
     rate_c = in_mpix / cx["seconds"]
     rate_s = in_mpix / sw["seconds"]
@@ -482,76 +593,123 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'tool':<44} {'seconds':>8} {'in Mpix/s':>10} {'peak RSS':>10} {'CPU s':>7}")
     print("-" * 84)
-    print(f"{'coaddx make_warps (Lanczos-3, 2 threads)':<44} {cx['seconds']:8.1f} "
-          f"{rate_c:10.2f} {format_bytes(cx['peak']):>10} {cx['cpu']:7.1f}")
-    print(f"{'  warp kernel only (warp_on_grid), thread-s':<44} {t['warp_on_grid (kernel)']:8.1f} "
-          f"{kernel_rate:10.2f} {'':>10}   (x2 threads: {2 * kernel_rate:.1f})")
+    print(
+        f"{'coaddx make_warps (Lanczos-3, 2 threads)':<44} {cx['seconds']:8.1f} "
+        f"{rate_c:10.2f} {format_bytes(cx['peak']):>10} {cx['cpu']:7.1f}"
+    )
+    print(
+        f"{'  warp kernel only (warp_on_grid), thread-s':<44} {t['warp_on_grid (kernel)']:8.1f} "
+        f"{kernel_rate:10.2f} {'':>10}   (x2 threads: {2 * kernel_rate:.1f})"
+    )
     sc = t["source_grid (WCS map)"]
     print(f"{'  source_grid only, thread-seconds':<44} {sc:8.1f} {in_mpix / sc:10.2f}")
-    print(f"{'SWarp 2.41 LANCZOS3, NTHREADS 2':<44} {sw['seconds']:8.1f} {rate_s:10.2f} "
-          f"{format_bytes(sw['peak']):>10} {sw['cpu']:7.1f}")
+    print(
+        f"{'SWarp 2.41 LANCZOS3, NTHREADS 2':<44} {sw['seconds']:8.1f} {rate_s:10.2f} "
+        f"{format_bytes(sw['peak']):>10} {sw['cpu']:7.1f}"
+    )
     label = f"reproject_interp {args.reproject_order} (1 thread)"
-    print(f"{label:<44} {in_mpix / rate_r:8.1f} {rate_r:10.2f} {format_bytes(rp['peak']):>10} "
-          f"{rp['cpu'] * n / rp['n']:7.1f}")
-    print(f"  (reproject timed on {rp['n']} of {n} exposures: {rp['seconds']:.1f} s; "
-          f"its seconds and CPU s above are scaled to all {n})")
+    print(
+        f"{label:<44} {in_mpix / rate_r:8.1f} {rate_r:10.2f} {format_bytes(rp['peak']):>10} "
+        f"{rp['cpu'] * n / rp['n']:7.1f}"
+    )
+    print(
+        f"  (reproject timed on {rp['n']} of {n} exposures: {rp['seconds']:.1f} s; "
+        f"its seconds and CPU s above are scaled to all {n})"
+    )
     cx_all = ", ".join(f"{r['seconds']:.1f}" for r in cx_runs)
     sw_all = ", ".join(f"{r['seconds']:.1f}" for r in sw_runs)
     print(f"  (coaddx runs: {cx_all} s; SWarp runs: {sw_all} s; the best of each is shown)")
     print("-" * 84)
     r_s, r_r = rate_c / rate_s, rate_c / rate_r
-    print(f"coaddx / SWarp     (input Mpix/s): {r_s:6.2f}x   target >= {TARGET_SWARP:g}x   "
-          f"{'PASS' if r_s >= TARGET_SWARP else 'FAIL'}")
-    print(f"coaddx / reproject (input Mpix/s): {r_r:6.1f}x   target >= {TARGET_REPROJECT:g}x   "
-          f"{'PASS' if r_r >= TARGET_REPROJECT else 'FAIL'}")
+    print(
+        f"coaddx / SWarp     (input Mpix/s): {r_s:6.2f}x   target >= {TARGET_SWARP:g}x   "
+        f"{'PASS' if r_s >= TARGET_SWARP else 'FAIL'}"
+    )
+    print(
+        f"coaddx / reproject (input Mpix/s): {r_r:6.1f}x   target >= {TARGET_REPROJECT:g}x   "
+        f"{'PASS' if r_r >= TARGET_REPROJECT else 'FAIL'}"
+    )
     print()
     print("coaddx time breakdown (thread-seconds summed over the 2 worker threads unless noted):")
-    for label in ("headers + overlap (main thread)", "task total", "read FITS",
-                  "source_grid (WCS map)", "warp_on_grid (kernel)", "input CRC32",
-                  "write_slot_box (Zarr + stats)", "  of which weight stats",
-                  "commit (main thread)"):
+    for label in (
+        "headers + overlap (main thread)",
+        "task total",
+        "read FITS",
+        "source_grid (WCS map)",
+        "warp_on_grid (kernel)",
+        "input CRC32",
+        "write_slot_box (Zarr + stats)",
+        "  of which weight stats",
+        "commit (main thread)",
+    ):
         if label in t:
             print(f"  {label:<36} {t[label]:7.2f} s  ({cx['timers'].calls[label]} calls)")
-    known = sum(t.get(k, 0.0) for k in ("read FITS", "source_grid (WCS map)",
-                                        "warp_on_grid (kernel)", "input CRC32",
-                                        "write_slot_box (Zarr + stats)"))
-    print(f"  {'rest of the tasks (alloc, NaN fill, composite)':<36} "
-          f"{t['task total'] - known:7.2f} s")
+    known = sum(
+        t.get(k, 0.0)
+        for k in (
+            "read FITS",
+            "source_grid (WCS map)",
+            "warp_on_grid (kernel)",
+            "input CRC32",
+            "write_slot_box (Zarr + stats)",
+        )
+    )
+    print(
+        f"  {'rest of the tasks (alloc, NaN fill, composite)':<36} {t['task total'] - known:7.2f} s"
+    )
     print()
 
     res = compare(out / "bench_warp.zarr", sw["dir"], visits, grid_wcs, shape, cat)
     rows = res["rows"]
-    print(f"agreement coaddx vs SWarp (FSCALASTRO_TYPE {args.swarp_fscalastro}); aperture r = "
-          f"{APERTURE} px on isolated probe stars >= {EDGE_CLEAR} px inside both coverages;")
-    print("centroids are first moments in the aperture, in output pixels (0-based, both tools "
-          "placed on the same grid)")
-    print("flux c/s: aperture-sum ratio coaddx/SWarp (median, 16-84 %, min-max over the stars); "
-          "c/truth: coaddx aperture sum / input flux;")
-    print("|dpos|: centroid difference coaddx - SWarp; LSQ scale: sum(c s)/sum(s s) over all "
-          "interior pixels; rms d/s: rms(c - s)/rms(s); max d/s: max|c - s|/max|s|")
-    print(f"{'visit':>6} {'stars':>5} {'flux c/s':>9} {'16-84 %':>19} {'min-max':>19} "
-          f"{'c/truth':>7} {'|dpos|':>8} {'max':>8} {'LSQ scale':>10} {'rms d/s':>8} "
-          f"{'max d/s':>8} {'only SW':>7} {'only cx':>7}")
+    print(
+        f"agreement coaddx vs SWarp (FSCALASTRO_TYPE {args.swarp_fscalastro}); aperture r = "
+        f"{APERTURE} px on isolated probe stars >= {EDGE_CLEAR} px inside both coverages;"
+    )
+    print(
+        "centroids are first moments in the aperture, in output pixels (0-based, both tools "
+        "placed on the same grid)"
+    )
+    print(
+        "flux c/s: aperture-sum ratio coaddx/SWarp (median, 16-84 %, min-max over the stars); "
+        "c/truth: coaddx aperture sum / input flux;"
+    )
+    print(
+        "|dpos|: centroid difference coaddx - SWarp; LSQ scale: sum(c s)/sum(s s) over all "
+        "interior pixels; rms d/s: rms(c - s)/rms(s); max d/s: max|c - s|/max|s|"
+    )
+    print(
+        f"{'visit':>6} {'stars':>5} {'flux c/s':>9} {'16-84 %':>19} {'min-max':>19} "
+        f"{'c/truth':>7} {'|dpos|':>8} {'max':>8} {'LSQ scale':>10} {'rms d/s':>8} "
+        f"{'max d/s':>8} {'only SW':>7} {'only cx':>7}"
+    )
     for r in rows:
-        print(f"{r['visit']:>6} {r['n_stars']:>5} {r['flux_median']:9.6f} "
-              f"{r['flux_p16']:9.6f}-{r['flux_p84']:9.6f} {r['flux_min']:9.6f}-"
-              f"{r['flux_max']:9.6f} {r['truth_median']:7.4f} {r['dr']:8.1e} {r['dr_max']:8.1e} "
-              f"{r['scale']:10.7f} {r['rel_rms']:8.1e} {r['max_rel']:8.1e} {r['only_s']:>7} "
-              f"{r['only_c']:>7}")
+        print(
+            f"{r['visit']:>6} {r['n_stars']:>5} {r['flux_median']:9.6f} "
+            f"{r['flux_p16']:9.6f}-{r['flux_p84']:9.6f} {r['flux_min']:9.6f}-"
+            f"{r['flux_max']:9.6f} {r['truth_median']:7.4f} {r['dr']:8.1e} {r['dr_max']:8.1e} "
+            f"{r['scale']:10.7f} {r['rel_rms']:8.1e} {r['max_rel']:8.1e} {r['only_s']:>7} "
+            f"{r['only_c']:>7}"
+        )
     med = np.array([r["flux_median"] for r in rows])
     dev = np.abs(med - 1.0).max()
-    print(f"flux ratio coaddx/SWarp over exposures: median {np.median(med):.6f}, per-exposure "
-          f"medians {med.min():.6f}-{med.max():.6f}; worst |ratio-1| {dev * 100:.4f} % "
-          f"(target <= {TARGET_FLUX * 100:g} %: {'PASS' if dev <= TARGET_FLUX else 'FAIL'})")
-    print(f"centroid difference coaddx - SWarp: median {np.median([r['dr'] for r in rows]):.1e} "
-          f"px (max {max(r['dr_max'] for r in rows):.1e}); median offset from the true position "
-          f"(noise): coaddx {np.median([r['c_truth'] for r in rows]):.4f} px, SWarp "
-          f"{np.median([r['s_truth'] for r in rows]):.4f} px")
+    print(
+        f"flux ratio coaddx/SWarp over exposures: median {np.median(med):.6f}, per-exposure "
+        f"medians {med.min():.6f}-{med.max():.6f}; worst |ratio-1| {dev * 100:.4f} % "
+        f"(target <= {TARGET_FLUX * 100:g} %: {'PASS' if dev <= TARGET_FLUX else 'FAIL'})"
+    )
+    print(
+        f"centroid difference coaddx - SWarp: median {np.median([r['dr'] for r in rows]):.1e} "
+        f"px (max {max(r['dr_max'] for r in rows):.1e}); median offset from the true position "
+        f"(noise): coaddx {np.median([r['c_truth'] for r in rows]):.4f} px, SWarp "
+        f"{np.median([r['s_truth'] for r in rows]):.4f} px"
+    )
     nonfinite = sum(r["c_nonfinite_inside"] for r in rows)
-    print(f"coverage: pixels finite in coaddx {sum(r['n_c'] for r in rows)}, weight > 0 in SWarp "
-          f"{sum(r['n_s'] for r in rows)}; only SWarp {sum(r['only_s'] for r in rows)}, only "
-          f"coaddx {sum(r['only_c'] for r in rows)}; non-finite coaddx pixels inside the "
-          f"common interior: {nonfinite}")
+    print(
+        f"coverage: pixels finite in coaddx {sum(r['n_c'] for r in rows)}, weight > 0 in SWarp "
+        f"{sum(r['n_s'] for r in rows)}; only SWarp {sum(r['only_s'] for r in rows)}, only "
+        f"coaddx {sum(r['only_c'] for r in rows)}; non-finite coaddx pixels inside the "
+        f"common interior: {nonfinite}"
+    )
     return 0
 
 

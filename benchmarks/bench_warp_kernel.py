@@ -44,8 +44,10 @@ def make_case(source_shape=SOURCE_SHAPE, dest_shape=DEST_SHAPE, rotation=30.0, s
         mask[edge] |= EDGE
     centre = SkyCoord(150.0, 2.0, unit="deg")
     src_wcs = make_tan_wcs(centre, ((sx - 1) / 2, (sy - 1) / 2), 0.2)
-    dest_wcs = make_tan_wcs(centre, ((dest_shape[1] - 1) / 2, (dest_shape[0] - 1) / 2), 0.2,
-                            rotation)
+    dest_wcs = make_tan_wcs(
+        centre, ((dest_shape[1] - 1) / 2, (dest_shape[0] - 1) / 2), 0.2, rotation
+    )
+
     def mapping():
         return source_coordinates(dest_wcs, src_wcs, dest_shape)
 
@@ -64,10 +66,11 @@ def best_seconds(func, repeat):
 
 def seconds(case, kernel, repeat, threads=1):
     """Best wall time of one warp, or of ``threads`` warps run at once."""
+
     def run_one():
         return warp_block(*case, kernel=kernel, grow_full_bits=EDGE, no_data_bit=NO_DATA)
 
-    run_one()                                         # compile or load from the numba cache
+    run_one()  # compile or load from the numba cache
     if threads == 1:
         return best_seconds(run_one, repeat)
     with ThreadPoolExecutor(threads) as pool:
@@ -86,14 +89,17 @@ def table(kernels, repeat, threads, with_reference=True):
     case, mapping = make_case()
     n_in, n_out = case[0].size / 1e6, case[3].size / 1e6
     valid = np.isfinite(warp_block(*case)[0]).mean()
-    print(f"source {SOURCE_SHAPE[1]} x {SOURCE_SHAPE[0]} -> destination {DEST_SHAPE[1]} x "
-          f"{DEST_SHAPE[0]} (30 deg rotation, {valid:.0%} of it inside the source); "
-          f"mapping {mapping:.2f} s ({n_out / mapping:.0f} Mpix/s); best of {repeat}")
+    print(
+        f"source {SOURCE_SHAPE[1]} x {SOURCE_SHAPE[0]} -> destination {DEST_SHAPE[1]} x "
+        f"{DEST_SHAPE[0]} (30 deg rotation, {valid:.0%} of it inside the source); "
+        f"mapping {mapping:.2f} s ({n_out / mapping:.0f} Mpix/s); best of {repeat}"
+    )
     print(f"{'kernel':>22s} | {'seconds':>8s} | {'input Mpix/s':>12s} | {'output Mpix/s':>13s}")
     rows = [(kernel, seconds(case, kernel, repeat), 1) for kernel in kernels]
     if threads > 1:
-        rows += [(f"{k} x{threads} threads", seconds(case, k, repeat, threads), threads)
-                 for k in kernels]
+        rows += [
+            (f"{k} x{threads} threads", seconds(case, k, repeat, threads), threads) for k in kernels
+        ]
     if with_reference:
         rows.append(("scipy spline (image)", spline_seconds(case, repeat), 1))
     for name, sec, count in rows:

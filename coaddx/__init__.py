@@ -8,6 +8,7 @@ from . import runtime as _runtime  # noqa: F401  (registers the coaddx dask conf
 from .assemble import assemble
 from .compare_warp import CompareWarpConfig, assemble_compare_warp
 from .config import AssembleConfig, InterpConfig, from_lsst_config
+from .diffim import Subtraction, snap_subtract, subtract
 from .errors import (
     CoaddxError,
     ConfigError,
@@ -16,10 +17,9 @@ from .errors import (
     SchemaError,
     StoreError,
 )
-from .diffim import Subtraction, snap_subtract, subtract
 from .exposure import Exposure
-from .io.fits import read_exposure, write_exposure
 from .io.export import export_fits
+from .io.fits import read_exposure, write_exposure
 from .io.zarr import (
     IncompleteStoreWarning,
     WarpStore,
@@ -37,43 +37,42 @@ from .warp import WarpConfig, WarpResult, make_warps
 
 __all__ = [
     "AssembleConfig",
-    "CompareWarpConfig",
-    "Exposure",
-    "WarpConfig",
-    "WarpResult",
     "Box",
     "CoaddxError",
+    "CompareWarpConfig",
     "ConfigError",
+    "Exposure",
     "IncompleteStoreWarning",
     "InputError",
     "InterpConfig",
-    "ModelPsfMatchConfig",
-    "PsfMatchConfig",
-    "Subtraction",
     "MaskPlaneError",
+    "ModelPsfMatchConfig",
     "Patch",
+    "PsfMatchConfig",
     "SchemaError",
     "Simulation",
     "StoreError",
+    "Subtraction",
     "Tract",
+    "WarpConfig",
+    "WarpResult",
     "WarpStore",
     "__version__",
     "assemble",
     "assemble_compare_warp",
     "check_store",
     "export_fits",
-    "make_warps",
-    "read_exposure",
-    "write_exposure",
     "from_lsst_config",
+    "make_warps",
     "mask_planes",
     "open_coadd",
     "open_warps",
+    "read_exposure",
     "simulate",
     "snap_config",
     "snap_subtract",
     "subtract",
     "write_coadd",
+    "write_exposure",
     "write_warps",
 ]
-

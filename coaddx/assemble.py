@@ -47,17 +47,25 @@ class StackBits:
     remove: int
 
     def kernel_kwargs(self) -> dict[str, Any]:
-        return dict(bad_mask=self.bad_mask, propagate_bits=self.propagate_bits,
-                    propagate_thresholds=self.propagate_thresholds, clipped_bit=self.clipped,
-                    map_from=self.map_from, map_to=self.map_to, no_data_bit=self.no_data,
-                    remove_bits=self.remove)
+        return dict(
+            bad_mask=self.bad_mask,
+            propagate_bits=self.propagate_bits,
+            propagate_thresholds=self.propagate_thresholds,
+            clipped_bit=self.clipped,
+            map_from=self.map_from,
+            map_to=self.map_to,
+            no_data_bit=self.no_data,
+            remove_bits=self.remove,
+        )
 
 
 def _known(names: tuple[str, ...], planes: Mapping[str, int], field: str) -> None:
     unknown = [n for n in names if n not in planes and n not in DEFAULT_MASK_PLANES]
     if unknown:
-        raise ConfigError(f"AssembleConfig.{field}: unknown mask plane(s) {unknown}; the data "
-                          f"define {sorted(planes)}")
+        raise ConfigError(
+            f"AssembleConfig.{field}: unknown mask plane(s) {unknown}; the data "
+            f"define {sorted(planes)}"
+        )
 
 
 def stack_bits(input_planes: Mapping[str, int], config: AssembleConfig) -> StackBits:
@@ -67,18 +75,28 @@ def stack_bits(input_planes: Mapping[str, int], config: AssembleConfig) -> Stack
     _known(tuple(config.mask_propagation_thresholds), input_planes, "mask_propagation_thresholds")
     planes = merge_mask_planes(input_planes, COADD_PLANES)
     bad = bitmask(planes, config.bad_mask_planes, strict=False)
-    prop = [(bitmask(planes, p), t) for p, t in config.mask_propagation_thresholds.items()
-            if p in planes]
+    prop = [
+        (bitmask(planes, p), t)
+        for p, t in config.mask_propagation_thresholds.items()
+        if p in planes
+    ]
     no_data, edge, clipped = (bitmask(planes, p) for p in ("NO_DATA", "EDGE", "CLIPPED"))
-    mask_map = ((bad & ~no_data & ~edge & ~clipped, planes_bit(planes, "REJECTED")),
-                (edge, planes_bit(planes, "SENSOR_EDGE")),
-                (clipped, clipped))
+    mask_map = (
+        (bad & ~no_data & ~edge & ~clipped, planes_bit(planes, "REJECTED")),
+        (edge, planes_bit(planes, "SENSOR_EDGE")),
+        (clipped, clipped),
+    )
     return StackBits(
-        planes=planes, bad_mask=bad,
-        propagate_bits=tuple(b for b, _ in prop), propagate_thresholds=tuple(float(t) for _, t in prop),
-        map_from=tuple(f for f, _ in mask_map), map_to=tuple(t for _, t in mask_map),
-        clipped=clipped, no_data=no_data,
-        remove=bitmask(planes, config.remove_mask_planes, strict=False))
+        planes=planes,
+        bad_mask=bad,
+        propagate_bits=tuple(b for b, _ in prop),
+        propagate_thresholds=tuple(float(t) for _, t in prop),
+        map_from=tuple(f for f, _ in mask_map),
+        map_to=tuple(t for _, t in mask_map),
+        clipped=clipped,
+        no_data=no_data,
+        remove=bitmask(planes, config.remove_mask_planes, strict=False),
+    )
 
 
 def planes_bit(planes: Mapping[str, int], name: str) -> int:
@@ -111,8 +129,10 @@ def _given_weights(warps: xr.Dataset, weights: Any) -> np.ndarray:
         raise InputError(f"weights: expected {visits.size} values (one per visit), got {w.size}")
     bad = [int(v) for v, x in zip(visits, w, strict=True) if not np.isfinite(x) or x < 0]
     if bad:
-        raise InputError(f"weights: visit(s) {bad} have a negative or non-finite weight "
-                         "(use 0 to leave a visit out)")
+        raise InputError(
+            f"weights: visit(s) {bad} have a negative or non-finite weight "
+            "(use 0 to leave a visit out)"
+        )
     return w
 
 
@@ -127,8 +147,9 @@ def check_variance_plane(warps: xr.Dataset, bad_mask: int) -> None:
     if bad.any():
         per_visit = bad.reshape(bad.shape[0], -1).sum(axis=1)
         visits = [int(v) for v, k in zip(warps["visit"].values, per_visit, strict=True) if k]
-        raise InputError(f"variance is NaN or negative under {int(bad.sum())} good pixel(s) of "
-                         f"visit(s) {visits}")
+        raise InputError(
+            f"variance is NaN or negative under {int(bad.sum())} good pixel(s) of visit(s) {visits}"
+        )
 
 
 def _weights_from_variance(meanvar: np.ndarray) -> np.ndarray:
@@ -137,8 +158,9 @@ def _weights_from_variance(meanvar: np.ndarray) -> np.ndarray:
     return w
 
 
-def visit_weights(warps: xr.Dataset, config: AssembleConfig,
-                  planes: Mapping[str, int]) -> np.ndarray | da.Array:
+def visit_weights(
+    warps: xr.Dataset, config: AssembleConfig, planes: Mapping[str, int]
+) -> np.ndarray | da.Array:
     """Per-visit weights ``1 / MEANCLIP(variance)`` over non-bad pixels (prepareInputs).
 
     Uses the statistic cached in the warp store when it was computed with the same
@@ -152,14 +174,18 @@ def visit_weights(warps: xr.Dataset, config: AssembleConfig,
         w = _weights_from_variance(np.asarray(meanvar, dtype=np.float64))
         skipped = [int(v) for v, x in zip(warps["visit"].values, w, strict=True) if np.isnan(x)]
         if skipped:
-            warnings.warn(f"visit(s) {skipped} skipped: MEANCLIP of the variance plane is not "
-                          "finite and positive (no usable pixels)", stacklevel=3)
+            warnings.warn(
+                f"visit(s) {skipped} skipped: MEANCLIP of the variance plane is not "
+                "finite and positive (no usable pixels)",
+                stacklevel=3,
+            )
         return w
     bad = bitmask(planes, config.bad_mask_planes, strict=False)
     ny, nx = warps.sizes["y"], warps.sizes["x"]
     variance, mask = (as_dask_cube(warps[v], (1, ny, nx)) for v in ("variance", "mask"))
-    meanvar = graph.visit_meanclip(variance, mask, bad_mask=bad, sigma_clip=config.sigma_clip,
-                                   clip_iter=config.clip_iter)
+    meanvar = graph.visit_meanclip(
+        variance, mask, bad_mask=bad, sigma_clip=config.sigma_clip, clip_iter=config.clip_iter
+    )
     return meanvar.map_blocks(_weights_from_variance, dtype=np.float64)
 
 
@@ -173,8 +199,10 @@ def _alt_masks(alt_masks: Any, warps: xr.Dataset, chunks: tuple[int, int, int]) 
     else:
         arr = xr.DataArray(alt_masks, dims=("visit", "y", "x"))
     if arr.shape != tuple(warps.sizes[d] for d in ("visit", "y", "x")):
-        raise SchemaError(f"alt_masks has shape {arr.shape}, the warps "
-                          f"{tuple(warps.sizes[d] for d in ('visit', 'y', 'x'))}")
+        raise SchemaError(
+            f"alt_masks has shape {arr.shape}, the warps "
+            f"{tuple(warps.sizes[d] for d in ('visit', 'y', 'x'))}"
+        )
     if not np.issubdtype(arr.dtype, np.integer):
         raise SchemaError(f"alt_masks must hold integer mask bits, got {arr.dtype}")
     return as_dask_cube(arr.astype(np.int32), chunks)
@@ -186,12 +214,22 @@ def _plan(warps: xr.Dataset, config: AssembleConfig) -> StackPlan:
     storage = None
     if isinstance(data, da.Array) and data.chunks[0] == (n,):
         storage = int(data.chunksize[1])
-    return plan_stack(n, (ny, nx), budget_bytes=memory_per_task(), storage_chunk=storage,
-                      subregion=config.subregion_size)
+    return plan_stack(
+        n,
+        (ny, nx),
+        budget_bytes=memory_per_task(),
+        storage_chunk=storage,
+        subregion=config.subregion_size,
+    )
 
 
-def assemble(warps: xr.Dataset, config: AssembleConfig | None = None, *, weights: Any = None,
-             alt_masks: Any = None) -> xr.Dataset:
+def assemble(
+    warps: xr.Dataset,
+    config: AssembleConfig | None = None,
+    *,
+    weights: Any = None,
+    alt_masks: Any = None,
+) -> xr.Dataset:
     """Stack warps into a coadd with LSST AssembleCoadd semantics (lazy).
 
     Parameters
@@ -232,11 +270,22 @@ def assemble(warps: xr.Dataset, config: AssembleConfig | None = None, *, weights
     image, variance, mask = (as_dask_cube(warps[v], chunks) for v in ("image", "variance", "mask"))
     if alt_masks is not None:
         mask = mask | _alt_masks(alt_masks, warps, chunks)
-    w = (_given_weights(warps, weights) if weights is not None
-         else visit_weights(warps, config, bits.planes))
-    packed = graph.stack(image, variance, mask, w, statistic=config.statistic,
-                         sigma_clip=float(config.sigma_clip), clip_iter=int(config.clip_iter),
-                         error_mode=config.error_mode, **bits.kernel_kwargs())
+    w = (
+        _given_weights(warps, weights)
+        if weights is not None
+        else visit_weights(warps, config, bits.planes)
+    )
+    packed = graph.stack(
+        image,
+        variance,
+        mask,
+        w,
+        statistic=config.statistic,
+        sigma_clip=float(config.sigma_clip),
+        clip_iter=int(config.clip_iter),
+        error_mode=config.error_mode,
+        **bits.kernel_kwargs(),
+    )
     out = finish_planes(packed, bits, config)
     return coadd_dataset(out, w, warps, bits, config, plan)
 
@@ -247,22 +296,38 @@ def finish_planes(packed: da.Array, bits: StackBits, config: AssembleConfig) -> 
     p = bits.planes
     value, variance = packed["image"], packed["variance"]
     mask = graph.finish_coadd_mask(
-        packed["mask"], variance,
+        packed["mask"],
+        variance,
         inexact_from=bitmask(p, ("SENSOR_EDGE", "CLIPPED", "REJECTED")),
-        inexact_bit=bitmask(p, "INEXACT_PSF"), edge_bit=bitmask(p, "EDGE"))
+        inexact_bit=bitmask(p, "INEXACT_PSF"),
+        edge_bit=bitmask(p, "EDGE"),
+    )
     if config.interp is not None:
         ic = config.interp
         if ic.plane not in p:
             raise ConfigError(f"InterpConfig.plane: unknown mask plane {ic.plane!r}")
         value, variance, mask = graph.interpolate_rows(
-            value, variance, mask, bad_bits=bitmask(p, ic.plane), intrp_bit=bitmask(p, "INTRP"),
-            kind=ic.fallback_value_type, user_value=ic.fallback_user_value,
-            negative_allowed=ic.negative_fallback_allowed, transpose=ic.transpose)
+            value,
+            variance,
+            mask,
+            bad_bits=bitmask(p, ic.plane),
+            intrp_bit=bitmask(p, "INTRP"),
+            kind=ic.fallback_value_type,
+            user_value=ic.fallback_user_value,
+            negative_allowed=ic.negative_fallback_allowed,
+            transpose=ic.transpose,
+        )
     return {"image": value, "variance": variance, "mask": mask, "n_image": packed["n_image"]}
 
 
-def coadd_dataset(out: dict[str, da.Array], weights: np.ndarray | da.Array, warps: xr.Dataset,
-             bits: StackBits, config: AssembleConfig, plan: StackPlan) -> xr.Dataset:
+def coadd_dataset(
+    out: dict[str, da.Array],
+    weights: np.ndarray | da.Array,
+    warps: xr.Dataset,
+    bits: StackBits,
+    config: AssembleConfig,
+    plan: StackPlan,
+) -> xr.Dataset:
     """The coadd Dataset: planes, per-visit ``weight`` and the attributes (mask planes, WCS,
     config, plan, provenance)."""
     coords = {d: warps[d] for d in ("y", "x") if d in warps.coords}
@@ -271,14 +336,23 @@ def coadd_dataset(out: dict[str, da.Array], weights: np.ndarray | da.Array, warp
     ds["image"].attrs["units"] = "nJy"
     ds["variance"].attrs["units"] = "nJy2"
     ds.attrs.update(
-        mask_planes=bits.planes, wcs=warps.attrs.get("wcs"), statistic=config.statistic,
-        config=config.to_dict(), plan={"subregion": list(plan.subregion),
-                                       "task_bytes": plan.task_bytes,
-                                       "budget_bytes": plan.budget_bytes},
-        provenance={"operation": "assemble", "time": _dt.datetime.now(_dt.UTC).isoformat(
-            timespec="seconds"), "inputs": warps.attrs.get("store", "in-memory"),
-            "visits": [int(v) for v in warps["visit"].values], "warp_type":
-            warps.attrs.get("warp_type", "direct")})
+        mask_planes=bits.planes,
+        wcs=warps.attrs.get("wcs"),
+        statistic=config.statistic,
+        config=config.to_dict(),
+        plan={
+            "subregion": list(plan.subregion),
+            "task_bytes": plan.task_bytes,
+            "budget_bytes": plan.budget_bytes,
+        },
+        provenance={
+            "operation": "assemble",
+            "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "inputs": warps.attrs.get("store", "in-memory"),
+            "visits": [int(v) for v in warps["visit"].values],
+            "warp_type": warps.attrs.get("warp_type", "direct"),
+        },
+    )
     for key in ("tract", "patch", "bbox"):
         if key in warps.attrs:
             ds.attrs[key] = warps.attrs[key]

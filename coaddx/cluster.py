@@ -47,8 +47,14 @@ __all__ = [
 JOBQUEUE_KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
 
 
-def local(n_workers: int | None = None, threads_per_worker: int | None = None, *,
-          processes: bool | None = None, dashboard: bool = True, **kwargs: Any):
+def local(
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    *,
+    processes: bool | None = None,
+    dashboard: bool = True,
+    **kwargs: Any,
+):
     """Start a ``distributed.LocalCluster`` sized to the machine and return its ``Client``.
 
     With ``processes=None`` the ``coaddx.local-cluster`` config decides ("threads": one
@@ -60,7 +66,9 @@ def local(n_workers: int | None = None, threads_per_worker: int | None = None, *
     if processes is None:
         mode = dask.config.get("coaddx.local-cluster")
         if mode not in ("threads", "processes"):
-            raise ConfigError(f"coaddx.local-cluster must be 'threads' or 'processes', got {mode!r}")
+            raise ConfigError(
+                f"coaddx.local-cluster must be 'threads' or 'processes', got {mode!r}"
+            )
         processes = mode == "processes"
     if processes:
         n_workers = n_workers or cores
@@ -68,9 +76,13 @@ def local(n_workers: int | None = None, threads_per_worker: int | None = None, *
     else:
         n_workers = n_workers or 1
         threads_per_worker = threads_per_worker or cores
-    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                           processes=processes,
-                           dashboard_address=":8787" if dashboard else None, **kwargs)
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker,
+        processes=processes,
+        dashboard_address=":8787" if dashboard else None,
+        **kwargs,
+    )
     return _with_malloc_tuning(Client(cluster))
 
 
@@ -153,8 +165,11 @@ def jobqueue_config(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
     if not isinstance(section, Mapping) or not isinstance(section.get(kind), Mapping):
         raise ConfigError(f"{path} has no 'jobqueue: {kind}:' section (dask config format)")
     renamed = {"name": "job_name"}  # the config's job name is the class's job_name
-    return {renamed.get(str(key), str(key).replace("-", "_")): value
-            for key, value in section[kind].items() if value is not None}
+    return {
+        renamed.get(str(key), str(key).replace("-", "_")): value
+        for key, value in section[kind].items()
+        if value is not None
+    }
 
 
 def _jobqueue_class(kind: str) -> type:
@@ -163,13 +178,15 @@ def _jobqueue_class(kind: str) -> type:
     try:
         import dask_jobqueue
     except ImportError as exc:  # pragma: no cover - a dependency of coaddx
-        raise ConfigError("starting workers on a batch system needs dask-jobqueue "
-                          "(pip install dask-jobqueue)") from exc
+        raise ConfigError(
+            "starting workers on a batch system needs dask-jobqueue (pip install dask-jobqueue)"
+        ) from exc
     return getattr(dask_jobqueue, JOBQUEUE_KINDS[kind])
 
 
-def jobqueue_cluster(kind: str, *, config: str | os.PathLike[str] | None = None,
-                     **kwargs: Any) -> Any:
+def jobqueue_cluster(
+    kind: str, *, config: str | os.PathLike[str] | None = None, **kwargs: Any
+) -> Any:
     """Build (without scaling) a dask-jobqueue ``SLURMCluster`` or ``PBSCluster``.
 
     Settings come from, in increasing priority: dask-jobqueue's defaults, the user's dask
@@ -182,16 +199,24 @@ def jobqueue_cluster(kind: str, *, config: str | os.PathLike[str] | None = None,
         if options.get(key) is None and dask.config.get(f"jobqueue.{kind}.{key}", None) is None:
             raise ConfigError(
                 f"no worker {key} for {kind}: pass {key}=..., a jobqueue config file "
-                f"(--jobqueue-config cluster/jobqueue.yaml) or copy it to ~/.config/dask/")
+                f"(--jobqueue-config cluster/jobqueue.yaml) or copy it to ~/.config/dask/"
+            )
     try:
         return cls(**options)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"cannot configure the {kind} cluster: {exc}") from exc
 
 
-def connect(target: str, jobs: int | None = None, adapt: bool = False, *,
-            config: str | os.PathLike[str] | None = None, job_script: bool = False,
-            timeout: str = "10s", **kwargs: Any) -> Any:
+def connect(
+    target: str,
+    jobs: int | None = None,
+    adapt: bool = False,
+    *,
+    config: str | os.PathLike[str] | None = None,
+    job_script: bool = False,
+    timeout: str = "10s",
+    **kwargs: Any,
+) -> Any:
     """Connect to a running scheduler, or start dask workers as Slurm / PBS jobs.
 
     Parameters
@@ -219,8 +244,10 @@ def connect(target: str, jobs: int | None = None, adapt: bool = False, *,
     """
     if target not in JOBQUEUE_KINDS:
         if jobs is not None or adapt or kwargs or config is not None:
-            raise ConfigError(f"jobs, adapt and jobqueue settings apply to "
-                              f"{sorted(JOBQUEUE_KINDS)}, not to a scheduler address ({target})")
+            raise ConfigError(
+                f"jobs, adapt and jobqueue settings apply to "
+                f"{sorted(JOBQUEUE_KINDS)}, not to a scheduler address ({target})"
+            )
         return _connect_address(target, timeout)
     if jobs is not None and jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
@@ -298,8 +325,7 @@ def performance_report(path: str | os.PathLike[str] | None) -> Iterator[None]:
 def worker_resources(client: Any) -> dict[str, tuple[int, int]]:
     """``{address: (threads, memory limit in bytes)}`` of the workers connected now."""
     info = client.scheduler_info(n_workers=-1)["workers"]
-    return {addr: (int(w["nthreads"]), int(w.get("memory_limit") or 0))
-            for addr, w in info.items()}
+    return {addr: (int(w["nthreads"]), int(w.get("memory_limit") or 0)) for addr, w in info.items()}
 
 
 # -- peak memory of worker processes --------------------------------------------------------
@@ -373,8 +399,11 @@ class WorkerMemory:
 
     def __exit__(self, *exc: object) -> None:
         got = self.client.run(_stop_sampler, self.key, workers=self._workers, on_error="return")
-        self.peaks = {addr: WorkerPeak(*value) for addr, value in got.items()
-                      if not isinstance(value, BaseException)}
+        self.peaks = {
+            addr: WorkerPeak(*value)
+            for addr, value in got.items()
+            if not isinstance(value, BaseException)
+        }
 
     @property
     def max_peak(self) -> int:

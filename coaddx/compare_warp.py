@@ -64,18 +64,24 @@ def _check(cond: bool, cls: str, name: str, msg: str) -> None:
         raise ConfigError(f"{cls}.{name}: {msg}")
 
 
-def _number(value: Any, cls: str, name: str, lo: float, hi: float = float("inf"),
-            integer: bool = False) -> None:
+def _number(
+    value: Any, cls: str, name: str, lo: float, hi: float = float("inf"), integer: bool = False
+) -> None:
     kind = int if integer else (int, float)
     ok = isinstance(value, kind) and not isinstance(value, bool) and lo <= value <= hi
-    _check(ok, cls, name, f"must be {'an integer' if integer else 'a number'} in "
-           f"[{lo}, {hi}], got {value!r}")
+    _check(
+        ok,
+        cls,
+        name,
+        f"must be {'an integer' if integer else 'a number'} in [{lo}, {hi}], got {value!r}",
+    )
 
 
 def _planes(value: Any, cls: str, name: str) -> tuple[str, ...]:
     out = (value,) if isinstance(value, str) else tuple(value)
-    _check(all(isinstance(p, str) and p for p in out), cls, name,
-           f"expects plane names, got {value!r}")
+    _check(
+        all(isinstance(p, str) and p for p in out), cls, name, f"expects plane names, got {value!r}"
+    )
     return out
 
 
@@ -117,24 +123,38 @@ class DetectionConfig:
     def __post_init__(self) -> None:
         cls = "DetectionConfig"
         _number(self.threshold_value, cls, "threshold_value", 1e-6)
-        _check(self.threshold_type == "pixel_stdev", cls, "threshold_type",
-               f"only 'pixel_stdev' is supported, got {self.threshold_type!r}")
-        _check(self.threshold_polarity in ("positive", "negative", "both"), cls,
-               "threshold_polarity", f"must be positive, negative or both, got "
-               f"{self.threshold_polarity!r}")
+        _check(
+            self.threshold_type == "pixel_stdev",
+            cls,
+            "threshold_type",
+            f"only 'pixel_stdev' is supported, got {self.threshold_type!r}",
+        )
+        _check(
+            self.threshold_polarity in ("positive", "negative", "both"),
+            cls,
+            "threshold_polarity",
+            f"must be positive, negative or both, got {self.threshold_polarity!r}",
+        )
         _number(self.min_pixels, cls, "min_pixels", 1, 1_000_000, integer=True)
         _number(self.n_sigma_to_grow, cls, "n_sigma_to_grow", 0, 100)
         if self.temp_local_background is not None:
-            _number(self.temp_local_background, cls, "temp_local_background", 4, 1 << 16,
-                    integer=True)
+            _number(
+                self.temp_local_background, cls, "temp_local_background", 4, 1 << 16, integer=True
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
 class ScaleVarianceConfig:
     """ScaleVarianceTask (algorithms.md 1.5): the empirical variance rescaling of each warp."""
 
-    mask_planes: tuple[str, ...] = ("DETECTED", "DETECTED_NEGATIVE", "BAD", "SAT", "NO_DATA",
-                                    "INTRP")
+    mask_planes: tuple[str, ...] = (
+        "DETECTED",
+        "DETECTED_NEGATIVE",
+        "BAD",
+        "SAT",
+        "NO_DATA",
+        "INTRP",
+    )
     limit: float = 10.0
     bin_size: int = 32
 
@@ -165,13 +185,21 @@ class MaskStreaksConfig:
 
 
 def _default_assemble() -> AssembleConfig:
-    return AssembleConfig(statistic="mean", bad_mask_planes=("NO_DATA", "BAD", "SAT"),
-                          remove_mask_planes=("NOT_DEBLENDED", "EDGE"))
+    return AssembleConfig(
+        statistic="mean",
+        bad_mask_planes=("NO_DATA", "BAD", "SAT"),
+        remove_mask_planes=("NOT_DEBLENDED", "EDGE"),
+    )
 
 
 def _default_template() -> AssembleConfig:
-    return AssembleConfig(statistic="meanclip", sigma_clip=2.5, clip_iter=3,
-                          bad_mask_planes=("NO_DATA",), calc_error_from_input_variance=True)
+    return AssembleConfig(
+        statistic="meanclip",
+        sigma_clip=2.5,
+        clip_iter=3,
+        bad_mask_planes=("NO_DATA",),
+        calc_error_from_input_variance=True,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,11 +240,19 @@ class CompareWarpConfig:
 
     assemble: AssembleConfig = field(default_factory=_default_assemble)
     template: AssembleConfig = field(default_factory=_default_template)
-    detect: DetectionConfig = field(default_factory=lambda: DetectionConfig(
-        threshold_value=7.5, threshold_polarity="both", min_pixels=4, n_sigma_to_grow=0.4))
-    detect_template: DetectionConfig = field(default_factory=lambda: DetectionConfig(
-        threshold_value=300.0, n_sigma_to_grow=2.4, temp_local_background=64,
-        re_estimate_background=True))
+    detect: DetectionConfig = field(
+        default_factory=lambda: DetectionConfig(
+            threshold_value=7.5, threshold_polarity="both", min_pixels=4, n_sigma_to_grow=0.4
+        )
+    )
+    detect_template: DetectionConfig = field(
+        default_factory=lambda: DetectionConfig(
+            threshold_value=300.0,
+            n_sigma_to_grow=2.4,
+            temp_local_background=64,
+            re_estimate_background=True,
+        )
+    )
     detect_template_iter_multiplier: float = 1.25
     max_detect_template_iter: int = 10
     max_num_epochs: int = 2
@@ -237,30 +273,62 @@ class CompareWarpConfig:
 
     def __post_init__(self) -> None:
         cls = "CompareWarpConfig"
-        for name, kind in (("assemble", AssembleConfig), ("template", AssembleConfig),
-                           ("detect", DetectionConfig), ("detect_template", DetectionConfig),
-                           ("scale_variance", ScaleVarianceConfig),
-                           ("mask_streaks", MaskStreaksConfig)):
-            _check(isinstance(getattr(self, name), kind), cls, name,
-                   f"must be a {kind.__name__}, got {getattr(self, name)!r}")
-        _check("NO_DATA" in self.template.bad_mask_planes, cls, "template",
-               "bad_mask_planes must include NO_DATA")
+        for name, kind in (
+            ("assemble", AssembleConfig),
+            ("template", AssembleConfig),
+            ("detect", DetectionConfig),
+            ("detect_template", DetectionConfig),
+            ("scale_variance", ScaleVarianceConfig),
+            ("mask_streaks", MaskStreaksConfig),
+        ):
+            _check(
+                isinstance(getattr(self, name), kind),
+                cls,
+                name,
+                f"must be a {kind.__name__}, got {getattr(self, name)!r}",
+            )
+        _check(
+            "NO_DATA" in self.template.bad_mask_planes,
+            cls,
+            "template",
+            "bad_mask_planes must include NO_DATA",
+        )
         _number(self.detect_template_iter_multiplier, cls, "detect_template_iter_multiplier", 1.0)
-        _number(self.max_detect_template_iter, cls, "max_detect_template_iter", 1, 1000,
-                integer=True)
+        _number(
+            self.max_detect_template_iter, cls, "max_detect_template_iter", 1, 1000, integer=True
+        )
         _number(self.max_num_epochs, cls, "max_num_epochs", 0, 1 << 20, integer=True)
-        for name in ("max_fraction_epochs_low", "max_fraction_epochs_high", "spatial_threshold",
-                     "prefilter_artifacts_ratio"):
+        for name in (
+            "max_fraction_epochs_low",
+            "max_fraction_epochs_high",
+            "spatial_threshold",
+            "prefilter_artifacts_ratio",
+        ):
             _number(getattr(self, name), cls, name, 0.0, 1.0)
         _number(self.grow_streak_fp, cls, "grow_streak_fp", 0.0, 1000.0)
-        for name in ("do_scale_warp_variance", "do_preserve_contained_by_source",
-                     "do_prefilter_artifacts", "do_filter_morphological"):
-            _check(isinstance(getattr(self, name), bool), cls, name,
-                   f"must be True or False, got {getattr(self, name)!r}")
-        object.__setattr__(self, "prefilter_artifacts_mask_planes", _planes(
-            self.prefilter_artifacts_mask_planes, cls, "prefilter_artifacts_mask_planes"))
-        _check(isinstance(self.streak_mask_name, str) and bool(self.streak_mask_name), cls,
-               "streak_mask_name", f"must be a plane name, got {self.streak_mask_name!r}")
+        for name in (
+            "do_scale_warp_variance",
+            "do_preserve_contained_by_source",
+            "do_prefilter_artifacts",
+            "do_filter_morphological",
+        ):
+            _check(
+                isinstance(getattr(self, name), bool),
+                cls,
+                name,
+                f"must be True or False, got {getattr(self, name)!r}",
+            )
+        object.__setattr__(
+            self,
+            "prefilter_artifacts_mask_planes",
+            _planes(self.prefilter_artifacts_mask_planes, cls, "prefilter_artifacts_mask_planes"),
+        )
+        _check(
+            isinstance(self.streak_mask_name, str) and bool(self.streak_mask_name),
+            cls,
+            "streak_mask_name",
+            f"must be a plane name, got {self.streak_mask_name!r}",
+        )
         if self.subregion_size is not None:  # validated (and normalised) the AssembleConfig way
             size = AssembleConfig(subregion_size=self.subregion_size).subregion_size
             object.__setattr__(self, "subregion_size", size)
@@ -274,24 +342,31 @@ class CompareWarpConfig:
 
 #: LSST CompareWarpAssembleCoaddConfig field -> coaddx CompareWarpConfig field.
 LSST_COMPARE_WARP_NAMES: dict[str, str] = {
-    "assembleStaticSkyModel": "template", "detect": "detect",
+    "assembleStaticSkyModel": "template",
+    "detect": "detect",
     "detectTemplate": "detect_template",
     "detectTemplateIterMultiplier": "detect_template_iter_multiplier",
-    "maxDetectTemplateIter": "max_detect_template_iter", "maxNumEpochs": "max_num_epochs",
+    "maxDetectTemplateIter": "max_detect_template_iter",
+    "maxNumEpochs": "max_num_epochs",
     "maxFractionEpochsLow": "max_fraction_epochs_low",
-    "maxFractionEpochsHigh": "max_fraction_epochs_high", "spatialThreshold": "spatial_threshold",
-    "doScaleWarpVariance": "do_scale_warp_variance", "scaleWarpVariance": "scale_variance",
+    "maxFractionEpochsHigh": "max_fraction_epochs_high",
+    "spatialThreshold": "spatial_threshold",
+    "doScaleWarpVariance": "do_scale_warp_variance",
+    "scaleWarpVariance": "scale_variance",
     "doPreserveContainedBySource": "do_preserve_contained_by_source",
     "doPrefilterArtifacts": "do_prefilter_artifacts",
     "prefilterArtifactsMaskPlanes": "prefilter_artifacts_mask_planes",
     "prefilterArtifactsRatio": "prefilter_artifacts_ratio",
-    "doFilterMorphological": "do_filter_morphological", "streakMaskName": "streak_mask_name",
-    "growStreakFp": "grow_streak_fp", "maskStreaks": "mask_streaks",
+    "doFilterMorphological": "do_filter_morphological",
+    "streakMaskName": "streak_mask_name",
+    "growStreakFp": "grow_streak_fp",
+    "maskStreaks": "mask_streaks",
     "subregionSize": "subregion_size",
 }
 
 
 # -- inputs ---------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _Inputs:
@@ -318,16 +393,16 @@ class _Inputs:
 DETECT_BYTES_PER_PIXEL = 64
 
 
-def _detection_tile(plan: StackPlan, shape: tuple[int, int], explicit: bool,
-                    budget: int) -> tuple[int, int]:
+def _detection_tile(
+    plan: StackPlan, shape: tuple[int, int], explicit: bool, budget: int
+) -> tuple[int, int]:
     """Tiles of the per-visit detection: the stacking subregion when the user fixed it, else
     the largest multiple of it whose single-visit working set fits the per-task budget (a task
     holds one visit, not all of them, so the tiles can be much larger: fewer tasks and halos)."""
     if explicit:
         return plan.subregion
     side = int((budget / DETECT_BYTES_PER_PIXEL) ** 0.5)
-    return tuple(min(n, max(s, side // s * s)) for s, n in zip(plan.subregion, shape,
-                                                                strict=True))
+    return tuple(min(n, max(s, side // s * s)) for s, n in zip(plan.subregion, shape, strict=True))
 
 
 def _psf_sigma(matched: xr.Dataset) -> float:
@@ -341,18 +416,25 @@ def _psf_sigma(matched: xr.Dataset) -> float:
         return kd.adaptive_sigma(model_psf(f, 2 * int(4 * f) + 1))
     if "psf_fwhm" in matched and np.isfinite(matched["psf_fwhm"].values).any():
         return float(np.nanmax(matched["psf_fwhm"].values)) / 2.3548200450309493
-    raise InputError("psf_matched: no 'model_psf_fwhm' attribute and no per-visit 'psf_fwhm' "
-                     "variable, so the PSF size that footprints grow by is unknown")
+    raise InputError(
+        "psf_matched: no 'model_psf_fwhm' attribute and no per-visit 'psf_fwhm' "
+        "variable, so the PSF size that footprints grow by is unknown"
+    )
 
 
 def _same_grid(direct: xr.Dataset, matched: xr.Dataset) -> None:
     shapes = [tuple(ds.sizes[d] for d in ("y", "x")) for ds in (direct, matched)]
     if shapes[0] != shapes[1]:
-        raise SchemaError(f"direct warps are {shapes[0][0]} x {shapes[0][1]} but psf_matched "
-                          f"warps are {shapes[1][0]} x {shapes[1][1]}; they must share a grid")
+        raise SchemaError(
+            f"direct warps are {shapes[0][0]} x {shapes[0][1]} but psf_matched "
+            f"warps are {shapes[1][0]} x {shapes[1][1]}; they must share a grid"
+        )
     for d in ("y", "x"):
-        if d in direct.coords and d in matched.coords and not np.array_equal(
-                direct[d].values, matched[d].values):
+        if (
+            d in direct.coords
+            and d in matched.coords
+            and not np.array_equal(direct[d].values, matched[d].values)
+        ):
             raise SchemaError(f"direct and psf_matched warps have different {d} coordinates")
 
 
@@ -379,8 +461,10 @@ def _store_view(ds: xr.Dataset, chunks: dict[str, int]) -> xr.Dataset | None:
 def _planes_for(ds: xr.Dataset, chunks: tuple[int, int, int]) -> dict[str, da.Array]:
     view = _store_view(ds, dict(zip(("visit", "y", "x"), chunks, strict=True)))
     src = view if view is not None else ds
-    return {v: src[v].data if isinstance(src[v].data, da.Array) else as_dask_cube(src[v], chunks)
-            for v in ("image", "variance", "mask")}
+    return {
+        v: src[v].data if isinstance(src[v].data, da.Array) else as_dask_cube(src[v], chunks)
+        for v in ("image", "variance", "mask")
+    }
 
 
 def _inputs(direct: xr.Dataset, psf_matched: xr.Dataset, config: CompareWarpConfig) -> _Inputs:
@@ -394,18 +478,32 @@ def _inputs(direct: xr.Dataset, psf_matched: xr.Dataset, config: CompareWarpConf
         raise InputError(f"no PSF-matched warp for any direct visit {visits}")
     n, ny, nx = (direct.sizes[d] for d in ("visit", "y", "x"))
     data = direct["image"].data
-    storage = int(data.chunksize[1]) if isinstance(data, da.Array) and data.chunks[0] == (n,) \
-        else None
-    plan = plan_stack(n, (ny, nx), budget_bytes=memory_per_task(), storage_chunk=storage,
-                      subregion=config.subregion_size)
+    storage = (
+        int(data.chunksize[1]) if isinstance(data, da.Array) and data.chunks[0] == (n,) else None
+    )
+    plan = plan_stack(
+        n,
+        (ny, nx),
+        budget_bytes=memory_per_task(),
+        storage_chunk=storage,
+        subregion=config.subregion_size,
+    )
     matched = psf_matched.sel(visit=[v for v, p in zip(visits, present, strict=True) if p])
     tile = _detection_tile(plan, (ny, nx), config.subregion_size is not None, memory_per_task())
-    return _Inputs(direct, matched, _planes_for(psf_matched, (1, ny, nx)),
-                   _planes_for(psf_matched, (1, *tile)), position, plan, tile,
-                   _psf_sigma(psf_matched))
+    return _Inputs(
+        direct,
+        matched,
+        _planes_for(psf_matched, (1, ny, nx)),
+        _planes_for(psf_matched, (1, *tile)),
+        position,
+        plan,
+        tile,
+        _psf_sigma(psf_matched),
+    )
 
 
 # -- graph pieces ---------------------------------------------------------------------------------
+
 
 def _plane(cube: da.Array, index: int, tile: tuple[int, int]) -> da.Array:
     """One visit's plane of a warp cube as a 2-D dask array in ``tile`` chunks (slicing a
@@ -413,33 +511,51 @@ def _plane(cube: da.Array, index: int, tile: tuple[int, int]) -> da.Array:
     return cube[index].rechunk(tile)
 
 
-def _template_footprints(image: da.Array, variance: da.Array, cfg: DetectionConfig,
-                         sigma_psf: float) -> da.Array:
+def _template_footprints(
+    image: da.Array, variance: da.Array, cfg: DetectionConfig, sigma_psf: float
+) -> da.Array:
     """Bright positive template footprints, grown, as one boolean plane."""
-    return da.map_blocks(_template_footprint_plane, image.rechunk(-1), variance.rechunk(-1),
-                         cfg=cfg, grow=kd.n_grow(cfg.n_sigma_to_grow, sigma_psf), dtype=bool)
+    return da.map_blocks(
+        _template_footprint_plane,
+        image.rechunk(-1),
+        variance.rechunk(-1),
+        cfg=cfg,
+        grow=kd.n_grow(cfg.n_sigma_to_grow, sigma_psf),
+        dtype=bool,
+    )
 
 
-def _template_footprint_plane(image: np.ndarray, variance: np.ndarray, *, cfg: DetectionConfig,
-                              grow: int) -> np.ndarray:
+def _template_footprint_plane(
+    image: np.ndarray, variance: np.ndarray, *, cfg: DetectionConfig, grow: int
+) -> np.ndarray:
     img = image.astype(np.float64)
     if cfg.temp_local_background is not None:
         img = img - kd.background_model(img, np.isfinite(img), cfg.temp_local_background)
-    signs = (("positive", "negative") if cfg.threshold_polarity == "both"
-             else (cfg.threshold_polarity,))
+    signs = (
+        ("positive", "negative") if cfg.threshold_polarity == "both" else (cfg.threshold_polarity,)
+    )
     out = np.zeros(img.shape, bool)
     for s in signs:
-        out |= kd.footprint_mask(img, variance, threshold=cfg.threshold_value, polarity=s,
-                                 min_pixels=cfg.min_pixels)
+        out |= kd.footprint_mask(
+            img, variance, threshold=cfg.threshold_value, polarity=s, min_pixels=cfg.min_pixels
+        )
     return kd.dilate(out, grow, cfg.isotropic_grow)
 
 
-def _scale_plane(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *, bad_bits: int,
-                 limit: float, bin_size: int) -> np.ndarray:
+def _scale_plane(
+    image: np.ndarray,
+    variance: np.ndarray,
+    mask: np.ndarray,
+    *,
+    bad_bits: int,
+    limit: float,
+    bin_size: int,
+) -> np.ndarray:
     """ScaleVariance of one visit; a failure is logged and ignored (factor 1), as in LSST."""
     try:
-        factor = kd.scale_variance_factor(image, variance, mask, bad_bits=bad_bits, limit=limit,
-                                          bin_size=bin_size)
+        factor = kd.scale_variance_factor(
+            image, variance, mask, bad_bits=bad_bits, limit=limit, bin_size=bin_size
+        )
     except kd.ExceedsMaxVarianceScaleError as exc:
         log.warning("ScaleVariance failed (%s); the variance is not rescaled", exc)
         factor = 1.0
@@ -454,31 +570,54 @@ def _variance_scale(inp: _Inputs, index: int, config: CompareWarpConfig) -> da.A
     shape = tuple(m.sizes[d] for d in ("y", "x"))
     planes = [_plane(inp.scale[v], index, shape) for v in ("image", "variance", "mask")]
     sv = config.scale_variance
-    return da.map_blocks(_scale_plane, *planes, dtype=np.float64, drop_axis=[0, 1], chunks=(),
-                         bad_bits=bitmask(m.attrs["mask_planes"], sv.mask_planes, strict=False),
-                         limit=float(sv.limit), bin_size=int(sv.bin_size))
+    return da.map_blocks(
+        _scale_plane,
+        *planes,
+        dtype=np.float64,
+        drop_axis=[0, 1],
+        chunks=(),
+        bad_bits=bitmask(m.attrs["mask_planes"], sv.mask_planes, strict=False),
+        limit=float(sv.limit),
+        bin_size=int(sv.bin_size),
+    )
 
 
-def _detect_visit(inp: _Inputs, index: int | None, template: tuple[da.Array, da.Array],
-                  scale: da.Array, config: CompareWarpConfig) -> da.Array:
+def _detect_visit(
+    inp: _Inputs,
+    index: int | None,
+    template: tuple[da.Array, da.Array],
+    scale: da.Array,
+    config: CompareWarpConfig,
+) -> da.Array:
     """Packed flags (uint8, 2-D, tile chunks) of one visit's difference with the template."""
     tile, m = inp.detect_tile, inp.matched
     shape = tuple(m.sizes[d] for d in ("y", "x"))
     planes = m.attrs["mask_planes"]
     if index is None:  # no PSF-matched warp: the whole visit is a NO_DATA span
         return da.full(shape, kd.NAN_SPAN, dtype=np.uint8, chunks=tile)
-    image, variance, mask = (_plane(inp.tiles[v], index, tile)
-                             for v in ("image", "variance", "mask"))
+    image, variance, mask = (
+        _plane(inp.tiles[v], index, tile) for v in ("image", "variance", "mask")
+    )
     cfg = config.detect
     grow = kd.n_grow(cfg.n_sigma_to_grow, inp.sigma_psf)
     return da.map_overlap(
-        kd.detect_tile, image, variance * scale.astype(np.float32), mask, *template,
-        depth=grow + int(cfg.min_pixels) - 1, boundary="none",
-        dtype=np.uint8, threshold=float(cfg.threshold_value), polarity=cfg.threshold_polarity,
-        min_pixels=int(cfg.min_pixels), grow=grow, isotropic=cfg.isotropic_grow,
+        kd.detect_tile,
+        image,
+        variance * scale.astype(np.float32),
+        mask,
+        *template,
+        depth=grow + int(cfg.min_pixels) - 1,
+        boundary="none",
+        dtype=np.uint8,
+        threshold=float(cfg.threshold_value),
+        polarity=cfg.threshold_polarity,
+        min_pixels=int(cfg.min_pixels),
+        grow=grow,
+        isotropic=cfg.isotropic_grow,
         bad_bits=bitmask(planes, config.assemble.bad_mask_planes, strict=False),
         prefilter_bits=bitmask(planes, config.prefilter_artifacts_mask_planes, strict=False),
-        edge_bit=bitmask(planes, "EDGE", strict=False))
+        edge_bit=bitmask(planes, "EDGE", strict=False),
+    )
 
 
 def _prefilter_ratio(config: CompareWarpConfig) -> float | None:
@@ -487,42 +626,79 @@ def _prefilter_ratio(config: CompareWarpConfig) -> float | None:
 
 def _epoch_count(packed: list[da.Array], config: CompareWarpConfig) -> da.Array:
     """Sum over visits of each visit's kept candidates (a tree reduction of whole planes)."""
-    kept = [da.map_blocks(kd.kept_candidates, p.rechunk(-1),
-                          prefilter_ratio=_prefilter_ratio(config), dtype=bool) for p in packed]
+    kept = [
+        da.map_blocks(
+            kd.kept_candidates, p.rechunk(-1), prefilter_ratio=_prefilter_ratio(config), dtype=bool
+        )
+        for p in packed
+    ]
     return da.stack(kept).sum(axis=0, dtype=np.int32, split_every=4)
 
 
-def _artifacts(packed: list[da.Array], epoch: da.Array, n_image: da.Array,
-               template_fp: da.Array, inp: _Inputs, config: CompareWarpConfig) -> da.Array:
+def _artifacts(
+    packed: list[da.Array],
+    epoch: da.Array,
+    n_image: da.Array,
+    template_fp: da.Array,
+    inp: _Inputs,
+    config: CompareWarpConfig,
+) -> da.Array:
     """Per-visit artifact flags (:data:`kd.ARTIFACT`, :data:`kd.STREAK`), (visit, y, x) uint8
     with one whole plane per chunk."""
     streaks = dataclasses.asdict(config.mask_streaks) if config.do_filter_morphological else None
     kwargs = {
-        "prefilter_ratio": _prefilter_ratio(config), "max_num_epochs": int(config.max_num_epochs),
+        "prefilter_ratio": _prefilter_ratio(config),
+        "max_num_epochs": int(config.max_num_epochs),
         "low": float(config.max_fraction_epochs_low),
         "high": float(config.max_fraction_epochs_high),
-        "spatial_threshold": float(config.spatial_threshold), "streaks": streaks,
-        "streak_grow": int(config.grow_streak_fp * inp.sigma_psf)}
+        "spatial_threshold": float(config.spatial_threshold),
+        "streaks": streaks,
+        "streak_grow": int(config.grow_streak_fp * inp.sigma_psf),
+    }
     veto = template_fp if config.do_preserve_contained_by_source else None
-    planes = [da.map_blocks(kd.visit_artifacts, p.rechunk(-1), epoch, n_image.rechunk(-1), veto,
-                            dtype=np.uint8, **kwargs) for p in packed]
+    planes = [
+        da.map_blocks(
+            kd.visit_artifacts,
+            p.rechunk(-1),
+            epoch,
+            n_image.rechunk(-1),
+            veto,
+            dtype=np.uint8,
+            **kwargs,
+        )
+        for p in packed
+    ]
     return da.stack(planes)
 
 
-def _apply_alt_masks(mask: np.ndarray, packed: np.ndarray, art: np.ndarray, *, clear: int,
-                     no_data: int, clipped: int, edge: int, streak: int) -> np.ndarray:
+def _apply_alt_masks(
+    mask: np.ndarray,
+    packed: np.ndarray,
+    art: np.ndarray,
+    *,
+    clear: int,
+    no_data: int,
+    clipped: int,
+    edge: int,
+    streak: int,
+) -> np.ndarray:
     """applyAltMaskPlanes (algorithms.md 3.5): clear the bad-pixel bits inside the NO_DATA
     spans, then set NO_DATA, CLIPPED (artifacts), STREAK and EDGE on their spans."""
     nan = (packed & kd.NAN_SPAN) != 0
     out = np.where(nan, mask & np.int32(~clear), mask).astype(np.int32)
-    for cond, bit in ((nan, no_data), ((art & kd.ARTIFACT) != 0, clipped),
-                      ((art & kd.STREAK) != 0, streak), ((packed & kd.EDGE_SPAN) != 0, edge)):
+    for cond, bit in (
+        (nan, no_data),
+        ((art & kd.ARTIFACT) != 0, clipped),
+        ((art & kd.STREAK) != 0, streak),
+        ((packed & kd.EDGE_SPAN) != 0, edge),
+    ):
         out |= np.where(cond, np.int32(bit), np.int32(0))
     return out
 
 
-def _final_coadd(inp: _Inputs, packed: da.Array, art: da.Array, config: CompareWarpConfig
-                 ) -> tuple[dict[str, da.Array], Any, Any, AssembleConfig]:
+def _final_coadd(
+    inp: _Inputs, packed: da.Array, art: da.Array, config: CompareWarpConfig
+) -> tuple[dict[str, da.Array], Any, Any, AssembleConfig]:
     """Weighted MEAN of the direct warps with the alternative masks (CLIPPED rejected), then
     SENSOR_EDGE | INEXACT_PSF wherever some visit's PSF-matched warp has EDGE."""
     direct = inp.direct
@@ -536,25 +712,43 @@ def _final_coadd(inp: _Inputs, packed: da.Array, art: da.Array, config: CompareW
     p = bits.planes
     image, variance, mask = (as_dask_cube(direct[v], chunks) for v in ("image", "variance", "mask"))
     mask = da.map_blocks(
-        _apply_alt_masks, mask, packed.rechunk(chunks), art.rechunk(chunks), dtype=np.int32,
-        clear=bitmask(p, base.bad_mask_planes, strict=False), no_data=bitmask(p, "NO_DATA"),
-        clipped=bitmask(p, "CLIPPED"), edge=bitmask(p, "EDGE"),
-        streak=bitmask(p, config.streak_mask_name))
+        _apply_alt_masks,
+        mask,
+        packed.rechunk(chunks),
+        art.rechunk(chunks),
+        dtype=np.int32,
+        clear=bitmask(p, base.bad_mask_planes, strict=False),
+        no_data=bitmask(p, "NO_DATA"),
+        clipped=bitmask(p, "CLIPPED"),
+        edge=bitmask(p, "EDGE"),
+        streak=bitmask(p, config.streak_mask_name),
+    )
     weights = visit_weights(direct, base, bits.planes)  # prepareInputs: before the alt masks
-    stacked = graph.stack(image, variance, mask, weights, statistic=cfg.statistic,
-                          sigma_clip=float(cfg.sigma_clip), clip_iter=int(cfg.clip_iter),
-                          error_mode=cfg.error_mode, **bits.kernel_kwargs())
+    stacked = graph.stack(
+        image,
+        variance,
+        mask,
+        weights,
+        statistic=cfg.statistic,
+        sigma_clip=float(cfg.sigma_clip),
+        clip_iter=int(cfg.clip_iter),
+        error_mode=cfg.error_mode,
+        **bits.kernel_kwargs(),
+    )
     out = finish_planes(stacked, bits, cfg)
     edge_any = ((packed & kd.EDGE_SPAN) != 0).any(axis=0).rechunk(out["mask"].chunks)
-    out["mask"] = out["mask"] | da.where(edge_any, np.int32(bitmask(p, ("SENSOR_EDGE",
-                                                                        "INEXACT_PSF"))), np.int32(0))
+    out["mask"] = out["mask"] | da.where(
+        edge_any, np.int32(bitmask(p, ("SENSOR_EDGE", "INEXACT_PSF"))), np.int32(0)
+    )
     return out, weights, bits, cfg
 
 
 # -- the step -------------------------------------------------------------------------------------
 
-def assemble_compare_warp(direct: xr.Dataset, psf_matched: xr.Dataset,
-                          config: CompareWarpConfig | None = None) -> xr.Dataset:
+
+def assemble_compare_warp(
+    direct: xr.Dataset, psf_matched: xr.Dataset, config: CompareWarpConfig | None = None
+) -> xr.Dataset:
     """Coadd direct warps with LSST CompareWarp artifact rejection (lazy).
 
     Parameters
@@ -590,8 +784,12 @@ def assemble_compare_warp(direct: xr.Dataset, psf_matched: xr.Dataset,
 Stage = Callable[[str, tuple[da.Array, ...]], tuple[da.Array, ...]]
 
 
-def _build(direct: xr.Dataset, psf_matched: xr.Dataset, config: CompareWarpConfig | None,
-           stage: Stage | None = None) -> xr.Dataset:
+def _build(
+    direct: xr.Dataset,
+    psf_matched: xr.Dataset,
+    config: CompareWarpConfig | None,
+    stage: Stage | None = None,
+) -> xr.Dataset:
     """The graph of :func:`assemble_compare_warp`. ``stage(name, arrays)`` sees the arrays of
     each stage in order (template, scale variance, detection, filtering) and returns the ones
     to build on; the benchmark persists and times them there."""
@@ -601,17 +799,32 @@ def _build(direct: xr.Dataset, psf_matched: xr.Dataset, config: CompareWarpConfi
     stage = stage or (lambda name, arrays: arrays)
     inp = _inputs(direct, psf_matched, config)
     template = assemble(inp.matched, config.template.replace(subregion_size=inp.tile))
-    *t_planes, template_fp = stage("template", (
-        *(template[v].data.rechunk(inp.detect_tile) for v in ("image", "variance")),
-        _template_footprints(*(template[v].data for v in ("image", "variance")),
-                             config.detect_template, inp.sigma_psf)))
+    *t_planes, template_fp = stage(
+        "template",
+        (
+            *(template[v].data.rechunk(inp.detect_tile) for v in ("image", "variance")),
+            _template_footprints(
+                *(template[v].data for v in ("image", "variance")),
+                config.detect_template,
+                inp.sigma_psf,
+            ),
+        ),
+    )
     index = [inp.position.get(int(v)) for v in direct["visit"].values]
-    scales = stage("scale variance", tuple(
-        da.from_array(np.asarray(np.nan)) if i is None else _variance_scale(inp, i, config)
-        for i in index))
-    packed = stage("detection", tuple(
-        _detect_visit(inp, i, tuple(t_planes), s, config) for i, s in zip(index, scales,
-                                                                          strict=True)))
+    scales = stage(
+        "scale variance",
+        tuple(
+            da.from_array(np.asarray(np.nan)) if i is None else _variance_scale(inp, i, config)
+            for i in index
+        ),
+    )
+    packed = stage(
+        "detection",
+        tuple(
+            _detect_visit(inp, i, tuple(t_planes), s, config)
+            for i, s in zip(index, scales, strict=True)
+        ),
+    )
     cube = da.stack(packed)
     n_image = ((cube & kd.GOOD) != 0).sum(axis=0, dtype=np.int32, split_every=4)
     epoch = _epoch_count(list(packed), config)
@@ -625,9 +838,15 @@ def _build(direct: xr.Dataset, psf_matched: xr.Dataset, config: CompareWarpConfi
     if config.do_filter_morphological:
         ds["streak_mask"] = (("visit", "y", "x"), ((art & kd.STREAK) != 0).rechunk((1, *inp.tile)))
     ds["variance_scale"] = ("visit", da.stack(scales).rechunk(-1))
-    ds.attrs.update(statistic=cfg.statistic, config=config.to_dict(), provenance={
-        **ds.attrs["provenance"], "operation": "assemble_compare_warp",
-        "psf_matched_inputs": psf_matched.attrs.get("store", "in-memory"),
-        "sigma_psf": inp.sigma_psf,
-        "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
+    ds.attrs.update(
+        statistic=cfg.statistic,
+        config=config.to_dict(),
+        provenance={
+            **ds.attrs["provenance"],
+            "operation": "assemble_compare_warp",
+            "psf_matched_inputs": psf_matched.attrs.get("store", "in-memory"),
+            "sigma_psf": inp.sigma_psf,
+            "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        },
+    )
     return ds

@@ -31,9 +31,15 @@ def _planes(value: Any, cls: str, name: str) -> tuple[str, ...]:
     try:
         out = tuple(value)
     except TypeError:
-        raise ConfigError(f"{cls}.{name}: expected a sequence of plane names, got {value!r}") from None
-    _check(all(isinstance(p, str) and p for p in out), cls, name,
-           f"plane names must be non-empty strings, got {out!r}")
+        raise ConfigError(
+            f"{cls}.{name}: expected a sequence of plane names, got {value!r}"
+        ) from None
+    _check(
+        all(isinstance(p, str) and p for p in out),
+        cls,
+        name,
+        f"plane names must be non-empty strings, got {out!r}",
+    )
     return out
 
 
@@ -48,11 +54,18 @@ class InterpConfig:
     transpose: bool = False
 
     def __post_init__(self) -> None:
-        _check(self.fallback_value_type in ("MEDIAN", "MEAN", "MEANCLIP", "USER"),
-               "InterpConfig", "fallback_value_type",
-               f"must be MEDIAN, MEAN, MEANCLIP or USER, got {self.fallback_value_type!r}")
-        _check(isinstance(self.plane, str) and bool(self.plane), "InterpConfig", "plane",
-               f"must be a plane name, got {self.plane!r}")
+        _check(
+            self.fallback_value_type in ("MEDIAN", "MEAN", "MEANCLIP", "USER"),
+            "InterpConfig",
+            "fallback_value_type",
+            f"must be MEDIAN, MEAN, MEANCLIP or USER, got {self.fallback_value_type!r}",
+        )
+        _check(
+            isinstance(self.plane, str) and bool(self.plane),
+            "InterpConfig",
+            "plane",
+            f"must be a plane name, got {self.plane!r}",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,8 +100,7 @@ class AssembleConfig:
     bad_mask_planes: tuple[str, ...] = ("NO_DATA", "BAD", "SAT", "EDGE")
     calc_error_from_input_variance: bool = True
     calc_error_mosaic_mode: bool = False
-    mask_propagation_thresholds: Mapping[str, float] = field(
-        default_factory=lambda: {"SAT": 0.1})
+    mask_propagation_thresholds: Mapping[str, float] = field(default_factory=lambda: {"SAT": 0.1})
     remove_mask_planes: tuple[str, ...] = ("NOT_DEBLENDED",)
     interp: InterpConfig | None = field(default_factory=InterpConfig)
     subregion_size: tuple[int, int] | None = None
@@ -96,33 +108,64 @@ class AssembleConfig:
     def __post_init__(self) -> None:
         cls = "AssembleConfig"
         stat = str(self.statistic).lower()
-        _check(stat in STATISTICS, cls, "statistic",
-               f"must be one of {STATISTICS}, got {self.statistic!r}")
+        _check(
+            stat in STATISTICS,
+            cls,
+            "statistic",
+            f"must be one of {STATISTICS}, got {self.statistic!r}",
+        )
         object.__setattr__(self, "statistic", stat)
-        _check(isinstance(self.sigma_clip, int | float) and 0 < self.sigma_clip < 1e6, cls,
-               "sigma_clip", f"must be a positive number, got {self.sigma_clip!r}")
-        _check(isinstance(self.clip_iter, int) and not isinstance(self.clip_iter, bool)
-               and 1 <= self.clip_iter <= 100, cls, "clip_iter",
-               f"must be an integer in 1..100, got {self.clip_iter!r}")
-        object.__setattr__(self, "bad_mask_planes", _planes(self.bad_mask_planes, cls, "bad_mask_planes"))
-        object.__setattr__(self, "remove_mask_planes", _planes(self.remove_mask_planes, cls, "remove_mask_planes"))
-        _check(not (self.calc_error_from_input_variance and self.calc_error_mosaic_mode), cls,
-               "calc_error_mosaic_mode",
-               "cannot be True together with calc_error_from_input_variance")
+        _check(
+            isinstance(self.sigma_clip, int | float) and 0 < self.sigma_clip < 1e6,
+            cls,
+            "sigma_clip",
+            f"must be a positive number, got {self.sigma_clip!r}",
+        )
+        _check(
+            isinstance(self.clip_iter, int)
+            and not isinstance(self.clip_iter, bool)
+            and 1 <= self.clip_iter <= 100,
+            cls,
+            "clip_iter",
+            f"must be an integer in 1..100, got {self.clip_iter!r}",
+        )
+        object.__setattr__(
+            self, "bad_mask_planes", _planes(self.bad_mask_planes, cls, "bad_mask_planes")
+        )
+        object.__setattr__(
+            self, "remove_mask_planes", _planes(self.remove_mask_planes, cls, "remove_mask_planes")
+        )
+        _check(
+            not (self.calc_error_from_input_variance and self.calc_error_mosaic_mode),
+            cls,
+            "calc_error_mosaic_mode",
+            "cannot be True together with calc_error_from_input_variance",
+        )
         thresholds = dict(self.mask_propagation_thresholds or {})
         for plane, t in thresholds.items():
-            _check(isinstance(plane, str) and isinstance(t, int | float) and 0 <= t <= 1, cls,
-                   "mask_propagation_thresholds",
-                   f"expects plane -> fraction in [0, 1], got {plane!r}: {t!r}")
+            _check(
+                isinstance(plane, str) and isinstance(t, int | float) and 0 <= t <= 1,
+                cls,
+                "mask_propagation_thresholds",
+                f"expects plane -> fraction in [0, 1], got {plane!r}: {t!r}",
+            )
         object.__setattr__(self, "mask_propagation_thresholds", thresholds)
         if self.interp is not None:
-            _check(isinstance(self.interp, InterpConfig), cls, "interp",
-                   f"must be an InterpConfig or None, got {self.interp!r}")
+            _check(
+                isinstance(self.interp, InterpConfig),
+                cls,
+                "interp",
+                f"must be an InterpConfig or None, got {self.interp!r}",
+            )
         if self.subregion_size is not None:
             size = self.subregion_size
             size = (size, size) if isinstance(size, int) else tuple(size)
-            _check(len(size) == 2 and all(isinstance(s, int) and s >= 8 for s in size), cls,
-                   "subregion_size", f"must be None or two integers >= 8, got {self.subregion_size!r}")
+            _check(
+                len(size) == 2 and all(isinstance(s, int) and s >= 8 for s in size),
+                cls,
+                "subregion_size",
+                f"must be None or two integers >= 8, got {self.subregion_size!r}",
+            )
             object.__setattr__(self, "subregion_size", size)
 
     @property
@@ -171,7 +214,9 @@ LSST_ASSEMBLE_NAMES: dict[str, str] = {
 }
 
 
-def from_lsst_config(overrides: Mapping[str, Any], base: AssembleConfig | None = None) -> AssembleConfig:
+def from_lsst_config(
+    overrides: Mapping[str, Any], base: AssembleConfig | None = None
+) -> AssembleConfig:
     """Carry LSST ``AssembleCoaddConfig`` overrides over, e.g. ``{"sigmaClip": 2.5}``.
 
     ``statistic`` values are LSST's upper-case names (``"MEANCLIP"``); ``doInterp=False``
@@ -181,8 +226,10 @@ def from_lsst_config(overrides: Mapping[str, Any], base: AssembleConfig | None =
     changes: dict[str, Any] = {}
     for name, value in overrides.items():
         if name not in LSST_ASSEMBLE_NAMES:
-            raise ConfigError(f"LSST field {name!r} has no coaddx equivalent; known: "
-                              f"{sorted(LSST_ASSEMBLE_NAMES)}")
+            raise ConfigError(
+                f"LSST field {name!r} has no coaddx equivalent; known: "
+                f"{sorted(LSST_ASSEMBLE_NAMES)}"
+            )
         key = LSST_ASSEMBLE_NAMES[name]
         if key == "interp":
             value = (base.interp or InterpConfig()) if value else None

@@ -63,23 +63,36 @@ class Subtraction:
         return self.kernel.background(x, y)
 
 
-def make_basis(config: PsfMatchConfig, fwhm_template: float | None,
-               fwhm_science: float | None) -> tuple[np.ndarray, np.ndarray | None]:
+def make_basis(
+    config: PsfMatchConfig, fwhm_template: float | None, fwhm_science: float | None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The kernel basis (and DF regularisation matrix) for the two FWHMs (6.2)."""
     if config.basis == "alard-lupton":
         sigmas, size = alard_lupton_sigmas(
-            fwhm_template, fwhm_science, n_gauss=config.al_n_gauss, sigmas=config.al_sigmas,
-            beta=config.al_beta, min_sig=config.al_min_sig,
-            min_sig_deconv=config.al_min_sig_deconv, kernel_size=config.kernel_size,
-            size_min=config.kernel_size_min, size_max=config.kernel_size_max,
-            scale_by_fwhm=config.scale_by_fwhm)
+            fwhm_template,
+            fwhm_science,
+            n_gauss=config.al_n_gauss,
+            sigmas=config.al_sigmas,
+            beta=config.al_beta,
+            min_sig=config.al_min_sig,
+            min_sig_deconv=config.al_min_sig_deconv,
+            kernel_size=config.kernel_size,
+            size_min=config.kernel_size_min,
+            size_max=config.kernel_size_max,
+            scale_by_fwhm=config.scale_by_fwhm,
+        )
         return alard_lupton_basis(size, sigmas, config.al_degrees), None
     size = config.kernel_size
     reg = None
     if config.df_regularization is not None:
-        reg = regularization_matrix(size, kind=config.df_regularization, stencil=config.df_stencil,
-                                    orders=config.df_orders, border_penalty=config.df_border_penalty,
-                                    fit_background=config.fit_for_background)
+        reg = regularization_matrix(
+            size,
+            kind=config.df_regularization,
+            stencil=config.df_stencil,
+            orders=config.df_orders,
+            border_penalty=config.df_border_penalty,
+            fit_background=config.fit_for_background,
+        )
     return delta_function_basis(size), reg
 
 
@@ -102,29 +115,44 @@ def _on_science_grid(template: Exposure, science: Exposure) -> Exposure:
 
     planes = merge_mask_planes(science.mask_planes, template.mask_planes)
     grid = Patch.from_wcs(science.wcs, science.shape)
-    image, variance, mask = warp_exposure(template, grid, WarpConfig(border=0, calibrate=False),
-                                          planes)
-    return dataclasses.replace(template, image=image, variance=variance, mask=mask,
-                               wcs=science.wcs, mask_planes=planes)
+    image, variance, mask = warp_exposure(
+        template, grid, WarpConfig(border=0, calibrate=False), planes
+    )
+    return dataclasses.replace(
+        template, image=image, variance=variance, mask=mask, wcs=science.wcs, mask_planes=planes
+    )
 
 
-def _stamps(template: Exposure, science: Exposure, positions: np.ndarray,
-            half: int) -> list[CandidateStamp]:
+def _stamps(
+    template: Exposure, science: Exposure, positions: np.ndarray, half: int
+) -> list[CandidateStamp]:
     out = []
     for x, y in positions:
         sl = (slice(y - half, y + half + 1), slice(x - half, x + half + 1))
-        out.append(CandidateStamp(
-            x=float(x), y=float(y), template=template.image[sl].astype(np.float64),
-            science=science.image[sl].astype(np.float64),
-            variance_template=template.variance[sl].astype(np.float64),
-            variance_science=science.variance[sl].astype(np.float64),
-            mask_template=template.mask[sl], mask_science=science.mask[sl]))
+        out.append(
+            CandidateStamp(
+                x=float(x),
+                y=float(y),
+                template=template.image[sl].astype(np.float64),
+                science=science.image[sl].astype(np.float64),
+                variance_template=template.variance[sl].astype(np.float64),
+                variance_science=science.variance[sl].astype(np.float64),
+                mask_template=template.mask[sl],
+                mask_science=science.mask[sl],
+            )
+        )
     return out
 
 
-def subtract(template: Exposure, science: Exposure, config: PsfMatchConfig | None = None, *,
-             fwhm_template: float | None = None, fwhm_science: float | None = None,
-             candidates: np.ndarray | None = None) -> Subtraction:
+def subtract(
+    template: Exposure,
+    science: Exposure,
+    config: PsfMatchConfig | None = None,
+    *,
+    fwhm_template: float | None = None,
+    fwhm_science: float | None = None,
+    candidates: np.ndarray | None = None,
+) -> Subtraction:
     """ImagePsfMatch: match the template's PSF to the science image's and subtract.
 
     Parameters
@@ -146,27 +174,42 @@ def subtract(template: Exposure, science: Exposure, config: PsfMatchConfig | Non
         When no usable kernel candidate remains (with the reasons), or the inputs disagree.
     """
     config = config or PsfMatchConfig()
-    science, template = science.calibrated(), _on_science_grid(template.calibrated(), science.calibrated())
+    science, template = (
+        science.calibrated(),
+        _on_science_grid(template.calibrated(), science.calibrated()),
+    )
     fwhm_t = fwhm_template if fwhm_template is not None else _fwhm(template)
     fwhm_s = fwhm_science if fwhm_science is not None else _fwhm(science)
-    to_convolve, reference = (template, science) if config.convolve_template else (science, template)
+    to_convolve, reference = (
+        (template, science) if config.convolve_template else (science, template)
+    )
     f_conv, f_ref = (fwhm_t, fwhm_s) if config.convolve_template else (fwhm_s, fwhm_t)
     basis, reg = make_basis(config, f_conv, f_ref)
     size = basis.shape[-1]
     half = max(int(config.fp_grow_kernel_scaling * size + 0.5), size)
-    positions = (np.asarray(candidates, dtype=int) if candidates is not None
-                 else select_candidate_positions(reference, to_convolve, half=half, config=config))
+    positions = (
+        np.asarray(candidates, dtype=int)
+        if candidates is not None
+        else select_candidate_positions(reference, to_convolve, half=half, config=config)
+    )
     if len(positions) == 0:
-        raise InputError(f"{science.where}: no kernel candidates: no star above "
-                         f"{config.detection_threshold} sigma with a clean {2 * half + 1} px stamp")
+        raise InputError(
+            f"{science.where}: no kernel candidates: no star above "
+            f"{config.detection_threshold} sigma with a clean {2 * half + 1} px stamp"
+        )
     planes = merge_mask_planes(science.mask_planes, template.mask_planes)
     ny, nx = science.shape
     try:
         kernel, info = fit_psf_matching_kernel(
-            _stamps(to_convolve, reference, positions, half), basis=basis, bbox=(0, 0, nx, ny),
-            spatial_order=config.spatial_kernel_order, bg_order=config.spatial_bg_order,
-            model=config.spatial_model, fit_background=config.fit_for_background,
-            cell_size=(config.size_cell, config.size_cell), n_star_per_cell=config.n_star_per_cell,
+            _stamps(to_convolve, reference, positions, half),
+            basis=basis,
+            bbox=(0, 0, nx, ny),
+            spatial_order=config.spatial_kernel_order,
+            bg_order=config.spatial_bg_order,
+            model=config.spatial_model,
+            fit_background=config.fit_for_background,
+            cell_size=(config.size_cell, config.size_cell),
+            n_star_per_cell=config.n_star_per_cell,
             max_spatial_iterations=config.max_spatial_iterations,
             single_kernel_clipping=config.single_kernel_clipping,
             kernel_sum_clipping=config.kernel_sum_clipping,
@@ -175,16 +218,29 @@ def subtract(template: Exposure, science: Exposure, config: PsfMatchConfig | Non
             residual_mean_max=config.candidate_residual_mean_max,
             residual_std_max=config.candidate_residual_std_max,
             bad_bits=bitmask(planes, config.bad_mask_planes, strict=False),
-            constant_variance=config.constant_variance_weighting, regularization=reg,
-            lam=config.df_lambda_value, use_pca=config.pca, n_pca=config.n_principal_components)
+            constant_variance=config.constant_variance_weighting,
+            regularization=reg,
+            lam=config.df_lambda_value,
+            use_pca=config.pca,
+            n_pca=config.n_principal_components,
+        )
     except ValueError as exc:
         raise InputError(f"{science.where}: PSF-matching kernel fit failed: {exc}") from exc
     no_data = bitmask(planes, "NO_DATA")
-    m_img, m_var, m_mask = convolve_regions(to_convolve.image, to_convolve.variance,
-                                             to_convolve.mask, kernel,
-                                             region=config.region_size, no_data=no_data)
+    m_img, m_var, m_mask = convolve_regions(
+        to_convolve.image,
+        to_convolve.variance,
+        to_convolve.mask,
+        kernel,
+        region=config.region_size,
+        no_data=no_data,
+    )
     yy, xx = np.ogrid[0:ny, 0:nx]  # broadcast: no full-size coordinate planes
-    bg = np.asarray(kernel.background(xx, yy), dtype=np.float64) if config.fit_for_background else 0.0
+    bg = (
+        np.asarray(kernel.background(xx, yy), dtype=np.float64)
+        if config.fit_for_background
+        else 0.0
+    )
     if config.convolve_template:
         diff = reference.image - m_img - bg
         dvar = reference.variance + m_var
@@ -193,12 +249,20 @@ def subtract(template: Exposure, science: Exposure, config: PsfMatchConfig | Non
         diff = -(reference.image - m_img - bg) / ksum
         dvar = (reference.variance + m_var) / ksum**2
     dmask = reference.mask | m_mask
-    matched = dataclasses.replace(to_convolve, image=m_img.astype(np.float32),
-                                  variance=m_var.astype(np.float32), mask=m_mask,
-                                  mask_planes=planes)
-    difference = dataclasses.replace(science, image=diff.astype(np.float32),
-                                     variance=dvar.astype(np.float32), mask=dmask,
-                                     mask_planes=planes)
+    matched = dataclasses.replace(
+        to_convolve,
+        image=m_img.astype(np.float32),
+        variance=m_var.astype(np.float32),
+        mask=m_mask,
+        mask_planes=planes,
+    )
+    difference = dataclasses.replace(
+        science,
+        image=diff.astype(np.float32),
+        variance=dvar.astype(np.float32),
+        mask=dmask,
+        mask_planes=planes,
+    )
     return Subtraction(difference, matched, kernel, positions, info)
 
 

@@ -26,8 +26,14 @@ from astropy.wcs import WCS
 from .errors import InputError, MaskPlaneError
 from .masks import check_mask_planes
 
-__all__ = ["AB_ZERO_NJY", "Exposure", "boundary_pixels", "exposure_footprint",
-           "nJy_per_count", "sky_footprint"]
+__all__ = [
+    "AB_ZERO_NJY",
+    "Exposure",
+    "boundary_pixels",
+    "exposure_footprint",
+    "nJy_per_count",
+    "sky_footprint",
+]
 
 #: AB magnitude of a 1 nJy source: m_AB = 31.4 - 2.5 log10(f / nJy).
 AB_ZERO_NJY = 31.4
@@ -122,8 +128,11 @@ class Exposure:
     @property
     def where(self) -> str:
         """How errors name this exposure: its path, else ``visit V detector D``."""
-        return str(self.path) if self.path is not None else (
-            f"visit {self.visit} detector {self.detector}")
+        return (
+            str(self.path)
+            if self.path is not None
+            else (f"visit {self.visit} detector {self.detector}")
+        )
 
     def calibrated(self) -> Exposure:
         """A new Exposure in nJy: image * c, variance * c**2, ``photo_calib`` 1.0.
@@ -135,8 +144,14 @@ class Exposure:
         c = float(self.photo_calib)
         image = (self.image.astype(np.float64) * c).astype(np.float32)
         variance = (self.variance.astype(np.float64) * (c * c)).astype(np.float32)
-        return replace(self, image=image, variance=variance, photo_calib=1.0,
-                       mask=self.mask.copy(), metadata=dict(self.metadata))
+        return replace(
+            self,
+            image=image,
+            variance=variance,
+            photo_calib=1.0,
+            mask=self.mask.copy(),
+            metadata=dict(self.metadata),
+        )
 
     def footprint_sky(self, n: int = 4) -> SkyCoord:
         """Sky coordinates (ICRS) of ``4 * n`` points on the outer pixel boundary.
@@ -171,8 +186,9 @@ def sky_footprint(wcs: WCS, shape: tuple[int, int], *, n: int = 4) -> SkyCoord:
     return wcs.celestial.pixel_to_world(x, y).icrs
 
 
-def exposure_footprint(path: str | os.PathLike[str], *,
-                       ccdname: str | None = None) -> tuple[WCS, tuple[int, int]]:
+def exposure_footprint(
+    path: str | os.PathLike[str], *, ccdname: str | None = None
+) -> tuple[WCS, tuple[int, int]]:
     """``(wcs, (ny, nx))`` of an exposure file, read from its headers only (no pixels).
 
     Accepts every layout :func:`coaddx.io.fits.read_exposure` reads (``ccdname`` picks the
@@ -186,15 +202,16 @@ def exposure_footprint(path: str | os.PathLike[str], *,
 
 # -- validation helpers ----------------------------------------------------------------------
 
-def _check_planes(image: Any, mask: Any, variance: Any,
-                  where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+
+def _check_planes(
+    image: Any, mask: Any, variance: Any, where: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     image, mask, variance = np.asarray(image), np.asarray(mask), np.asarray(variance)
     if image.ndim != 2:
         raise InputError(f"{where}: image must be 2-D, got shape {image.shape}")
     for name, arr in (("mask", mask), ("variance", variance)):
         if arr.shape != image.shape:
-            raise InputError(f"{where}: {name} shape {arr.shape} differs from image "
-                             f"{image.shape}")
+            raise InputError(f"{where}: {name} shape {arr.shape} differs from image {image.shape}")
     if not np.issubdtype(mask.dtype, np.integer):
         raise InputError(f"{where}: mask must be an integer array, got {mask.dtype}")
     if mask.dtype.itemsize > 4 and mask.size and (mask.min() < -(2**31) or mask.max() >= 2**31):
@@ -223,8 +240,9 @@ def _check_mask_bits(mask: np.ndarray, planes: dict[str, int], where: str) -> No
     stray = int(np.bitwise_or.reduce(mask, axis=None)) & ~named if mask.size else 0
     if stray:
         bits = [b for b in range(32) if stray >> b & 1]
-        raise MaskPlaneError(f"{where}: mask bits {bits} are set but no mask plane names them "
-                             f"(planes: {planes})")
+        raise MaskPlaneError(
+            f"{where}: mask bits {bits} are set but no mask plane names them (planes: {planes})"
+        )
 
 
 def _positive(value: Any, name: str, where: str) -> float:

@@ -16,16 +16,27 @@ import warnings
 import numpy as np
 from astropy.wcs import WCS, NoConvergence
 
-__all__ = ["exposure_overlaps", "map_pixels", "pixel_scale", "source_coordinates", "source_grid",
-           "world_to_pixel"]
+__all__ = [
+    "exposure_overlaps",
+    "map_pixels",
+    "pixel_scale",
+    "source_coordinates",
+    "source_grid",
+    "world_to_pixel",
+]
 
-_INVERSE_TOLERANCE = 1e-8   # pixels, for iterative (SIP / lookup-table) inverses
-_MIN_OVERLAP = 1e-6         # px^2: polygons that only touch (up to rounding) do not overlap
+_INVERSE_TOLERANCE = 1e-8  # pixels, for iterative (SIP / lookup-table) inverses
+_MIN_OVERLAP = 1e-6  # px^2: polygons that only touch (up to rounding) do not overlap
 
 
-def source_coordinates(dest_wcs: WCS, src_wcs: WCS, dest_shape: tuple[int, int], *,
-                       interp_length: int = 10, origin: tuple[int, int] = (0, 0)
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def source_coordinates(
+    dest_wcs: WCS,
+    src_wcs: WCS,
+    dest_shape: tuple[int, int],
+    *,
+    interp_length: int = 10,
+    origin: tuple[int, int] = (0, 0),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Source pixel position and relative area of every destination pixel centre.
 
     Parameters
@@ -63,8 +74,9 @@ def source_coordinates(dest_wcs: WCS, src_wcs: WCS, dest_shape: tuple[int, int],
         empty = np.empty((max(ny, 0), max(nx, 0)))
         return empty, empty.copy(), empty.copy()
     step = max(int(interp_length), 1)
-    px, py, nodes_x, nodes_y = source_grid(dest_wcs, src_wcs, dest_shape,
-                                           interp_length=interp_length, origin=origin)
+    px, py, nodes_x, nodes_y = source_grid(
+        dest_wcs, src_wcs, dest_shape, interp_length=interp_length, origin=origin
+    )
     if step > 1:
         px, py = _interpolate(px, nodes_y, nodes_x), _interpolate(py, nodes_y, nodes_x)
     src_x = np.ascontiguousarray(px[1:, 1:])
@@ -72,9 +84,14 @@ def source_coordinates(dest_wcs: WCS, src_wcs: WCS, dest_shape: tuple[int, int],
     return src_x, src_y, _relative_area(px, py)
 
 
-def source_grid(dest_wcs: WCS, src_wcs: WCS, dest_shape: tuple[int, int], *,
-                interp_length: int = 10, origin: tuple[int, int] = (0, 0)
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def source_grid(
+    dest_wcs: WCS,
+    src_wcs: WCS,
+    dest_shape: tuple[int, int],
+    *,
+    interp_length: int = 10,
+    origin: tuple[int, int] = (0, 0),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The exact mapping on the coarse node grid of :func:`source_coordinates`.
 
     Returns ``(node_x, node_y, nodes_x, nodes_y)``: source column and row at the destination
@@ -119,12 +136,14 @@ def _relative_area(px: np.ndarray, py: np.ndarray) -> np.ndarray:
     one compiled pass (five numpy temporaries of a 20 Mpix grid cost ~0.9 s)."""
     from .kernels.warp import relative_area
 
-    return relative_area(np.ascontiguousarray(px, dtype=np.float64),
-                         np.ascontiguousarray(py, dtype=np.float64))
+    return relative_area(
+        np.ascontiguousarray(px, dtype=np.float64), np.ascontiguousarray(py, dtype=np.float64)
+    )
 
 
-def map_pixels(from_wcs: WCS, to_wcs: WCS, x: np.ndarray, y: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
+def map_pixels(
+    from_wcs: WCS, to_wcs: WCS, x: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Pixel positions in ``to_wcs`` of pixel positions (x, y) in ``from_wcs`` (0-based)."""
     world = from_wcs.pixel_to_world_values(x, y)
     return world_to_pixel(to_wcs, *world)
@@ -138,16 +157,25 @@ def world_to_pixel(wcs: WCS, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarr
         x, y = wcs.all_world2pix(lon, lat, 0, tolerance=_INVERSE_TOLERANCE, maxiter=50)
     except NoConvergence as err:
         sol = np.array(err.best_solution, dtype=float).reshape(-1, 2)
-        bad = np.union1d(np.atleast_1d(err.divergent if err.divergent is not None else []),
-                         np.atleast_1d(err.slow_conv if err.slow_conv is not None else []))
+        bad = np.union1d(
+            np.atleast_1d(err.divergent if err.divergent is not None else []),
+            np.atleast_1d(err.slow_conv if err.slow_conv is not None else []),
+        )
         sol[bad.astype(int)] = np.nan
         shape = np.broadcast(lon, lat).shape
         x, y = sol[:, 0].reshape(shape), sol[:, 1].reshape(shape)
     return x, y
 
 
-def exposure_overlaps(src_wcs: WCS, src_shape: tuple[int, int], dest_wcs: WCS,
-                      dest_shape: tuple[int, int], *, border: int = 0, n_edge: int = 8) -> bool:
+def exposure_overlaps(
+    src_wcs: WCS,
+    src_shape: tuple[int, int],
+    dest_wcs: WCS,
+    dest_shape: tuple[int, int],
+    *,
+    border: int = 0,
+    n_edge: int = 8,
+) -> bool:
     """Whether a source image's footprint intersects a destination box, without reading pixels.
 
     Parameters
@@ -189,7 +217,7 @@ def exposure_overlaps(src_wcs: WCS, src_shape: tuple[int, int], dest_wcs: WCS,
         warnings.simplefilter("ignore")
         px, py = map_pixels(src_wcs, dest_wcs, src_ring[0], src_ring[1])
     if not (np.all(np.isfinite(px)) and np.all(np.isfinite(py))):
-        return True       # unprojectable vertices: cannot decide cheaply, so do not drop it
+        return True  # unprojectable vertices: cannot decide cheaply, so do not drop it
     clipped = _clip_to_box(np.column_stack([px, py]), box)
     return len(clipped) >= 3 and _polygon_area(clipped) > _MIN_OVERLAP
 
@@ -197,10 +225,12 @@ def exposure_overlaps(src_wcs: WCS, src_shape: tuple[int, int], dest_wcs: WCS,
 def _box_ring(x0: float, y0: float, x1: float, y1: float, n_edge: int) -> np.ndarray:
     """(2, 4 n) points going round the box boundary, ``n`` per side, corners included."""
     t = np.arange(max(int(n_edge), 1)) / max(int(n_edge), 1)
-    xs = np.concatenate([x0 + (x1 - x0) * t, np.full_like(t, x1), x1 - (x1 - x0) * t,
-                         np.full_like(t, x0)])
-    ys = np.concatenate([np.full_like(t, y0), y0 + (y1 - y0) * t, np.full_like(t, y1),
-                         y1 - (y1 - y0) * t])
+    xs = np.concatenate(
+        [x0 + (x1 - x0) * t, np.full_like(t, x1), x1 - (x1 - x0) * t, np.full_like(t, x0)]
+    )
+    ys = np.concatenate(
+        [np.full_like(t, y0), y0 + (y1 - y0) * t, np.full_like(t, y1), y1 - (y1 - y0) * t]
+    )
     return np.stack([xs, ys])
 
 
@@ -234,8 +264,7 @@ def _unit_vectors(wcs: WCS, x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
 def _clip_to_box(poly: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
     """Sutherland-Hodgman clip of a polygon (n, 2) to an axis-aligned box (x0, y0, x1, y1)."""
     x0, y0, x1, y1 = box
-    for axis, bound, keep_below in ((0, x0, False), (0, x1, True), (1, y0, False),
-                                    (1, y1, True)):
+    for axis, bound, keep_below in ((0, x0, False), (0, x1, True), (1, y0, False), (1, y1, True)):
         if len(poly) == 0:
             break
         poly = _clip_half_plane(poly, axis, bound, keep_below)
@@ -277,8 +306,9 @@ def pixel_scale(wcs: WCS) -> float:
     0.36
     """
     x0, y0 = np.asarray(wcs.wcs.crpix, dtype=float) - 1.0
-    vec = _unit_vectors(wcs, np.array([x0 - 0.5, x0 + 0.5, x0, x0]),
-                        np.array([y0, y0, y0 - 0.5, y0 + 0.5]))
+    vec = _unit_vectors(
+        wcs, np.array([x0 - 0.5, x0 + 0.5, x0, x0]), np.array([y0, y0, y0 - 0.5, y0 + 0.5])
+    )
     if vec is None:
         raise ValueError("pixel_scale needs a celestial WCS that is defined at its reference pixel")
     solid_angle = np.linalg.norm(np.cross(vec[1] - vec[0], vec[3] - vec[2]))

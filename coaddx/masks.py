@@ -15,9 +15,9 @@ __all__ = [
     "bitmask",
     "check_mask_planes",
     "mask_planes",
-    "merge_mask_planes",
     "mask_planes_from_header",
     "mask_planes_to_header",
+    "merge_mask_planes",
 ]
 
 #: LSST default planes (afw), then the coadd planes in the fixed order of design.md.
@@ -66,7 +66,9 @@ def check_mask_planes(planes: Mapping[str, int], *, where: str = "mask_planes") 
         try:
             ibit = int(bit)
         except (TypeError, ValueError):
-            raise MaskPlaneError(f"{where}: bit of plane {name!r} is {bit!r}, not an integer") from None
+            raise MaskPlaneError(
+                f"{where}: bit of plane {name!r} is {bit!r}, not an integer"
+            ) from None
         if not 0 <= ibit < _MAX_BITS:
             raise MaskPlaneError(f"{where}: bit {ibit} of plane {name!r} is outside 0..30")
         if ibit in seen:

@@ -23,12 +23,20 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-__all__ = ["StackPlan", "plan_stack", "task_budget", "task_bytes", "warp_task_bytes",
-           "worker_bytes"]
+__all__ = [
+    "StackPlan",
+    "plan_stack",
+    "task_budget",
+    "task_bytes",
+    "warp_task_bytes",
+    "worker_bytes",
+]
 
 BYTES_PER_PIXEL_VISIT = 12  # image f4 + variance f4 + mask i4
 INPUT_COPIES = 2.0  # the block itself + one transient copy (chunk decode / mask OR)
-OUTPUT_BYTES_PER_PIXEL = 4 * 8 + 16  # packed float64 (value, variance, mask, n_image) + final planes
+OUTPUT_BYTES_PER_PIXEL = (
+    4 * 8 + 16
+)  # packed float64 (value, variance, mask, n_image) + final planes
 KERNEL_BYTES_PER_PIXEL_VISIT = 0.25  # per-row sort buffers, amortised over the block
 MIN_SUBREGION = 64
 #: Held per coadd pixel until interpolation: the packed stack result (16 B) and the finished
@@ -69,8 +77,11 @@ class StackPlan:
 
     def describe(self) -> str:
         sy, sx = self.subregion
-        return (f"subregions {sy} x {sx} ({self.n_tasks} tasks), planned "
-                f"{self.task_bytes / 2**20:.0f} MiB per task of a {self.budget_bytes / 2**20:.0f} MiB budget")
+        return (
+            f"subregions {sy} x {sx} ({self.n_tasks} tasks), planned "
+            f"{self.task_bytes / 2**20:.0f} MiB per task of a "
+            f"{self.budget_bytes / 2**20:.0f} MiB budget"
+        )
 
     @property
     def held_bytes(self) -> int:
@@ -86,7 +97,7 @@ class StackPlan:
 def task_bytes(n_visits: int, sy: int, sx: int) -> int:
     """Planned peak bytes of one stacking task over ``n_visits`` x ``sy`` x ``sx``."""
     per_pv = BYTES_PER_PIXEL_VISIT * INPUT_COPIES + KERNEL_BYTES_PER_PIXEL_VISIT
-    return int(math.ceil(n_visits * sy * sx * per_pv + sy * sx * OUTPUT_BYTES_PER_PIXEL))
+    return math.ceil(n_visits * sy * sx * per_pv + sy * sx * OUTPUT_BYTES_PER_PIXEL)
 
 
 def _aligned(limit: int, chunk: int, extent: int) -> int:
@@ -102,9 +113,14 @@ def _aligned(limit: int, chunk: int, extent: int) -> int:
     return min(size, limit) if size > limit else size
 
 
-def plan_stack(n_visits: int, shape: tuple[int, int], *, budget_bytes: int,
-               storage_chunk: int | None = None,
-               subregion: tuple[int, int] | int | None = None) -> StackPlan:
+def plan_stack(
+    n_visits: int,
+    shape: tuple[int, int],
+    *,
+    budget_bytes: int,
+    storage_chunk: int | None = None,
+    subregion: tuple[int, int] | int | None = None,
+) -> StackPlan:
     """Plan the subregion size of a stack of ``n_visits`` over an image of ``shape``.
 
     Parameters
@@ -136,18 +152,23 @@ def plan_stack(n_visits: int, shape: tuple[int, int], *, budget_bytes: int,
             raise ConfigError(
                 f"memory budget {budget_bytes / 2**20:.0f} MiB per task is too small for "
                 f"{n_visits} visits: the smallest subregion ({MIN_SUBREGION} px) needs "
-                f"{need / 2**20:.0f} MiB; raise coaddx.memory-per-task")
+                f"{need / 2**20:.0f} MiB; raise coaddx.memory-per-task"
+            )
         chunk = storage_chunk or side
         sy = _aligned(side, chunk, ny)
         sx = _aligned(side, chunk, nx)
     planned = task_bytes(n_visits, sy, sx)
     n_tasks = math.ceil(ny / sy) * math.ceil(nx / sx)
-    return StackPlan(subregion=(sy, sx), task_bytes=planned, budget_bytes=int(budget_bytes),
-                     n_tasks=n_tasks, shape=(int(ny), int(nx)))
+    return StackPlan(
+        subregion=(sy, sx),
+        task_bytes=planned,
+        budget_bytes=int(budget_bytes),
+        n_tasks=n_tasks,
+        shape=(int(ny), int(nx)),
+    )
 
 
-def worker_bytes(plan: StackPlan, *, threads: int, n_workers: int = 1,
-                 baseline: int = 0) -> int:
+def worker_bytes(plan: StackPlan, *, threads: int, n_workers: int = 1, baseline: int = 0) -> int:
     """Planned peak memory of one worker running ``plan``: ``threads`` stacking tasks at once
     (fewer if the plan has fewer),
     its share of the stacked planes held until interpolation, the fallback task (which runs on
@@ -155,13 +176,20 @@ def worker_bytes(plan: StackPlan, *, threads: int, n_workers: int = 1,
     if threads < 1 or n_workers < 1:
         raise ConfigError(f"threads and n_workers must be >= 1, got {threads} and {n_workers}")
     running = min(threads, plan.n_tasks) if plan.n_tasks > 0 else threads
-    return int(baseline + running * plan.task_bytes + plan.held_bytes // n_workers
-               + plan.fallback_bytes)
+    return int(
+        baseline + running * plan.task_bytes + plan.held_bytes // n_workers + plan.fallback_bytes
+    )
 
 
-def task_budget(memory_limit: int, *, threads: int, shape: tuple[int, int], n_workers: int = 1,
-                baseline: int = WORKER_BASELINE_BYTES,
-                fraction: float = WORKER_SAFE_FRACTION) -> int:
+def task_budget(
+    memory_limit: int,
+    *,
+    threads: int,
+    shape: tuple[int, int],
+    n_workers: int = 1,
+    baseline: int = WORKER_BASELINE_BYTES,
+    fraction: float = WORKER_SAFE_FRACTION,
+) -> int:
     """Per-task budget that keeps :func:`worker_bytes` under ``fraction`` of a worker's
     ``memory_limit`` (below the level where distributed spills to disk).
 
@@ -190,7 +218,8 @@ def task_budget(memory_limit: int, *, threads: int, shape: tuple[int, int], n_wo
             f"a worker memory limit of {memory_limit / 2**20:.0f} MiB leaves nothing for stacking "
             f"tasks: the process ({baseline / 2**20:.0f} MiB) and the {shape[0]} x {shape[1]} "
             f"coadd planes it holds need {fixed / 2**20:.0f} MiB of the "
-            f"{fraction * memory_limit / 2**20:.0f} MiB usable; give workers more memory")
+            f"{fraction * memory_limit / 2**20:.0f} MiB usable; give workers more memory"
+        )
     return usable // threads
 
 

@@ -16,8 +16,12 @@ __all__ = ["MOFFAT_BETA", "psf_image"]
 MOFFAT_BETA = 3.0
 
 
-def psf_image(fwhm: float, profile: Literal["moffat", "gaussian"] = "moffat",
-              size: int | None = None, beta: float = MOFFAT_BETA) -> np.ndarray:
+def psf_image(
+    fwhm: float,
+    profile: Literal["moffat", "gaussian"] = "moffat",
+    size: int | None = None,
+    beta: float = MOFFAT_BETA,
+) -> np.ndarray:
     """A circular PSF of ``fwhm`` pixels sampled at pixel centres on an odd ``size`` grid
     (default ``2 * ceil(4 fwhm) + 1``), unit sum.
 

@@ -60,7 +60,9 @@ class PsfMatchConfig:
     al_beta: float = 2.0
     al_min_sig: float = 0.7
     al_min_sig_deconv: float = 0.4
-    df_regularization: Literal["centralDifference", "forwardDifference"] | None = "centralDifference"
+    df_regularization: Literal["centralDifference", "forwardDifference"] | None = (
+        "centralDifference"
+    )
     df_stencil: int = 9
     df_orders: tuple[int, ...] = (1, 2)
     df_border_penalty: float = 3.0
@@ -74,27 +76,48 @@ class PsfMatchConfig:
     region_size: int = 2048
 
     def __post_init__(self) -> None:
-        _check(self.basis in ("alard-lupton", "delta-function"), "basis",
-               f"must be 'alard-lupton' or 'delta-function', got {self.basis!r}")
-        _check(self.kernel_size % 2 == 1 and self.kernel_size >= 3, "kernel_size",
-               f"must be odd and >= 3, got {self.kernel_size}")
-        _check(self.kernel_size_min <= self.kernel_size_max, "kernel_size_min",
-               "must not exceed kernel_size_max")
-        _check(self.spatial_model in ("chebyshev1", "polynomial"), "spatial_model",
-               f"must be 'chebyshev1' or 'polynomial', got {self.spatial_model!r}")
+        _check(
+            self.basis in ("alard-lupton", "delta-function"),
+            "basis",
+            f"must be 'alard-lupton' or 'delta-function', got {self.basis!r}",
+        )
+        _check(
+            self.kernel_size % 2 == 1 and self.kernel_size >= 3,
+            "kernel_size",
+            f"must be odd and >= 3, got {self.kernel_size}",
+        )
+        _check(
+            self.kernel_size_min <= self.kernel_size_max,
+            "kernel_size_min",
+            "must not exceed kernel_size_max",
+        )
+        _check(
+            self.spatial_model in ("chebyshev1", "polynomial"),
+            "spatial_model",
+            f"must be 'chebyshev1' or 'polynomial', got {self.spatial_model!r}",
+        )
         _check(0 <= self.spatial_kernel_order <= 5, "spatial_kernel_order", "must be in 0..5")
         _check(0 <= self.spatial_bg_order <= 5, "spatial_bg_order", "must be in 0..5")
         _check(self.size_cell >= 32, "size_cell", f"must be >= 32, got {self.size_cell}")
-        _check(self.n_star_per_cell == -1 or self.n_star_per_cell >= 1, "n_star_per_cell",
-               "must be >= 1 or -1 (all)")
+        _check(
+            self.n_star_per_cell == -1 or self.n_star_per_cell >= 1,
+            "n_star_per_cell",
+            "must be >= 1 or -1 (all)",
+        )
         _check(1 <= self.max_spatial_iterations <= 5, "max_spatial_iterations", "must be in 1..5")
         _check(self.n_principal_components >= 3, "n_principal_components", "must be >= 3")
-        _check(len(self.al_degrees) == self.al_n_gauss == len(self.al_sigmas), "al_n_gauss",
-               "al_degrees and al_sigmas need al_n_gauss entries")
+        _check(
+            len(self.al_degrees) == self.al_n_gauss == len(self.al_sigmas),
+            "al_n_gauss",
+            "al_degrees and al_sigmas need al_n_gauss entries",
+        )
         _check(self.detection_threshold >= 3, "detection_threshold", "must be >= 3")
-        _check(self.df_lambda_type in ("absolute", "relative"), "df_lambda_type",
-               "must be 'absolute' or 'relative' (the risk-minimising modes are not usable in "
-               "LSST either, algorithms.md 9.14)")
+        _check(
+            self.df_lambda_type in ("absolute", "relative"),
+            "df_lambda_type",
+            "must be 'absolute' or 'relative' (the risk-minimising modes are not usable in "
+            "LSST either, algorithms.md 9.14)",
+        )
         _check(self.region_size >= 256, "region_size", "must be >= 256 pixels")
 
     @property
@@ -108,13 +131,20 @@ class PsfMatchConfig:
         return dataclasses.asdict(self)
 
 
-def snap_config(basis: Literal["alard-lupton", "delta-function"] = "alard-lupton") -> PsfMatchConfig:
+def snap_config(
+    basis: Literal["alard-lupton", "delta-function"] = "alard-lupton",
+) -> PsfMatchConfig:
     """SnapPsfMatch preset for two snaps of one visit (algorithms.md 6.7): spatially constant
     7-pixel kernel, no spatial clipping; AL with two Gaussians (1.0, 2.5) of degrees (4, 2);
     DF without regularisation, with PCA. As in LSST, ``scale_by_fwhm`` stays on, so with known
     FWHMs the size is re-derived (clamped to >= 21)."""
-    base = PsfMatchConfig(basis=basis, spatial_kernel_order=0, kernel_size=7,
-                          spatial_kernel_clipping=False, fit_for_background=False)
+    base = PsfMatchConfig(
+        basis=basis,
+        spatial_kernel_order=0,
+        kernel_size=7,
+        spatial_kernel_clipping=False,
+        fit_for_background=False,
+    )
     if basis == "alard-lupton":
         return base.replace(al_n_gauss=2, al_degrees=(4, 2), al_sigmas=(1.0, 2.5))
     return base.replace(df_regularization=None, use_pca=True)
@@ -127,14 +157,15 @@ def _background(image: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, floa
     try:
         bkg = sep.Background(data, mask=~usable, bw=64, bh=64)
         return data - bkg.back(), float(bkg.globalrms)
-    except Exception:  # noqa: BLE001 (sep raises bare Exception); tiny images: masked median
+    except Exception:
         med = float(np.median(image[usable])) if usable.any() else 0.0
         mad = float(np.median(np.abs(image[usable] - med))) * 1.4826 if usable.any() else 1.0
         return data - med, mad
 
 
-def select_candidate_positions(science: Exposure, template: Exposure, *, half: int,
-                               config: PsfMatchConfig) -> np.ndarray:
+def select_candidate_positions(
+    science: Exposure, template: Exposure, *, half: int, config: PsfMatchConfig
+) -> np.ndarray:
     """Kernel candidates: ``(n, 2)`` integer ``(x, y)`` centres of stars on the science image.
 
     Detection at ``config.detection_threshold`` sigma (sep, background subtracted); stamps of
@@ -144,16 +175,19 @@ def select_candidate_positions(science: Exposure, template: Exposure, *, half: i
     import sep
 
     if science.shape != template.shape:
-        raise InputError(f"template {template.shape} and science {science.shape} must be on one "
-                         "grid (warp the template first)")
+        raise InputError(
+            f"template {template.shape} and science {science.shape} must be on one "
+            "grid (warp the template first)"
+        )
     bad_s = bitmask(science.mask_planes, config.bad_mask_planes, strict=False)
     bad_t = bitmask(template.mask_planes, config.bad_mask_planes, strict=False)
     bad = ((science.mask & bad_s) != 0) | ((template.mask & bad_t) != 0)
     usable = ~bad & np.isfinite(science.image) & np.isfinite(template.image)
     data, rms = _background(science.image, usable)
     try:
-        objects = sep.extract(data, config.detection_threshold, err=rms, mask=~usable,
-                              minarea=5, deblend_cont=1.0)
+        objects = sep.extract(
+            data, config.detection_threshold, err=rms, mask=~usable, minarea=5, deblend_cont=1.0
+        )
     except Exception as exc:
         raise InputError(f"{science.where}: source detection failed: {exc}") from exc
     ny, nx = science.shape
@@ -210,19 +244,27 @@ class ModelPsfMatchConfig:
 
     def __post_init__(self) -> None:
         if not self.model_psf_fwhm > 0:
-            raise ConfigError(f"ModelPsfMatchConfig.model_psf_fwhm must be > 0, got {self.model_psf_fwhm}")
+            raise ConfigError(
+                f"ModelPsfMatchConfig.model_psf_fwhm must be > 0, got {self.model_psf_fwhm}"
+            )
         if self.kernel_size % 2 != 1:
-            raise ConfigError(f"ModelPsfMatchConfig.kernel_size must be odd, got {self.kernel_size}")
+            raise ConfigError(
+                f"ModelPsfMatchConfig.kernel_size must be odd, got {self.kernel_size}"
+            )
         if not 1.0 <= self.auto_pad_psf_to <= 2.0:
             raise ConfigError("ModelPsfMatchConfig.auto_pad_psf_to must be in 1.0..2.0")
         if len(self.al_sigmas) != len(self.al_degrees):
             raise ConfigError("ModelPsfMatchConfig.al_sigmas and al_degrees need equal lengths")
         if self.kernel_sum_fit not in ("constrained", "lsst"):
-            raise ConfigError("ModelPsfMatchConfig.kernel_sum_fit must be 'constrained' or "
-                              f"'lsst', got {self.kernel_sum_fit!r}")
+            raise ConfigError(
+                "ModelPsfMatchConfig.kernel_sum_fit must be 'constrained' or "
+                f"'lsst', got {self.kernel_sum_fit!r}"
+            )
         if not (np.isfinite(self.kernel_norm_penalty) and self.kernel_norm_penalty >= 0):
-            raise ConfigError("ModelPsfMatchConfig.kernel_norm_penalty must be finite and >= 0, "
-                              f"got {self.kernel_norm_penalty}")
+            raise ConfigError(
+                "ModelPsfMatchConfig.kernel_norm_penalty must be finite and >= 0, "
+                f"got {self.kernel_norm_penalty}"
+            )
 
 
 def model_psf(fwhm: float = 7.7, size: int | None = None) -> np.ndarray:
@@ -243,10 +285,10 @@ def _pad(psf: np.ndarray, size: int) -> np.ndarray:
         return psf.astype(np.float64)
     if n > size:
         c = (n - size) // 2
-        return psf[c:c + size, c:c + size].astype(np.float64)
+        return psf[c : c + size, c : c + size].astype(np.float64)
     out = np.zeros((size, size))
     c = (size - n) // 2
-    out[c:c + n, c:c + n] = psf
+    out[c : c + n, c : c + n] = psf
     return out
 
 
@@ -271,24 +313,38 @@ def model_matching_kernel(psf: np.ndarray, config: ModelPsfMatchConfig | None = 
     config = config or ModelPsfMatchConfig()
     psf = np.asarray(psf, np.float64)
     if psf.ndim != 2 or psf.shape[0] != psf.shape[1] or psf.shape[0] % 2 == 0:
-        raise InputError(f"model_matching_kernel: the PSF must be an odd square image, got {psf.shape}")
+        raise InputError(
+            f"model_matching_kernel: the PSF must be an odd square image, got {psf.shape}"
+        )
     if not (np.isfinite(psf).all() and psf.sum() > 0):
         raise InputError("model_matching_kernel: the PSF image must be finite with a positive sum")
     min_size = int(np.ceil(config.kernel_size * config.auto_pad_psf_to))
     size = max(psf.shape[0], min_size + (1 - min_size % 2))
     if config.kernel_size > size - 2:  # LSST: kernelSize <= psfSize - 1, made odd
-        raise ConfigError(f"ModelPsfMatchConfig.kernel_size {config.kernel_size} needs PSF images "
-                          f"of at least {config.kernel_size + 2} px (padded: {size}); raise "
-                          "auto_pad_psf_to")
+        raise ConfigError(
+            f"ModelPsfMatchConfig.kernel_size {config.kernel_size} needs PSF images "
+            f"of at least {config.kernel_size + 2} px (padded: {size}); raise "
+            "auto_pad_psf_to"
+        )
     template, science = _pad(psf / psf.sum(), size), model_psf(config.model_psf_fwhm, size)
     basis = alard_lupton_basis(config.kernel_size, config.al_sigmas, config.al_degrees)
     ones = np.ones_like(template)
     penalty = {}
     if config.kernel_norm_penalty > 0:
-        penalty = {"regularization": kernel_norm_matrix(basis), "lam_type": "relative",
-                   "lam_scaling": config.kernel_norm_penalty}
+        penalty = {
+            "regularization": kernel_norm_matrix(basis),
+            "lam_type": "relative",
+            "lam_scaling": config.kernel_norm_penalty,
+        }
     solution = solve_candidate(template, science, ones, ones, basis, **penalty)
     fixed = 1.0 if config.kernel_sum_fit == "constrained" else None
-    kernel = solve_spatial([solution], np.array([[0.0, 0.0]]), basis, spatial_order=0,
-                           bg_order=0, bbox=(-1.0, -1.0, 1.0, 1.0), kernel_sum=fixed)
+    kernel = solve_spatial(
+        [solution],
+        np.array([[0.0, 0.0]]),
+        basis,
+        spatial_order=0,
+        bg_order=0,
+        bbox=(-1.0, -1.0, 1.0, 1.0),
+        kernel_sum=fixed,
+    )
     return kernel.with_kernel_sum(1.0)

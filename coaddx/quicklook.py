@@ -29,8 +29,12 @@ def quicklook_png(path: str | Path, images: dict[str, np.ndarray], *, title: str
     n = len(images)
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 5.4), squeeze=False)
     for ax, (name, img) in zip(axes[0], images.items(), strict=True):
-        ax.imshow(_stretch(np.asarray(img, dtype=np.float64), lo, hi), origin="lower",
-                  cmap="gray", interpolation="nearest")
+        ax.imshow(
+            _stretch(np.asarray(img, dtype=np.float64), lo, hi),
+            origin="lower",
+            cmap="gray",
+            interpolation="nearest",
+        )
         ax.set_title(name, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])

@@ -62,9 +62,11 @@ def tune_malloc() -> bool:
         import ctypes.util
 
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = (libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1
-              and libc.mallopt(_M_TRIM_THRESHOLD, 4 << 30) == 1
-              and libc.mallopt(_M_ARENA_MAX, 2) == 1)
+        ok = (
+            libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1
+            and libc.mallopt(_M_TRIM_THRESHOLD, 4 << 30) == 1
+            and libc.mallopt(_M_ARENA_MAX, 2) == 1
+        )
     except (OSError, AttributeError):
         return False
     _tuned = bool(ok)

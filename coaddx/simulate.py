@@ -79,8 +79,12 @@ from .skymap import Patch, Tract, wcs_to_header_string
 __all__ = ["ARTIFACT_BITS", "Simulation", "enclosed_flux_fraction", "psf_image", "simulate"]
 
 #: Bit codes of the ``truth/artifacts.zarr`` cube (visit, y, x).
-ARTIFACT_BITS: dict[str, int] = {"streak": 1, "transient": 2, "cosmic_ray": 4,
-                                 "masked_cosmic_ray": 8}
+ARTIFACT_BITS: dict[str, int] = {
+    "streak": 1,
+    "transient": 2,
+    "cosmic_ray": 4,
+    "masked_cosmic_ray": 8,
+}
 
 _PROFILES = ("exp", "dev")
 
@@ -89,8 +93,10 @@ T_Psf = Literal["moffat", "gaussian"]
 
 # -- public helpers ------------------------------------------------------------------------
 
-def enclosed_flux_fraction(radius: float, fwhm: float, psf: T_Psf = "moffat",
-                           beta: float = MOFFAT_BETA) -> float:
+
+def enclosed_flux_fraction(
+    radius: float, fwhm: float, psf: T_Psf = "moffat", beta: float = MOFFAT_BETA
+) -> float:
     """Fraction of a point source's flux inside a circle of ``radius`` pixels.
 
     For the untruncated profile; the simulated profiles hold >= 99.9 % of their flux inside
@@ -116,31 +122,36 @@ def psf_image(fwhm: float, psf: T_Psf = "moffat", size: int | None = None) -> np
 
 # -- rendering one frame (the patch grid of a visit, or one detector) ------------------------
 
+
 @dataclass(frozen=True)
 class _Frame:
     shape: tuple[int, int]
-    to_frame: np.ndarray        # patch pixel -> frame pixel
-    cover: np.ndarray           # (n_det, 3, 3): frame pixel -> detector pixel
+    to_frame: np.ndarray  # patch pixel -> frame pixel
+    cover: np.ndarray  # (n_det, 3, 3): frame pixel -> detector pixel
     det_ids: tuple[int, ...]
-    scale: float                # output units per count
-    cr_detector: int | None     # only this detector's cosmic rays (calexps)
+    scale: float  # output units per count
+    cr_detector: int | None  # only this detector's cosmic rays (calexps)
 
 
-def _render_sources(model: np.ndarray, art: np.ndarray, scene: Scene, v: Visit,
-                    frame: _Frame) -> None:
+def _render_sources(
+    model: np.ndarray, art: np.ndarray, scene: Scene, v: Visit, frame: _Frame
+) -> None:
     calib, fwhm = v.meta["photo_calib"], v.meta["psf_fwhm"]
-    eps = 0.01 * math.sqrt(v.meta["sky_counts"] / GAIN + READ_NOISE ** 2)
+    eps = 0.01 * math.sqrt(v.meta["sky_counts"] / GAIN + READ_NOISE**2)
     st, tr = scene.stars, v.transients
     px = np.r_[st["x"], scene.variable[0], tr[:, 0]]
     py = np.r_[st["y"], scene.variable[1], tr[:, 1]]
     flux = np.r_[st["flux"], v.variable_flux, tr[:, 2]] / calib
-    add_points(model, *apply_h(frame.to_frame, px, py), flux, fwhm, scene.psf, eps,
-               MOFFAT_BETA)
+    add_points(model, *apply_h(frame.to_frame, px, py), flux, fwhm, scene.psf, eps, MOFFAT_BETA)
     gal = scene.galaxies
     gx, gy = apply_h(frame.to_frame, gal["x"], gal["y"])
     jac = jacobian_h(frame.to_frame, gal["x"], gal["y"])
-    add_gaussians(model, *galaxy_components(gal, gx, gy, jac, gal["flux"] / calib, fwhm,
-                                            scene.psf, eps, MOFFAT_BETA))
+    add_gaussians(
+        model,
+        *galaxy_components(
+            gal, gx, gy, jac, gal["flux"] / calib, fwhm, scene.psf, eps, MOFFAT_BETA
+        ),
+    )
     if tr.size:
         tx, ty = apply_h(frame.to_frame, tr[:, 0], tr[:, 1])
         flag_disks(art, tx, ty, np.full(tx.size, fwhm), np.uint8(ARTIFACT_BITS["transient"]))
@@ -150,14 +161,25 @@ def _render_artifacts(model: np.ndarray, art: np.ndarray, v: Visit, frame: _Fram
     calib = v.meta["photo_calib"]
     for xa, ya, xb, yb, width, peak in v.streaks:
         (fa, fb), (ga, gb) = apply_h(frame.to_frame, np.array([xa, xb]), np.array([ya, yb]))
-        add_streak(model, art, fa, ga, fb, gb, peak / calib, width / 2.3548200450309493,
-                   width, np.uint8(ARTIFACT_BITS["streak"]))
+        add_streak(
+            model,
+            art,
+            fa,
+            ga,
+            fb,
+            gb,
+            peak / calib,
+            width / 2.3548200450309493,
+            width,
+            np.uint8(ARTIFACT_BITS["streak"]),
+        )
     crs = v.crs if frame.cr_detector is None else v.crs[v.crs[:, 6] == frame.cr_detector]
     if crs.size:
         x0, y0 = apply_h(frame.to_frame, crs[:, 0], crs[:, 1])
         x1, y1 = apply_h(frame.to_frame, crs[:, 2], crs[:, 3])
-        bits = np.where(crs[:, 5] > 0, ARTIFACT_BITS["masked_cosmic_ray"],
-                        ARTIFACT_BITS["cosmic_ray"]).astype(np.uint8)
+        bits = np.where(
+            crs[:, 5] > 0, ARTIFACT_BITS["masked_cosmic_ray"], ARTIFACT_BITS["cosmic_ray"]
+        ).astype(np.uint8)
         add_tracks(model, art, x0, y0, x1, y1, crs[:, 4], bits)
 
 
@@ -167,14 +189,24 @@ def _coverage_code(scene: Scene, frame: _Frame) -> np.ndarray:
     index = np.array([frame.det_ids.index(int(d)) for d in bad[:, 0]], dtype=np.int64)
     n = len(frame.det_ids)
     h_rows, w_cols = scene.det_shape
-    coverage(code, frame.cover, np.full(n, float(w_cols)), np.full(n, float(h_rows)),
-             float(EDGE_WIDTH), index, bad[:, 1].copy(), bad[:, 2].copy(), bad[:, 3].copy(),
-             bad[:, 4] > 0)
+    coverage(
+        code,
+        frame.cover,
+        np.full(n, float(w_cols)),
+        np.full(n, float(h_rows)),
+        float(EDGE_WIDTH),
+        index,
+        bad[:, 1].copy(),
+        bad[:, 2].copy(),
+        bad[:, 3].copy(),
+        bad[:, 4] > 0,
+    )
     return code
 
 
-def _render(scene: Scene, v: Visit, frame: _Frame, rng: np.random.Generator,
-            planes: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _render(
+    scene: Scene, v: Visit, frame: _Frame, rng: np.random.Generator, planes: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One frame of one visit: (image, variance, mask, artifact bits)."""
     model = np.zeros(frame.shape, dtype=np.float32)
     art = np.zeros(frame.shape, dtype=np.uint8)
@@ -182,21 +214,40 @@ def _render(scene: Scene, v: Visit, frame: _Frame, rng: np.random.Generator,
     _render_artifacts(model, art, v, frame)
     code = _coverage_code(scene, frame)
     sky = v.meta["sky_counts"]
-    sky_sigma = math.sqrt(sky / GAIN + READ_NOISE ** 2)
+    sky_sigma = math.sqrt(sky / GAIN + READ_NOISE**2)
     bad_and_saturate(model, code, sky, FULL_WELL, 30.0 * sky_sigma)
     image = rng.standard_normal(frame.shape, dtype=np.float32)
-    noise(model, image, sky, READ_NOISE ** 2, GAIN)
+    noise(model, image, sky, READ_NOISE**2, GAIN)
     mask = np.empty(frame.shape, dtype=np.int32)
     bit = {name: np.int32(1 << planes[name]) for name in ("NO_DATA", "BAD", "SAT", "EDGE", "CR")}
-    finalize(image, model, code, art, mask, frame.scale, bit["NO_DATA"], bit["BAD"],
-             bit["SAT"], bit["EDGE"], bit["CR"])
-    image, model, mask = _isr_interpolate(image, model, mask, bit["BAD"], bit["NO_DATA"],
-                                          bit["SAT"], np.int32(1 << planes["INTRP"]))
+    finalize(
+        image,
+        model,
+        code,
+        art,
+        mask,
+        frame.scale,
+        bit["NO_DATA"],
+        bit["BAD"],
+        bit["SAT"],
+        bit["EDGE"],
+        bit["CR"],
+    )
+    image, model, mask = _isr_interpolate(
+        image, model, mask, bit["BAD"], bit["NO_DATA"], bit["SAT"], np.int32(1 << planes["INTRP"])
+    )
     return image, model, mask, art
 
 
-def _isr_interpolate(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, bad: int,
-                     no_data: int, sat: int, intrp: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _isr_interpolate(
+    image: np.ndarray,
+    variance: np.ndarray,
+    mask: np.ndarray,
+    bad: int,
+    no_data: int,
+    sat: int,
+    intrp: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What ISR leaves in an LSST calexp: detector defects (BAD: hot and dead columns) are
     interpolated over along rows (coaddx's InterpImage) and flagged INTRP; they keep BAD and
     their variance.
@@ -204,8 +255,9 @@ def _isr_interpolate(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, 
     defects keep their values (SAT is what stacking acts on there)."""
     if not (mask & bad).any():
         return image, variance, mask
-    img, _, msk = interpolate_over_defects(image, variance, mask, bad_bits=int(bad | no_data),
-                                           intrp_bit=int(intrp), fallback=0.0)
+    img, _, msk = interpolate_over_defects(
+        image, variance, mask, bad_bits=int(bad | no_data), intrp_bit=int(intrp), fallback=0.0
+    )
     keep = (mask & (no_data | sat)) != 0  # outside the detectors, and saturated defects
     img[keep], msk[keep] = image[keep], mask[keep]
     return img, variance, msk  # the defects keep their (inflated) variance
@@ -213,8 +265,14 @@ def _isr_interpolate(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, 
 
 def _warp_frame(scene: Scene, v: Visit) -> _Frame:
     cover = np.array([d.to_det for d in v.detectors]).reshape(-1, 3, 3)
-    return _Frame(scene.patch.shape, np.eye(3), cover, tuple(d.id for d in v.detectors),
-                  v.meta["photo_calib"], None)
+    return _Frame(
+        scene.patch.shape,
+        np.eye(3),
+        cover,
+        tuple(d.id for d in v.detectors),
+        v.meta["photo_calib"],
+        None,
+    )
 
 
 def _calexp_frame(scene: Scene, det: Detector) -> _Frame:
@@ -222,13 +280,26 @@ def _calexp_frame(scene: Scene, det: Detector) -> _Frame:
 
 
 def _calexp_metadata(v: Visit, det: Detector) -> dict[str, Any]:
-    keys = ("band", "mjd", "exptime", "airmass", "parallactic_angle", "photo_calib",
-            "psf_fwhm", "zero_point", "sky_counts", "gain", "read_noise", "saturation")
+    keys = (
+        "band",
+        "mjd",
+        "exptime",
+        "airmass",
+        "parallactic_angle",
+        "photo_calib",
+        "psf_fwhm",
+        "zero_point",
+        "sky_counts",
+        "gain",
+        "read_noise",
+        "saturation",
+    )
     return {"visit": v.visit, "detector": det.id, **{k: v.meta[k] for k in keys}}
 
 
-def _render_visit(scene: Scene, v: Visit, seed: int, planes: dict[str, int],
-                  calexp_dir: Path | None) -> tuple[tuple[np.ndarray, ...], list[Path]]:
+def _render_visit(
+    scene: Scene, v: Visit, seed: int, planes: dict[str, int], calexp_dir: Path | None
+) -> tuple[tuple[np.ndarray, ...], list[Path]]:
     warp = _render(scene, v, _warp_frame(scene, v), seeded_rng(seed, 1, v.index), planes)
     paths = []
     if calexp_dir is not None:
@@ -236,22 +307,37 @@ def _render_visit(scene: Scene, v: Visit, seed: int, planes: dict[str, int],
 
         psf = psf_image(v.meta["psf_fwhm"], scene.psf)  # type: ignore[arg-type]
         for det in v.detectors:
-            image, var, mask, _ = _render(scene, v, _calexp_frame(scene, det),
-                                          seeded_rng(seed, 2, v.index, det.id), planes)
+            image, var, mask, _ = _render(
+                scene, v, _calexp_frame(scene, det), seeded_rng(seed, 2, v.index, det.id), planes
+            )
             path = calexp_dir / f"calexp_{v.visit}_{det.id}.fits"
-            write_calexp(path, image, mask, var, det.wcs, mask_planes=planes,
-                         metadata=_calexp_metadata(v, det), psf=psf)
+            write_calexp(
+                path,
+                image,
+                mask,
+                var,
+                det.wcs,
+                mask_planes=planes,
+                metadata=_calexp_metadata(v, det),
+                psf=psf,
+            )
             paths.append(path)
     return warp, paths
 
 
 # -- truth catalogues -----------------------------------------------------------------------
 
+
 def _positions(patch: Patch, x: np.ndarray, y: np.ndarray, suffix: str = "") -> dict:
     ra, dec = patch.wcs.wcs_pix2world(np.asarray(x, float), np.asarray(y, float), 0)
-    return {f"ra{suffix}": ra, f"dec{suffix}": dec,
-            f"x{suffix}": x + patch.outer_bbox.x0, f"y{suffix}": y + patch.outer_bbox.y0,
-            f"x{suffix}_patch": x, f"y{suffix}_patch": y}
+    return {
+        f"ra{suffix}": ra,
+        f"dec{suffix}": dec,
+        f"x{suffix}": x + patch.outer_bbox.x0,
+        f"y{suffix}": y + patch.outer_bbox.y0,
+        f"x{suffix}_patch": x,
+        f"y{suffix}_patch": y,
+    }
 
 
 def _mag(flux: np.ndarray) -> np.ndarray:
@@ -265,38 +351,76 @@ def _sources_table(scene: Scene) -> Table:
     flux = np.r_[st["flux"], gal["flux"]]
     ny, nx = scene.patch.shape
     dist = cKDTree(np.c_[x, y]).query(np.c_[x, y], k=2)[0][:, 1]
-    return Table({
-        "id": np.arange(ns + ng), "type": np.r_[["star"] * ns, ["galaxy"] * ng],
-        "profile": np.r_[["psf"] * ns, np.array(_PROFILES)[gal["profile"]]],
-        **_positions(scene.patch, x, y), "flux": flux, "mag": _mag(flux),
-        "r_e": np.r_[np.zeros(ns), gal["r_e"]], "q": np.r_[np.ones(ns), gal["q"]],
-        "pa": np.r_[np.zeros(ns), gal["pa"]],
-        "in_patch": (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5),
-        "saturated": np.r_[st["saturated"], np.zeros(ng, bool)], "neighbor_dist": dist})
+    return Table(
+        {
+            "id": np.arange(ns + ng),
+            "type": np.r_[["star"] * ns, ["galaxy"] * ng],
+            "profile": np.r_[["psf"] * ns, np.array(_PROFILES)[gal["profile"]]],
+            **_positions(scene.patch, x, y),
+            "flux": flux,
+            "mag": _mag(flux),
+            "r_e": np.r_[np.zeros(ns), gal["r_e"]],
+            "q": np.r_[np.ones(ns), gal["q"]],
+            "pa": np.r_[np.zeros(ns), gal["pa"]],
+            "in_patch": (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5),
+            "saturated": np.r_[st["saturated"], np.zeros(ng, bool)],
+            "neighbor_dist": dist,
+        }
+    )
 
 
 def _truth_tables(scene: Scene) -> dict[str, Table]:
     vs = scene.visits
     vx, vy = scene.variable
-    var = Table({"visit": [v.visit for v in vs], "mjd": [v.meta["mjd"] for v in vs],
-                 **{k: np.full(len(vs), val[0]) for k, val in
-                    _positions(scene.patch, np.array([vx]), np.array([vy])).items()},
-                 "flux": [v.variable_flux for v in vs]})
+    var = Table(
+        {
+            "visit": [v.visit for v in vs],
+            "mjd": [v.meta["mjd"] for v in vs],
+            **{
+                k: np.full(len(vs), val[0])
+                for k, val in _positions(scene.patch, np.array([vx]), np.array([vy])).items()
+            },
+            "flux": [v.variable_flux for v in vs],
+        }
+    )
     tr = np.concatenate([v.transients for v in vs])
     tvis = np.concatenate([np.full(len(v.transients), v.visit) for v in vs])
-    trans = Table({"id": np.arange(len(tr)), "visit": tvis,
-                   **_positions(scene.patch, tr[:, 0], tr[:, 1]), "flux": tr[:, 2],
-                   "mag": _mag(tr[:, 2])})
+    trans = Table(
+        {
+            "id": np.arange(len(tr)),
+            "visit": tvis,
+            **_positions(scene.patch, tr[:, 0], tr[:, 1]),
+            "flux": tr[:, 2],
+            "mag": _mag(tr[:, 2]),
+        }
+    )
     sk = np.concatenate([v.streaks for v in vs])
     svis = np.concatenate([np.full(len(v.streaks), v.visit) for v in vs])
-    streaks = Table({"id": np.arange(len(sk)), "visit": svis,
-                     **_positions(scene.patch, sk[:, 0], sk[:, 1], "_start"),
-                     **_positions(scene.patch, sk[:, 2], sk[:, 3], "_end"),
-                     "width": sk[:, 4], "surface_brightness": sk[:, 5]})
-    units = {"flux": "nJy", "surface_brightness": "nJy", "width": "pix", "r_e": "pix",
-             "pa": "deg", "neighbor_dist": "pix"}
-    out = {"sources": _sources_table(scene), "variable": var, "transients": trans,
-           "streaks": streaks, "visits": _visits_table(scene)}
+    streaks = Table(
+        {
+            "id": np.arange(len(sk)),
+            "visit": svis,
+            **_positions(scene.patch, sk[:, 0], sk[:, 1], "_start"),
+            **_positions(scene.patch, sk[:, 2], sk[:, 3], "_end"),
+            "width": sk[:, 4],
+            "surface_brightness": sk[:, 5],
+        }
+    )
+    units = {
+        "flux": "nJy",
+        "surface_brightness": "nJy",
+        "width": "pix",
+        "r_e": "pix",
+        "pa": "deg",
+        "neighbor_dist": "pix",
+    }
+    out = {
+        "sources": _sources_table(scene),
+        "variable": var,
+        "transients": trans,
+        "streaks": streaks,
+        "visits": _visits_table(scene),
+    }
     for table in out.values():
         for name in table.colnames:
             if name in units:
@@ -307,8 +431,19 @@ def _truth_tables(scene: Scene) -> dict[str, Table]:
 
 
 def _visits_table(scene: Scene) -> Table:
-    keys = ("mjd", "band", "airmass", "parallactic_angle", "exptime", "psf_fwhm",
-            "photo_calib", "zero_point", "sky_level", "sky_counts", "noise_sigma")
+    keys = (
+        "mjd",
+        "band",
+        "airmass",
+        "parallactic_angle",
+        "exptime",
+        "psf_fwhm",
+        "photo_calib",
+        "zero_point",
+        "sky_level",
+        "sky_counts",
+        "noise_sigma",
+    )
     rows = {"index": [v.index for v in scene.visits], "visit": [v.visit for v in scene.visits]}
     for key in keys:
         rows[key] = [v.meta[key] for v in scene.visits]
@@ -337,21 +472,36 @@ def _create_artifacts(path: Path, scene: Scene) -> Any:
 
     ny, nx = scene.patch.shape
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    arr = root.create_array("artifacts", shape=(len(scene.visits), ny, nx), dtype="u1",
-                            chunks=(1, min(512, ny), min(512, nx)), fill_value=0,
-                            compressors=[ZstdCodec(level=3)], dimension_names=("visit", "y", "x"))
-    coords = {"visit": np.array([v.visit for v in scene.visits], dtype=np.int64),
-              "y": scene.patch.y, "x": scene.patch.x}
+    arr = root.create_array(
+        "artifacts",
+        shape=(len(scene.visits), ny, nx),
+        dtype="u1",
+        chunks=(1, min(512, ny), min(512, nx)),
+        fill_value=0,
+        compressors=[ZstdCodec(level=3)],
+        dimension_names=("visit", "y", "x"),
+    )
+    coords = {
+        "visit": np.array([v.visit for v in scene.visits], dtype=np.int64),
+        "y": scene.patch.y,
+        "x": scene.patch.x,
+    }
     for name, values in coords.items():
         root.create_array(name, shape=values.shape, dtype="i8", dimension_names=(name,))[:] = values
-    root.attrs.update({"bits": ARTIFACT_BITS, "wcs": _store_wcs(scene.patch),
-                       "description": "per-visit artifact truth on the patch grid: 1 streak "
-                                      "(within its FWHM of the line), 2 transient (within the "
-                                      "PSF FWHM), 4 unmasked cosmic ray, 8 masked cosmic ray"})
+    root.attrs.update(
+        {
+            "bits": ARTIFACT_BITS,
+            "wcs": _store_wcs(scene.patch),
+            "description": "per-visit artifact truth on the patch grid: 1 streak "
+            "(within its FWHM of the line), 2 transient (within the "
+            "PSF FWHM), 4 unmasked cosmic ray, 8 masked cosmic ray",
+        }
+    )
     return arr
 
 
 # -- the public entry point -----------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Simulation:
@@ -449,18 +599,38 @@ def _progress_callback(progress: Callable[[int, int], None] | bool | None):
     return progress or None
 
 
-def _write_visits(scene: Scene, tmp: Path, seed: int, workers: int, calexps: bool,
-                  progress: Callable[[int, int], None] | None) -> list[Path]:
+def _write_visits(
+    scene: Scene,
+    tmp: Path,
+    seed: int,
+    workers: int,
+    calexps: bool,
+    progress: Callable[[int, int], None] | None,
+) -> list[Path]:
     from .io.zarr import WarpStore
 
     patch, planes = scene.patch, default_mask_planes()
-    attrs = {"tract": scene.tract.tract_id, "patch": patch.name, "patch_index": patch.index,
-             "bbox": patch.outer_bbox.to_list(), "inner_bbox": patch.inner_bbox.to_list(),
-             "bunit": "nJy", "pixel_scale": PIXEL_SCALE,
-             "simulation": {"seed": seed, "psf": scene.psf, "band": scene.band}}
-    store = WarpStore.create(tmp / "warps.zarr", warp_type="direct", shape=patch.shape,
-                             mask_planes=planes, wcs=_store_wcs(patch), x=patch.x, y=patch.y,
-                             attrs=attrs, chunk=512)
+    attrs = {
+        "tract": scene.tract.tract_id,
+        "patch": patch.name,
+        "patch_index": patch.index,
+        "bbox": patch.outer_bbox.to_list(),
+        "inner_bbox": patch.inner_bbox.to_list(),
+        "bunit": "nJy",
+        "pixel_scale": PIXEL_SCALE,
+        "simulation": {"seed": seed, "psf": scene.psf, "band": scene.band},
+    }
+    store = WarpStore.create(
+        tmp / "warps.zarr",
+        warp_type="direct",
+        shape=patch.shape,
+        mask_planes=planes,
+        wcs=_store_wcs(patch),
+        x=patch.x,
+        y=patch.y,
+        attrs=attrs,
+        chunk=512,
+    )
     art_arr = _create_artifacts(tmp / "truth" / "artifacts.zarr", scene)
     calexp_dir = tmp / "calexp" if calexps else None
     paths: list[Path] = []
@@ -480,12 +650,22 @@ def _write_visits(scene: Scene, tmp: Path, seed: int, workers: int, calexps: boo
     return paths
 
 
-def simulate(out: str | os.PathLike[str], *, n_visits: int = 16,
-             shape: tuple[int, int] = (1024, 1024), seed: int = 0, psf: T_Psf = "moffat",
-             calexps: bool = True, artifacts: bool = True, n_stars: int | None = None,
-             n_galaxies: int | None = None, band: str = "r", workers: int | None = None,
-             progress: Callable[[int, int], None] | bool | None = None,
-             overwrite: bool = False) -> Simulation:
+def simulate(
+    out: str | os.PathLike[str],
+    *,
+    n_visits: int = 16,
+    shape: tuple[int, int] = (1024, 1024),
+    seed: int = 0,
+    psf: T_Psf = "moffat",
+    calexps: bool = True,
+    artifacts: bool = True,
+    n_stars: int | None = None,
+    n_galaxies: int | None = None,
+    band: str = "r",
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | bool | None = None,
+    overwrite: bool = False,
+) -> Simulation:
     """Simulate ``n_visits`` exposures of one patch with known truth.
 
     Parameters
@@ -541,21 +721,35 @@ def simulate(out: str | os.PathLike[str], *, n_visits: int = 16,
         tables = _truth_tables(scene)
         for name, table in tables.items():
             table.write(tmp / "truth" / f"{name}.ecsv", format="ascii.ecsv")
-        params = {"n_visits": n_visits, "shape": list(shape), "seed": seed, "psf": psf,
-                  "calexps": calexps, "artifacts": artifacts, "n_stars": n_stars,
-                  "n_galaxies": n_galaxies, "band": band}
+        params = {
+            "n_visits": n_visits,
+            "shape": list(shape),
+            "seed": seed,
+            "psf": psf,
+            "calexps": calexps,
+            "artifacts": artifacts,
+            "n_stars": n_stars,
+            "n_galaxies": n_galaxies,
+            "band": band,
+        }
         (tmp / "simulation.json").write_text(json.dumps(params, indent=1))
-        paths = _write_visits(scene, tmp, int(seed), workers, calexps,
-                              _progress_callback(progress))
+        paths = _write_visits(scene, tmp, int(seed), workers, calexps, _progress_callback(progress))
         _consolidate(tmp / "truth" / "artifacts.zarr")
         _publish(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return Simulation(out=out, warps=out / "warps.zarr",
-                      calexps=tuple(out / p.relative_to(tmp) for p in paths), truth=out / "truth",
-                      patch=scene.patch, tract=scene.tract, visits=tables["visits"],
-                      seed=int(seed), psf=psf)
+    return Simulation(
+        out=out,
+        warps=out / "warps.zarr",
+        calexps=tuple(out / p.relative_to(tmp) for p in paths),
+        truth=out / "truth",
+        patch=scene.patch,
+        tract=scene.tract,
+        visits=tables["visits"],
+        seed=int(seed),
+        psf=psf,
+    )
 
 
 def _consolidate(path: Path) -> None:

@@ -65,8 +65,12 @@ class Box:
         return Box(x0, y0, max(x0, x1), max(y0, y1))
 
     def contains(self, other: Box) -> bool:
-        return (self.x0 <= other.x0 and self.y0 <= other.y0
-                and other.x1 <= self.x1 and other.y1 <= self.y1)
+        return (
+            self.x0 <= other.x0
+            and self.y0 <= other.y0
+            and other.x1 <= self.x1
+            and other.y1 <= self.y1
+        )
 
     def slices(self, origin: Box | None = None) -> tuple[slice, slice]:
         """``(rows, columns)`` slices of this box inside an array whose pixel (0, 0) is
@@ -78,8 +82,13 @@ class Box:
         return [self.x0, self.y0, self.x1, self.y1]
 
 
-def make_tan_wcs(center: SkyCoord, crpix: tuple[float, float], pixel_scale: float,
-                 rotation: float = 0.0, projection: str = "TAN") -> WCS:
+def make_tan_wcs(
+    center: SkyCoord,
+    crpix: tuple[float, float],
+    pixel_scale: float,
+    rotation: float = 0.0,
+    projection: str = "TAN",
+) -> WCS:
     """A celestial WCS with ``crpix`` given in 0-based pixels (x, y), scale in arcsec/pixel and
     rotation in degrees (skymap ``makeCdMatrix``: north up, east left for rotation 0)."""
     if not pixel_scale > 0:
@@ -172,8 +181,14 @@ class Tract:
         px, py = self.patch_inner_dimensions
         inner = Box(ix * px, iy * py, (ix + 1) * px, (iy + 1) * py)
         outer = inner.grow(self.patch_border).clip(self.bbox)
-        return Patch(outer_bbox=outer, inner_bbox=inner, tract_wcs=self.wcs,
-                     tract_id=self.tract_id, index=(ix, iy), sequential=nx * iy + ix)
+        return Patch(
+            outer_bbox=outer,
+            inner_bbox=inner,
+            tract_wcs=self.wcs,
+            tract_id=self.tract_id,
+            index=(ix, iy),
+            sequential=nx * iy + ix,
+        )
 
     def patches(self) -> list[Patch]:
         nx, ny = self.num_patches
@@ -182,8 +197,8 @@ class Tract:
     def find_patch(self, coord: SkyCoord) -> Patch:
         """The patch whose inner box holds ``coord``."""
         x, y = self.wcs.world_to_pixel(coord)
-        ix = int(math.floor((float(x) + 0.5) / self.patch_inner_dimensions[0]))
-        iy = int(math.floor((float(y) + 0.5) / self.patch_inner_dimensions[1]))
+        ix = math.floor((float(x) + 0.5) / self.patch_inner_dimensions[0])
+        iy = math.floor((float(y) + 0.5) / self.patch_inner_dimensions[1])
         return self.patch(ix, iy)
 
 

@@ -19,12 +19,15 @@ def validate_warps(ds: xr.Dataset, *, where: str = "warps") -> None:
         raise SchemaError(f"{where}: expected an xarray.Dataset, got {type(ds).__name__}")
     missing = [v for v in REQUIRED if v not in ds.data_vars]
     if missing:
-        raise SchemaError(f"{where}: missing variable(s) {missing}; a warp Dataset needs "
-                          f"{list(REQUIRED)} over (visit, y, x)")
+        raise SchemaError(
+            f"{where}: missing variable(s) {missing}; a warp Dataset needs "
+            f"{list(REQUIRED)} over (visit, y, x)"
+        )
     for name in REQUIRED:
         if ds[name].dims != ("visit", "y", "x"):
-            raise SchemaError(f"{where}: {name} has dims {ds[name].dims}, expected "
-                              "('visit', 'y', 'x')")
+            raise SchemaError(
+                f"{where}: {name} has dims {ds[name].dims}, expected ('visit', 'y', 'x')"
+            )
     if "visit" not in ds.coords:
         raise SchemaError(f"{where}: the 'visit' coordinate is missing")
     if ds.sizes["visit"] == 0:

@@ -32,8 +32,14 @@ from .masks import bitmask, mask_planes, merge_mask_planes
 from .psf import psf_image
 from .skymap import Box, Patch, wcs_from_header_string, wcs_to_header_string
 
-__all__ = ["WarpConfig", "WarpResult", "make_warps", "patch_from_store", "warp_exposure",
-           "warp_exposure_box"]
+__all__ = [
+    "WarpConfig",
+    "WarpResult",
+    "make_warps",
+    "patch_from_store",
+    "warp_exposure",
+    "warp_exposure_box",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,8 +73,9 @@ class WarpConfig:
         if self.kernel not in KERNELS:
             raise ConfigError(f"WarpConfig.kernel must be one of {KERNELS}, got {self.kernel!r}")
         if not isinstance(self.interp_length, int) or self.interp_length < 0:
-            raise ConfigError(f"WarpConfig.interp_length must be an integer >= 0, got "
-                              f"{self.interp_length!r}")
+            raise ConfigError(
+                f"WarpConfig.interp_length must be an integer >= 0, got {self.interp_length!r}"
+            )
         if not isinstance(self.border, int) or self.border < 0:
             raise ConfigError(f"WarpConfig.border must be an integer >= 0, got {self.border!r}")
         object.__setattr__(self, "grow_full_mask_planes", tuple(self.grow_full_mask_planes))
@@ -91,6 +98,7 @@ class WarpResult:
 
 
 # -- inputs --------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _Input:
@@ -153,6 +161,7 @@ def _crc_file(path: Path) -> str:
 
 # -- one exposure ----------------------------------------------------------------------------
 
+
 def _dest_box(exp_wcs: WCS, exp_shape: tuple[int, int], patch: Patch, pad: int) -> Box | None:
     """The patch-array box covered by the exposure (its boundary mapped to the patch), grown by
     the kernel half-width and clipped to the patch; None if it misses."""
@@ -162,8 +171,12 @@ def _dest_box(exp_wcs: WCS, exp_shape: tuple[int, int], patch: Patch, pad: int) 
     ny, nx = patch.shape
     if not (np.isfinite(px).all() and np.isfinite(py).all()):
         return Box(0, 0, nx, ny)
-    box = Box(int(np.floor(px.min())) - pad, int(np.floor(py.min())) - pad,
-              int(np.ceil(px.max())) + pad + 1, int(np.ceil(py.max())) + pad + 1)
+    box = Box(
+        int(np.floor(px.min())) - pad,
+        int(np.floor(py.min())) - pad,
+        int(np.ceil(px.max())) + pad + 1,
+        int(np.ceil(py.max())) + pad + 1,
+    )
     box = box.clip(Box(0, 0, nx, ny))
     return None if box.empty else box
 
@@ -178,9 +191,12 @@ def _calibrated_planes(exp: Exposure) -> tuple[np.ndarray, np.ndarray]:
     return image, variance
 
 
-def warp_exposure_box(exposure: Exposure, patch: Patch, config: WarpConfig | None = None,
-                      planes: dict[str, int] | None = None
-                      ) -> tuple[Box, np.ndarray, np.ndarray, np.ndarray] | None:
+def warp_exposure_box(
+    exposure: Exposure,
+    patch: Patch,
+    config: WarpConfig | None = None,
+    planes: dict[str, int] | None = None,
+) -> tuple[Box, np.ndarray, np.ndarray, np.ndarray] | None:
     """Warp one exposure onto the part of the patch it can reach: ``(box, image, variance,
     mask)`` with arrays of ``box.shape`` (patch-array box), NaN / NaN / NO_DATA where the
     kernel leaves the exposure; None if the exposure misses the patch."""
@@ -203,26 +219,56 @@ def warp_exposure_box(exposure: Exposure, patch: Patch, config: WarpConfig | Non
     grow = bitmask(planes, config.grow_full_mask_planes, strict=False)
     if config.interp_length > 1:  # the mapping is interpolated inside the kernel loop
         node_x, node_y, nodes_x, nodes_y = source_grid(
-            patch.wcs, exposure.wcs, box.shape, interp_length=config.interp_length,
-            origin=(box.x0, box.y0))
-        img, var, msk = warp_on_grid(src_image, src_variance, mask, node_x, node_y, nodes_x,
-                                     nodes_y, box.shape, kernel=config.kernel,
-                                     grow_full_bits=grow, no_data_bit=no_data_bit)
+            patch.wcs,
+            exposure.wcs,
+            box.shape,
+            interp_length=config.interp_length,
+            origin=(box.x0, box.y0),
+        )
+        img, var, msk = warp_on_grid(
+            src_image,
+            src_variance,
+            mask,
+            node_x,
+            node_y,
+            nodes_x,
+            nodes_y,
+            box.shape,
+            kernel=config.kernel,
+            grow_full_bits=grow,
+            no_data_bit=no_data_bit,
+        )
     else:
-        sx, sy, area = source_coordinates(patch.wcs, exposure.wcs, box.shape,
-                                          interp_length=config.interp_length,
-                                          origin=(box.x0, box.y0))
-        img, var, msk = warp_block(src_image, src_variance, mask, sx, sy, area,
-                                   kernel=config.kernel, grow_full_bits=grow,
-                                   no_data_bit=no_data_bit)
+        sx, sy, area = source_coordinates(
+            patch.wcs,
+            exposure.wcs,
+            box.shape,
+            interp_length=config.interp_length,
+            origin=(box.x0, box.y0),
+        )
+        img, var, msk = warp_block(
+            src_image,
+            src_variance,
+            mask,
+            sx,
+            sy,
+            area,
+            kernel=config.kernel,
+            grow_full_bits=grow,
+            no_data_bit=no_data_bit,
+        )
     no_data = (msk & no_data_bit) != 0
     img[no_data] = np.nan
     var[no_data] = np.nan
     return box, img, var, msk
 
 
-def warp_exposure(exposure: Exposure, patch: Patch, config: WarpConfig | None = None,
-                  planes: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def warp_exposure(
+    exposure: Exposure,
+    patch: Patch,
+    config: WarpConfig | None = None,
+    planes: dict[str, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Warp one exposure onto the patch grid: (image nJy, variance nJy², mask) over the whole
     patch, NaN / NaN / NO_DATA where the exposure does not reach."""
     config = config or WarpConfig()
@@ -250,24 +296,39 @@ def warped_psf(exposure: Exposure, patch: Patch, size: int | None = None) -> np.
     px, py = patch.wcs.world_to_pixel_values(*exposure.wcs.pixel_to_world_values(cx, cy))
     step = 1.0
     pts = np.array([[px, py], [px + step, py], [px, py + step]])
-    sx, sy = exposure.wcs.world_to_pixel_values(*patch.wcs.pixel_to_world_values(pts[:, 0], pts[:, 1]))
+    sx, sy = exposure.wcs.world_to_pixel_values(
+        *patch.wcs.pixel_to_world_values(pts[:, 0], pts[:, 1])
+    )
     jac = np.array([[sx[1] - sx[0], sx[2] - sx[0]], [sy[1] - sy[0], sy[2] - sy[0]]]) / step
     n = size or psf.shape[0]
     h, c = n // 2, psf.shape[0] // 2
-    dy, dx = np.mgrid[-h:h + 1, -h:h + 1].astype(np.float64)
+    dy, dx = np.mgrid[-h : h + 1, -h : h + 1].astype(np.float64)
     src_x = c + jac[0, 0] * dx + jac[0, 1] * dy
     src_y = c + jac[1, 0] * dx + jac[1, 1] * dy
     area = np.full(src_x.shape, abs(np.linalg.det(jac)))
     pad = np.pad(psf.astype(np.float32), 4)
-    img, _, _ = warp_block(pad, np.zeros_like(pad), np.zeros(pad.shape, np.int32), src_x + 4,
-                           src_y + 4, area, kernel="lanczos3")
+    img, _, _ = warp_block(
+        pad,
+        np.zeros_like(pad),
+        np.zeros(pad.shape, np.int32),
+        src_x + 4,
+        src_y + 4,
+        area,
+        kernel="lanczos3",
+    )
     img = np.nan_to_num(img.astype(np.float64))
     return img / img.sum()
 
 
-def psf_match_warp(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, psf: np.ndarray,
-                   planes: dict[str, int], config: Any = None,
-                   region: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def psf_match_warp(
+    image: np.ndarray,
+    variance: np.ndarray,
+    mask: np.ndarray,
+    psf: np.ndarray,
+    planes: dict[str, int],
+    config: Any = None,
+    region: int = 2048,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ModelPsfMatch a warp: convolve it with the kernel that turns ``psf`` into the model PSF
     (each local kernel normalised to unit sum). NO_DATA grows inward by the kernel half-width
     wherever the footprint leaves the data (chip gaps and edges); variance is sum K^2 var."""
@@ -276,15 +337,18 @@ def psf_match_warp(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, ps
 
     kernel = model_matching_kernel(psf, config)
     no_data = bitmask(planes, "NO_DATA")
-    img, var, msk = convolve_regions(image, variance, mask, kernel, region=region,
-                                      no_data=no_data, normalize=True)
+    img, var, msk = convolve_regions(
+        image, variance, mask, kernel, region=region, no_data=no_data, normalize=True
+    )
     gone = (msk & no_data) != 0
     img[gone] = np.nan
     var[gone] = np.nan
     return img, var, msk
 
 
-def _remap_mask(mask: np.ndarray, have: dict[str, int], want: dict[str, int], where: str) -> np.ndarray:
+def _remap_mask(
+    mask: np.ndarray, have: dict[str, int], want: dict[str, int], where: str
+) -> np.ndarray:
     """Re-express a mask in another plane dictionary (by name)."""
     if all(want.get(name) == bit for name, bit in have.items()):
         return mask
@@ -308,14 +372,23 @@ def _visit_metadata(exposures: Sequence[Exposure], items: Sequence[_Input]) -> d
     fwhm = [e.psf_fwhm for e in exposures if np.isfinite(e.psf_fwhm)]
     meta["psf_fwhm"] = float(np.mean(fwhm)) if fwhm else float("nan")
     meta["detectors"] = ",".join(str(e.detector) for e in exposures)
-    meta["inputs"] = [{"path": str(i.source), "crc32": _crc_file(i.source)}
-                      if isinstance(i.source, Path) else {"path": i.name} for i in items]
-    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in meta.items()}
+    meta["inputs"] = [
+        {"path": str(i.source), "crc32": _crc_file(i.source)}
+        if isinstance(i.source, Path)
+        else {"path": i.name}
+        for i in items
+    ]
+    return {
+        k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in meta.items()
+    }
 
 
 def _blank(shape: tuple[int, int], no_data: int) -> list[np.ndarray]:
-    return [np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32),
-            np.full(shape, no_data, np.int32)]
+    return [
+        np.full(shape, np.nan, np.float32),
+        np.full(shape, np.nan, np.float32),
+        np.full(shape, no_data, np.int32),
+    ]
 
 
 def _copy_good(dest: list[np.ndarray], src: Sequence[np.ndarray], no_data: int) -> None:
@@ -324,8 +397,14 @@ def _copy_good(dest: list[np.ndarray], src: Sequence[np.ndarray], no_data: int) 
         d[good] = s[good]
 
 
-def _warp_visit(items: Sequence[_Input], patch: Patch, config: WarpConfig, store_path: str,
-                slots: dict[str, int], psf_config: Any = None) -> dict[str, Any]:
+def _warp_visit(
+    items: Sequence[_Input],
+    patch: Patch,
+    config: WarpConfig,
+    store_path: str,
+    slots: dict[str, int],
+    psf_config: Any = None,
+) -> dict[str, Any]:
     """Task body: read, calibrate, warp and composite one visit (and PSF-match each detector's
     warp when a psf_matched slot is given); write the visit's slots."""
     visit = items[0].visit
@@ -333,15 +412,20 @@ def _warp_visit(items: Sequence[_Input], patch: Patch, config: WarpConfig, store
         stores = {t: WarpStore(store_path, t) for t in slots}
         planes = stores["direct"].mask_planes
         no_data = bitmask(planes, "NO_DATA")
-        exposures = [i.source if isinstance(i.source, Exposure) else read_exposure(i.source)
-                     for i in items]
+        exposures = [
+            i.source if isinstance(i.source, Exposure) else read_exposure(i.source) for i in items
+        ]
         pairs = [(e, warp_exposure_box(e, patch, config, planes)) for e in exposures]
         pairs = [(e, w) for e, w in pairs if w is not None]
         warped = [w for _, w in pairs]
         if not warped:
             return {"visit": visit, "error": "no pixel of the visit lands on the patch"}
-        union = Box(min(w[0].x0 for w in warped), min(w[0].y0 for w in warped),
-                    max(w[0].x1 for w in warped), max(w[0].y1 for w in warped))
+        union = Box(
+            min(w[0].x0 for w in warped),
+            min(w[0].y0 for w in warped),
+            max(w[0].x1 for w in warped),
+            max(w[0].y1 for w in warped),
+        )
         if len(warped) == 1:  # one detector: its box is the visit's data
             direct = warped[0][1:]
         else:  # copyGoodPixels, in detector order, into a blank of the union box
@@ -352,8 +436,13 @@ def _warp_visit(items: Sequence[_Input], patch: Patch, config: WarpConfig, store
         if not np.isfinite(direct[0]).any():
             return {"visit": visit, "error": "no pixel of the visit lands on the patch"}
         meta = _visit_metadata(exposures, items)
-        records = {"direct": {"visit": visit, **meta, **stores["direct"].write_slot_box(
-            slots["direct"], union.x0, union.y0, *direct)}}
+        records = {
+            "direct": {
+                "visit": visit,
+                **meta,
+                **stores["direct"].write_slot_box(slots["direct"], union.x0, union.y0, *direct),
+            }
+        }
         if "psf_matched" in slots:
             matched_out = _blank(patch.shape, no_data)
             for exp, (box, *arrays) in pairs:
@@ -363,8 +452,13 @@ def _warp_visit(items: Sequence[_Input], patch: Patch, config: WarpConfig, store
                     d[rows, cols] = arr
                 matched = psf_match_warp(*full, warped_psf(exp, patch), planes, psf_config)
                 _copy_good(matched_out, matched, no_data)
-            records["psf_matched"] = {"visit": visit, **meta, **stores["psf_matched"].write_slot(
-                slots["psf_matched"], *matched_out, data_region=union.slices())}
+            records["psf_matched"] = {
+                "visit": visit,
+                **meta,
+                **stores["psf_matched"].write_slot(
+                    slots["psf_matched"], *matched_out, data_region=union.slices()
+                ),
+            }
         return {"visit": visit, "records": records}
     except Exception as exc:  # a failed visit must not spoil the others: report it instead
         kind = "" if isinstance(exc, CoaddxError) else f"{type(exc).__name__}: "
@@ -372,6 +466,7 @@ def _warp_visit(items: Sequence[_Input], patch: Patch, config: WarpConfig, store
 
 
 # -- the step ----------------------------------------------------------------------------------
+
 
 def patch_from_store(path: str | os.PathLike[str], warp_type: str = "direct") -> Patch:
     """The patch grid of an existing warp store (its tract WCS and x/y coordinates)."""
@@ -387,33 +482,60 @@ def patch_from_store(path: str | os.PathLike[str], warp_type: str = "direct") ->
     x, y = group["x"][:], group["y"][:]
     box = Box(int(x[0]), int(y[0]), int(x[-1]) + 1, int(y[-1]) + 1)
     inner = tuple(group.attrs.get("inner_bbox") or box.to_list())
-    return Patch(outer_bbox=box, inner_bbox=Box(*inner), tract_wcs=wcs_from_header_string(wcs),
-                 tract_id=int(group.attrs.get("tract", 0) or 0))
+    return Patch(
+        outer_bbox=box,
+        inner_bbox=Box(*inner),
+        tract_wcs=wcs_from_header_string(wcs),
+        tract_id=int(group.attrs.get("tract", 0) or 0),
+    )
 
 
-def _open_store(store: Path, patch: Patch, planes: dict[str, int], warp_type: str,
-                psf_config: Any = None) -> WarpStore:
+def _open_store(
+    store: Path, patch: Patch, planes: dict[str, int], warp_type: str, psf_config: Any = None
+) -> WarpStore:
     if (store / warp_type / "zarr.json").exists():
         ws = WarpStore(store, warp_type)
         have = tuple(ws.group["image"].shape[1:])
         if have != patch.shape:
-            raise StoreError(f"{store}/{warp_type} holds {have[0]} x {have[1]} warps, the patch "
-                             f"is {patch.shape[0]} x {patch.shape[1]}")
+            raise StoreError(
+                f"{store}/{warp_type} holds {have[0]} x {have[1]} warps, the patch "
+                f"is {patch.shape[0]} x {patch.shape[1]}"
+            )
         return ws
     return WarpStore.create(
-        store, warp_type=warp_type, shape=patch.shape, mask_planes=planes,
-        wcs=wcs_to_header_string(patch.tract_wcs), x=patch.x, y=patch.y,
-        attrs={"tract": patch.tract_id, "patch": patch.name, "bbox": patch.outer_bbox.to_list(),
-               "inner_bbox": patch.inner_bbox.to_list(), "bunit": "nJy",
-               **({"model_psf_fwhm": psf_config.model_psf_fwhm}
-                  if warp_type == "psf_matched" and psf_config is not None else {})})
+        store,
+        warp_type=warp_type,
+        shape=patch.shape,
+        mask_planes=planes,
+        wcs=wcs_to_header_string(patch.tract_wcs),
+        x=patch.x,
+        y=patch.y,
+        attrs={
+            "tract": patch.tract_id,
+            "patch": patch.name,
+            "bbox": patch.outer_bbox.to_list(),
+            "inner_bbox": patch.inner_bbox.to_list(),
+            "bunit": "nJy",
+            **(
+                {"model_psf_fwhm": psf_config.model_psf_fwhm}
+                if warp_type == "psf_matched" and psf_config is not None
+                else {}
+            ),
+        },
+    )
 
 
-def make_warps(exposures: Iterable[str | os.PathLike[str] | Exposure], patch: Patch,
-               store: str | os.PathLike[str], *, config: WarpConfig | None = None,
-               reuse: bool = True, warp_types: Sequence[str] = ("direct",),
-               psf_config: Any = None,
-               compute: Callable[..., Any] | None = None) -> WarpResult:
+def make_warps(
+    exposures: Iterable[str | os.PathLike[str] | Exposure],
+    patch: Patch,
+    store: str | os.PathLike[str],
+    *,
+    config: WarpConfig | None = None,
+    reuse: bool = True,
+    warp_types: Sequence[str] = ("direct",),
+    psf_config: Any = None,
+    compute: Callable[..., Any] | None = None,
+) -> WarpResult:
     """Warp every exposure that overlaps ``patch`` into the warp store, one task per visit.
 
     Parameters
@@ -444,8 +566,11 @@ def make_warps(exposures: Iterable[str | os.PathLike[str] | Exposure], patch: Pa
         raise ConfigError(f"patch must be a coaddx.Patch, got {type(patch).__name__}")
     store = Path(store)
     items = _inputs(exposures)
-    selected = [i for i in items if exposure_overlaps(i.wcs, i.shape, patch.wcs, patch.shape,
-                                                      border=config.border)]
+    selected = [
+        i
+        for i in items
+        if exposure_overlaps(i.wcs, i.shape, patch.wcs, patch.shape, border=config.border)
+    ]
     missing = tuple(i.name for i in items if i not in selected)
     planes = mask_planes()
     for i in selected:
@@ -453,8 +578,10 @@ def make_warps(exposures: Iterable[str | os.PathLike[str] | Exposure], patch: Pa
             planes = merge_mask_planes(planes, i.source.mask_planes)
     types = tuple(dict.fromkeys(warp_types))
     if not types or types[0] != "direct" or not set(types) <= {"direct", "psf_matched"}:
-        raise ConfigError(f"warp_types must start with 'direct' and may add 'psf_matched', got "
-                          f"{tuple(warp_types)}")
+        raise ConfigError(
+            f"warp_types must start with 'direct' and may add 'psf_matched', got "
+            f"{tuple(warp_types)}"
+        )
     from .psfmatch import ModelPsfMatchConfig
 
     psf_config = psf_config or ModelPsfMatchConfig()
@@ -465,21 +592,37 @@ def make_warps(exposures: Iterable[str | os.PathLike[str] | Exposure], patch: Pa
     done = {t: {int(r["visit"]) for r in ws.visits} for t, ws in stores.items()}
     complete = set.intersection(*done.values())
     if complete & set(by_visit) and not reuse:
-        raise StoreError(f"visit(s) {sorted(complete & set(by_visit))} are already in {store}; "
-                         "use reuse=True to skip them")
+        raise StoreError(
+            f"visit(s) {sorted(complete & set(by_visit))} are already in {store}; "
+            "use reuse=True to skip them"
+        )
     todo = {t: [v for v in by_visit if v not in done[t]] for t in types}
     visits = sorted(set().union(*todo.values()))
     slots = {t: (stores[t].reserve(todo[t]) if todo[t] else {}) for t in types}
-    tasks = [dask.delayed(_warp_visit, pure=False)(
-        by_visit[v], patch, config, str(store), {t: slots[t][v] for t in types if v in slots[t]},
-        psf_config) for v in visits]
+    tasks = [
+        dask.delayed(_warp_visit, pure=False)(
+            by_visit[v],
+            patch,
+            config,
+            str(store),
+            {t: slots[t][v] for t in types if v in slots[t]},
+            psf_config,
+        )
+        for v in visits
+    ]
     results = list((compute or dask.compute)(*tasks)) if tasks else []
     failed = {int(r["visit"]): r["error"] for r in results if "error" in r}
     for t in types:
         good = [r["records"][t] for r in results if "records" in r and t in r["records"]]
         _commit_in_order(stores[t], good, slots[t])
-        stores[t].add_provenance({"operation": "make_warps", "config": config.to_dict(),
-                                  "visits": [int(r["visit"]) for r in good], "failed": failed})
+        stores[t].add_provenance(
+            {
+                "operation": "make_warps",
+                "config": config.to_dict(),
+                "visits": [int(r["visit"]) for r in good],
+                "failed": failed,
+            }
+        )
     written = tuple(int(r["visit"]) for r in results if "records" in r)
     return WarpResult(store, written, tuple(sorted(complete & set(by_visit))), missing, failed)
 

@@ -14,9 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data" / "real"
 
 
-def make_warps(n_visits: int = 6, shape: tuple[int, int] = (40, 56), *, seed: int = 0,
-               dask_chunks: dict | None = None, nan_frac: float = 0.02,
-               mask_frac: float = 0.1) -> xr.Dataset:
+def make_warps(
+    n_visits: int = 6,
+    shape: tuple[int, int] = (40, 56),
+    *,
+    seed: int = 0,
+    dask_chunks: dict | None = None,
+    nan_frac: float = 0.02,
+    mask_frac: float = 0.1,
+) -> xr.Dataset:
     """A random warp Dataset with outliers, NaNs, masks of several planes and per-visit noise."""
     rng = np.random.default_rng(seed)
     planes = coaddx.mask_planes()
@@ -37,8 +43,11 @@ def make_warps(n_visits: int = 6, shape: tuple[int, int] = (40, 56), *, seed: in
     nan_hits = rng.random(image.shape) < nan_frac
     image[nan_hits] = np.nan
     ds = xr.Dataset(
-        {"image": (("visit", "y", "x"), image), "variance": (("visit", "y", "x"), variance),
-         "mask": (("visit", "y", "x"), mask)},
+        {
+            "image": (("visit", "y", "x"), image),
+            "variance": (("visit", "y", "x"), variance),
+            "mask": (("visit", "y", "x"), mask),
+        },
         coords={"visit": np.arange(100, 100 + n_visits), "y": np.arange(ny), "x": np.arange(nx)},
         attrs={"mask_planes": planes},
     )

@@ -40,19 +40,39 @@ def reference_assemble(ds, config):
     weights = []
     for i in range(ds.sizes["visit"]):
         good = (ds["mask"].values[i] & bad) == 0
-        weights.append(1.0 / reference_meanclip(ds["variance"].values[i][good],
-                                                config.sigma_clip, config.clip_iter))
-    mask_map = ((bad & ~BIT["NO_DATA"] & ~BIT["EDGE"] & ~BIT["CLIPPED"], BIT["REJECTED"]),
-                (BIT["EDGE"], BIT["SENSOR_EDGE"]), (BIT["CLIPPED"], BIT["CLIPPED"]))
+        weights.append(
+            1.0
+            / reference_meanclip(
+                ds["variance"].values[i][good], config.sigma_clip, config.clip_iter
+            )
+        )
+    mask_map = (
+        (bad & ~BIT["NO_DATA"] & ~BIT["EDGE"] & ~BIT["CLIPPED"], BIT["REJECTED"]),
+        (BIT["EDGE"], BIT["SENSOR_EDGE"]),
+        (BIT["CLIPPED"], BIT["CLIPPED"]),
+    )
     value, var, mask, n_image = reference_stack(
-        ds["image"].values, ds["variance"].values, ds["mask"].values, np.array(weights),
-        statistic=config.statistic, bad_mask=bad, sigma_clip=config.sigma_clip,
-        clip_iter=config.clip_iter, error_mode=config.error_mode,
-        propagate_bits=(BIT["SAT"],), propagate_thresholds=(0.1,), clipped_bit=BIT["CLIPPED"],
-        map_from=tuple(m[0] for m in mask_map), map_to=tuple(m[1] for m in mask_map),
-        no_data_bit=BIT["NO_DATA"], remove_bits=BIT["NOT_DEBLENDED"])
+        ds["image"].values,
+        ds["variance"].values,
+        ds["mask"].values,
+        np.array(weights),
+        statistic=config.statistic,
+        bad_mask=bad,
+        sigma_clip=config.sigma_clip,
+        clip_iter=config.clip_iter,
+        error_mode=config.error_mode,
+        propagate_bits=(BIT["SAT"],),
+        propagate_thresholds=(0.1,),
+        clipped_bit=BIT["CLIPPED"],
+        map_from=tuple(m[0] for m in mask_map),
+        map_to=tuple(m[1] for m in mask_map),
+        no_data_bit=BIT["NO_DATA"],
+        remove_bits=BIT["NOT_DEBLENDED"],
+    )
     mask = mask.copy()
-    mask[(mask & (BIT["SENSOR_EDGE"] | BIT["CLIPPED"] | BIT["REJECTED"])) != 0] |= BIT["INEXACT_PSF"]
+    mask[(mask & (BIT["SENSOR_EDGE"] | BIT["CLIPPED"] | BIT["REJECTED"])) != 0] |= BIT[
+        "INEXACT_PSF"
+    ]
     mask[var == 0] |= BIT["EDGE"]
     return value, var, mask, n_image, np.array(weights)
 
@@ -140,11 +160,14 @@ def test_interp_fills_no_data_and_cleans_variance():
     assert (out["variance"].values > 0).all()
 
 
-@pytest.mark.parametrize("mutate, error, match", [
-    (lambda d: d.drop_vars("mask"), coaddx.SchemaError, "mask"),
-    (lambda d: d.isel(visit=slice(0, 0)), coaddx.SchemaError, "no visits"),
-    (lambda d: d.assign(variance=d["variance"].where(d["x"] != 3)), coaddx.InputError, "NaN"),
-])
+@pytest.mark.parametrize(
+    "mutate, error, match",
+    [
+        (lambda d: d.drop_vars("mask"), coaddx.SchemaError, "mask"),
+        (lambda d: d.isel(visit=slice(0, 0)), coaddx.SchemaError, "no visits"),
+        (lambda d: d.assign(variance=d["variance"].where(d["x"] != 3)), coaddx.InputError, "NaN"),
+    ],
+)
 def test_bad_input_raises_coaddx_errors(mutate, error, match):
     with pytest.raises(error, match=match):
         coaddx.assemble(mutate(make_warps(3, (10, 10), nan_frac=0, mask_frac=0)))

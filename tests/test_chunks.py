@@ -13,10 +13,17 @@ from coaddx.io._chunks import region_reader
 def stored(tmp_path, request):
     rng = np.random.default_rng(0)
     data = rng.normal(size=(3, 70, 45)).astype(np.float32)
-    codec = ([BloscCodec(cname="lz4", clevel=1, shuffle="shuffle")] if request.param == "lz4"
-             else None)
-    arr = zarr.create_array(str(tmp_path / "a.zarr"), shape=data.shape, chunks=(1, 32, 16),
-                            dtype="f4", fill_value=np.nan, compressors=codec)
+    codec = (
+        [BloscCodec(cname="lz4", clevel=1, shuffle="shuffle")] if request.param == "lz4" else None
+    )
+    arr = zarr.create_array(
+        str(tmp_path / "a.zarr"),
+        shape=data.shape,
+        chunks=(1, 32, 16),
+        dtype="f4",
+        fill_value=np.nan,
+        compressors=codec,
+    )
     arr[:] = data
     arr[1, 32:64, 16:32] = np.nan  # an all-fill chunk: zarr does not write it
     data[1, 32:64, 16:32] = np.nan
@@ -48,8 +55,9 @@ def test_corrupt_chunk_raises_store_error(stored):
 
 
 def test_other_layouts_fall_back_to_zarr(tmp_path):
-    zarr.create_array(str(tmp_path / "z.zarr"), shape=(4, 4), chunks=(2, 2), dtype="f4",
-                      compressors=[ZstdCodec()])
+    zarr.create_array(
+        str(tmp_path / "z.zarr"), shape=(4, 4), chunks=(2, 2), dtype="f4", compressors=[ZstdCodec()]
+    )
     assert region_reader(tmp_path / "z.zarr") is None
     assert region_reader(tmp_path / "missing.zarr") is None
 
@@ -78,14 +86,19 @@ def test_write_slot_box_equals_a_zarr_write_of_the_whole_plane(tmp_path, box):
     var = (img**2 + 1).astype(np.float32)
     msk = rng.integers(0, 4, img.shape).astype(np.int32)
     img[:2] = np.nan  # NaN data inside the box stays NaN
-    full = [np.full((70, 45), np.nan, np.float32), np.full((70, 45), np.nan, np.float32),
-            np.full((70, 45), nd, np.int32)]
+    full = [
+        np.full((70, 45), np.nan, np.float32),
+        np.full((70, 45), np.nan, np.float32),
+        np.full((70, 45), nd, np.int32),
+    ]
     for f, a in zip(full, (img, var, msk), strict=True):
         f[y0:y1, x0:x1] = a
-    ref = coaddx.WarpStore.create(tmp_path / "ref.zarr", shape=(70, 45), mask_planes=planes,
-                                  chunk=32)
-    got = coaddx.WarpStore.create(tmp_path / "got.zarr", shape=(70, 45), mask_planes=planes,
-                                  chunk=32)
+    ref = coaddx.WarpStore.create(
+        tmp_path / "ref.zarr", shape=(70, 45), mask_planes=planes, chunk=32
+    )
+    got = coaddx.WarpStore.create(
+        tmp_path / "got.zarr", shape=(70, 45), mask_planes=planes, chunk=32
+    )
     ref.reserve([1])
     ref.write_slot(0, *full)
     got.reserve([1])
@@ -97,13 +110,20 @@ def test_write_slot_box_equals_a_zarr_write_of_the_whole_plane(tmp_path, box):
         a = zarr.open_array(str(tmp_path / "ref.zarr" / "direct" / name))[0]
         b = zarr.open_array(str(tmp_path / "got.zarr" / "direct" / name))[0]
         np.testing.assert_array_equal(b, a)
-        ref_files = sorted(p.relative_to(tmp_path / "ref.zarr") for p in
-                           (tmp_path / "ref.zarr" / "direct" / name / "c").rglob("*") if p.is_file())
-        got_files = sorted(p.relative_to(tmp_path / "got.zarr") for p in
-                           (tmp_path / "got.zarr" / "direct" / name / "c").rglob("*") if p.is_file())
+        ref_files = sorted(
+            p.relative_to(tmp_path / "ref.zarr")
+            for p in (tmp_path / "ref.zarr" / "direct" / name / "c").rglob("*")
+            if p.is_file()
+        )
+        got_files = sorted(
+            p.relative_to(tmp_path / "got.zarr")
+            for p in (tmp_path / "got.zarr" / "direct" / name / "c").rglob("*")
+            if p.is_file()
+        )
         assert got_files == ref_files  # same chunks stored (no all-NaN chunk, no leftovers)
     want = ref.write_slot(0, *full)["weight_stats"]
     assert rec["weight_stats"].keys() == want.keys()
     for key, value in want.items():
-        assert rec["weight_stats"][key] == value or (np.isnan(value) and
-                                                      np.isnan(rec["weight_stats"][key]))
+        assert rec["weight_stats"][key] == value or (
+            np.isnan(value) and np.isnan(rec["weight_stats"][key])
+        )

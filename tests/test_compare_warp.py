@@ -34,6 +34,7 @@ BIT = {name: 1 << bit for name, bit in PLANES.items()}
 
 # -- helpers --------------------------------------------------------------------------------------
 
+
 def noise_warps(n=6, shape=(64, 72), *, seed=0, sigma=2.0, model_fwhm=2.0):
     """Direct and PSF-matched warps that are the same flat Gaussian-noise images (so the
     differences hold only what a test injects), with the PSF size in the attributes."""
@@ -41,12 +42,20 @@ def noise_warps(n=6, shape=(64, 72), *, seed=0, sigma=2.0, model_fwhm=2.0):
     image = rng.normal(0.0, sigma, (n, *shape)).astype(np.float32)
     variance = np.full(image.shape, sigma**2, np.float32)
     mask = np.zeros(image.shape, np.int32)
-    coords = {"visit": np.arange(200, 200 + n), "y": np.arange(shape[0]) + 10,
-              "x": np.arange(shape[1]) + 20}
-    direct = xr.Dataset({"image": (("visit", "y", "x"), image),
-                         "variance": (("visit", "y", "x"), variance),
-                         "mask": (("visit", "y", "x"), mask)}, coords=coords,
-                        attrs={"mask_planes": dict(PLANES)})
+    coords = {
+        "visit": np.arange(200, 200 + n),
+        "y": np.arange(shape[0]) + 10,
+        "x": np.arange(shape[1]) + 20,
+    }
+    direct = xr.Dataset(
+        {
+            "image": (("visit", "y", "x"), image),
+            "variance": (("visit", "y", "x"), variance),
+            "mask": (("visit", "y", "x"), mask),
+        },
+        coords=coords,
+        attrs={"mask_planes": dict(PLANES)},
+    )
     matched = direct.copy(deep=True)
     matched.attrs["model_psf_fwhm"] = model_fwhm
     return direct, matched
@@ -69,8 +78,13 @@ def isr_interpolated(direct):
     out = direct.copy(deep=True)
     for i in range(out.sizes["visit"]):
         img, var, msk = interpolate_over_defects(
-            out["image"].values[i], out["variance"].values[i], out["mask"].values[i],
-            bad_bits=BIT["BAD"], intrp_bit=BIT["INTRP"], fallback=0.0)
+            out["image"].values[i],
+            out["variance"].values[i],
+            out["mask"].values[i],
+            bad_bits=BIT["BAD"],
+            intrp_bit=BIT["INTRP"],
+            fallback=0.0,
+        )
         var = np.where(var > 0, var, np.nanmedian(var))  # linear prediction can go negative
         lost = ~(np.isfinite(img) & np.isfinite(var)) | ((msk & BIT["NO_DATA"]) != 0)
         out["image"].values[i] = np.where(lost, np.nan, img)
@@ -84,15 +98,20 @@ def gaussian_psf_matched(direct, model_fwhm=7.7):
     takes its PSF to a ``model_fwhm`` Gaussian (exact matching); variance with K², every mask
     bit OR-ed over the kernel footprint and NO_DATA grown by it, as afw's convolution does."""
     images, variances, masks = [], [], []
-    for img, var, msk, fwhm in zip(direct["image"].values, direct["variance"].values,
-                                   direct["mask"].values, direct["psf_fwhm"].values,
-                                   strict=True):
+    for img, var, msk, fwhm in zip(
+        direct["image"].values,
+        direct["variance"].values,
+        direct["mask"].values,
+        direct["psf_fwhm"].values,
+        strict=True,
+    ):
         s = np.sqrt((model_fwhm**2 - fwhm**2) / 2.3548200450309493**2)
         r = int(4 * s + 0.5)
         lost = ~np.isfinite(img) | ((msk & BIT["NO_DATA"]) != 0)
         conv = ndimage.gaussian_filter(np.where(lost, 0, img).astype(np.float64), s)
-        cvar = ndimage.gaussian_filter(np.where(lost, 0, var).astype(np.float64), s / np.sqrt(2),
-                                       truncate=4 * np.sqrt(2)) / (4 * np.pi * s * s)
+        cvar = ndimage.gaussian_filter(
+            np.where(lost, 0, var).astype(np.float64), s / np.sqrt(2), truncate=4 * np.sqrt(2)
+        ) / (4 * np.pi * s * s)
         grown = np.zeros_like(msk)
         for bit in np.unique(np.bitwise_and.outer(np.unique(msk), 1 << np.arange(31))):
             if bit:
@@ -102,17 +121,21 @@ def gaussian_psf_matched(direct, model_fwhm=7.7):
         images.append(np.where(gone, np.nan, conv).astype(np.float32))
         variances.append(np.where(gone, np.nan, cvar).astype(np.float32))
         masks.append(grown)
-    out = xr.Dataset({"image": (("visit", "y", "x"), np.array(images)),
-                      "variance": (("visit", "y", "x"), np.array(variances)),
-                      "mask": (("visit", "y", "x"), np.array(masks, np.int32))},
-                     coords={d: direct[d].values for d in ("visit", "y", "x")},
-                     attrs={"mask_planes": direct.attrs["mask_planes"],
-                            "model_psf_fwhm": model_fwhm})
+    out = xr.Dataset(
+        {
+            "image": (("visit", "y", "x"), np.array(images)),
+            "variance": (("visit", "y", "x"), np.array(variances)),
+            "mask": (("visit", "y", "x"), np.array(masks, np.int32)),
+        },
+        coords={d: direct[d].values for d in ("visit", "y", "x")},
+        attrs={"mask_planes": direct.attrs["mask_planes"], "model_psf_fwhm": model_fwhm},
+    )
     out["psf_fwhm"] = direct["psf_fwhm"]
     return out
 
 
 # -- configuration -------------------------------------------------------------------------------
+
 
 def test_config_defaults_are_lsst():
     c = CompareWarpConfig()
@@ -120,19 +143,39 @@ def test_config_defaults_are_lsst():
     assert c.assemble.bad_mask_planes == ("NO_DATA", "BAD", "SAT")
     assert c.assemble.remove_mask_planes == ("NOT_DEBLENDED", "EDGE")
     t = c.template
-    assert (t.statistic, t.sigma_clip, t.clip_iter, t.bad_mask_planes) == ("meanclip", 2.5, 3,
-                                                                          ("NO_DATA",))
+    assert (t.statistic, t.sigma_clip, t.clip_iter, t.bad_mask_planes) == (
+        "meanclip",
+        2.5,
+        3,
+        ("NO_DATA",),
+    )
     assert t.calc_error_from_input_variance and t.interp is not None
     d = c.detect
-    assert (d.threshold_value, d.threshold_type, d.threshold_polarity, d.min_pixels,
-            d.n_sigma_to_grow, d.isotropic_grow, d.temp_local_background,
-            d.re_estimate_background) == (7.5, "pixel_stdev", "both", 4, 0.4, True, None, False)
+    assert (
+        d.threshold_value,
+        d.threshold_type,
+        d.threshold_polarity,
+        d.min_pixels,
+        d.n_sigma_to_grow,
+        d.isotropic_grow,
+        d.temp_local_background,
+        d.re_estimate_background,
+    ) == (7.5, "pixel_stdev", "both", 4, 0.4, True, None, False)
     d = c.detect_template
-    assert (d.threshold_value, d.threshold_polarity, d.n_sigma_to_grow,
-            d.temp_local_background, d.re_estimate_background) == (300, "positive", 2.4, 64, True)
+    assert (
+        d.threshold_value,
+        d.threshold_polarity,
+        d.n_sigma_to_grow,
+        d.temp_local_background,
+        d.re_estimate_background,
+    ) == (300, "positive", 2.4, 64, True)
     assert (c.detect_template_iter_multiplier, c.max_detect_template_iter) == (1.25, 10)
-    assert (c.max_num_epochs, c.max_fraction_epochs_low, c.max_fraction_epochs_high,
-            c.spatial_threshold) == (2, 0.4, 0.03, 0.5)
+    assert (
+        c.max_num_epochs,
+        c.max_fraction_epochs_low,
+        c.max_fraction_epochs_high,
+        c.spatial_threshold,
+    ) == (2, 0.4, 0.03, 0.5)
     assert c.do_scale_warp_variance and c.do_preserve_contained_by_source
     assert c.do_prefilter_artifacts and c.prefilter_artifacts_ratio == 0.05
     assert c.prefilter_artifacts_mask_planes == ("NO_DATA", "BAD", "SUSPECT")
@@ -143,20 +186,36 @@ def test_config_defaults_are_lsst():
     assert sv.mask_planes == ("DETECTED", "DETECTED_NEGATIVE", "BAD", "SAT", "NO_DATA", "INTRP")
 
 
-@pytest.mark.parametrize("field, value", [
-    ("spatial_threshold", 1.5), ("max_num_epochs", -1), ("max_num_epochs", 2.5),
-    ("max_fraction_epochs_low", -0.1), ("prefilter_artifacts_ratio", 2.0),
-    ("do_prefilter_artifacts", "yes"), ("detect_template_iter_multiplier", 0.5),
-    ("max_detect_template_iter", 0), ("subregion_size", 4), ("template", "meanclip"),
-    ("streak_mask_name", ""),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("spatial_threshold", 1.5),
+        ("max_num_epochs", -1),
+        ("max_num_epochs", 2.5),
+        ("max_fraction_epochs_low", -0.1),
+        ("prefilter_artifacts_ratio", 2.0),
+        ("do_prefilter_artifacts", "yes"),
+        ("detect_template_iter_multiplier", 0.5),
+        ("max_detect_template_iter", 0),
+        ("subregion_size", 4),
+        ("template", "meanclip"),
+        ("streak_mask_name", ""),
+    ],
+)
 def test_config_rejects_nonsense(field, value):
     with pytest.raises(ConfigError, match=field):
         CompareWarpConfig(**{field: value})
 
 
-@pytest.mark.parametrize("changes", [{"threshold_value": 0}, {"threshold_polarity": "up"},
-                                     {"min_pixels": 0}, {"threshold_type": "variance"}])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"threshold_value": 0},
+        {"threshold_polarity": "up"},
+        {"min_pixels": 0},
+        {"threshold_type": "variance"},
+    ],
+)
 def test_detection_config_rejects_nonsense(changes):
     with pytest.raises(ConfigError, match=next(iter(changes))):
         DetectionConfig(**changes)
@@ -170,6 +229,7 @@ def test_config_round_trips_to_dict():
 
 
 # -- the rules ------------------------------------------------------------------------------------
+
 
 def test_effmax_examples_of_the_spec():
     """algorithms.md 3.3: N̄ = 2 -> 0, 3 or 4 -> 1, 10 -> 2, 50 -> 3, 100 -> 5; crossover of
@@ -187,21 +247,35 @@ def _footprint(epochs, n_image):
     epochs = np.asarray(epochs)
     labels = np.ones((1, epochs.size), np.int32)
     area = np.array([0.0, epochs.size])
-    return kd.artifact_footprints(labels, area, np.array([False, True]), epochs[None],
-                                  np.full((1, epochs.size), n_image), None, max_num_epochs=2,
-                                  low=0.4, high=0.03, spatial_threshold=0.5)[1]
+    return kd.artifact_footprints(
+        labels,
+        area,
+        np.array([False, True]),
+        epochs[None],
+        np.full((1, epochs.size), n_image),
+        None,
+        max_num_epochs=2,
+        low=0.4,
+        high=0.03,
+        spatial_threshold=0.5,
+    )[1]
 
 
-@pytest.mark.parametrize("epochs, n_image, artifact", [
-    ([1] * 6 + [5] * 4, 10, True),    # f = 0.6 > 0.5 (effMax 2)
-    ([1] * 5 + [5] * 5, 10, False),   # f = 0.5 is not above the threshold
-    ([2] * 6 + [3] * 4, 10, True),    # epoch == effMax counts
-    ([0] * 6 + [1] * 4, 10, False),   # epoch 0 pixels never count
-    ([3] * 10, 10, False),            # persistent: above effMax everywhere
-    ([1] * 10, 3, True),              # N̄ = 3: effMax 1
-    ([1] * 10, 2, False),             # N̄ = 2: effMax 0, whatever the epochs
-    ([1] * 10, 100, True), ([5] * 10, 100, True), ([6] * 10, 100, False),  # N̄ = 100: effMax 5
-])
+@pytest.mark.parametrize(
+    "epochs, n_image, artifact",
+    [
+        ([1] * 6 + [5] * 4, 10, True),  # f = 0.6 > 0.5 (effMax 2)
+        ([1] * 5 + [5] * 5, 10, False),  # f = 0.5 is not above the threshold
+        ([2] * 6 + [3] * 4, 10, True),  # epoch == effMax counts
+        ([0] * 6 + [1] * 4, 10, False),  # epoch 0 pixels never count
+        ([3] * 10, 10, False),  # persistent: above effMax everywhere
+        ([1] * 10, 3, True),  # N̄ = 3: effMax 1
+        ([1] * 10, 2, False),  # N̄ = 2: effMax 0, whatever the epochs
+        ([1] * 10, 100, True),
+        ([5] * 10, 100, True),
+        ([6] * 10, 100, False),  # N̄ = 100: effMax 5
+    ],
+)
 def test_filter_truth_table(epochs, n_image, artifact):
     assert bool(_footprint(epochs, n_image)) is artifact
 
@@ -215,8 +289,10 @@ def test_nbar_two_can_never_clip(n_visits, clipped):
         add(ds, 0, slice(20, 24), slice(30, 34), 200.0)
     out = run(direct, matched)
     box = out["artifact_mask"].values[0, 20:24, 30:34]
-    print(f"\n{n_visits} visits: epoch count on the transient "
-          f"{np.unique(out['epoch_count'].values[20:24, 30:34])}, clipped {box.mean():.0%}")
+    print(
+        f"\n{n_visits} visits: epoch count on the transient "
+        f"{np.unique(out['epoch_count'].values[20:24, 30:34])}, clipped {box.mean():.0%}"
+    )
     assert out["epoch_count"].values[20:24, 30:34].min() >= 1
     assert box.all() if clipped else not out["artifact_mask"].values.any()
 
@@ -224,9 +300,9 @@ def test_nbar_two_can_never_clip(n_visits, clipped):
 def test_prefilter_keeps_only_footprints_above_five_percent_good():
     """goodRatio = pixels without NO_DATA/BAD/SUSPECT over the area, kept iff > 0.05."""
     packed = np.zeros((5, 30), np.uint8)
-    packed[1:3, 0:10] = kd.CANDIDATE                    # 20 px, 1 good: ratio 0.05 -> dropped
+    packed[1:3, 0:10] = kd.CANDIDATE  # 20 px, 1 good: ratio 0.05 -> dropped
     packed[1, 0] |= kd.PREFILTER_GOOD
-    packed[1:3, 15:25] = kd.CANDIDATE                   # 20 px, 2 good: ratio 0.10 -> kept
+    packed[1:3, 15:25] = kd.CANDIDATE  # 20 px, 2 good: ratio 0.10 -> kept
     packed[1, 15:17] |= kd.PREFILTER_GOOD
     _, area, keep = kd.candidate_footprints(packed, 0.05)
     assert area[1:].tolist() == [20, 20] and keep.tolist() == [False, False, True]
@@ -236,8 +312,8 @@ def test_prefilter_keeps_only_footprints_above_five_percent_good():
 def test_prefiltered_footprints_are_neither_counted_nor_clipped():
     direct, matched = noise_warps(5)
     for ds in (direct, matched):
-        add(ds, 1, slice(10, 14), slice(10, 14), 200.0)           # a clean transient
-        add(ds, 2, slice(40, 44), slice(40, 44), 200.0)           # one on BAD pixels
+        add(ds, 1, slice(10, 14), slice(10, 14), 200.0)  # a clean transient
+        add(ds, 2, slice(40, 44), slice(40, 44), 200.0)  # one on BAD pixels
     matched["mask"].values[2, 36:48, 36:48] |= BIT["BAD"]
     out = run(direct, matched)
     assert out["artifact_mask"].values[1, 10:14, 10:14].all()
@@ -255,8 +331,8 @@ def test_containment_veto():
     star = (5000.0 * np.exp(-((yy - 30) ** 2 + (xx - 30) ** 2) / (2 * 2.0**2))).astype(np.float32)
     for ds in (direct, matched):
         ds["image"].values += star
-        add(ds, 2, slice(29, 32), slice(29, 32), 60.0)           # inside the star footprint
-        add(ds, 3, slice(33, 36), slice(30, 45), 60.0)           # reaching far outside it
+        add(ds, 2, slice(29, 32), slice(29, 32), 60.0)  # inside the star footprint
+        add(ds, 3, slice(33, 36), slice(30, 45), 60.0)  # reaching far outside it
     kept = run(direct, matched)["artifact_mask"].values
     assert not kept[2].any()
     assert kept[3, 33:36, 30:45].all()
@@ -270,11 +346,24 @@ def test_alt_masks_clear_bad_bits_in_no_data_spans_before_setting_planes():
     mask = np.array([[BIT["BAD"] | BIT["SAT"] | BIT["CR"], BIT["BAD"], BIT["SAT"], 0]], np.int32)
     packed = np.array([[kd.NAN_SPAN, kd.NAN_SPAN, 0, kd.EDGE_SPAN]], np.uint8)
     art = np.array([[kd.ARTIFACT, 0, kd.ARTIFACT, 0]], np.uint8)
-    got = _apply_alt_masks(mask, packed, art, clear=BIT["NO_DATA"] | BIT["BAD"] | BIT["SAT"],
-                           no_data=BIT["NO_DATA"], clipped=BIT["CLIPPED"], edge=BIT["EDGE"],
-                           streak=BIT["STREAK"])
-    assert got.tolist() == [[BIT["NO_DATA"] | BIT["CR"] | BIT["CLIPPED"], BIT["NO_DATA"],
-                             BIT["SAT"] | BIT["CLIPPED"], BIT["EDGE"]]]
+    got = _apply_alt_masks(
+        mask,
+        packed,
+        art,
+        clear=BIT["NO_DATA"] | BIT["BAD"] | BIT["SAT"],
+        no_data=BIT["NO_DATA"],
+        clipped=BIT["CLIPPED"],
+        edge=BIT["EDGE"],
+        streak=BIT["STREAK"],
+    )
+    assert got.tolist() == [
+        [
+            BIT["NO_DATA"] | BIT["CR"] | BIT["CLIPPED"],
+            BIT["NO_DATA"],
+            BIT["SAT"] | BIT["CLIPPED"],
+            BIT["EDGE"],
+        ]
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -288,11 +377,11 @@ def busy():
     direct["mask"].values[1, 48:56, 58:62] |= BIT["BAD"]
     direct["mask"].values[2, 5:9, 5:60] |= BIT["SAT"]
     for v in range(7):
-        matched["image"].values[v, :, :3 + v] = np.nan          # PSF-matched warps are smaller
-        matched["variance"].values[v, :, :3 + v] = np.nan
-        matched["mask"].values[v, :, :3 + v] |= BIT["NO_DATA"]
-        matched["mask"].values[v, :, 3 + v:5 + v] |= BIT["EDGE"]
-    direct["mask"].values[3, :, 0:2] |= BIT["BAD"]                # BAD inside a NaN span
+        matched["image"].values[v, :, : 3 + v] = np.nan  # PSF-matched warps are smaller
+        matched["variance"].values[v, :, : 3 + v] = np.nan
+        matched["mask"].values[v, :, : 3 + v] |= BIT["NO_DATA"]
+        matched["mask"].values[v, :, 3 + v : 5 + v] |= BIT["EDGE"]
+    direct["mask"].values[3, :, 0:2] |= BIT["BAD"]  # BAD inside a NaN span
     return direct, matched.drop_sel(visit=[206])
 
 
@@ -318,37 +407,45 @@ def test_coadd_equals_mean_assemble_with_alt_masks_applied(busy):
     nan[idx] = ~np.isfinite(matched["image"].values)
     edge[idx] = (matched["mask"].values & BIT["EDGE"]) != 0
     mask = direct["mask"].values.copy()
-    for v in range(n):                      # applyAltMaskPlanes, spelled out per visit
+    for v in range(n):  # applyAltMaskPlanes, spelled out per visit
         m = mask[v]
         m[nan[v]] &= ~(BIT["NO_DATA"] | BIT["BAD"] | BIT["SAT"])
         m[nan[v]] |= BIT["NO_DATA"]
         m[out["artifact_mask"].values[v]] |= BIT["CLIPPED"]
         m[edge[v]] |= BIT["EDGE"]
-    base = AssembleConfig(statistic="mean", bad_mask_planes=("NO_DATA", "BAD", "SAT"),
-                          remove_mask_planes=("NOT_DEBLENDED", "EDGE"))
+    base = AssembleConfig(
+        statistic="mean",
+        bad_mask_planes=("NO_DATA", "BAD", "SAT"),
+        remove_mask_planes=("NOT_DEBLENDED", "EDGE"),
+    )
     weights = coaddx.assemble(direct, base)["weight"].values
-    ref = coaddx.assemble(direct.assign(mask=(direct["mask"].dims, mask)),
-                          base.replace(bad_mask_planes=("NO_DATA", "BAD", "SAT", "CLIPPED")),
-                          weights=weights).compute()
+    ref = coaddx.assemble(
+        direct.assign(mask=(direct["mask"].dims, mask)),
+        base.replace(bad_mask_planes=("NO_DATA", "BAD", "SAT", "CLIPPED")),
+        weights=weights,
+    ).compute()
     assert out["artifact_mask"].values.sum() > 60
     np.testing.assert_array_equal(out["image"].values, ref["image"].values)
     np.testing.assert_array_equal(out["variance"].values, ref["variance"].values)
     np.testing.assert_array_equal(out["n_image"].values, ref["n_image"].values)
     extra = BIT["SENSOR_EDGE"] | BIT["INEXACT_PSF"]
     np.testing.assert_array_equal(out["mask"].values & ~extra, ref["mask"].values & ~extra)
-    np.testing.assert_array_equal((out["mask"].values & extra) == extra,
-                                  edge.any(axis=0) | ((ref["mask"].values & extra) == extra))
+    np.testing.assert_array_equal(
+        (out["mask"].values & extra) == extra,
+        edge.any(axis=0) | ((ref["mask"].values & extra) == extra),
+    )
 
 
 def test_chunking_invariance(busy):
     """Two subregion sizes (and so tile grids, halos and stacking blocks) give identical
     masks, epoch counts and coadds."""
     direct, matched = busy
-    a, b = (run(direct.chunk({"y": 25}), matched, subregion_size=s, do_filter_morphological=True)
-            for s in (32, 56))
+    a, b = (
+        run(direct.chunk({"y": 25}), matched, subregion_size=s, do_filter_morphological=True)
+        for s in (32, 56)
+    )
     with dask.config.set({"coaddx.memory-per-task": "1MiB"}):  # planned: 69 px subregions
-        c = assemble_compare_warp(direct, matched, CompareWarpConfig(
-            do_filter_morphological=True))
+        c = assemble_compare_warp(direct, matched, CompareWarpConfig(do_filter_morphological=True))
         assert c.attrs["plan"]["subregion"] == [69, 69]
         c = c.compute()
     for name in a.data_vars:
@@ -386,27 +483,31 @@ def test_bad_inputs_name_what_is_wrong(busy):
 def test_scale_variance_recovers_an_underestimated_variance():
     rng = np.random.default_rng(3)
     image = rng.normal(0, 3.0, (200, 220)) + np.linspace(0, 50, 220)[None]  # + a gradient
-    factor = kd.scale_variance_factor(image, np.full(image.shape, 4.0), np.zeros(image.shape,
-                                      np.int32), bad_bits=0)
+    factor = kd.scale_variance_factor(
+        image, np.full(image.shape, 4.0), np.zeros(image.shape, np.int32), bad_bits=0
+    )
     print(f"\nScaleVariance factor {factor:.3f} (true 9/4 = 2.25, 0.74 vs 0.7413 IQR)")
     assert factor == pytest.approx(2.25 * (0.74 / 0.7413) ** 2, rel=0.03)
 
 
 # -- streaks --------------------------------------------------------------------------------------
 
+
 def test_streak_mask_finds_a_broken_line_and_ignores_compact_sources():
     rng = np.random.default_rng(5)
     yy, xx = np.mgrid[0:300, 0:320]
-    d = np.abs(xx * np.sin(0.4) - yy * np.cos(0.4) + 40)          # a line at 0.4 rad
-    line = (d <= 1.5) & ~((xx > 120) & (xx < 150))                 # with a gap
+    d = np.abs(xx * np.sin(0.4) - yy * np.cos(0.4) + 40)  # a line at 0.4 rad
+    line = (d <= 1.5) & ~((xx > 120) & (xx < 150))  # with a gap
     blobs = np.zeros_like(line)
     for cy, cx in rng.integers(20, 280, (25, 2)):
         blobs |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 16
     found = kd.streak_mask(line | (blobs & (d > 20)))
-    print(f"\nstreak: {found[line].mean():.1%} of the line found, "
-          f"{found[blobs & (d > 20)].mean():.1%} of the blobs")
+    print(
+        f"\nstreak: {found[line].mean():.1%} of the line found, "
+        f"{found[blobs & (d > 20)].mean():.1%} of the blobs"
+    )
     assert found[line].mean() > 0.97
-    assert found[(xx > 120) & (xx < 150) & (d <= 1)].all()       # the gap is bridged
+    assert found[(xx > 120) & (xx < 150) & (d <= 1)].all()  # the gap is bridged
     assert not found[blobs & (d > 20)].any()
     assert not kd.streak_mask(blobs).any()
 
@@ -423,8 +524,10 @@ def test_morphological_streaks_are_masked_and_grown():
     plain = run(direct, matched)
     streak = run(direct, matched, do_filter_morphological=True)
     grow = int(5 * kd.adaptive_sigma(coaddx.psfmatch.model_psf(2.0, 17)))
-    print(f"\nstreak: plain rule clips {plain['artifact_mask'].values[3].sum()} px, with the "
-          f"Hough streak finder {streak['artifact_mask'].values[3].sum()} px (grown {grow} px)")
+    print(
+        f"\nstreak: plain rule clips {plain['artifact_mask'].values[3].sum()} px, with the "
+        f"Hough streak finder {streak['artifact_mask'].values[3].sum()} px (grown {grow} px)"
+    )
     assert streak["streak_mask"].values[3][d <= grow].mean() > 0.95
     assert streak["artifact_mask"].values[3][d <= grow].mean() > 0.95
     assert not streak["streak_mask"].values[[0, 1, 2, 4, 5]].any()
@@ -438,12 +541,24 @@ SHAPE = (512, 512)
 
 @pytest.fixture(scope="module")
 def truth(tmp_path_factory):
-    sim = simulate(tmp_path_factory.mktemp("cw") / "sim", n_visits=16, shape=SHAPE, seed=3,
-                   psf="gaussian", calexps=False, n_stars=400, workers=2)
+    sim = simulate(
+        tmp_path_factory.mktemp("cw") / "sim",
+        n_visits=16,
+        shape=SHAPE,
+        seed=3,
+        psf="gaussian",
+        calexps=False,
+        n_stars=400,
+        workers=2,
+    )
     direct = isr_interpolated(coaddx.open_warps(sim.warps).load())
     matched = gaussian_psf_matched(direct)
-    outs = {morph: assemble_compare_warp(direct, matched, CompareWarpConfig(
-        do_filter_morphological=morph)).compute() for morph in (False, True)}
+    outs = {
+        morph: assemble_compare_warp(
+            direct, matched, CompareWarpConfig(do_filter_morphological=morph)
+        ).compute()
+        for morph in (False, True)
+    }
     art = zarr.open_group(str(sim.artifacts), mode="r")["artifacts"][:]
     return sim, direct, matched, outs, art
 
@@ -472,9 +587,12 @@ def test_truth_artifacts_are_clipped_where_they_occur(truth, morph):
     for kind in ("streak", "transient", "cosmic_ray"):
         hit = ((art & ARTIFACT_BITS[kind]) != 0) & data
         got[kind] = (hit.sum(), clip[hit].mean())
-        print(f"\n{'streak masking' if morph else 'LSST defaults'}: {kind}: {hit.sum()} pixels "
-              f"in {np.unique(np.nonzero(hit)[0]).size} visits, {clip[hit].mean():.2%} CLIPPED "
-              "in their visit", end="")
+        print(
+            f"\n{'streak masking' if morph else 'LSST defaults'}: {kind}: {hit.sum()} pixels "
+            f"in {np.unique(np.nonzero(hit)[0]).size} visits, {clip[hit].mean():.2%} CLIPPED "
+            "in their visit",
+            end="",
+        )
     assert got["streak"][0] > 3000 and got["transient"][0] > 300
     assert got["streak"][1] >= 0.95 and got["transient"][1] >= 0.95
 
@@ -487,25 +605,32 @@ def test_truth_static_sources_and_variable_star_are_kept(truth, morph):
     sim, direct, matched, outs, art = truth
     clip = outs[morph]["artifact_mask"].values
     src = sim.read_truth("sources")
-    yy, xx = np.mgrid[0:SHAPE[0], 0:SHAPE[1]]
+    yy, xx = np.mgrid[0 : SHAPE[0], 0 : SHAPE[1]]
     static = np.zeros(SHAPE, bool)
     for s in src[src["in_patch"] & ~src["saturated"]]:
         static |= (xx - s["x_patch"]) ** 2 + (yy - s["y_patch"]) ** 2 <= 9.0
-    pix = static[None] & ((direct["mask"].values & BIT["NO_DATA"]) == 0) \
+    pix = (
+        static[None]
+        & ((direct["mask"].values & BIT["NO_DATA"]) == 0)
         & np.isfinite(matched["image"].values)
+    )
     alone = clipped_alone(clip, art)
     per_visit = (alone & pix).sum(axis=(1, 2)) / pix.sum(axis=(1, 2))
-    print(f"\nstatic-source pixels: {pix.sum()} (visit, pixel) pairs; clipped on their own "
-          f"{(alone & pix).sum()} (worst visit {per_visit.max():.3%}); inside injected "
-          f"artifacts' footprints {(clip & ~alone & pix).sum()}")
+    print(
+        f"\nstatic-source pixels: {pix.sum()} (visit, pixel) pairs; clipped on their own "
+        f"{(alone & pix).sum()} (worst visit {per_visit.max():.3%}); inside injected "
+        f"artifacts' footprints {(clip & ~alone & pix).sum()}"
+    )
     assert per_visit.max() <= 0.001
     var = sim.read_truth("variable")
     near_var = (xx - var["x_patch"][0]) ** 2 + (yy - var["y_patch"][0]) ** 2 <= 100
     hits = alone[:, near_var].any(axis=1)
-    print(f"variable star: flux {np.min(var['flux']):.0f}-{np.max(var['flux']):.0f} nJy, "
-          f"clipped on its own in {hits.sum()} of {clip.shape[0]} visits, in an artifact's "
-          f"footprint in {(clip[:, near_var].any(axis=1) & ~hits).sum()}; epoch count "
-          f"{int(outs[morph]['epoch_count'].values[near_var].max())} at its peak")
+    print(
+        f"variable star: flux {np.min(var['flux']):.0f}-{np.max(var['flux']):.0f} nJy, "
+        f"clipped on its own in {hits.sum()} of {clip.shape[0]} visits, in an artifact's "
+        f"footprint in {(clip[:, near_var].any(axis=1) & ~hits).sum()}; epoch count "
+        f"{int(outs[morph]['epoch_count'].values[near_var].max())} at its peak"
+    )
     assert not hits.any()
 
 
@@ -514,9 +639,14 @@ def test_truth_static_star_fluxes(truth):
     out = outs[False]
     src, visits = sim.read_truth("sources"), sim.read_truth("visits")
     r = 8.0
-    sel = ((src["type"] == "star") & src["in_patch"] & ~src["saturated"]
-           & (src["neighbor_dist"] > 2 * r) & (src["flux"] > 2e3))
-    yy, xx = np.mgrid[0:SHAPE[0], 0:SHAPE[1]]
+    sel = (
+        (src["type"] == "star")
+        & src["in_patch"]
+        & ~src["saturated"]
+        & (src["neighbor_dist"] > 2 * r)
+        & (src["flux"] > 2e3)
+    )
+    yy, xx = np.mgrid[0 : SHAPE[0], 0 : SHAPE[1]]
     w = out["weight"].values
     frac = np.array([enclosed_flux_fraction(r, f, sim.psf) for f in visits["psf_fwhm"]])
     ratios = []
@@ -529,13 +659,16 @@ def test_truth_static_star_fluxes(truth):
             continue
         ratios.append(out["image"].values[ap].sum() / (s["flux"] * np.sum(w * frac) / w.sum()))
     ratios = np.array(ratios)
-    print(f"\n{ratios.size} isolated static stars: median coadd/truth flux "
-          f"{np.median(ratios):.4f}, MAD {np.median(np.abs(ratios - np.median(ratios))):.4f}")
+    print(
+        f"\n{ratios.size} isolated static stars: median coadd/truth flux "
+        f"{np.median(ratios):.4f}, MAD {np.median(np.abs(ratios - np.median(ratios))):.4f}"
+    )
     assert ratios.size >= 10
     assert abs(np.median(ratios) - 1) < 0.01
 
 
 # -- command line ---------------------------------------------------------------------------------
+
 
 def test_cli_round_trip(tmp_path, busy):
     from coaddx.cli import main
@@ -545,15 +678,30 @@ def test_cli_round_trip(tmp_path, busy):
     coaddx.write_warps(direct, store, "direct")
     coaddx.write_warps(matched, store, "psf_matched")
     out = tmp_path / "coadd.zarr"
-    assert main(["assemble", str(store), str(out), "--method", "compare-warp",
-                 "--no-progress", "--subregion-size", "48"]) == 0
+    assert (
+        main(
+            [
+                "assemble",
+                str(store),
+                str(out),
+                "--method",
+                "compare-warp",
+                "--no-progress",
+                "--subregion-size",
+                "48",
+            ]
+        )
+        == 0
+    )
     got = coaddx.open_coadd(out)
     want = run(direct, matched)
     for name in ("image", "variance", "mask", "n_image", "epoch_count", "artifact_mask"):
         np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)
     assert got.attrs["provenance"]["operation"] == "assemble_compare_warp"
-    assert dataclasses.asdict(CompareWarpConfig())["max_num_epochs"] == \
-        got.attrs["config"]["max_num_epochs"]
+    assert (
+        dataclasses.asdict(CompareWarpConfig())["max_num_epochs"]
+        == got.attrs["config"]["max_num_epochs"]
+    )
 
 
 # -- the engine's own pipeline: calexps -> make_warps (direct + PSF-matched) -> CompareWarp -------
@@ -566,10 +714,8 @@ def engine(tmp_path_factory):
     """What a user runs: Moffat-PSF calexps (defects interpolated by "ISR"), warped and
     PSF-matched to the 7.7 px model by make_warps, then assemble_compare_warp with defaults."""
     root = tmp_path_factory.mktemp("cw-engine")
-    sim = simulate(root / "sim", n_visits=12, shape=ENGINE_SHAPE, seed=1, calexps=True,
-                   workers=2)
-    coaddx.make_warps(sim.calexps, sim.patch, root / "w.zarr",
-                      warp_types=("direct", "psf_matched"))
+    sim = simulate(root / "sim", n_visits=12, shape=ENGINE_SHAPE, seed=1, calexps=True, workers=2)
+    coaddx.make_warps(sim.calexps, sim.patch, root / "w.zarr", warp_types=("direct", "psf_matched"))
     direct = coaddx.open_warps(root / "w.zarr").load()
     matched = coaddx.open_warps(root / "w.zarr", "psf_matched").load()
     out = assemble_compare_warp(direct, matched).compute()
@@ -590,7 +736,7 @@ def test_engine_pipeline_clips_artifacts_and_keeps_static_sources(engine):
         frac[kind] = clip[hit].mean()
         assert hit.sum() > 100
     src = sim.read_truth("sources")
-    yy, xx = np.mgrid[0:ENGINE_SHAPE[0], 0:ENGINE_SHAPE[1]]
+    yy, xx = np.mgrid[0 : ENGINE_SHAPE[0], 0 : ENGINE_SHAPE[1]]
     static = np.zeros(ENGINE_SHAPE, bool)
     for s in src[src["in_patch"] & ~src["saturated"]]:
         static |= (xx - s["x_patch"]) ** 2 + (yy - s["y_patch"]) ** 2 <= 9.0
@@ -599,9 +745,11 @@ def test_engine_pipeline_clips_artifacts_and_keeps_static_sources(engine):
     worst = ((alone & pix).sum(axis=(1, 2)) / pix.sum(axis=(1, 2))).max()
     var = sim.read_truth("variable")
     near_var = (xx - var["x_patch"][0]) ** 2 + (yy - var["y_patch"][0]) ** 2 <= 100
-    print(f"\nengine pipeline: streak {frac['streak']:.2%}, transient {frac['transient']:.2%} "
-          f"CLIPPED; static-source pixels clipped on their own: worst visit {worst:.3%}; "
-          f"variable star clipped on its own in {alone[:, near_var].any(axis=1).sum()} visits")
+    print(
+        f"\nengine pipeline: streak {frac['streak']:.2%}, transient {frac['transient']:.2%} "
+        f"CLIPPED; static-source pixels clipped on their own: worst visit {worst:.3%}; "
+        f"variable star clipped on its own in {alone[:, near_var].any(axis=1).sum()} visits"
+    )
     assert frac["streak"] >= 0.95 and frac["transient"] >= 0.95
     assert worst <= 0.001
     assert not alone[:, near_var].any()

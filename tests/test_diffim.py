@@ -13,16 +13,23 @@ from coaddx.simulate import enclosed_flux_fraction, simulate
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    sim = simulate(tmp_path_factory.mktemp("diff") / "sim", n_visits=6, shape=(768, 768), seed=5,
-                   calexps=False)
+    sim = simulate(
+        tmp_path_factory.mktemp("diff") / "sim", n_visits=6, shape=(768, 768), seed=5, calexps=False
+    )
     ds = coaddx.open_warps(sim.warps)
     return sim, ds
 
 
 def _exposure(ds, sim, i):
-    return Exposure(ds["image"].values[i], ds["mask"].values[i], ds["variance"].values[i],
-                    sim.patch.wcs, ds.attrs["mask_planes"], psf_fwhm=float(ds["psf_fwhm"].values[i]),
-                    visit=int(ds["visit"].values[i]))
+    return Exposure(
+        ds["image"].values[i],
+        ds["mask"].values[i],
+        ds["variance"].values[i],
+        sim.patch.wcs,
+        ds.attrs["mask_planes"],
+        psf_fwhm=float(ds["psf_fwhm"].values[i]),
+        visit=int(ds["visit"].values[i]),
+    )
 
 
 def _source_mask(sim, ds, radius=12):
@@ -39,8 +46,9 @@ def _source_mask(sim, ds, radius=12):
             if -r <= x < nx + r and -r <= y < ny + r:
                 y0, y1 = max(int(y - r), 0), min(int(y + r) + 1, ny)
                 x0, x1 = max(int(x - r), 0), min(int(x + r) + 1, nx)
-                near[y0:y1, x0:x1] |= ((xx[y0:y1, x0:x1] - x) ** 2
-                                       + (yy[y0:y1, x0:x1] - y) ** 2) <= r * r
+                near[y0:y1, x0:x1] |= (
+                    (xx[y0:y1, x0:x1] - x) ** 2 + (yy[y0:y1, x0:x1] - y) ** 2
+                ) <= r * r
     return near
 
 
@@ -53,11 +61,18 @@ def test_difference_is_noise_away_from_sources(pair):
     import zarr  # artifacts of either visit are real differences
 
     arts = zarr.open_group(str(sim.artifacts), mode="r")["artifacts"][:]
-    clean = (np.isfinite(z) & (result.difference.mask == 0) & ~_source_mask(sim, ds)
-             & (arts[i_t] == 0) & (arts[i_s] == 0))
+    clean = (
+        np.isfinite(z)
+        & (result.difference.mask == 0)
+        & ~_source_mask(sim, ds)
+        & (arts[i_t] == 0)
+        & (arts[i_s] == 0)
+    )
     std = float(np.std(z[clean]))
-    print(f"\nFWHM {fwhm[i_t]:.2f} -> {fwhm[i_s]:.2f}: std(D/sigma) = {std:.3f} over {clean.sum()} "
-          f"clean pixels; kernel sum {result.kernel.kernel_sum(384, 384):.4f}")
+    print(
+        f"\nFWHM {fwhm[i_t]:.2f} -> {fwhm[i_s]:.2f}: std(D/sigma) = {std:.3f} over {clean.sum()} "
+        f"clean pixels; kernel sum {result.kernel.kernel_sum(384, 384):.4f}"
+    )
     assert clean.sum() > 50000 and abs(std - 1) < 0.10
     assert abs(result.kernel.kernel_sum(384, 384) - 1) < 0.02  # both in nJy
 
@@ -79,10 +94,13 @@ def test_transient_flux_recovered(pair):
             continue  # only convolve to a broader PSF
         result = subtract(_exposure(ds, sim, i_t), _exposure(ds, sim, i_s))
         x, y, r = float(row["x_patch"]), float(row["y_patch"]), 2.0 * fwhm[i_s]
-        yy, xx = np.mgrid[0:ds.sizes["y"], 0:ds.sizes["x"]]
+        yy, xx = np.mgrid[0 : ds.sizes["y"], 0 : ds.sizes["x"]]
         ap = (xx - x) ** 2 + (yy - y) ** 2 <= r * r
-        if (not np.isfinite(result.difference.image[ap]).all() or arts[i_t][ap].any()
-                or result.difference.mask[ap].any()):  # masked pixels (e.g. BAD columns)
+        if (
+            not np.isfinite(result.difference.image[ap]).all()
+            or arts[i_t][ap].any()
+            or result.difference.mask[ap].any()
+        ):  # masked pixels (e.g. BAD columns)
             continue  # the template must be clean there (no artifact of its own)
         want = row["flux"] * enclosed_flux_fraction(r, fwhm[i_s], sim.psf)
         recovered.append(result.difference.image[ap].sum() / want)

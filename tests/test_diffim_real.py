@@ -44,10 +44,19 @@ def _load(name: str) -> Exposure:
     sky_sigma = 1.4826 * np.median(np.abs(image - np.median(image)))
     variance = np.maximum(image, 0.0) / header["GAIN"] + sky_sigma**2
     fwhm = float(header["FWHM"])
-    return Exposure(image, np.zeros(image.shape, np.int32), variance, WCS(header), PLANES,
-                    psf=psf_image(fwhm, "gaussian"), psf_fwhm=fwhm,
-                    mjd=Time(header["DATE"]).mjd, exptime=float(header["EXPTIME"]),
-                    airmass=float(header["AIRMASS"]), path=DATA / name)
+    return Exposure(
+        image,
+        np.zeros(image.shape, np.int32),
+        variance,
+        WCS(header),
+        PLANES,
+        psf=psf_image(fwhm, "gaussian"),
+        psf_fwhm=fwhm,
+        mjd=Time(header["DATE"]).mjd,
+        exptime=float(header["EXPTIME"]),
+        airmass=float(header["AIRMASS"]),
+        path=DATA / name,
+    )
 
 
 def _sources(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -70,8 +79,12 @@ def _aperture_flux_ratio(science: Exposure, other: Exposure) -> float:
     obj = sep.extract(sci, 10.0, err=sigma, minarea=5)
     fs, es, _ = sep.sum_circle(sci, obj["x"], obj["y"], 15.0, err=sigma, bkgann=(20.0, 30.0))
     fo, _, _ = sep.sum_circle(oth, obj["x"], obj["y"], 15.0, err=sigma, bkgann=(20.0, 30.0))
-    inside = ((obj["x"] > 17) & (obj["x"] < sci.shape[1] - 18) & (obj["y"] > 17)
-              & (obj["y"] < sci.shape[0] - 18))
+    inside = (
+        (obj["x"] > 17)
+        & (obj["x"] < sci.shape[1] - 18)
+        & (obj["y"] > 17)
+        & (obj["y"] < sci.shape[0] - 18)
+    )
     good = inside & (fs > 30 * es)
     return float(fs[good].sum() / fo[good].sum())
 
@@ -103,8 +116,14 @@ def _stack(science: Exposure, matched: list[Exposure], statistic: str) -> Exposu
             out_var = np.pi / 2 * var.mean(axis=0) / len(var)
     bad = ~(np.isfinite(out) & np.isfinite(out_var))
     out[bad], out_var[bad] = np.nan, np.nan
-    return Exposure(out, np.where(bad, NO_DATA, 0).astype(np.int32), out_var, science.wcs,
-                    PLANES, psf_fwhm=science.psf_fwhm)
+    return Exposure(
+        out,
+        np.where(bad, NO_DATA, 0).astype(np.int32),
+        out_var,
+        science.wcs,
+        PLANES,
+        psf_fwhm=science.psf_fwhm,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +153,12 @@ def test_kernel_sums_against_shipped_kernels_and_photometry(matched):
             shipped = float(fits.getdata(DATA / f"DEC-OBS{epoch}{c}.MatchKernel.fits").sum())
             phot = _aperture_flux_ratio(science, other)
             rows.append((ours / shipped - 1, ours / phot - 1, shipped / phot - 1))
-            print(f"\nOBS{epoch}{c} -> a: kernel sum {ours:.4f}, shipped {shipped:.4f} "
-                  f"({100 * rows[-1][0]:+.2f} %), aperture ratio {phot:.4f} (coaddx "
-                  f"{100 * rows[-1][1]:+.2f} %, shipped {100 * rows[-1][2]:+.2f} %)", end="")
+            print(
+                f"\nOBS{epoch}{c} -> a: kernel sum {ours:.4f}, shipped {shipped:.4f} "
+                f"({100 * rows[-1][0]:+.2f} %), aperture ratio {phot:.4f} (coaddx "
+                f"{100 * rows[-1][1]:+.2f} %, shipped {100 * rows[-1][2]:+.2f} %)",
+                end="",
+            )
     err = np.array(rows)
     print(f"\nmean coaddx/shipped - 1 = {100 * err[:, 0].mean():+.2f} %")
     assert np.abs(err[:, 0]).max() < 0.03
@@ -151,10 +173,13 @@ def _pixel_kernel_fit(target: np.ndarray, source: np.ndarray, half: int) -> tupl
     background). Returns (sum K, formal 1-sigma of sum K for unit-variance residuals
     rescaled by the fit's RMS)."""
     h, w = target.shape
-    rows = [source[half - dy:h - half - dy, half - dx:w - half - dx].ravel()
-            for dy in range(-half, half + 1) for dx in range(-half, half + 1)]
+    rows = [
+        source[half - dy : h - half - dy, half - dx : w - half - dx].ravel()
+        for dy in range(-half, half + 1)
+        for dx in range(-half, half + 1)
+    ]
     design = np.vstack([*rows, np.ones((h - 2 * half) * (w - 2 * half))])
-    t = target[half:h - half, half:w - half].ravel()
+    t = target[half : h - half, half : w - half].ravel()
     normal = design @ design.T
     coef = np.linalg.solve(normal, design @ t)
     rms = float(np.sqrt(np.mean((t - coef @ design) ** 2)))
@@ -170,8 +195,14 @@ def test_pixel_kernel_reference_recovers_a_known_kernel():
     kernel = np.exp(-(xx**2 + (yy - 0.5) ** 2) / (2 * 1.8**2))
     kernel *= 0.97 / kernel.sum()
     target = np.zeros_like(source)
-    target[6:-6, 6:-6] = sum(kernel[dy + 6, dx + 6] * source[6 - dy:250 - dy, 6 - dx:250 - dx]
-                             for dy in range(-6, 7) for dx in range(-6, 7)) + 5.0
+    target[6:-6, 6:-6] = (
+        sum(
+            kernel[dy + 6, dx + 6] * source[6 - dy : 250 - dy, 6 - dx : 250 - dx]
+            for dy in range(-6, 7)
+            for dx in range(-6, 7)
+        )
+        + 5.0
+    )
     ksum, _ = _pixel_kernel_fit(target, source, 6)
     assert ksum == pytest.approx(0.97, abs=1e-8)
 
@@ -193,13 +224,19 @@ def test_kernel_sums_against_an_independent_whole_image_fit(matched):
     for epoch, (science, others, results) in matched.items():
         for c, other, result in zip(OTHERS, others, results, strict=True):
             shipped = fits.getdata(DATA / f"DEC-OBS{epoch}{c}.MatchKernel.fits")
-            ref, err = _pixel_kernel_fit(science.image.astype(np.float64),
-                                         other.image.astype(np.float64), shipped.shape[0] // 2)
+            ref, err = _pixel_kernel_fit(
+                science.image.astype(np.float64),
+                other.image.astype(np.float64),
+                shipped.shape[0] // 2,
+            )
             ours = result.kernel.kernel_sum(128.0, 128.0)
             rows.append((ours / ref - 1, (float(shipped.sum()) - ref) / err))
-            print(f"\nOBS{epoch}{c} -> a: coaddx {ours:.4f}, whole-image pixel fit {ref:.4f} "
-                  f"+- {err:.4f} ({100 * rows[-1][0]:+.2f} %); shipped {shipped.sum():.4f} is "
-                  f"{rows[-1][1]:+.1f} sigma from it", end="")
+            print(
+                f"\nOBS{epoch}{c} -> a: coaddx {ours:.4f}, whole-image pixel fit {ref:.4f} "
+                f"+- {err:.4f} ({100 * rows[-1][0]:+.2f} %); shipped {shipped.sum():.4f} is "
+                f"{rows[-1][1]:+.1f} sigma from it",
+                end="",
+            )
     err = np.array(rows)
     assert np.abs(err[:, 0]).max() < 0.01
 
@@ -212,8 +249,9 @@ def test_single_differences_are_noise_away_from_sources(matched):
             z = result.difference.image / np.sqrt(result.difference.variance)
             clean = np.isfinite(z) & ~sources
             std = float(np.std(z[clean]))
-            print(f"\nOBS{epoch}{c} -> a: std(D/sigma) = {std:.3f} over {clean.sum()} pixels",
-                  end="")
+            print(
+                f"\nOBS{epoch}{c} -> a: std(D/sigma) = {std:.3f} over {clean.sum()} pixels", end=""
+            )
             assert clean.sum() > 40000 and abs(std - 1) < 0.1
 
 
@@ -224,8 +262,9 @@ def test_authors_stacks_are_reproduced():
         np.testing.assert_allclose(_authors_stack(epoch), want, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize(("statistic", "bound_clean", "bound_all"),
-                         [("median", 0.6, 1.3), ("mean", 1.0, 1.4)])
+@pytest.mark.parametrize(
+    ("statistic", "bound_clean", "bound_all"), [("median", 0.6, 1.3), ("mean", 1.0, 1.4)]
+)
 def test_epoch_difference_against_final_difference(matched, statistic, bound_clean, bound_all):
     """Stack each epoch, subtract Stack18 (FWHM 3.9 px) from Stack04 (5.2 px), compare with
     reference/FinalDifference.fits: RMS of (ours - reference) in units of our noise.
@@ -253,10 +292,12 @@ def test_epoch_difference_against_final_difference(matched, statistic, bound_cle
     rms_clean = float(np.sqrt(np.mean(u[ok & ~sources] ** 2)))
     rms_all = float(np.sqrt(np.mean(u[ok] ** 2)))
     shipped = float(fits.getdata(DATA / "FinalMatchKernel.fits").sum())
-    print(f"\n{statistic} stacks: final kernel sum {final.kernel.kernel_sum(128.0, 128.0):.4f} "
-          f"(shipped {shipped:.4f}); std(D/sigma) away from sources {z_std:.3f}; RMS (ours - "
-          f"FinalDifference) / noise = {rms_clean / z_std:.3f} away from sources, "
-          f"{rms_all / z_std:.3f} over all {ok.sum()} pixels (per unscaled sigma: "
-          f"{rms_clean:.3f}, {rms_all:.3f})")
+    print(
+        f"\n{statistic} stacks: final kernel sum {final.kernel.kernel_sum(128.0, 128.0):.4f} "
+        f"(shipped {shipped:.4f}); std(D/sigma) away from sources {z_std:.3f}; RMS (ours - "
+        f"FinalDifference) / noise = {rms_clean / z_std:.3f} away from sources, "
+        f"{rms_all / z_std:.3f} over all {ok.sum()} pixels (per unscaled sigma: "
+        f"{rms_clean:.3f}, {rms_all:.3f})"
+    )
     assert ok.sum() > 40000
     assert rms_clean / z_std < bound_clean and rms_all / z_std < bound_all

@@ -19,11 +19,13 @@ def coadd_store(tmp_path_factory):
     """A coadd of simulated warps on a patch that is not at the tract origin, stored in
     several chunks per plane."""
     out = tmp_path_factory.mktemp("export")
-    sim = coaddx.simulate(out / "sim", n_visits=5, shape=(200, 280), seed=9, calexps=False,
-                          n_stars=30, n_galaxies=8)
+    sim = coaddx.simulate(
+        out / "sim", n_visits=5, shape=(200, 280), seed=9, calexps=False, n_stars=30, n_galaxies=8
+    )
     with dask.config.set({"coaddx.memory-per-task": "64MiB"}):
-        coadd = coaddx.assemble(coaddx.open_warps(sim.warps),
-                                coaddx.AssembleConfig(subregion_size=64))
+        coadd = coaddx.assemble(
+            coaddx.open_warps(sim.warps), coaddx.AssembleConfig(subregion_size=64)
+        )
     path = coaddx.write_coadd(coadd, out / "coadd.zarr")
     assert len(coaddx.open_coadd(path)["image"].chunks[0]) > 1
     return path
@@ -63,8 +65,9 @@ def test_export_fits_hdus_read_with_astropy(coadd_store, tmp_path):
         assert hdul["IMAGE"].header["LTV1"] == -int(store["x"][0])
         assert hdul["IMAGE"].header["CRVAL2A"] == int(store["y"][0])
         parent = WCS(hdul["MASK"].header, key="A")  # LSST's pixel WCS of the parent (tract)
-        np.testing.assert_allclose(parent.wcs_pix2world([[0, 0]], 0)[0],
-                                   [int(store["x"][0]), int(store["y"][0])])
+        np.testing.assert_allclose(
+            parent.wcs_pix2world([[0, 0]], 0)[0], [int(store["x"][0]), int(store["y"][0])]
+        )
     assert not list(tmp_path.glob(".coadd.fits.tmp-*"))
 
 
@@ -102,7 +105,8 @@ def test_cli_export_fits(coadd_store, tmp_path, capsys):
     out = tmp_path / "c.fits"
     assert main(["export-fits", str(coadd_store), str(out), "--no-progress"]) == 0
     assert "written" in capsys.readouterr().out
-    np.testing.assert_array_equal(fits.getdata(out, "VARIANCE"),
-                                  coaddx.open_coadd(coadd_store)["variance"].values)
+    np.testing.assert_array_equal(
+        fits.getdata(out, "VARIANCE"), coaddx.open_coadd(coadd_store)["variance"].values
+    )
     assert main(["export-fits", str(coadd_store), str(out), "--no-progress"]) == 2
     assert "exists" in capsys.readouterr().err

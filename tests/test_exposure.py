@@ -45,12 +45,32 @@ def exposure(celestial_wcs) -> Exposure:
     variance = rng.uniform(1, 2, SHAPE).astype(np.float32)
     variance[7, :] = np.nan
     yy, xx = np.mgrid[-3:4, -3:4]
-    return Exposure(rng.normal(100, 3, SHAPE).astype(np.float32), mask, variance, celestial_wcs,
-                    PLANES, photo_calib=0.37, psf=np.exp(-(xx**2 + yy**2) / 3.0), visit=123,
-                    detector=4, band="r", mjd=60001.5, exptime=30.0, airmass=1.25,
-                    parallactic_angle=-12.0, psf_fwhm=3.3,
-                    metadata={"zero_point": 30.5, "gain": 1.7, "note": "hello", "count": 3,
-                              "flag": True, "missing": float("nan"), "layout": "made"})
+    return Exposure(
+        rng.normal(100, 3, SHAPE).astype(np.float32),
+        mask,
+        variance,
+        celestial_wcs,
+        PLANES,
+        photo_calib=0.37,
+        psf=np.exp(-(xx**2 + yy**2) / 3.0),
+        visit=123,
+        detector=4,
+        band="r",
+        mjd=60001.5,
+        exptime=30.0,
+        airmass=1.25,
+        parallactic_angle=-12.0,
+        psf_fwhm=3.3,
+        metadata={
+            "zero_point": 30.5,
+            "gain": 1.7,
+            "note": "hello",
+            "count": 3,
+            "flag": True,
+            "missing": float("nan"),
+            "layout": "made",
+        },
+    )
 
 
 def _pix(shape=SHAPE):
@@ -60,20 +80,36 @@ def _pix(shape=SHAPE):
 
 # -- the data model -------------------------------------------------------------------------------
 
+
 def test_exposure_coerces_dtypes_and_normalises_psf(celestial_wcs):
-    exp = Exposure(np.ones(SHAPE), np.zeros(SHAPE, np.uint16), np.ones(SHAPE, ">f8"),
-                   celestial_wcs, PLANES, psf=np.ones((5, 5)), visit=np.int64(7), band=" g ")
+    exp = Exposure(
+        np.ones(SHAPE),
+        np.zeros(SHAPE, np.uint16),
+        np.ones(SHAPE, ">f8"),
+        celestial_wcs,
+        PLANES,
+        psf=np.ones((5, 5)),
+        visit=np.int64(7),
+        band=" g ",
+    )
     assert exp.image.dtype == np.float32 and exp.mask.dtype == np.int32
     assert exp.variance.dtype == np.dtype("float32") and exp.variance.dtype.isnative
     assert exp.shape == SHAPE and exp.visit == 7 and exp.band == "g"
     assert exp.psf.sum() == pytest.approx(1.0) and math.isnan(exp.mjd)
 
 
-@pytest.mark.parametrize("case", ["shape", "ndim", "mask_dtype", "wcs", "planes", "stray_bits",
-                                  "photo_calib", "psf", "visit"])
+@pytest.mark.parametrize(
+    "case",
+    ["shape", "ndim", "mask_dtype", "wcs", "planes", "stray_bits", "photo_calib", "psf", "visit"],
+)
 def test_exposure_rejects_bad_input_naming_the_path(celestial_wcs, case):
-    args = {"image": np.zeros(SHAPE), "mask": np.zeros(SHAPE, np.int32),
-            "variance": np.ones(SHAPE), "wcs": celestial_wcs, "mask_planes": PLANES}
+    args = {
+        "image": np.zeros(SHAPE),
+        "mask": np.zeros(SHAPE, np.int32),
+        "variance": np.ones(SHAPE),
+        "wcs": celestial_wcs,
+        "mask_planes": PLANES,
+    }
     kw: dict = {}
     if case == "shape":
         args["variance"] = np.ones((30, 41))
@@ -93,7 +129,7 @@ def test_exposure_rejects_bad_input_naming_the_path(celestial_wcs, case):
         kw["psf"] = np.ones((4, 5))
     else:
         kw["visit"] = "seven"
-    with pytest.raises(InputError, match="some_file.fits"):
+    with pytest.raises(InputError, match=r"some_file\.fits"):
         Exposure(**args, **kw, path=Path("/data/some_file.fits"))
 
 
@@ -127,6 +163,7 @@ def test_footprint_sky_follows_the_outer_pixel_edges(exposure):
 
 # -- coaddx layout -------------------------------------------------------------------------------
 
+
 def test_write_read_exposure_round_trip(tmp_path, exposure):
     path = write_exposure(exposure, tmp_path / "calexp.fits")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # atomic
@@ -135,19 +172,30 @@ def test_write_read_exposure_round_trip(tmp_path, exposure):
     for name in ("image", "mask", "variance"):
         np.testing.assert_array_equal(getattr(got, name), getattr(exposure, name))
     np.testing.assert_allclose(got.psf, exposure.psf, rtol=1e-6)
-    for name in ("photo_calib", "visit", "detector", "band", "mjd", "exptime", "airmass",
-                 "parallactic_angle", "psf_fwhm"):
+    for name in (
+        "photo_calib",
+        "visit",
+        "detector",
+        "band",
+        "mjd",
+        "exptime",
+        "airmass",
+        "parallactic_angle",
+        "psf_fwhm",
+    ):
         assert getattr(got, name) == getattr(exposure, name), name
     expected = {k: v for k, v in exposure.metadata.items() if k not in ("layout", "missing")}
     assert {k: v for k, v in got.metadata.items() if k != "layout"} == expected
     assert got.mask_planes == exposure.mask_planes
     x, y = _pix()
-    np.testing.assert_allclose(got.wcs.all_pix2world(x, y, 0),
-                               exposure.wcs.all_pix2world(x, y, 0), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(
+        got.wcs.all_pix2world(x, y, 0), exposure.wcs.all_pix2world(x, y, 0), rtol=0, atol=1e-10
+    )
     wcs, shape = exposure_footprint(path)
     assert shape == SHAPE
-    np.testing.assert_allclose(wcs.all_pix2world(x, y, 0), exposure.wcs.all_pix2world(x, y, 0),
-                               rtol=0, atol=1e-10)
+    np.testing.assert_allclose(
+        wcs.all_pix2world(x, y, 0), exposure.wcs.all_pix2world(x, y, 0), rtol=0, atol=1e-10
+    )
 
 
 def test_round_trip_in_njy_writes_no_photcalib(tmp_path, exposure):
@@ -164,6 +212,7 @@ def test_round_trip_in_njy_writes_no_photcalib(tmp_path, exposure):
 
 # -- LSST layout ---------------------------------------------------------------------------------
 
+
 def _lsst_hdus(wcs, *, primary=None, image_header=None, named=True):
     rng = np.random.default_rng(3)
     prim = fits.PrimaryHDU(header=fits.Header(primary or {}))
@@ -175,21 +224,33 @@ def _lsst_hdus(wcs, *, primary=None, image_header=None, named=True):
     for key, bit in mask_planes_to_header(PLANES).items():
         mask_head[key if len(key) <= 8 else f"HIERARCH {key}"] = bit
     names = ("IMAGE", "MASK", "VARIANCE") if named else (None, None, None)
-    return fits.HDUList([
-        prim,
-        fits.ImageHDU(rng.normal(size=SHAPE).astype(np.float32), header=head, name=names[0]),
-        fits.ImageHDU(mask, header=mask_head, name=names[1]),
-        fits.ImageHDU(np.ones(SHAPE, np.float32), name=names[2]),
-        fits.BinTableHDU.from_columns([fits.Column("id", "K", array=np.arange(3))],
-                                      name="ARCHIVE_INDEX"),
-    ])
+    return fits.HDUList(
+        [
+            prim,
+            fits.ImageHDU(rng.normal(size=SHAPE).astype(np.float32), header=head, name=names[0]),
+            fits.ImageHDU(mask, header=mask_head, name=names[1]),
+            fits.ImageHDU(np.ones(SHAPE, np.float32), name=names[2]),
+            fits.BinTableHDU.from_columns(
+                [fits.Column("id", "K", array=np.arange(3))], name="ARCHIVE_INDEX"
+            ),
+        ]
+    )
 
 
 def test_read_lsst_layout_with_fluxmag0(tmp_path, celestial_wcs):
-    hdus = _lsst_hdus(celestial_wcs, primary={"EXPID": 9876, "DETECTOR": 12, "FILTER": "HSC-R",
-                                              "FLUXMAG0": 6.3e10, "EXPTIME": 200.0,
-                                              "HIERARCH BORE-AIRMASS": 1.1, "MJD-OBS": 57000.2},
-                      image_header={"BUNIT": "count"})
+    hdus = _lsst_hdus(
+        celestial_wcs,
+        primary={
+            "EXPID": 9876,
+            "DETECTOR": 12,
+            "FILTER": "HSC-R",
+            "FLUXMAG0": 6.3e10,
+            "EXPTIME": 200.0,
+            "HIERARCH BORE-AIRMASS": 1.1,
+            "MJD-OBS": 57000.2,
+        },
+        image_header={"BUNIT": "count"},
+    )
     path = tmp_path / "lsst.fits"
     hdus.writeto(path)
     exp = read_exposure(path)
@@ -200,8 +261,9 @@ def test_read_lsst_layout_with_fluxmag0(tmp_path, celestial_wcs):
     assert exp.mask_planes == PLANES and exp.mask[2, 2] == 1 << PLANES["CR"]
     np.testing.assert_array_equal(exp.image, hdus[1].data)
     x, y = _pix()
-    np.testing.assert_allclose(exp.wcs.all_pix2world(x, y, 0),
-                               celestial_wcs.all_pix2world(x, y, 0), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(
+        exp.wcs.all_pix2world(x, y, 0), celestial_wcs.all_pix2world(x, y, 0), rtol=0, atol=1e-10
+    )
     assert exposure_footprint(path)[1] == SHAPE
 
 
@@ -220,6 +282,7 @@ def test_read_lsst_layout_units(tmp_path, celestial_wcs):
 
 
 # -- errors ------------------------------------------------------------------------------------
+
 
 def test_read_exposure_missing_hdu(tmp_path, celestial_wcs):
     hdus = _lsst_hdus(celestial_wcs)
@@ -258,20 +321,26 @@ def test_read_exposure_without_mask_planes_or_wcs(tmp_path, celestial_wcs):
 def test_read_exposure_garbage_unknown_and_missing_files(tmp_path):
     garbage = tmp_path / "garbage.fits"
     garbage.write_bytes(np.random.default_rng(0).bytes(5000))
-    with pytest.raises(InputError, match="garbage.fits"):
+    with pytest.raises(InputError, match=r"garbage\.fits"):
         read_exposure(garbage)
     unknown = tmp_path / "unknown.fits"
     fits.HDUList([fits.PrimaryHDU(np.zeros((4, 4)))]).writeto(unknown)
     with pytest.raises(InputError, match=r"unknown.fits.*unknown exposure layout"):
         read_exposure(unknown)
-    with pytest.raises(InputError, match="nothing.fits"):
+    with pytest.raises(InputError, match=r"nothing\.fits"):
         read_exposure(tmp_path / "nothing.fits")
 
 
 def _fake_cp(folder: Path, shape=(12, 10), *, ivar_shape=None, wcs=None) -> Path:
     wcs = wcs or make_tan_wcs(SkyCoord(10.0, -5.0, unit="deg"), (5.0, 6.0), 0.262)
-    prim = {"EXPNUM": 1234, "FILTER": "g DECam SDSS c0001 4720.0 1520.0", "EXPTIME": 90.0,
-            "AIRMASS": 1.2, "MJD-OBS": 58000.1, "PLVER": "V4.8.2a"}
+    prim = {
+        "EXPNUM": 1234,
+        "FILTER": "g DECam SDSS c0001 4720.0 1520.0",
+        "EXPTIME": 90.0,
+        "AIRMASS": 1.2,
+        "MJD-OBS": 58000.1,
+        "PLVER": "V4.8.2a",
+    }
     head = wcs.to_header()
     head.update({"CCDNUM": 5, "GAINA": 4.0, "GAINB": 4.0, "FWHM": 4.2, "AVSKY": 100.0})
     dq = np.zeros(shape, np.int32)
@@ -280,16 +349,17 @@ def _fake_cp(folder: Path, shape=(12, 10), *, ivar_shape=None, wcs=None) -> Path
     ivar[2, 3] = 0.0
     base = "c4d_170101_000000_{}_g_ls9.fits"
     for kind, data in (("ooi", np.full(shape, 100.0, np.float32)), ("oow", ivar), ("ood", dq)):
-        fits.HDUList([fits.PrimaryHDU(header=fits.Header(prim)),
-                      fits.ImageHDU(data, header=head, name="S4")]).writeto(
-            folder / base.format(kind))
+        fits.HDUList(
+            [fits.PrimaryHDU(header=fits.Header(prim)), fits.ImageHDU(data, header=head, name="S4")]
+        ).writeto(folder / base.format(kind))
     return folder / base.format("ooi")
 
 
 def test_read_decam_cp_from_any_sibling(tmp_path):
     image = _fake_cp(tmp_path)
-    exps = [read_exposure(image.with_name(image.name.replace("ooi", k)))
-            for k in ("ooi", "oow", "ood")]
+    exps = [
+        read_exposure(image.with_name(image.name.replace("ooi", k))) for k in ("ooi", "oow", "ood")
+    ]
     for exp in exps:
         assert exp.path == image and exp.visit == 1234 and exp.detector == 5
         assert exp.band == "g" and exp.psf is None and exp.psf_fwhm == 4.2
@@ -340,14 +410,24 @@ def test_psfex_image_polynomial_and_resampling(tmp_path):
     yy, xx = np.mgrid[-7:8, -7:8]
     gauss = np.exp(-(xx**2 + yy**2) / 8.0)
     basis = np.stack([gauss, 0.1 * gauss * (xx > 0), np.zeros_like(gauss)])  # 1, x, y
-    head = {"POLNAME1": "X_IMAGE", "POLNAME2": "Y_IMAGE", "POLZERO1": 100.0,
-            "POLSCAL1": 50.0, "POLZERO2": 200.0, "POLSCAL2": 80.0, "POLDEG1": 1,
-            "PSF_SAMP": 1.0, "PSF_FWHM": 4.7}
-    col = fits.Column("PSF_MASK", format=f"{basis.size}E", dim="(15,15,3)",
-                      array=basis[None].astype(np.float32))
+    head = {
+        "POLNAME1": "X_IMAGE",
+        "POLNAME2": "Y_IMAGE",
+        "POLZERO1": 100.0,
+        "POLSCAL1": 50.0,
+        "POLZERO2": 200.0,
+        "POLSCAL2": 80.0,
+        "POLDEG1": 1,
+        "PSF_SAMP": 1.0,
+        "PSF_FWHM": 4.7,
+    }
+    col = fits.Column(
+        "PSF_MASK", format=f"{basis.size}E", dim="(15,15,3)", array=basis[None].astype(np.float32)
+    )
     path = tmp_path / "psf.fits"
-    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(
-        [col], header=fits.Header(head))]).writeto(path)
+    fits.HDUList(
+        [fits.PrimaryHDU(), fits.BinTableHDU.from_columns([col], header=fits.Header(head))]
+    ).writeto(path)
     psf, fwhm = psfex_image(path, x=100.0, y=200.0)
     assert fwhm == 4.7 and psf.shape == (15, 15)
     np.testing.assert_allclose(psf, gauss / gauss.sum(), rtol=1e-6)
@@ -364,6 +444,7 @@ def test_psfex_image_polynomial_and_resampling(tmp_path):
 
 # -- real DECam CP data (Legacy Surveys test cases 3 and 6) ---------------------------------------
 
+
 def _cp_images(real_data: Path, case: str) -> list[Path]:
     folder = real_data / "legacypipe-decam" / case / "images"
     if not folder.is_dir():
@@ -373,8 +454,10 @@ def _cp_images(real_data: Path, case: str) -> list[Path]:
 
 @pytest.fixture
 def decam(real_data) -> dict[str, list[Exposure]]:
-    return {case: [read_exposure(p) for p in _cp_images(real_data, case)]
-            for case in ("testcase3", "testcase6")}
+    return {
+        case: [read_exposure(p) for p in _cp_images(real_data, case)]
+        for case in ("testcase3", "testcase6")
+    }
 
 
 @pytest.mark.realdata
@@ -485,8 +568,10 @@ def test_real_decam_siblings_and_coaddx_round_trip(real_data, tmp_path):
     path = _cp_images(real_data, "testcase6")[0]
     copy = tmp_path / path.name  # a copy with no calib/ folder: no PSF, same pixels
     for kind in ("ooi", "oow", "ood"):
-        shutil.copy(path.with_name(path.name.replace("_ooi_", f"_{kind}_")),
-                    tmp_path / path.name.replace("_ooi_", f"_{kind}_"))
+        shutil.copy(
+            path.with_name(path.name.replace("_ooi_", f"_{kind}_")),
+            tmp_path / path.name.replace("_ooi_", f"_{kind}_"),
+        )
     original = read_exposure(path)
     from_dq = read_exposure(tmp_path / path.name.replace("_ooi_", "_ood_"))
     assert from_dq.path == copy and from_dq.psf is None
@@ -496,8 +581,9 @@ def test_real_decam_siblings_and_coaddx_round_trip(real_data, tmp_path):
     np.testing.assert_array_equal(got.variance, original.variance)
     np.testing.assert_allclose(got.psf, original.psf, rtol=1e-6, atol=1e-9)
     x, y = _pix(original.shape)
-    np.testing.assert_allclose(got.wcs.all_pix2world(x, y, 0),
-                               original.wcs.all_pix2world(x, y, 0), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(
+        got.wcs.all_pix2world(x, y, 0), original.wcs.all_pix2world(x, y, 0), rtol=0, atol=1e-9
+    )
     assert got.metadata["zero_point"] == original.metadata["zero_point"]
     with pytest.raises(MaskPlaneError):
         replace(original, mask_planes={"BAD": 0})  # the SAT/NO_DATA bits would be unnamed

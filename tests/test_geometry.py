@@ -28,8 +28,18 @@ def _sip(crpix, scale, rotation):
     """A TAN-SIP WCS with ~2 px of quadratic/cubic distortion at the corners of 2048 x 4096."""
     header = _tan(crpix, scale, rotation).to_header()
     header["CTYPE1"], header["CTYPE2"] = "RA---TAN-SIP", "DEC--TAN-SIP"
-    header.update(A_ORDER=3, B_ORDER=3, A_2_0=2e-7, A_0_2=-1e-7, A_1_1=1.5e-7, B_1_1=3e-7,
-                  B_2_0=-1e-7, A_3_0=1e-10, B_0_3=-1e-10, A_1_2=5e-11)
+    header.update(
+        A_ORDER=3,
+        B_ORDER=3,
+        A_2_0=2e-7,
+        A_0_2=-1e-7,
+        A_1_1=1.5e-7,
+        B_1_1=3e-7,
+        B_2_0=-1e-7,
+        A_3_0=1e-10,
+        B_0_3=-1e-10,
+        A_1_2=5e-11,
+    )
     return WCS(header)
 
 
@@ -37,8 +47,20 @@ def _tpv(crpix, scale, rotation, linear=1.0):
     """A TPV WCS (PV polynomial on intermediate coordinates in degrees), ~5 px distortion."""
     header = _tan(crpix, scale, rotation).to_header()
     header["CTYPE1"], header["CTYPE2"] = "RA---TPV", "DEC--TPV"
-    header.update(PV1_0=0.0, PV1_1=linear, PV1_2=0.0, PV1_4=0.02, PV1_5=-0.01, PV1_7=0.3,
-                  PV2_0=0.0, PV2_1=linear, PV2_2=0.0, PV2_4=-0.015, PV2_6=0.01, PV2_9=-0.2)
+    header.update(
+        PV1_0=0.0,
+        PV1_1=linear,
+        PV1_2=0.0,
+        PV1_4=0.02,
+        PV1_5=-0.01,
+        PV1_7=0.3,
+        PV2_0=0.0,
+        PV2_1=linear,
+        PV2_2=0.0,
+        PV2_4=-0.015,
+        PV2_6=0.01,
+        PV2_9=-0.2,
+    )
     return WCS(header)
 
 
@@ -73,22 +95,24 @@ def test_source_coordinates_interpolation_within_0p01_px(kind):
     bx, by = map_pixels(dest, src, cols.astype(float), rows - 1.0)
     exact_area = np.abs((ex - ax) * (ey - by) - (ey - ay) * (ex - bx))
     np.testing.assert_allclose(area[rows, cols], exact_area, rtol=1e-4)
-    assert abs(np.median(area) - 1.69) < 0.01                 # 1.3x larger destination pixels
+    assert abs(np.median(area) - 1.69) < 0.01  # 1.3x larger destination pixels
 
 
 @pytest.mark.parametrize("interp_length", [0, 1])
 def test_source_coordinates_exact_without_interpolation(interp_length):
     src, dest = SOURCES["sip"](), _tan()
-    x, y, area = source_coordinates(dest, src, (30, 40), interp_length=interp_length,
-                                    origin=(900, 1000))
+    x, y, area = source_coordinates(
+        dest, src, (30, 40), interp_length=interp_length, origin=(900, 1000)
+    )
     yy, xx = np.indices((30, 40), dtype=float)
     ex, ey = map_pixels(dest, src, xx + 900, yy + 1000)
     np.testing.assert_allclose(x, ex, rtol=0, atol=1e-9)
     np.testing.assert_allclose(y, ey, rtol=0, atol=1e-9)
     ax, ay = map_pixels(dest, src, xx + 899, yy + 1000)
     bx, by = map_pixels(dest, src, xx + 900, yy + 999)
-    np.testing.assert_allclose(area, np.abs((ex - ax) * (ey - by) - (ey - ay) * (ex - bx)),
-                               rtol=1e-9)
+    np.testing.assert_allclose(
+        area, np.abs((ex - ax) * (ey - by) - (ey - ay) * (ex - bx)), rtol=1e-9
+    )
 
 
 def test_source_coordinates_nodes_are_exact_and_origin_shifts_the_box():
@@ -100,8 +124,7 @@ def test_source_coordinates_nodes_are_exact_and_origin_shifts_the_box():
     np.testing.assert_allclose(x[np.ix_(rows, cols)], ex, rtol=0, atol=1e-9)
     np.testing.assert_allclose(y[np.ix_(rows, cols)], ey, rtol=0, atol=1e-9)
     full_x, full_y, _ = source_coordinates(dest, src, (800, 700), interp_length=0)
-    sub_x, sub_y, _ = source_coordinates(dest, src, (95, 123), origin=(500, 700),
-                                         interp_length=0)
+    sub_x, sub_y, _ = source_coordinates(dest, src, (95, 123), origin=(500, 700), interp_length=0)
     np.testing.assert_array_equal(sub_x, full_x[700:795, 500:623])
     np.testing.assert_array_equal(sub_y, full_y[700:795, 500:623])
 
@@ -124,8 +147,9 @@ def test_world_to_pixel_divergent_sip_inverse_gives_nan():
     px, py = map_pixels(_tan((1023.5, 2047.5), 0.2), strong, x, y)
     assert np.isnan(px[1:]).all() and np.isnan(py[1:]).all()
     lon, lat = strong.pixel_to_world_values(px[0], py[0])
-    assert np.allclose(_tan((1023.5, 2047.5), 0.2).world_to_pixel_values(lon, lat), (1000, 2000),
-                       atol=1e-6)
+    assert np.allclose(
+        _tan((1023.5, 2047.5), 0.2).world_to_pixel_values(lon, lat), (1000, 2000), atol=1e-6
+    )
 
 
 def _shifted(dx, dy, rotation=0.0, scale=0.2):
@@ -133,17 +157,25 @@ def _shifted(dx, dy, rotation=0.0, scale=0.2):
     return _tan((1023.5 - dx, 1023.5 - dy), scale, rotation)
 
 
-@pytest.mark.parametrize(("name", "src", "shape", "border", "expected"), [
-    ("disjoint", _shifted(300, 300), (100, 100), 0, False),
-    ("partial", _shifted(-50, 150), (100, 100), 0, True),
-    ("contains the destination", _shifted(-100, -100), (400, 400), 0, True),
-    ("inside the destination", _shifted(80, 90), (20, 30), 0, True),
-    ("just outside", _shifted(205, 50), (100, 100), 0, False),
-    ("just outside, border grows it", _shifted(205, 50), (100, 100), 10, True),
-    ("touching edge only", _shifted(200, 50), (100, 100), 0, False),
-    ("far side of the sky", _tan(centre=SkyCoord(330.0, -2.0, unit="deg")), (100, 100), 0,
-     False),
-])
+@pytest.mark.parametrize(
+    ("name", "src", "shape", "border", "expected"),
+    [
+        ("disjoint", _shifted(300, 300), (100, 100), 0, False),
+        ("partial", _shifted(-50, 150), (100, 100), 0, True),
+        ("contains the destination", _shifted(-100, -100), (400, 400), 0, True),
+        ("inside the destination", _shifted(80, 90), (20, 30), 0, True),
+        ("just outside", _shifted(205, 50), (100, 100), 0, False),
+        ("just outside, border grows it", _shifted(205, 50), (100, 100), 10, True),
+        ("touching edge only", _shifted(200, 50), (100, 100), 0, False),
+        (
+            "far side of the sky",
+            _tan(centre=SkyCoord(330.0, -2.0, unit="deg")),
+            (100, 100),
+            0,
+            False,
+        ),
+    ],
+)
 def test_exposure_overlaps_truth_table(name, src, shape, border, expected):
     assert exposure_overlaps(src, shape, _tan(), (200, 200), border=border) is expected
 
@@ -158,9 +190,10 @@ def test_exposure_overlaps_uses_the_polygon_not_its_bounding_box():
     assert not exposure_overlaps(src, (100, 100), _tan(), (200, 200))
     assert not exposure_overlaps(src, (100, 100), _tan(), (200, 200), border=24)
     assert exposure_overlaps(src, (100, 100), _tan(), (200, 200), border=26)
-    hull = map_pixels(src, _tan(), np.array([-0.5, 99.5, 99.5, -0.5]),
-                      np.array([-0.5, -0.5, 99.5, 99.5]))
-    assert max(hull[0]) > -0.5 and max(hull[1]) > -0.5       # bounding boxes do overlap
+    hull = map_pixels(
+        src, _tan(), np.array([-0.5, 99.5, 99.5, -0.5]), np.array([-0.5, -0.5, 99.5, 99.5])
+    )
+    assert max(hull[0]) > -0.5 and max(hull[1]) > -0.5  # bounding boxes do overlap
 
 
 def test_pixel_scale_tan_rotated_and_tpv_linear_term():

@@ -1,6 +1,5 @@
 """make_warps end to end: simulated calexps and real DECam cutouts, store semantics."""
 
-
 import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
@@ -16,8 +15,16 @@ from coaddx.warp import WarpConfig, make_warps, patch_from_store
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
-    return simulate(tmp_path_factory.mktemp("mw") / "sim", n_visits=5, shape=(320, 320), seed=21,
-                    calexps=True, n_stars=300, n_galaxies=20, artifacts=False)
+    return simulate(
+        tmp_path_factory.mktemp("mw") / "sim",
+        n_visits=5,
+        shape=(320, 320),
+        seed=21,
+        calexps=True,
+        n_stars=300,
+        n_galaxies=20,
+        artifacts=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +44,13 @@ def test_every_visit_is_warped_and_matches_the_simulated_warps(sim, warped):
     # same sky, independent noise: where both have data the difference is noise-like
     both = np.isfinite(ds["image"].values) & np.isfinite(truth["image"].values)
     assert both.mean() > 0.5
-    pull = ((ds["image"].values - truth["image"].values)[both]
-            / np.sqrt(ds["variance"].values + truth["variance"].values)[both])
-    print(f"\nwarped calexps vs simulated warps: pull median {np.median(pull):.3f}, "
-          f"MAD-sigma {1.4826 * np.median(np.abs(pull - np.median(pull))):.3f}")
+    pull = (ds["image"].values - truth["image"].values)[both] / np.sqrt(
+        ds["variance"].values + truth["variance"].values
+    )[both]
+    print(
+        f"\nwarped calexps vs simulated warps: pull median {np.median(pull):.3f}, "
+        f"MAD-sigma {1.4826 * np.median(np.abs(pull - np.median(pull))):.3f}"
+    )
     assert abs(np.median(pull)) < 0.05
     # Lanczos-3 correlates the warped noise, so the per-pixel pull is narrower than 1
     assert 0.6 < 1.4826 * np.median(np.abs(pull - np.median(pull))) < 1.1
@@ -51,11 +61,16 @@ def test_every_visit_is_warped_and_matches_the_simulated_warps(sim, warped):
 def test_star_fluxes_and_positions_survive_warping(sim, warped):
     _, ds = warped
     src = Table.read(sim.sources, format="ascii.ecsv")
-    stars = src[(src["type"] == "star") & src["in_patch"] & ~src["saturated"]
-                & (src["neighbor_dist"] > 16) & (src["flux"] > 1e4)]
+    stars = src[
+        (src["type"] == "star")
+        & src["in_patch"]
+        & ~src["saturated"]
+        & (src["neighbor_dist"] > 16)
+        & (src["flux"] > 1e4)
+    ]
     img = ds["image"].values
     ref = coaddx.open_warps(sim.warps).sel(visit=ds["visit"].values)["image"].values
-    yy, xx = np.mgrid[0:img.shape[1], 0:img.shape[2]]
+    yy, xx = np.mgrid[0 : img.shape[1], 0 : img.shape[2]]
     offsets, ratios, vs_sim = [], [], []
     for s in stars:
         xc, yc = float(s["x_patch"]), float(s["y_patch"])
@@ -68,10 +83,13 @@ def test_star_fluxes_and_positions_survive_warping(sim, warped):
             fwhm = float(ds["psf_fwhm"].values[v])
             ratios.append(stamp.sum() / (s["flux"] * enclosed_flux_fraction(8, fwhm, sim.psf)))
             w = np.clip(stamp, 0, None)
-            offsets.append(np.hypot((w * xx[ap]).sum() / w.sum() - xc,
-                                    (w * yy[ap]).sum() / w.sum() - yc))
-    print(f"\n{len(ratios)} star measurements: median aperture flux / expected "
-          f"{np.median(ratios):.4f}, median centroid offset {np.median(offsets):.4f} px")
+            offsets.append(
+                np.hypot((w * xx[ap]).sum() / w.sum() - xc, (w * yy[ap]).sum() / w.sum() - yc)
+            )
+    print(
+        f"\n{len(ratios)} star measurements: median aperture flux / expected "
+        f"{np.median(ratios):.4f}, median centroid offset {np.median(offsets):.4f} px"
+    )
     assert len(ratios) >= 10
     print(f"aperture flux warped calexp / simulated warp: median {np.median(vs_sim):.4f}")
     # flux conserved through calibration and warping: same sky rendered directly on the patch
@@ -149,8 +167,8 @@ def _warp_stack(exposures, centre_pixel, shape, tmp_path):
 
 
 def _centroid(img, x0, y0, r=4):
-    yy, xx = np.mgrid[y0 - r:y0 + r + 1, x0 - r:x0 + r + 1]
-    w = np.clip(img[y0 - r:y0 + r + 1, x0 - r:x0 + r + 1], 0, None)
+    yy, xx = np.mgrid[y0 - r : y0 + r + 1, x0 - r : x0 + r + 1]
+    w = np.clip(img[y0 - r : y0 + r + 1, x0 - r : x0 + r + 1], 0, None)
     return (w * xx).sum() / w.sum(), (w * yy).sum() / w.sum()
 
 
@@ -158,7 +176,7 @@ def _centroid(img, x0, y0, r=4):
 def test_real_decam_star_lands_where_every_wcs_says(real_data, tmp_path):
     """testcase3: 8 DECam visits (g, r, z; TPV WCSs), warped onto one TAN patch and stacked."""
     exposures = _real(real_data, "testcase3")
-    patch, ds, coadd = _warp_stack(exposures, (20, 25), (80, 80), tmp_path)
+    patch, _ds, coadd = _warp_stack(exposures, (20, 25), (80, 80), tmp_path)
     img = coadd["image"].values
     full = coadd["n_image"].values == len(exposures)
     y0, x0 = np.unravel_index(np.argmax(np.where(full, np.nan_to_num(img), -np.inf)), img.shape)
@@ -166,11 +184,11 @@ def test_real_decam_star_lands_where_every_wcs_says(real_data, tmp_path):
     seps = []
     for exp in exposures:  # the star's centroid in each exposure's own pixels, through its WCS
         px, py = exp.wcs.world_to_pixel(star)
-        own = exp.wcs.pixel_to_world(*_centroid(exp.image, int(round(float(px))),
-                                                int(round(float(py)))))
+        own = exp.wcs.pixel_to_world(*_centroid(exp.image, round(float(px)), round(float(py))))
         seps.append(own.separation(star).arcsec)
-    print(f"\nreal DECam testcase3: star position, coadd vs each exposure: "
-          f"{np.round(seps, 3)} arcsec")
+    print(
+        f"\nreal DECam testcase3: star position, coadd vs each exposure: {np.round(seps, 3)} arcsec"
+    )
     assert np.median(seps) < 0.07 and max(seps) < 0.15  # 0.27 px and 0.57 px of 0.262"
 
 
@@ -184,7 +202,7 @@ def test_real_decam_masked_pixels_are_excluded(real_data, tmp_path):
     mask, image = ds["mask"].values, ds["image"].values
     rejected = (mask & (bit["SAT"] | bit["BAD"])) != 0
     assert rejected.sum() > 1000
-    ok = (~rejected & np.isfinite(image) & ((mask & (bit["NO_DATA"] | bit["EDGE"])) == 0))
+    ok = ~rejected & np.isfinite(image) & ((mask & (bit["NO_DATA"] | bit["EDGE"])) == 0)
     w = coadd["weight"].values[:, None, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         brute = np.where(ok, image * w, 0).sum(0) / np.where(ok, w, 0).sum(0)

@@ -16,10 +16,24 @@ from coaddx.skymap import Box, Tract
 
 def test_mask_planes_are_lsst_bits_and_looked_up_by_name():
     mp = coaddx.mask_planes()
-    assert [mp[k] for k in ("BAD", "SAT", "INTRP", "CR", "EDGE", "DETECTED", "DETECTED_NEGATIVE",
-                            "SUSPECT", "NO_DATA")] == list(range(9))
-    assert [mp[k] for k in ("CLIPPED", "SENSOR_EDGE", "INEXACT_PSF", "REJECTED", "BRIGHT_OBJECT",
-                            "STREAK")] == list(range(9, 15))
+    assert [
+        mp[k]
+        for k in (
+            "BAD",
+            "SAT",
+            "INTRP",
+            "CR",
+            "EDGE",
+            "DETECTED",
+            "DETECTED_NEGATIVE",
+            "SUSPECT",
+            "NO_DATA",
+        )
+    ] == list(range(9))
+    assert [
+        mp[k]
+        for k in ("CLIPPED", "SENSOR_EDGE", "INEXACT_PSF", "REJECTED", "BRIGHT_OBJECT", "STREAK")
+    ] == list(range(9, 15))
     assert bitmask(mp, ["NO_DATA", "BAD"]) == (1 << 8) | 1
     with pytest.raises(coaddx.MaskPlaneError, match="FOO"):
         bitmask(mp, ["FOO"])
@@ -27,7 +41,9 @@ def test_mask_planes_are_lsst_bits_and_looked_up_by_name():
     mp["NOT_A_DICT"] = 3
     with pytest.raises(coaddx.MaskPlaneError, match="share bit 3"):
         check_mask_planes(mp)
-    assert mask_planes_from_header(mask_planes_to_header(coaddx.mask_planes())) == coaddx.mask_planes()
+    assert (
+        mask_planes_from_header(mask_planes_to_header(coaddx.mask_planes())) == coaddx.mask_planes()
+    )
 
 
 def test_merge_mask_planes_keeps_existing_bits_and_fills_free_ones():
@@ -40,7 +56,7 @@ def test_merge_mask_planes_keeps_existing_bits_and_fills_free_ones():
 def test_plan_fits_budget_and_aligns_to_storage_chunk():
     plan = plan_stack(64, (2048, 2048), budget_bytes=512 * 2**20, storage_chunk=512)
     sy, sx = plan.subregion
-    assert plan.task_bytes <= 512 * 2**20 and sy % 512 == 0 or 512 % sy == 0
+    assert (plan.task_bytes <= 512 * 2**20 and sy % 512 == 0) or 512 % sy == 0
     assert task_bytes(64, sy, sx) == plan.task_bytes
     small = plan_stack(64, (2048, 2048), budget_bytes=32 * 2**20, storage_chunk=512)
     assert small.task_bytes <= 32 * 2**20 and 512 % small.subregion[0] == 0
@@ -66,4 +82,5 @@ def test_tract_patches_tile_the_tract_and_wcs_agrees():
     scale = np.sqrt(abs(np.linalg.det(t.wcs.pixel_scale_matrix))) * 3600
     assert abs(scale - 0.2) < 1e-9
     assert len(t.patches()) == nx * ny and t.find_patch(t.center).inner_bbox.contains(
-        Box(int(cx), int(cy), int(cx) + 1, int(cy) + 1))
+        Box(int(cx), int(cy), int(cx) + 1, int(cy) + 1)
+    )

@@ -16,16 +16,22 @@ MAX_SECONDS = 60  # each runs in well under 30 s on the project machine; headroo
 
 def _execute(name: str, workdir: Path) -> tuple[object, float]:
     book = nbformat.read(NOTEBOOKS / name, as_version=4)
-    client = nbclient.NotebookClient(book, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(workdir)}})
+    client = nbclient.NotebookClient(
+        book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+    )
     t0 = time.perf_counter()
     client.execute()
     return book, time.perf_counter() - t0
 
 
 def _outputs(book) -> str:
-    return "\n".join(o.get("text", "") for c in book.cells if c.cell_type == "code"
-                     for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    return "\n".join(
+        o.get("text", "")
+        for c in book.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "stream"
+    )
 
 
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
@@ -65,7 +71,11 @@ def test_compare_warp_notebook_runs(tmp_path, monkeypatch):
     coadd = coaddx.open_coadd(out / "coadd.zarr")
     assert coadd["artifact_mask"].dims == ("visit", "y", "x")
     assert coadd["epoch_count"].values.max() >= 1
-    for png in ("template_difference.png", "epoch_count.png", "clipped_by_visit.png",
-                "coadd_vs_mean.png"):
+    for png in (
+        "template_difference.png",
+        "epoch_count.png",
+        "clipped_by_visit.png",
+        "coadd_vs_mean.png",
+    ):
         assert (out / png).stat().st_size > 10_000
     assert seconds < MAX_SECONDS

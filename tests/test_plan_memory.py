@@ -53,8 +53,10 @@ def test_task_bytes_bounds_a_stacking_task_read_from_the_store(store, statistic)
     peak = _traced_peak(_first_block(coaddx.open_warps(store), statistic))
     planned = task_bytes(N_VISITS, S, S)
     block = 12 * N_VISITS * S * S  # image f4 + variance f4 + mask i4
-    print(f"{statistic}: measured {peak / 2**20:.2f} MiB, planned {planned / 2**20:.2f} MiB, "
-          f"input block {block / 2**20:.2f} MiB")
+    print(
+        f"{statistic}: measured {peak / 2**20:.2f} MiB, planned {planned / 2**20:.2f} MiB, "
+        f"input block {block / 2**20:.2f} MiB"
+    )
     assert block <= peak <= planned
     assert peak >= 0.45 * planned  # the plan is not wasteful either
 
@@ -67,11 +69,14 @@ def test_task_bytes_bounds_tasks_with_extra_copies(store, how):
     else:
         alt = np.zeros((N_VISITS, 2 * S, 2 * S), np.int32)
         alt[:, ::7, ::5] = 1 << 9
-        block = _first_block(coaddx.open_warps(store),
-                             alt_masks=da.from_array(alt, chunks=(N_VISITS, S, S)))
+        block = _first_block(
+            coaddx.open_warps(store), alt_masks=da.from_array(alt, chunks=(N_VISITS, S, S))
+        )
     peak = _traced_peak(block)
-    print(f"{how}: measured {peak / 2**20:.2f} MiB, planned "
-          f"{task_bytes(N_VISITS, S, S) / 2**20:.2f} MiB")
+    print(
+        f"{how}: measured {peak / 2**20:.2f} MiB, planned "
+        f"{task_bytes(N_VISITS, S, S) / 2**20:.2f} MiB"
+    )
     assert 12 * N_VISITS * S * S < peak <= task_bytes(N_VISITS, S, S)
 
 
@@ -80,12 +85,19 @@ def test_warp_task_bytes_bounds_a_warping_task(tmp_path):
     from coaddx.psfmatch import ModelPsfMatchConfig
     from coaddx.warp import WarpConfig, _inputs, _open_store, _warp_visit, patch_from_store
 
-    sim = coaddx.simulate(tmp_path / "sim", n_visits=1, shape=(384, 384), seed=3,
-                          calexps=True, artifacts=False, n_stars=30, n_galaxies=5)
+    sim = coaddx.simulate(
+        tmp_path / "sim",
+        n_visits=1,
+        shape=(384, 384),
+        seed=3,
+        calexps=True,
+        artifacts=False,
+        n_stars=30,
+        n_galaxies=5,
+    )
     patch = patch_from_store(sim.warps)
     items = _inputs(sim.calexps)
-    store = _open_store(tmp_path / "w.zarr", patch, mask_planes(), "direct",
-                        ModelPsfMatchConfig())
+    store = _open_store(tmp_path / "w.zarr", patch, mask_planes(), "direct", ModelPsfMatchConfig())
     slots = store.reserve([items[0].visit, 1])
     _warp_visit(items, patch, WarpConfig(), str(store.path), {"direct": slots[items[0].visit]})
     tracemalloc.start()
@@ -96,8 +108,10 @@ def test_warp_task_bytes_bounds_a_warping_task(tmp_path):
         tracemalloc.stop()
     assert "records" in result, result.get("error")
     planned = warp_task_bytes(patch.shape, [i.shape for i in items])
-    print(f"warp of {len(items)} detector(s) onto {patch.shape}: measured "
-          f"{peak / 2**20:.2f} MiB, planned {planned / 2**20:.2f} MiB")
+    print(
+        f"warp of {len(items)} detector(s) onto {patch.shape}: measured "
+        f"{peak / 2**20:.2f} MiB, planned {planned / 2**20:.2f} MiB"
+    )
     assert 12 * patch.shape[0] * patch.shape[1] < peak <= planned
     assert peak >= 0.4 * planned
 
@@ -124,8 +138,16 @@ def test_worker_peak_stays_within_the_plan(tmp_path):
     n, shape, budget = 32, (768, 768), 24 * 2**20
     coaddx.write_warps(make_warps(n, shape, seed=8), tmp_path / "w.zarr", chunk=128)
     limit = 1536 * 2**20
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, memory_limit=limit,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=2,
+            processes=True,
+            memory_limit=limit,
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         warm = coaddx.assemble(make_warps(4, (64, 64)))  # load the kernels into the worker
         dask.compute(warm["image"].data)
         threads, mem_limit = next(iter(worker_resources(client).values()))
@@ -137,9 +159,11 @@ def test_worker_peak_stays_within_the_plan(tmp_path):
             dask.compute(*(coadd[v].data for v in ("image", "variance", "mask", "n_image")))
     (peak,) = workers.peaks.values()
     planned = worker_bytes(plan, threads=threads, baseline=peak.baseline)
-    print(f"worker: baseline {peak.baseline / 2**20:.0f} MiB, peak {peak.peak / 2**20:.0f} MiB, "
-          f"planned {planned / 2**20:.0f} MiB ({plan.n_tasks} tasks of "
-          f"{plan.task_bytes / 2**20:.1f} MiB, store {12 * n * shape[0] * shape[1] / 2**20:.0f} MiB)")
+    print(
+        f"worker: baseline {peak.baseline / 2**20:.0f} MiB, peak {peak.peak / 2**20:.0f} MiB, "
+        f"planned {planned / 2**20:.0f} MiB ({plan.n_tasks} tasks of "
+        f"{plan.task_bytes / 2**20:.1f} MiB, store {12 * n * shape[0] * shape[1] / 2**20:.0f} MiB)"
+    )
     assert plan.n_tasks >= 16
     assert peak.added > plan.task_bytes // 4  # the sampler saw the work
     assert peak.peak <= planned

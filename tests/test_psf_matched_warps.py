@@ -32,23 +32,35 @@ def _fwhm(stamp):
     radius, inverse = np.unique(np.round(np.hypot(yy - c, xx - c), 6), return_inverse=True)
     prof = np.bincount(inverse.ravel(), stamp.ravel() / stamp[c, c]) / np.bincount(inverse.ravel())
     i = int(np.argmax(prof < 0.5))
-    return 2 * (radius[i - 1] + (0.5 - prof[i - 1]) * (radius[i] - radius[i - 1])
-                / (prof[i] - prof[i - 1]))
+    return 2 * (
+        radius[i - 1] + (0.5 - prof[i - 1]) * (radius[i] - radius[i - 1]) / (prof[i] - prof[i - 1])
+    )
 
 
 def _analytic_model_fwhm(fwhm=MODEL_FWHM):
     """FWHM of the continuous double Gaussian exp(-r²/2s²) + 0.1 exp(-r²/2(2.5s)²)."""
     s = fwhm * FWHM_TO_SIGMA
-    half = optimize.brentq(lambda r: np.exp(-r * r / (2 * s * s))
-                           + 0.1 * np.exp(-r * r / (2 * (2.5 * s) ** 2)) - 0.55, 0.1, 5 * s)
+    half = optimize.brentq(
+        lambda r: np.exp(-r * r / (2 * s * s)) + 0.1 * np.exp(-r * r / (2 * (2.5 * s) ** 2)) - 0.55,
+        0.1,
+        5 * s,
+    )
     return 2 * half
 
 
 @pytest.fixture(scope="module")
 def warped(tmp_path_factory):
     out = tmp_path_factory.mktemp("pm")
-    sim = simulate(out / "sim", n_visits=3, shape=(320, 320), seed=8, calexps=True, n_stars=300,
-                   n_galaxies=0, artifacts=False)
+    sim = simulate(
+        out / "sim",
+        n_visits=3,
+        shape=(320, 320),
+        seed=8,
+        calexps=True,
+        n_stars=300,
+        n_galaxies=0,
+        artifacts=False,
+    )
     make_warps(sim.calexps, sim.patch, out / "w.zarr", warp_types=("direct", "psf_matched"))
     return sim, coaddx.open_warps(out / "w.zarr"), coaddx.open_warps(out / "w.zarr", "psf_matched")
 
@@ -95,7 +107,7 @@ def test_matching_conserves_flux_and_reaches_the_model_width():
     psf = psf_image(4.0, "moffat")
     image = np.zeros((161, 161), np.float32)
     h = psf.shape[0] // 2
-    image[80 - h:80 + h + 1, 80 - h:80 + h + 1] = 1000.0 * psf
+    image[80 - h : 80 + h + 1, 80 - h : 80 + h + 1] = 1000.0 * psf
     variance = np.ones_like(image)
     mask = np.zeros(image.shape, np.int32)
     planes = coaddx.mask_planes()
@@ -118,8 +130,9 @@ def test_matched_psf_fwhm_close_to_model(kind):
         psf = psf_image(fwhm_in, kind)
         kernel = model_matching_kernel(psf, ModelPsfMatchConfig())
         assert kernel.kernel_sum(0, 0) == pytest.approx(1.0, abs=1e-12)
-        errors.append(_fwhm(fftconvolve(_pad(psf, 61), kernel.kernel_image(0, 0), mode="same"))
-                      / model - 1)
+        errors.append(
+            _fwhm(fftconvolve(_pad(psf, 61), kernel.kernel_image(0, 0), mode="same")) / model - 1
+        )
     print(f"\n{kind}: matched FWHM / model - 1 = {np.round(100 * np.array(errors), 2)} %")
     assert np.max(np.abs(errors)) < 0.02
 
@@ -184,7 +197,9 @@ def test_matching_kernel_is_well_conditioned(kind):
         assert sum_k2 < 0.05 and min_ratio > -0.1 and abs(fwhm_err) < 0.02
         assert res_max < 0.06 and res_rms < 0.009
         assert res_rms < 1.25 * plain[4]
-    print(f"\n{kind}: FWHM, sum K^2, min/max K, FWHM err, res max, res rms | plain sum K^2, min/max")
+    print(
+        f"\n{kind}: FWHM, sum K^2, min/max K, FWHM err, res max, res rms | plain sum K^2, min/max"
+    )
     for row in rows:
         print("  ".join(f"{v:9.4g}" for v in row))
 
@@ -218,10 +233,13 @@ def test_model_matching_kernel_rejects_bad_input():
 
 # -- FWHM measured on the stars of the warps ------------------------------------------------
 
+
 def _double_gaussian(fwhm):
     s = fwhm * FWHM_TO_SIGMA
-    return lambda dx, dy: (np.exp(-(dx * dx + dy * dy) / (2 * s * s))
-                           + 0.1 * np.exp(-(dx * dx + dy * dy) / (2 * (2.5 * s) ** 2)))
+    return lambda dx, dy: (
+        np.exp(-(dx * dx + dy * dy) / (2 * s * s))
+        + 0.1 * np.exp(-(dx * dx + dy * dy) / (2 * (2.5 * s) ** 2))
+    )
 
 
 def _moffat(fwhm, beta=3.0):
@@ -243,11 +261,11 @@ def _targets(sim, shape, half):
 
 
 def _star_stamps(image, mask, bad, xy, targets, profile, half=10):
-    """Target stars (and their fitted amplitudes, the stacking weights), each with its neighbours removed and
-    re-centred: per stamp, a linear fit of ``profile`` at the truth positions of every source
-    within the stamp (+8 px) plus a plane; the neighbours and the plane are subtracted, the
-    stamp is shifted (cubic spline) to put the star on the central pixel and divided by its
-    fitted amplitude. Stamps touching a ``bad`` mask bit are skipped."""
+    """Target stars (and their fitted amplitudes, the stacking weights), each with its
+    neighbours removed and re-centred: per stamp, a linear fit of ``profile`` at the truth
+    positions of every source within the stamp (+8 px) plus a plane; the neighbours and the
+    plane are subtracted, the stamp is shifted (cubic spline) to put the star on the central
+    pixel and divided by its fitted amplitude. Stamps touching a ``bad`` mask bit are skipped."""
     stamps, weights = [], []
     for k in targets:
         ix, iy = np.rint(xy[k]).astype(int)
@@ -255,7 +273,9 @@ def _star_stamps(image, mask, bad, xy, targets, profile, half=10):
         if (mask[sl] & bad).any():
             continue
         yy, xx = np.mgrid[sl]
-        near = np.flatnonzero((np.abs(xy - (ix, iy)) < half + 10).all(1) & (np.arange(len(xy)) != k))
+        near = np.flatnonzero(
+            (np.abs(xy - (ix, iy)) < half + 10).all(1) & (np.arange(len(xy)) != k)
+        )
         cols = [profile(xx - xy[j, 0], yy - xy[j, 1]).ravel() for j in (k, *near)]
         design = np.column_stack([*cols, np.ones(xx.size), (xx - ix).ravel(), (yy - iy).ravel()])
         stamp = image[sl].astype(np.float64)
@@ -280,18 +300,37 @@ def test_psf_matched_warp_stars_have_the_model_fwhm(warped):
     stamps, weights = [], []
     for v in range(direct.sizes["visit"]):
         fwhm_in = float(direct["psf_fwhm"].values[v])
-        d_stamps, d_weights = _star_stamps(direct["image"].values[v], direct["mask"].values[v],
-                                           bad, xy, targets, _moffat(fwhm_in), half)
+        d_stamps, d_weights = _star_stamps(
+            direct["image"].values[v],
+            direct["mask"].values[v],
+            bad,
+            xy,
+            targets,
+            _moffat(fwhm_in),
+            half,
+        )
         star = np.average(d_stamps, axis=0, weights=d_weights)
         err = _fwhm(star) / _fwhm(psf_image(fwhm_in, "moffat", 2 * half + 1)) - 1
-        print(f"\nvisit {v}: direct warp, {len(d_stamps)} stars, FWHM / input PSF - 1 = "
-              f"{100 * err:+.2f} %")
+        print(
+            f"\nvisit {v}: direct warp, {len(d_stamps)} stars, FWHM / input PSF - 1 = "
+            f"{100 * err:+.2f} %"
+        )
         assert len(d_stamps) >= 5 and abs(err) < 0.02
-        m_stamps, m_weights = _star_stamps(matched["image"].values[v], matched["mask"].values[v],
-                                           bad, xy, targets, _double_gaussian(MODEL_FWHM), half)
+        m_stamps, m_weights = _star_stamps(
+            matched["image"].values[v],
+            matched["mask"].values[v],
+            bad,
+            xy,
+            targets,
+            _double_gaussian(MODEL_FWHM),
+            half,
+        )
         stamps += m_stamps
         weights += m_weights
-    err = (_fwhm(np.average(stamps, axis=0, weights=weights))
-           / _fwhm(model_psf(MODEL_FWHM, 2 * half + 1)) - 1)
+    err = (
+        _fwhm(np.average(stamps, axis=0, weights=weights))
+        / _fwhm(model_psf(MODEL_FWHM, 2 * half + 1))
+        - 1
+    )
     print(f"PSF-matched warps, {len(stamps)} stars: FWHM / model - 1 = {100 * err:+.2f} %")
     assert len(stamps) >= 15 and abs(err) < 0.02

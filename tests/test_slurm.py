@@ -55,8 +55,9 @@ def _free_ports(n: int) -> list[int]:
 
 def _node_line() -> str:
     """``NodeName=... CPUs=... RealMemory=...`` of this machine, as slurmd detects it."""
-    out = subprocess.run([_which("slurmd"), "-C"], capture_output=True, text=True, check=True,
-                         timeout=30).stdout
+    out = subprocess.run(
+        [_which("slurmd"), "-C"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
     return next(line for line in out.splitlines() if line.startswith("NodeName="))
 
 
@@ -64,44 +65,55 @@ def slurm_conf(root: Path, node_line: str, munge_socket: Path, ports: tuple[int,
     """A slurm.conf for a one-node cluster on localhost with all state under ``root``."""
     fields = dict(item.split("=", 1) for item in node_line.split())
     node = fields["NodeName"]
-    hardware = " ".join(f"{k}={fields[k]}" for k in ("CPUs", "Boards", "SocketsPerBoard",
-                                                     "CoresPerSocket", "ThreadsPerCore",
-                                                     "RealMemory") if k in fields)
-    return "\n".join([
-        "ClusterName=coaddxtest",
-        f"SlurmctldHost={node}(127.0.0.1)",
-        f"SlurmctldPort={ports[0]}",
-        f"SlurmdPort={ports[1]}",
-        "SlurmUser=root",
-        "SlurmdUser=root",
-        "AuthType=auth/munge",
-        "CredType=cred/munge",
-        f"AuthInfo=socket={munge_socket}",
-        f"StateSaveLocation={root / 'state'}",
-        f"SlurmdSpoolDir={root / 'spool'}",
-        f"SlurmctldPidFile={root / 'slurmctld.pid'}",
-        f"SlurmdPidFile={root / 'slurmd.pid'}",
-        f"SlurmctldLogFile={root / 'log' / 'slurmctld.log'}",
-        f"SlurmdLogFile={root / 'log' / 'slurmd.log'}",
-        "ProctrackType=proctrack/linuxproc",
-        "TaskPlugin=task/none",
-        "SelectType=select/cons_tres",
-        "SelectTypeParameters=CR_Core_Memory",
-        "JobAcctGatherType=jobacct_gather/none",
-        "AccountingStorageType=accounting_storage/none",
-        "SchedulerType=sched/backfill",
-        "MpiDefault=none",
-        "MailProg=/bin/true",
-        "ReturnToService=2",
-        "SlurmctldTimeout=30",
-        "SlurmdTimeout=30",
-        "InactiveLimit=0",
-        "KillWait=5",
-        "MinJobAge=10",
-        f"NodeName={node} NodeAddr=127.0.0.1 {hardware} State=UNKNOWN",
-        f"PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP",
-        "",
-    ])
+    hardware = " ".join(
+        f"{k}={fields[k]}"
+        for k in (
+            "CPUs",
+            "Boards",
+            "SocketsPerBoard",
+            "CoresPerSocket",
+            "ThreadsPerCore",
+            "RealMemory",
+        )
+        if k in fields
+    )
+    return "\n".join(
+        [
+            "ClusterName=coaddxtest",
+            f"SlurmctldHost={node}(127.0.0.1)",
+            f"SlurmctldPort={ports[0]}",
+            f"SlurmdPort={ports[1]}",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            "AuthType=auth/munge",
+            "CredType=cred/munge",
+            f"AuthInfo=socket={munge_socket}",
+            f"StateSaveLocation={root / 'state'}",
+            f"SlurmdSpoolDir={root / 'spool'}",
+            f"SlurmctldPidFile={root / 'slurmctld.pid'}",
+            f"SlurmdPidFile={root / 'slurmd.pid'}",
+            f"SlurmctldLogFile={root / 'log' / 'slurmctld.log'}",
+            f"SlurmdLogFile={root / 'log' / 'slurmd.log'}",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core_Memory",
+            "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none",
+            "SchedulerType=sched/backfill",
+            "MpiDefault=none",
+            "MailProg=/bin/true",
+            "ReturnToService=2",
+            "SlurmctldTimeout=30",
+            "SlurmdTimeout=30",
+            "InactiveLimit=0",
+            "KillWait=5",
+            "MinJobAge=10",
+            f"NodeName={node} NodeAddr=127.0.0.1 {hardware} State=UNKNOWN",
+            f"PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP",
+            "",
+        ]
+    )
 
 
 @dataclass
@@ -114,8 +126,9 @@ class Slurm:
     cpus: int
 
     def run(self, *args: str) -> str:
-        return subprocess.run([_which(args[0]), *args[1:]], capture_output=True, text=True,
-                              check=True, timeout=30).stdout
+        return subprocess.run(
+            [_which(args[0]), *args[1:]], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
 
     def jobs(self) -> list[str]:
         """Ids of the jobs queued or running."""
@@ -145,12 +158,18 @@ def _wait(predicate, timeout: float, what: str, slurm: Slurm | None = None) -> N
 def _jobqueue_yaml(root: Path, cpus: int) -> Path:
     """cluster/jobqueue.yaml with the sizes of this one-node test cluster."""
     config = yaml.safe_load((ROOT / "cluster" / "jobqueue.yaml").read_text())
-    config["jobqueue"]["slurm"].update({
-        "cores": 1, "memory": "1GiB", "walltime": "00:10:00", "queue": "debug",
-        "local-directory": str(root / "dask"), "log-directory": str(root / "log" / "workers"),
-        "death-timeout": 30,
-        "scheduler-options": {"host": "127.0.0.1", "dashboard_address": ":0"},
-    })
+    config["jobqueue"]["slurm"].update(
+        {
+            "cores": 1,
+            "memory": "1GiB",
+            "walltime": "00:10:00",
+            "queue": "debug",
+            "local-directory": str(root / "dask"),
+            "log-directory": str(root / "log" / "workers"),
+            "death-timeout": 30,
+            "scheduler-options": {"host": "127.0.0.1", "dashboard_address": ":0"},
+        }
+    )
     path = root / "jobqueue.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -183,21 +202,32 @@ def _start(root: Path) -> tuple[Slurm, list[subprocess.Popen]]:
     procs: list[subprocess.Popen] = []
     log = (root / "log" / "daemons.out").open("w")
     commands = [
-        [_which("munged"), "-F", "--force", f"--socket={sock}", f"--key-file={key}",
-         f"--pid-file={root / 'munge' / 'munged.pid'}",
-         f"--seed-file={root / 'munge' / 'munged.seed'}",
-         f"--log-file={root / 'log' / 'munged.log'}"],
+        [
+            _which("munged"),
+            "-F",
+            "--force",
+            f"--socket={sock}",
+            f"--key-file={key}",
+            f"--pid-file={root / 'munge' / 'munged.pid'}",
+            f"--seed-file={root / 'munge' / 'munged.seed'}",
+            f"--log-file={root / 'log' / 'munged.log'}",
+        ],
         [_which("slurmctld"), "-D", "-c", "-f", str(conf)],
         [_which("slurmd"), "-D", "-f", str(conf)],
     ]
     try:
         for i, cmd in enumerate(commands):
-            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True))
+            procs.append(
+                subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            )
             if i == 0:
                 _wait(sock.exists, 20, "munged's socket", slurm)
-        _wait(lambda: slurm.run("sinfo", "-h", "-N", "-o", "%t").strip() == "idle", 60,
-              "the Slurm node to be idle", slurm)
+        _wait(
+            lambda: slurm.run("sinfo", "-h", "-N", "-o", "%t").strip() == "idle",
+            60,
+            "the Slurm node to be idle",
+            slurm,
+        )
     except BaseException:
         _stop(procs)
         raise
@@ -208,8 +238,10 @@ def _start(root: Path) -> tuple[Slurm, list[subprocess.Popen]]:
 def slurm():
     missing = [b for b in DAEMONS + CLIENTS if _which(b) is None]
     if missing:
-        pytest.skip(f"Slurm is not installed (missing {', '.join(missing)}); .ci/run installs "
-                    "slurm-wlm and munge")
+        pytest.skip(
+            f"Slurm is not installed (missing {', '.join(missing)}); .ci/run installs "
+            "slurm-wlm and munge"
+        )
     if os.geteuid() != 0:
         pytest.skip("running slurmd and munged for the test cluster needs root")
     root = Path(tempfile.mkdtemp(prefix="coaddx-slurm-"))  # short: munge's socket path
@@ -232,8 +264,9 @@ def slurm():
 @pytest.fixture(scope="module")
 def sim_store(tmp_path_factory):
     out = tmp_path_factory.mktemp("slurm-sim")
-    sim = coaddx.simulate(out / "sim", n_visits=8, shape=(256, 320), seed=21, calexps=False,
-                          n_stars=60, n_galaxies=20)
+    sim = coaddx.simulate(
+        out / "sim", n_visits=8, shape=(256, 320), seed=21, calexps=False, n_stars=60, n_galaxies=20
+    )
     return sim.warps
 
 
@@ -251,8 +284,9 @@ def _assert_same(a, b):
     assert a.attrs["statistic"] == b.attrs["statistic"]
 
 
-def test_assemble_on_slurm_jobs_equals_local_cluster(slurm, sim_store, local_coadd, tmp_path,
-                                                     capsys):
+def test_assemble_on_slurm_jobs_equals_local_cluster(
+    slurm, sim_store, local_coadd, tmp_path, capsys
+):
     from coaddx.cluster import ClusterConnection, compute_with_progress, connect
 
     with connect("slurm", jobs=2, config=slurm.jobqueue_config, job_script=True) as conn:
@@ -261,8 +295,11 @@ def test_assemble_on_slurm_jobs_equals_local_cluster(slurm, sim_store, local_coa
         running = slurm.jobs()
         jobs = conn.run(lambda: os.environ.get("SLURM_JOB_ID", ""))
         coadd = coaddx.assemble(coaddx.open_warps(sim_store))
-        coaddx.write_coadd(coadd, tmp_path / "slurm.zarr",
-                           compute=lambda d: compute_with_progress(conn, d, show=False))
+        coaddx.write_coadd(
+            coadd,
+            tmp_path / "slurm.zarr",
+            compute=lambda d: compute_with_progress(conn, d, show=False),
+        )
         executed = conn.run(lambda dask_worker: dask_worker.state.executed_count)
     out = capsys.readouterr().out
     assert "#SBATCH --mem=1G" in out and "#SBATCH -p debug" in out
@@ -274,12 +311,25 @@ def test_assemble_on_slurm_jobs_equals_local_cluster(slurm, sim_store, local_coa
     _assert_same(coaddx.open_coadd(tmp_path / "slurm.zarr"), local_coadd)
 
 
-def test_cli_assemble_cluster_slurm_with_report(slurm, sim_store, local_coadd, tmp_path,
-                                                capsys):
+def test_cli_assemble_cluster_slurm_with_report(slurm, sim_store, local_coadd, tmp_path, capsys):
     report = tmp_path / "report.html"
-    rc = main(["assemble", str(sim_store), str(tmp_path / "c.zarr"), "--cluster", "slurm",
-               "--jobs", "1", "--jobqueue-config", str(slurm.jobqueue_config), "--job-script",
-               "--report", str(report), "--no-progress"])
+    rc = main(
+        [
+            "assemble",
+            str(sim_store),
+            str(tmp_path / "c.zarr"),
+            "--cluster",
+            "slurm",
+            "--jobs",
+            "1",
+            "--jobqueue-config",
+            str(slurm.jobqueue_config),
+            "--job-script",
+            "--report",
+            str(report),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "#SBATCH" in out and "peak memory" in out and "planned" in out

@@ -37,18 +37,24 @@ def test_append_visits_and_storage_chunks(tmp_path):
         coaddx.write_warps(a.isel(visit=[0]), tmp_path / "p.zarr")
 
 
-@pytest.mark.parametrize("mutate, match", [
-    (lambda d: d.drop_vars("variance"), "variance"),
-    (lambda d: d.assign(mask=d["mask"].astype(float)), "integer"),
-    (lambda d: d.drop_attrs(), "mask_planes"),
-    (lambda d: d.assign(image=d["image"].transpose("y", "visit", "x")), "dims"),
-    (lambda d: d.assign_coords(visit=[1, 1, 2]), "duplicate"),
-])
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda d: d.drop_vars("variance"), "variance"),
+        (lambda d: d.assign(mask=d["mask"].astype(float)), "integer"),
+        (lambda d: d.drop_attrs(), "mask_planes"),
+        (lambda d: d.assign(image=d["image"].transpose("y", "visit", "x")), "dims"),
+        (lambda d: d.assign_coords(visit=[1, 1, 2]), "duplicate"),
+    ],
+)
 def test_write_rejects_bad_datasets(tmp_path, mutate, match):
     ds = mutate(make_warps(3))
     with pytest.raises(coaddx.SchemaError, match=match):
         coaddx.write_warps(ds, tmp_path / "p.zarr")
-    assert not (tmp_path / "p.zarr").exists() or not coaddx.check_store(tmp_path / "p.zarr").n_committed
+    assert (
+        not (tmp_path / "p.zarr").exists()
+        or not coaddx.check_store(tmp_path / "p.zarr").n_committed
+    )
 
 
 def test_append_mismatches_are_refused(tmp_path):
@@ -151,8 +157,9 @@ def test_parallel_writers_reserve_write_and_commit(tmp_path):
     assert check_store(tmp_path / "p.zarr").incomplete == tuple(visits)
 
     def write(i):
-        return store.write_slot(slots[visits[i]], *(ds[v].values[i + 1] for v in
-                                                    ("image", "variance", "mask")))
+        return store.write_slot(
+            slots[visits[i]], *(ds[v].values[i + 1] for v in ("image", "variance", "mask"))
+        )
 
     with ThreadPoolExecutor(3) as pool:
         pixels = list(pool.map(write, range(3)))

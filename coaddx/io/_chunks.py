@@ -61,9 +61,14 @@ def region_reader(array_path: str | Path) -> LocalChunkArray | None:
         dtype = np.dtype(meta["data_type"])
     except TypeError:
         return None
-    return LocalChunkArray(path, tuple(meta["shape"]),
-                           tuple(meta["chunk_grid"]["configuration"]["chunk_shape"]), dtype,
-                           _fill(meta, dtype), len(codecs) == 2)
+    return LocalChunkArray(
+        path,
+        tuple(meta["shape"]),
+        tuple(meta["chunk_grid"]["configuration"]["chunk_shape"]),
+        dtype,
+        _fill(meta, dtype),
+        len(codecs) == 2,
+    )
 
 
 class LocalChunkArray:
@@ -72,8 +77,15 @@ class LocalChunkArray:
     Only basic slicing with steps of 1 is supported (what ``dask.array.from_array`` uses).
     """
 
-    def __init__(self, path: Path, shape: tuple[int, ...], chunks: tuple[int, ...],
-                 dtype: np.dtype, fill: Any, compressed: bool) -> None:
+    def __init__(
+        self,
+        path: Path,
+        shape: tuple[int, ...],
+        chunks: tuple[int, ...],
+        dtype: np.dtype,
+        fill: Any,
+        compressed: bool,
+    ) -> None:
         self.path = str(path)
         self.shape = shape
         self.chunks = chunks
@@ -83,8 +95,10 @@ class LocalChunkArray:
         self.compressed = compressed
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (LocalChunkArray, (Path(self.path), self.shape, self.chunks, self.dtype, self.fill,
-                                  self.compressed))
+        return (
+            LocalChunkArray,
+            (Path(self.path), self.shape, self.chunks, self.dtype, self.fill, self.compressed),
+        )
 
     def _slices(self, key: Any) -> tuple[list[slice], tuple[int | slice, ...]]:
         """Unit-step slices per dimension, and the index that drops integer-indexed ones."""
@@ -151,13 +165,19 @@ class LocalChunkArray:
     def __getitem__(self, key: Any) -> np.ndarray:
         sl, squeeze = self._slices(key)
         out = np.empty([s.stop - s.start for s in sl], dtype=self.dtype)
-        ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(sl, self.chunks, strict=True)]
+        ranges = [
+            range(s.start // c, -(-s.stop // c)) for s, c in zip(sl, self.chunks, strict=True)
+        ]
         for index in product(*ranges):
             lo = [i * c for i, c in zip(index, self.chunks, strict=True)]
-            src = tuple(slice(max(s.start, a) - a, min(s.stop, a + c, dim) - a)
-                        for s, a, c, dim in zip(sl, lo, self.chunks, self.shape, strict=True))
-            dst = tuple(slice(max(s.start, a) - s.start, min(s.stop, a + c, dim) - s.start)
-                        for s, a, c, dim in zip(sl, lo, self.chunks, self.shape, strict=True))
+            src = tuple(
+                slice(max(s.start, a) - a, min(s.stop, a + c, dim) - a)
+                for s, a, c, dim in zip(sl, lo, self.chunks, self.shape, strict=True)
+            )
+            dst = tuple(
+                slice(max(s.start, a) - s.start, min(s.stop, a + c, dim) - s.start)
+                for s, a, c, dim in zip(sl, lo, self.chunks, self.shape, strict=True)
+            )
             whole = all(d.stop - d.start == c for d, c in zip(dst, self.chunks, strict=True))
             target = out[dst]
             direct = whole and target.flags.c_contiguous
@@ -170,6 +190,7 @@ class LocalChunkArray:
 
 
 # -- writing ---------------------------------------------------------------------------------
+
 
 def region_writer(array_path: str | Path) -> LocalChunkWriter | None:
     """A :class:`LocalChunkWriter` for a (visit, y, x) array with chunks (1, cy, cx) in the
@@ -214,8 +235,9 @@ class LocalChunkWriter:
             fh.write(payload)
         os.replace(tmp, key)
 
-    def write_box(self, index: int, box: tuple[int, int, int, int], data: np.ndarray,
-                  outside: Any) -> None:
+    def write_box(
+        self, index: int, box: tuple[int, int, int, int], data: np.ndarray, outside: Any
+    ) -> None:
         """Write slot ``index``: ``data`` over ``box`` = (x0, y0, x1, y1) (array pixels, inside
         the plane), ``outside`` everywhere else."""
         _, ny, nx = self.array.shape
@@ -238,5 +260,7 @@ class LocalChunkWriter:
                     self._put(key, blank_payload)
                     continue
                 chunk = blank.copy()
-                chunk[r0 - a0:r1 - a0, c0 - b0:c1 - b0] = data[r0 - y0:r1 - y0, c0 - x0:c1 - x0]
+                chunk[r0 - a0 : r1 - a0, c0 - b0 : c1 - b0] = data[
+                    r0 - y0 : r1 - y0, c0 - x0 : c1 - x0
+                ]
                 self._put(key, None if self._is_fill(chunk) else self._encode(chunk))

@@ -61,8 +61,7 @@ class _FitsPlane:
     shape: tuple[int, int]
 
     def __setitem__(self, key: Any, value: np.ndarray) -> None:
-        mm = np.memmap(self.path, dtype=self.dtype, mode="r+", offset=self.offset,
-                       shape=self.shape)
+        mm = np.memmap(self.path, dtype=self.dtype, mode="r+", offset=self.offset, shape=self.shape)
         try:
             mm[key] = value
             mm.flush()
@@ -95,8 +94,9 @@ def _primary(ds: xr.Dataset, source: Path) -> fits.Header:
 def _wcs_cards(ds: xr.Dataset, source: Path) -> fits.Header:
     text = ds.attrs.get("wcs")
     if not text:
-        raise SchemaError(f"{source}: the coadd store has no 'wcs' attribute; cannot write a "
-                          "FITS WCS")
+        raise SchemaError(
+            f"{source}: the coadd store has no 'wcs' attribute; cannot write a FITS WCS"
+        )
     x0 = int(ds["x"].values[0]) if "x" in ds.coords else 0
     y0 = int(ds["y"].values[0]) if "y" in ds.coords else 0
     wcs = _shift_wcs(wcs_from_header_string(text), x0, y0)
@@ -112,8 +112,14 @@ def _wcs_cards(ds: xr.Dataset, source: Path) -> fits.Header:
     return header
 
 
-def _extension(name: str, dtype: str, unit: str | None, shape: tuple[int, int],
-               wcs: fits.Header, extra: Mapping[str, int] | None = None) -> fits.Header:
+def _extension(
+    name: str,
+    dtype: str,
+    unit: str | None,
+    shape: tuple[int, int],
+    wcs: fits.Header,
+    extra: Mapping[str, int] | None = None,
+) -> fits.Header:
     header = fits.Header()
     header["XTENSION"] = "IMAGE"
     header["BITPIX"] = _BITPIX[dtype]
@@ -135,8 +141,9 @@ def _padded(nbytes: int) -> int:
     return -(-nbytes // _BLOCK) * _BLOCK
 
 
-def _preallocate(path: Path, headers: Sequence[fits.Header], dtypes: Sequence[str | None],
-                 shape: tuple[int, int]) -> list[int]:
+def _preallocate(
+    path: Path, headers: Sequence[fits.Header], dtypes: Sequence[str | None], shape: tuple[int, int]
+) -> list[int]:
     """Write every header and size the file; return the data offset of each HDU."""
     offsets, pos = [], 0
     data_bytes = shape[0] * shape[1] * 4
@@ -164,9 +171,13 @@ def _planes(ds: xr.Dataset, source: Path) -> list[str]:
     return names
 
 
-def export_fits(coadd: str | os.PathLike[str], out: str | os.PathLike[str], *,
-                overwrite: bool = False,
-                compute: Callable[[Any], Any] | None = None) -> Path:
+def export_fits(
+    coadd: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    compute: Callable[[Any], Any] | None = None,
+) -> Path:
     """Write a coadd store as an LSST-style multi-extension FITS file, region by region.
 
     Parameters
@@ -201,15 +212,25 @@ def export_fits(coadd: str | os.PathLike[str], out: str | os.PathLike[str], *,
     wcs = _wcs_cards(ds, source)
     planes = mask_planes_to_header(ds.attrs.get("mask_planes", {}))
     headers = [_primary(ds, source)] + [
-        _extension(FITS_PLANES[v][0], FITS_PLANES[v][1], FITS_PLANES[v][2], shape, wcs,
-                   planes if v == "mask" else None) for v in names]
+        _extension(
+            FITS_PLANES[v][0],
+            FITS_PLANES[v][1],
+            FITS_PLANES[v][2],
+            shape,
+            wcs,
+            planes if v == "mask" else None,
+        )
+        for v in names
+    ]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         offsets = _preallocate(tmp, headers, [None] + [FITS_PLANES[v][1] for v in names], shape)
         sources = [_as_dask(ds[v], FITS_PLANES[v][1]) for v in names]
-        targets = [_FitsPlane(str(tmp), off, FITS_PLANES[v][1], shape)
-                   for v, off in zip(names, offsets[1:], strict=True)]
+        targets = [
+            _FitsPlane(str(tmp), off, FITS_PLANES[v][1], shape)
+            for v, off in zip(names, offsets[1:], strict=True)
+        ]
         delayed = da.store(sources, targets, lock=False, compute=False)
         (compute or dask.compute)(delayed)
         os.replace(tmp, out)

@@ -110,8 +110,9 @@ def _hierarch(keyword: str) -> str:
     return keyword if keyword.startswith("HIERARCH ") else "HIERARCH " + keyword
 
 
-def _check_planes(image: np.ndarray, mask: np.ndarray, variance: np.ndarray,
-                  path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _check_planes(
+    image: np.ndarray, mask: np.ndarray, variance: np.ndarray, path: Path
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     image = np.asarray(image)
     if image.ndim != 2:
         raise InputError(f"{path}: image must be 2-D, got shape {image.shape}")
@@ -121,8 +122,11 @@ def _check_planes(image: np.ndarray, mask: np.ndarray, variance: np.ndarray,
             raise InputError(f"{path}: {name} shape {arr.shape} differs from image {image.shape}")
     if not np.issubdtype(mask.dtype, np.integer):
         raise InputError(f"{path}: mask must be an integer array, got {mask.dtype}")
-    return (image.astype(np.float32, copy=False), mask.astype(np.int32, copy=False),
-            variance.astype(np.float32, copy=False))
+    return (
+        image.astype(np.float32, copy=False),
+        mask.astype(np.int32, copy=False),
+        variance.astype(np.float32, copy=False),
+    )
 
 
 def _check_psf(psf: np.ndarray, path: Path) -> np.ndarray:
@@ -135,9 +139,17 @@ def _check_psf(psf: np.ndarray, path: Path) -> np.ndarray:
     return (psf / total).astype(np.float32)
 
 
-def write_calexp(path: str | os.PathLike[str], image: np.ndarray, mask: np.ndarray,
-                 variance: np.ndarray, wcs: WCS, *, mask_planes: Mapping[str, int],
-                 metadata: Mapping[str, Any], psf: np.ndarray | None = None) -> Path:
+def write_calexp(
+    path: str | os.PathLike[str],
+    image: np.ndarray,
+    mask: np.ndarray,
+    variance: np.ndarray,
+    wcs: WCS,
+    *,
+    mask_planes: Mapping[str, int],
+    metadata: Mapping[str, Any],
+    psf: np.ndarray | None = None,
+) -> Path:
     """Write one exposure (one detector of one visit) as a calexp FITS file, atomically.
 
     Parameters
@@ -176,10 +188,12 @@ def write_calexp(path: str | os.PathLike[str], image: np.ndarray, mask: np.ndarr
     mask_header = fits.Header()
     for key, bit in mask_planes_to_header(planes).items():
         mask_header[key if len(key) <= 8 else _hierarch(key)] = bit
-    hdus = [primary,
-            fits.ImageHDU(image, header=image_header, name="IMAGE"),
-            fits.ImageHDU(mask, header=mask_header, name="MASK"),
-            fits.ImageHDU(variance, name="VARIANCE")]
+    hdus = [
+        primary,
+        fits.ImageHDU(image, header=image_header, name="IMAGE"),
+        fits.ImageHDU(mask, header=mask_header, name="MASK"),
+        fits.ImageHDU(variance, name="VARIANCE"),
+    ]
     if psf is not None:
         hdus.append(fits.ImageHDU(_check_psf(psf, path), name="PSF"))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -201,7 +215,7 @@ def _metadata_from_header(header: fits.Header) -> dict[str, Any]:
         if key in keyword_to_name:
             out[keyword_to_name[key]] = card.value
         elif key.startswith("COADDX "):
-            out[key[len("COADDX "):].lower()] = card.value
+            out[key[len("COADDX ") :].lower()] = card.value
     return out
 
 
@@ -251,6 +265,7 @@ def read_calexp(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 # -- shared helpers ----------------------------------------------------------------------------
 
+
 def _plane(hdu: Any, path: Path, what: str, dtype: type) -> np.ndarray:
     try:
         data = hdu.data
@@ -271,8 +286,9 @@ def _wcs_from_header(header: fits.Header, path: Path, what: str) -> WCS:
     except Exception as exc:  # astropy raises many types for malformed WCS cards
         raise InputError(f"{path}: unreadable WCS in the {what} header: {exc}") from exc
     if not wcs.has_celestial:
-        raise InputError(f"{path}: the {what} header has no celestial WCS "
-                         f"(CTYPE {list(wcs.wcs.ctype)})")
+        raise InputError(
+            f"{path}: the {what} header has no celestial WCS (CTYPE {list(wcs.wcs.ctype)})"
+        )
     return wcs.celestial
 
 
@@ -297,8 +313,9 @@ def _float(value: Any) -> float:
 
 def _image_shape(header: Mapping[str, Any], path: Path, what: str) -> tuple[int, int]:
     if header.get("NAXIS") != 2:
-        raise InputError(f"{path}: the {what} HDU is not a 2-D image (NAXIS = "
-                         f"{header.get('NAXIS')})")
+        raise InputError(
+            f"{path}: the {what} HDU is not a 2-D image (NAXIS = {header.get('NAXIS')})"
+        )
     return int(header["NAXIS2"]), int(header["NAXIS1"])
 
 
@@ -308,9 +325,13 @@ _CP_KIND = re.compile(r"_(ooi|oki|oow|ood)_")
 _PLANES3 = ("IMAGE", "MASK", "VARIANCE")
 
 
-def read_exposure(path: str | os.PathLike[str], *, ccdname: str | None = None,
-                  photo_calib: float | None = None,
-                  psfex: str | os.PathLike[str] | None = None) -> Exposure:
+def read_exposure(
+    path: str | os.PathLike[str],
+    *,
+    ccdname: str | None = None,
+    photo_calib: float | None = None,
+    psfex: str | os.PathLike[str] | None = None,
+) -> Exposure:
     """Read one exposure file into an :class:`~coaddx.exposure.Exposure`, by layout.
 
     Parameters
@@ -379,8 +400,9 @@ def read_exposure(path: str | os.PathLike[str], *, ccdname: str | None = None,
     return exp
 
 
-def read_exposure_geometry(path: str | os.PathLike[str], *,
-                           ccdname: str | None = None) -> tuple[WCS, tuple[int, int]]:
+def read_exposure_geometry(
+    path: str | os.PathLike[str], *, ccdname: str | None = None
+) -> tuple[WCS, tuple[int, int]]:
     """``(wcs, (ny, nx))`` of an exposure file of any :func:`read_exposure` layout, read from
     the image header only (no pixels are read)."""
     path = Path(path)
@@ -389,12 +411,12 @@ def read_exposure_geometry(path: str | os.PathLike[str], *,
         with _open_fits(image_path) as hdul:
             header = _cp_hdu(hdul, ccdname, image_path).header
             return _wcs_from_header(header, image_path, "image"), _image_shape(
-                header, image_path, "image")
+                header, image_path, "image"
+            )
     with _open_fits(path) as hdul:
         layout = _detect_layout(hdul, path)
         hdu = hdul["IMAGE"] if layout == "coaddx" else hdul[1]
-        return _wcs_from_header(hdu.header, path, "IMAGE"), _image_shape(hdu.header, path,
-                                                                          "IMAGE")
+        return _wcs_from_header(hdu.header, path, "IMAGE"), _image_shape(hdu.header, path, "IMAGE")
 
 
 def _detect_layout(hdul: fits.HDUList, path: Path) -> str:
@@ -406,24 +428,38 @@ def _detect_layout(hdul: fits.HDUList, path: Path) -> str:
             return "coaddx"
         if names[1:4] == list(_PLANES3):
             return "lsst"
-        raise InputError(f"{path}: IMAGE, MASK, VARIANCE are not HDUs 1-3 (HDUs: {names}) and "
-                         "the primary header lacks VISIT/DETECTOR/BAND of the coaddx layout")
+        raise InputError(
+            f"{path}: IMAGE, MASK, VARIANCE are not HDUs 1-3 (HDUs: {names}) and "
+            "the primary header lacks VISIT/DETECTOR/BAND of the coaddx layout"
+        )
     if named:
         missing = [n for n in _PLANES3 if n not in names]
-        raise InputError(f"{path}: missing HDU(s) {missing} (has {names}); an exposure needs "
-                         "IMAGE, MASK and VARIANCE")
+        raise InputError(
+            f"{path}: missing HDU(s) {missing} (has {names}); an exposure needs "
+            "IMAGE, MASK and VARIANCE"
+        )
     unnamed = len(hdul) >= 4 and all(
-        h.is_image and h.header.get("NAXIS") == 2 and not h.name for h in hdul[1:4])
+        h.is_image and h.header.get("NAXIS") == 2 and not h.name for h in hdul[1:4]
+    )
     if unnamed:
         return "lsst"
     raise InputError(
         f"{path}: unknown exposure layout (HDUs {names}): expected IMAGE, MASK, VARIANCE as "
         "HDUs 1-3 (coaddx / LSST layout) or a DECam CP *_ooi_* image with its *_oow_* "
-        "inverse-variance and *_ood_* data-quality siblings")
+        "inverse-variance and *_ood_* data-quality siblings"
+    )
 
 
-_FIELDS = ("visit", "detector", "band", "mjd", "exptime", "airmass", "parallactic_angle",
-           "psf_fwhm")
+_FIELDS = (
+    "visit",
+    "detector",
+    "band",
+    "mjd",
+    "exptime",
+    "airmass",
+    "parallactic_angle",
+    "psf_fwhm",
+)
 
 
 def _read_coaddx(hdul: fits.HDUList, path: Path, *, photo_calib: float | None) -> Exposure:
@@ -433,12 +469,24 @@ def _read_coaddx(hdul: fits.HDUList, path: Path, *, photo_calib: float | None) -
     stored = meta.pop("photo_calib", None)
     if photo_calib is None:
         # PHOTCALIB absent: nJy (design.md), unless BUNIT or FLUXMAG0 say otherwise
-        photo_calib = stored if stored is not None else _lsst_photo_calib(
-            hdul[0].header, hdul["IMAGE"].header, path)[0]
+        photo_calib = (
+            stored
+            if stored is not None
+            else _lsst_photo_calib(hdul[0].header, hdul["IMAGE"].header, path)[0]
+        )
     meta["layout"] = "coaddx"
-    return Exposure(parts["image"], parts["mask"], parts["variance"], parts["wcs"],
-                    parts["mask_planes"], photo_calib=photo_calib, psf=parts["psf"],
-                    metadata=meta, path=path, **fields)
+    return Exposure(
+        parts["image"],
+        parts["mask"],
+        parts["variance"],
+        parts["wcs"],
+        parts["mask_planes"],
+        photo_calib=photo_calib,
+        psf=parts["psf"],
+        metadata=meta,
+        path=path,
+        **fields,
+    )
 
 
 # -- LSST layout -------------------------------------------------------------------------------
@@ -450,8 +498,9 @@ def _read_lsst(hdul: fits.HDUList, path: Path, *, photo_calib: float | None) -> 
     primary, image_header = hdul[0].header, hdul[1].header
     planes = mask_planes_from_header(hdul[2].header)
     if not planes:
-        raise InputError(f"{path}: the MASK header (HDU 2) has no MP_<PLANE> keywords naming "
-                         "the mask planes")
+        raise InputError(
+            f"{path}: the MASK header (HDU 2) has no MP_<PLANE> keywords naming the mask planes"
+        )
     if photo_calib is None:
         photo_calib, source = _lsst_photo_calib(primary, image_header, path)
     else:
@@ -469,11 +518,17 @@ def _read_lsst(hdul: fits.HDUList, path: Path, *, photo_calib: float | None) -> 
         "psf_fwhm": _float(_card("PSFFWHM", *heads, default=_card("FWHM", *heads))),
     }
     meta = {"layout": "lsst", "photo_calib_source": source}
-    return Exposure(_plane(hdul[1], path, "IMAGE", np.float32),
-                    _plane(hdul[2], path, "MASK", np.int32),
-                    _plane(hdul[3], path, "VARIANCE", np.float32),
-                    _wcs_from_header(image_header, path, "IMAGE"), planes,
-                    photo_calib=photo_calib, metadata=meta, path=path, **fields)
+    return Exposure(
+        _plane(hdul[1], path, "IMAGE", np.float32),
+        _plane(hdul[2], path, "MASK", np.int32),
+        _plane(hdul[3], path, "VARIANCE", np.float32),
+        _wcs_from_header(image_header, path, "IMAGE"),
+        planes,
+        photo_calib=photo_calib,
+        metadata=meta,
+        path=path,
+        **fields,
+    )
 
 
 def _int_card(keys: tuple[str, ...], headers: tuple[Mapping[str, Any], ...]) -> int:
@@ -484,8 +539,9 @@ def _int_card(keys: tuple[str, ...], headers: tuple[Mapping[str, Any], ...]) -> 
     return 0
 
 
-def _lsst_photo_calib(primary: Mapping[str, Any], image_header: Mapping[str, Any],
-                      path: Path) -> tuple[float, str]:
+def _lsst_photo_calib(
+    primary: Mapping[str, Any], image_header: Mapping[str, Any], path: Path
+) -> tuple[float, str]:
     heads = (primary, image_header)
     value = _card("PHOTCALIB", *heads)
     if value is not None:
@@ -496,8 +552,10 @@ def _lsst_photo_calib(primary: Mapping[str, Any], image_header: Mapping[str, Any
         return 10.0 ** (0.4 * AB_ZERO_NJY) / float(fluxmag0), "FLUXMAG0"
     unit = str(_card("BUNIT", image_header, primary, default="")).lower()
     if unit and unit not in _NJY_UNITS:
-        raise InputError(f"{path}: IMAGE is in BUNIT = {unit!r} but there is no PHOTCALIB or "
-                         "FLUXMAG0 keyword to calibrate it; pass photo_calib=")
+        raise InputError(
+            f"{path}: IMAGE is in BUNIT = {unit!r} but there is no PHOTCALIB or "
+            "FLUXMAG0 keyword to calibrate it; pass photo_calib="
+        )
     return 1.0, "BUNIT nJy" if unit else "assumed nJy (no BUNIT)"
 
 
@@ -508,25 +566,44 @@ def _lsst_photo_calib(primary: Mapping[str, Any], image_header: Mapping[str, Any
 #: weight, 7 diff detect, 8 long streak). LSST has no bleed plane: bleed trails are SAT, as
 #: LSST ISR flags them; "diff detect" (multi-exposure transient) is SUSPECT.
 CP_DQ_CODES: dict[int, tuple[str, ...]] = {
-    1: ("BAD",), 2: ("NO_DATA",), 3: ("SAT",), 4: ("SAT",), 5: ("CR",), 6: ("BAD",),
-    7: ("SUSPECT",), 8: ("STREAK",),
+    1: ("BAD",),
+    2: ("NO_DATA",),
+    3: ("SAT",),
+    4: ("SAT",),
+    5: ("CR",),
+    6: ("BAD",),
+    7: ("SUSPECT",),
+    8: ("STREAK",),
 }
 #: CP < 3.5.0 DQ bits -> coaddx planes (legacypipe bits.py ``DQ_BITS``: badpix, satur, interp,
 #: cr, bleed, trans, edge, edge2, longthin, outlier).
 CP_DQ_BITS: dict[int, tuple[str, ...]] = {
-    1: ("BAD",), 2: ("SAT",), 4: ("INTRP",), 16: ("CR",), 64: ("SAT",), 128: ("SUSPECT",),
-    256: ("EDGE",), 512: ("EDGE",), 1024: ("STREAK",), 2048: ("SUSPECT",),
+    1: ("BAD",),
+    2: ("SAT",),
+    4: ("INTRP",),
+    16: ("CR",),
+    64: ("SAT",),
+    128: ("SUSPECT",),
+    256: ("EDGE",),
+    512: ("EDGE",),
+    1024: ("STREAK",),
+    2048: ("SUSPECT",),
 }
 #: legacyzpts DecamMeasurer nominal zero points (AB mag of 1 e-/s at airmass 1) and
 #: extinction per airmass: band -> (zp0, k_ext).
 DECAM_NOMINAL_ZP: dict[str, tuple[float, float]] = {
-    "u": (23.3205, 0.63), "g": (26.610, 0.17), "r": (26.818, 0.10), "i": (26.758, 0.08),
-    "z": (26.484, 0.06), "Y": (25.321, 0.06),
+    "u": (23.3205, 0.63),
+    "g": (26.610, 0.17),
+    "r": (26.818, 0.10),
+    "i": (26.758, 0.08),
+    "z": (26.484, 0.06),
+    "Y": (25.321, 0.06),
 }
 
 
-def decam_dq_to_mask(dq: np.ndarray, planes: Mapping[str, int], *,
-                     codes: bool = True) -> np.ndarray:
+def decam_dq_to_mask(
+    dq: np.ndarray, planes: Mapping[str, int], *, codes: bool = True
+) -> np.ndarray:
     """Map a CP data-quality image onto a coaddx int32 mask by plane name.
 
     ``codes=True`` reads CP >= 3.5.0 integer codes (:data:`CP_DQ_CODES`), False the older bits
@@ -567,12 +644,17 @@ def _cp_siblings(path: Path) -> dict[str, Path]:
 
     image = named("oki") if named("oki").is_file() else named("ooi")
     out = {"image": image, "invvar": named("oow"), "dq": named("ood")}
-    what = {"image": "image (*_ooi_*)", "invvar": "inverse-variance (*_oow_*)",
-            "dq": "data-quality (*_ood_*)"}
+    what = {
+        "image": "image (*_ooi_*)",
+        "invvar": "inverse-variance (*_oow_*)",
+        "dq": "data-quality (*_ood_*)",
+    }
     for key, sibling in out.items():
         if not sibling.is_file():
-            raise InputError(f"{path}: DECam CP exposure lacks its {what[key]} file "
-                             f"{sibling.name} (looked in {sibling.parent})")
+            raise InputError(
+                f"{path}: DECam CP exposure lacks its {what[key]} file "
+                f"{sibling.name} (looked in {sibling.parent})"
+            )
     return out
 
 
@@ -585,25 +667,34 @@ def _cp_hdu(hdul: fits.HDUList, ccdname: str | None, path: Path) -> Any:
                 return hdu
         raise InputError(f"{path}: no CCD extension {ccdname!r} (has {names})")
     if len(images) != 1:
-        raise InputError(f"{path}: {len(images)} CCD image extensions ({names}); pass "
-                         "ccdname= to choose one" if images else
-                         f"{path}: no 2-D image extension in this file")
+        raise InputError(
+            f"{path}: {len(images)} CCD image extensions ({names}); pass ccdname= to choose one"
+            if images
+            else f"{path}: no 2-D image extension in this file"
+        )
     return images[0]
 
 
-def _cp_plane(path: Path, extname: str, dtype: type, shape: tuple[int, int],
-              image_path: Path) -> np.ndarray:
+def _cp_plane(
+    path: Path, extname: str, dtype: type, shape: tuple[int, int], image_path: Path
+) -> np.ndarray:
     with _open_fits(path) as hdul:
         hdu = _cp_hdu(hdul, extname or None, path)
         data = _plane(hdu, path, extname or "image", dtype)
     if data.shape != shape:
-        raise InputError(f"{path}: shape {data.shape} differs from the image {shape} of "
-                         f"{image_path}")
+        raise InputError(
+            f"{path}: shape {data.shape} differs from the image {shape} of {image_path}"
+        )
     return data
 
 
-def _read_decam_cp(path: Path, *, ccdname: str | None, psfex: str | os.PathLike[str] | None,
-                   photo_calib: float | None) -> Exposure:
+def _read_decam_cp(
+    path: Path,
+    *,
+    ccdname: str | None,
+    psfex: str | os.PathLike[str] | None,
+    photo_calib: float | None,
+) -> Exposure:
     files = _cp_siblings(path)
     with _open_fits(files["image"]) as hdul:
         hdu = _cp_hdu(hdul, ccdname, files["image"])
@@ -630,13 +721,23 @@ def _read_decam_cp(path: Path, *, ccdname: str | None, psfex: str | os.PathLike[
     psf = _cp_psf(files["image"], psfex, meta, image.shape)
     if not math.isfinite(fields["psf_fwhm"]) and "psfex_fwhm" in meta:
         fields["psf_fwhm"] = meta["psfex_fwhm"]
-    return Exposure(image, mask, variance, wcs, planes, photo_calib=meta["photo_calib"],
-                    psf=psf, metadata={k: v for k, v in meta.items() if k != "photo_calib"},
-                    path=files["image"], **fields)
+    return Exposure(
+        image,
+        mask,
+        variance,
+        wcs,
+        planes,
+        photo_calib=meta["photo_calib"],
+        psf=psf,
+        metadata={k: v for k, v in meta.items() if k != "photo_calib"},
+        path=files["image"],
+        **fields,
+    )
 
 
-def _cp_metadata(primary: fits.Header, header: fits.Header, path: Path,
-                 photo_calib: float | None) -> tuple[dict[str, Any], dict[str, Any]]:
+def _cp_metadata(
+    primary: fits.Header, header: fits.Header, path: Path, photo_calib: float | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     heads = (header, primary)
     band = str(_card("BAND", *heads) or _card("FILTER", *heads, default="")).split(" ")[0]
     ccdname = str(_card("EXTNAME", header) or _card("DETPOS", *heads, default=""))
@@ -648,8 +749,11 @@ def _cp_metadata(primary: fits.Header, header: fits.Header, path: Path,
         "exptime": _float(_card("EXPTIME", *heads)),
         "airmass": _float(_card("AIRMASS", *heads)),
         "parallactic_angle": math.nan,
-        "psf_fwhm": _float(_card("FWHM", *heads, default=_card(
-            "SEEINGP1", *heads, default=_card("SEEINGP", *heads)))),
+        "psf_fwhm": _float(
+            _card(
+                "FWHM", *heads, default=_card("SEEINGP1", *heads, default=_card("SEEINGP", *heads))
+            )
+        ),
     }
     gain = _cp_gain(heads)
     if photo_calib is None:
@@ -657,17 +761,22 @@ def _cp_metadata(primary: fits.Header, header: fits.Header, path: Path,
     else:
         zp, source = AB_ZERO_NJY + 2.5 * math.log10(photo_calib), "argument"
     meta: dict[str, Any] = {
-        "layout": "decam-cp", "ccdname": ccdname, "expnum": fields["visit"],
-        "filter": str(_card("FILTER", *heads, default="")), "plver": str(
-            _card("PLVER", *heads, default="")),
+        "layout": "decam-cp",
+        "ccdname": ccdname,
+        "expnum": fields["visit"],
+        "filter": str(_card("FILTER", *heads, default="")),
+        "plver": str(_card("PLVER", *heads, default="")),
         "wcscal": str(_card("WCSCAL", *heads, default="")),
-        "zero_point": zp, "zero_point_source": source, "photo_calib": nJy_per_count(zp),
-        "gain": gain, "saturation": _float(_card("SATURATE", *heads)),
-        "sky_counts": _float(_card("AVSKY", *heads)), "sky_sigma": _float(_card("AVSIG", *heads)),
+        "zero_point": zp,
+        "zero_point_source": source,
+        "photo_calib": nJy_per_count(zp),
+        "gain": gain,
+        "saturation": _float(_card("SATURATE", *heads)),
+        "sky_counts": _float(_card("AVSKY", *heads)),
+        "sky_sigma": _float(_card("AVSIG", *heads)),
         "background_subtracted": False,
     }
-    return fields, {k: v for k, v in meta.items() if not (isinstance(v, float) and
-                                                           math.isnan(v))}
+    return fields, {k: v for k, v in meta.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
 def _cp_gain(heads: tuple[fits.Header, ...]) -> float:
@@ -678,8 +787,9 @@ def _cp_gain(heads: tuple[fits.Header, ...]) -> float:
     return _float(_card("ARAWGAIN", *heads, default=_card("GAIN", *heads)))
 
 
-def _cp_zero_point(heads: tuple[fits.Header, ...], band: str, gain: float,
-                   fields: Mapping[str, Any], path: Path) -> tuple[float, str]:
+def _cp_zero_point(
+    heads: tuple[fits.Header, ...], band: str, gain: float, fields: Mapping[str, Any], path: Path
+) -> tuple[float, str]:
     """AB zero point of one image count, and where it came from (see read_exposure)."""
     exptime = fields["exptime"]
     magzero = _card("MAGZERO", *heads)
@@ -690,12 +800,18 @@ def _cp_zero_point(heads: tuple[fits.Header, ...], band: str, gain: float,
         if value is not None:
             _require(exptime > 0, path, f"{key} is per second but EXPTIME is {exptime}")
             return float(value) + 2.5 * math.log10(exptime), f"{key} + 2.5 log10(EXPTIME)"
-    _require(band in DECAM_NOMINAL_ZP, path,
-             f"no zero-point keyword and no nominal DECam zero point for band {band!r}; pass "
-             "photo_calib=")
-    _require(math.isfinite(gain) and gain > 0 and exptime > 0, path,
-             f"the nominal zero point needs GAINA/GAINB and EXPTIME (gain {gain}, EXPTIME "
-             f"{exptime}); pass photo_calib=")
+    _require(
+        band in DECAM_NOMINAL_ZP,
+        path,
+        f"no zero-point keyword and no nominal DECam zero point for band {band!r}; pass "
+        "photo_calib=",
+    )
+    _require(
+        math.isfinite(gain) and gain > 0 and exptime > 0,
+        path,
+        f"the nominal zero point needs GAINA/GAINB and EXPTIME (gain {gain}, EXPTIME "
+        f"{exptime}); pass photo_calib=",
+    )
     zp0, k_ext = DECAM_NOMINAL_ZP[band]
     airmass = fields["airmass"] if math.isfinite(fields["airmass"]) else 1.0
     zp = zp0 - 2.5 * math.log10(gain) - k_ext * (airmass - 1.0) + 2.5 * math.log10(exptime)
@@ -709,40 +825,58 @@ def _require(ok: bool, path: Path, message: str) -> None:
 
 # -- PSFEx ---------------------------------------------------------------------------------------
 
+
 def _psfex_candidates(image_path: Path, ccdname: str) -> list[Path]:
     parts = image_path.absolute().parts
     if "images" not in parts:
         return []
     i = len(parts) - 1 - parts[::-1].index("images")
-    root, rel = Path(*parts[:i]) / "calib", Path(*parts[i + 1:-1])
+    root, rel = Path(*parts[:i]) / "calib", Path(*parts[i + 1 : -1])
     base = image_path.name.split(".")[0]
-    return [root / "psfex" / rel / f"{base}-psfex.fits",
-            root / "psfex-single" / rel / base / f"{base}-{ccdname}-psfex.fits"]
+    return [
+        root / "psfex" / rel / f"{base}-psfex.fits",
+        root / "psfex-single" / rel / base / f"{base}-{ccdname}-psfex.fits",
+    ]
 
 
-def _cp_psf(image_path: Path, psfex: str | os.PathLike[str] | None, meta: dict[str, Any],
-            shape: tuple[int, int]) -> np.ndarray | None:
+def _cp_psf(
+    image_path: Path,
+    psfex: str | os.PathLike[str] | None,
+    meta: dict[str, Any],
+    shape: tuple[int, int],
+) -> np.ndarray | None:
     if psfex is not None:
         found: Path | None = Path(psfex)
         if not found.is_file():  # type: ignore[union-attr]
             raise InputError(f"{image_path}: PSFEx file {found} does not exist")
     else:
-        found = next((p for p in _psfex_candidates(image_path, meta["ccdname"]) if p.is_file()),
-                     None)
+        found = next(
+            (p for p in _psfex_candidates(image_path, meta["ccdname"]) if p.is_file()), None
+        )
     if found is None:
         return None
     ny, nx = shape
-    psf, fwhm = psfex_image(found, x=(nx - 1) / 2 + 1, y=(ny - 1) / 2 + 1,
-                            ccdname=meta["ccdname"], expnum=meta["expnum"])
+    psf, fwhm = psfex_image(
+        found,
+        x=(nx - 1) / 2 + 1,
+        y=(ny - 1) / 2 + 1,
+        ccdname=meta["ccdname"],
+        expnum=meta["expnum"],
+    )
     meta["psfex_path"] = str(found)
     if math.isfinite(fwhm):
         meta["psfex_fwhm"] = fwhm
     return psf
 
 
-def psfex_image(path: str | os.PathLike[str], *, x: float, y: float,
-                ccdname: str | None = None, expnum: int | None = None
-                ) -> tuple[np.ndarray, float]:
+def psfex_image(
+    path: str | os.PathLike[str],
+    *,
+    x: float,
+    y: float,
+    ccdname: str | None = None,
+    expnum: int | None = None,
+) -> tuple[np.ndarray, float]:
     """Evaluate a PSFEx model at image position ``(x, y)`` (PSFEx's 1-based X_IMAGE, Y_IMAGE).
 
     Reads plain PSFEx files (``PSF_MASK`` column, ``POL*`` keywords) and legacypipe's merged
@@ -765,15 +899,16 @@ def psfex_image(path: str | os.PathLike[str], *, x: float, y: float,
         table, header = hdul[1].data, hdul[1].header
         get = _psfex_getter(table, header, path, ccdname, expnum)
         basis = np.asarray(get("psf_mask"), np.float64)
-        basis = basis.reshape((-1,) + basis.shape[-2:])
+        basis = basis.reshape((-1, *basis.shape[-2:]))
         deg = int(get("poldeg1", 0))
         dx = (x - float(get("polzero1", 0.0))) / float(get("polscal1", 1.0))
         dy = (y - float(get("polzero2", 0.0))) / float(get("polscal2", 1.0))
         samp, fwhm = float(get("psf_samp", 1.0)), _float(get("psf_fwhm", math.nan))
     terms = np.array([dx**j * dy**i for i in range(deg + 1) for j in range(deg + 1 - i)])
     if len(terms) != len(basis):
-        raise InputError(f"{path}: PSFEx basis has {len(basis)} components, degree {deg} "
-                         f"needs {len(terms)}")
+        raise InputError(
+            f"{path}: PSFEx basis has {len(basis)} components, degree {deg} needs {len(terms)}"
+        )
     psf = np.tensordot(terms, basis, axes=1)
     if samp <= 0:
         raise InputError(f"{path}: PSFEx PSF_SAMP = {samp} (a failed PSF model)")
@@ -781,13 +916,15 @@ def psfex_image(path: str | os.PathLike[str], *, x: float, y: float,
         psf = _resample_psf(psf, samp)
     total = psf.sum()
     if not (np.isfinite(total) and total > 0) or psf.shape[0] % 2 == 0:
-        raise InputError(f"{path}: PSFEx model gives an unusable PSF (sum {total}, shape "
-                         f"{psf.shape})")
+        raise InputError(
+            f"{path}: PSFEx model gives an unusable PSF (sum {total}, shape {psf.shape})"
+        )
     return psf / total, fwhm
 
 
-def _psfex_getter(table: Any, header: fits.Header, path: Path, ccdname: str | None,
-                  expnum: int | None) -> Any:
+def _psfex_getter(
+    table: Any, header: fits.Header, path: Path, ccdname: str | None, expnum: int | None
+) -> Any:
     columns = {c.lower(): c for c in table.columns.names}
     rows = np.arange(len(table))
     if "ccdname" in columns and ccdname is not None:
@@ -799,10 +936,11 @@ def _psfex_getter(table: Any, header: fits.Header, path: Path, ccdname: str | No
         raise InputError(f"{path}: {len(rows)} PSFEx rows for CCD {ccdname!r} expnum {expnum}")
     row = table[int(rows[0])]
     for key in ("polname1", "polname2"):
-        name = (row[columns[key]] if key in columns else header.get(key.upper(), ""))
+        name = row[columns[key]] if key in columns else header.get(key.upper(), "")
         if str(name).strip() not in ("", "X_IMAGE", "Y_IMAGE"):
-            raise InputError(f"{path}: PSFEx model depends on {name!r}; only X_IMAGE, Y_IMAGE "
-                             "are supported")
+            raise InputError(
+                f"{path}: PSFEx model depends on {name!r}; only X_IMAGE, Y_IMAGE are supported"
+            )
 
     def get(key: str, default: Any = None) -> Any:
         if key in columns:
@@ -828,6 +966,7 @@ def _resample_psf(psf: np.ndarray, samp: float) -> np.ndarray:
 
 # -- writing ---------------------------------------------------------------------------------------
 
+
 def write_exposure(exposure: Exposure, path: str | os.PathLike[str]) -> Path:
     """Write an :class:`~coaddx.exposure.Exposure` in the coaddx calexp layout, atomically.
 
@@ -837,8 +976,11 @@ def write_exposure(exposure: Exposure, path: str | os.PathLike[str]) -> Path:
     kept (lower-case names round-trip; known names use their :data:`CALEXP_KEYWORDS`);
     others, and ``layout``, are dropped.
     """
-    meta: dict[str, Any] = {"visit": exposure.visit, "detector": exposure.detector,
-                            "band": exposure.band}
+    meta: dict[str, Any] = {
+        "visit": exposure.visit,
+        "detector": exposure.detector,
+        "band": exposure.band,
+    }
     for name in _FIELDS[3:]:
         value = getattr(exposure, name)
         if math.isfinite(value):
@@ -856,8 +998,16 @@ def write_exposure(exposure: Exposure, path: str | os.PathLike[str]) -> Path:
             continue
         if _card_fits(key, value):
             meta[key] = value
-    return write_calexp(path, exposure.image, exposure.mask, exposure.variance, exposure.wcs,
-                        mask_planes=exposure.mask_planes, metadata=meta, psf=exposure.psf)
+    return write_calexp(
+        path,
+        exposure.image,
+        exposure.mask,
+        exposure.variance,
+        exposure.wcs,
+        mask_planes=exposure.mask_planes,
+        metadata=meta,
+        psf=exposure.psf,
+    )
 
 
 def _card_fits(key: str, value: Any) -> bool:

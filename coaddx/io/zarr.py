@@ -121,19 +121,27 @@ def _open_root(path: Path, mode: str) -> zarr.Group:
         raise StoreError(f"cannot open Zarr store {path}: {exc}") from exc
 
 
-def visit_weight_stats(variance: np.ndarray, mask: np.ndarray, mask_planes: Mapping[str, int]) -> dict[str, float]:
+def visit_weight_stats(
+    variance: np.ndarray, mask: np.ndarray, mask_planes: Mapping[str, int]
+) -> dict[str, float]:
     """MEANCLIP of the variance plane for every :data:`WEIGHT_STAT_KEYS` parameter set (shared
     passes over the pixels; each value equals its own ``meanclip_masked`` call)."""
-    params = [(bitmask(mask_planes, planes, strict=False), sigma, iters)
-              for sigma, iters, planes in WEIGHT_STAT_KEYS]
+    params = [
+        (bitmask(mask_planes, planes, strict=False), sigma, iters)
+        for sigma, iters, planes in WEIGHT_STAT_KEYS
+    ]
     variance = np.asarray(variance)
     if variance.dtype == np.float32 and variance.ndim == 2:
         values = meanclip_masked_many(variance, np.asarray(mask, dtype=np.int32), params)
     else:
-        values = [meanclip_masked(variance, mask, bad, sigma_clip=sigma, clip_iter=iters)
-                  for bad, sigma, iters in params]
-    return {weight_stat_key(sigma, iters, planes): value
-            for (sigma, iters, planes), value in zip(WEIGHT_STAT_KEYS, values, strict=True)}
+        values = [
+            meanclip_masked(variance, mask, bad, sigma_clip=sigma, clip_iter=iters)
+            for bad, sigma, iters in params
+        ]
+    return {
+        weight_stat_key(sigma, iters, planes): value
+        for (sigma, iters, planes), value in zip(WEIGHT_STAT_KEYS, values, strict=True)
+    }
 
 
 def _check_variance(visit: int, image: np.ndarray, variance: np.ndarray) -> None:
@@ -142,11 +150,14 @@ def _check_variance(visit: int, image: np.ndarray, variance: np.ndarray) -> None
     nbad = int(np.count_nonzero(bad))
     if nbad:
         y, x = np.argwhere(bad)[0]
-        raise InputError(f"visit {visit}: {nbad} pixel(s) have a finite image but a NaN or "
-                         f"negative variance (first at y={y}, x={x}); nothing was written")
+        raise InputError(
+            f"visit {visit}: {nbad} pixel(s) have a finite image but a NaN or "
+            f"negative variance (first at y={y}, x={x}); nothing was written"
+        )
     if not np.isfinite(image).any():
-        warnings.warn(f"visit {visit}: every image pixel is NaN; AssembleCoadd will skip it",
-                      stacklevel=3)
+        warnings.warn(
+            f"visit {visit}: every image pixel is NaN; AssembleCoadd will skip it", stacklevel=3
+        )
 
 
 class WarpStore:
@@ -165,11 +176,20 @@ class WarpStore:
         self.mask_planes = dict(self.group.attrs["mask_planes"])
 
     @classmethod
-    def create(cls, path: str | os.PathLike[str], *, warp_type: str = "direct",
-               shape: tuple[int, int], mask_planes: Mapping[str, int], wcs: str | None = None,
-               x: np.ndarray | None = None, y: np.ndarray | None = None,
-               attrs: Mapping[str, Any] | None = None, chunk: int = DEFAULT_CHUNK,
-               overwrite: bool = False) -> WarpStore:
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        warp_type: str = "direct",
+        shape: tuple[int, int],
+        mask_planes: Mapping[str, int],
+        wcs: str | None = None,
+        x: np.ndarray | None = None,
+        y: np.ndarray | None = None,
+        attrs: Mapping[str, Any] | None = None,
+        chunk: int = DEFAULT_CHUNK,
+        overwrite: bool = False,
+    ) -> WarpStore:
         """Create the ``warp_type`` group (and the patch store if needed) with no visits."""
         if warp_type not in WARP_TYPES:
             raise SchemaError(f"warp_type must be one of {WARP_TYPES}, got {warp_type!r}")
@@ -187,26 +207,45 @@ class WarpStore:
         root.attrs["coaddx"] = {"kind": "warps", "version": __version__}
         if warp_type in root:
             if not overwrite:
-                raise StoreError(f"{path} already has {warp_type!r} warps (use append_visit, "
-                                 "or overwrite=True to replace them)")
+                raise StoreError(
+                    f"{path} already has {warp_type!r} warps (use append_visit, "
+                    "or overwrite=True to replace them)"
+                )
             del root[warp_type]
         group = root.create_group(warp_type)
         c = int(min(chunk, max(ny, nx)))
-        for name, dtype, fill in (("image", "f4", np.nan), ("variance", "f4", np.nan),
-                                  ("mask", "i4", 0)):
-            group.create_array(name, shape=(0, ny, nx), chunks=(1, min(c, ny), min(c, nx)),
-                               dtype=dtype, fill_value=fill, compressors=_codecs(name),
-                               dimension_names=("visit", "y", "x"))
+        for name, dtype, fill in (
+            ("image", "f4", np.nan),
+            ("variance", "f4", np.nan),
+            ("mask", "i4", 0),
+        ):
+            group.create_array(
+                name,
+                shape=(0, ny, nx),
+                chunks=(1, min(c, ny), min(c, nx)),
+                dtype=dtype,
+                fill_value=fill,
+                compressors=_codecs(name),
+                dimension_names=("visit", "y", "x"),
+            )
         for name, values, n in (("x", x, nx), ("y", y, ny)):
             coord = np.arange(n, dtype=np.int64) if values is None else np.asarray(values, np.int64)
             if coord.shape != (n,):
                 raise SchemaError(f"{name} coordinate has shape {coord.shape}, expected ({n},)")
-            arr = group.create_array(name, shape=(n,), chunks=(n,), dtype="i8",
-                                     dimension_names=(name,))
+            arr = group.create_array(
+                name, shape=(n,), chunks=(n,), dtype="i8", dimension_names=(name,)
+            )
             arr[:] = coord
         meta = {k: _jsonable(v) for k, v in (attrs or {}).items()}
-        meta.update(warp_type=warp_type, mask_planes=planes, wcs=wcs, visits=[], pending=[],
-                    provenance=[], coaddx_version=__version__)
+        meta.update(
+            warp_type=warp_type,
+            mask_planes=planes,
+            wcs=wcs,
+            visits=[],
+            pending=[],
+            provenance=[],
+            coaddx_version=__version__,
+        )
         group.attrs.update(meta)
         return cls(path, warp_type)
 
@@ -238,47 +277,71 @@ class WarpStore:
                 arr.resize((total, *arr.shape[1:]))
         for index in slots.values():
             self._clear_slot(index)
-        self.group.attrs["pending"] = [{"visit": v, "index": i, "time": _now()}
-                                       for v, i in slots.items()]
+        self.group.attrs["pending"] = [
+            {"visit": v, "index": i, "time": _now()} for v, i in slots.items()
+        ]
         return slots
 
-    def write_slot(self, index: int, image: np.ndarray, variance: np.ndarray,
-                   mask: np.ndarray, *, data_region: tuple[slice, slice] | None = None
-                   ) -> dict[str, Any]:
+    def write_slot(
+        self,
+        index: int,
+        image: np.ndarray,
+        variance: np.ndarray,
+        mask: np.ndarray,
+        *,
+        data_region: tuple[slice, slice] | None = None,
+    ) -> dict[str, Any]:
         """Write one reserved slot (safe to call in parallel for different slots) and return
         the record fields that depend on the pixels (checksums, weight statistics).
 
         ``data_region`` (rows, columns), if given, promises that every pixel outside it is
         NO_DATA (NaN image and variance): the statistics then read only that region.
         """
-        arrays = {"image": np.asarray(image, dtype=np.float32),
-                  "variance": np.asarray(variance, dtype=np.float32),
-                  "mask": np.asarray(mask, dtype=np.int32)}
+        arrays = {
+            "image": np.asarray(image, dtype=np.float32),
+            "variance": np.asarray(variance, dtype=np.float32),
+            "mask": np.asarray(mask, dtype=np.int32),
+        }
         for name, arr in arrays.items():
             self.group[name][index] = arr
         region = data_region if data_region is not None else (slice(None), slice(None))
-        return {"checksum": {k: _crc(v) for k, v in arrays.items()},
-                "weight_stats": visit_weight_stats(arrays["variance"][region],
-                                                   arrays["mask"][region], self.mask_planes),
-                "n_finite": int(np.isfinite(arrays["image"][region]).sum())}
+        return {
+            "checksum": {k: _crc(v) for k, v in arrays.items()},
+            "weight_stats": visit_weight_stats(
+                arrays["variance"][region], arrays["mask"][region], self.mask_planes
+            ),
+            "n_finite": int(np.isfinite(arrays["image"][region]).sum()),
+        }
 
-    def write_slot_box(self, index: int, x0: int, y0: int, image: np.ndarray,
-                       variance: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    def write_slot_box(
+        self,
+        index: int,
+        x0: int,
+        y0: int,
+        image: np.ndarray,
+        variance: np.ndarray,
+        mask: np.ndarray,
+    ) -> dict[str, Any]:
         """Write one reserved slot from the box of data whose corner is array pixel (x0, y0);
         every pixel outside the box is NO_DATA (NaN, NaN, the NO_DATA bit). Local stores in
         coaddx's layout are written chunk file by chunk file straight from the box (no
         full-plane copies: a warp usually covers part of the patch); others go through zarr.
         The checksums are those of the box arrays; ``data_box`` is recorded beside them."""
-        arrays = {"image": np.asarray(image, dtype=np.float32),
-                  "variance": np.asarray(variance, dtype=np.float32),
-                  "mask": np.asarray(mask, dtype=np.int32)}
+        arrays = {
+            "image": np.asarray(image, dtype=np.float32),
+            "variance": np.asarray(variance, dtype=np.float32),
+            "mask": np.asarray(mask, dtype=np.int32),
+        }
         ny, nx = self.group["image"].shape[1:]
         h, w = arrays["image"].shape
         box = (int(x0), int(y0), int(x0) + w, int(y0) + h)
         if any(a.shape != (h, w) for a in arrays.values()) or not (
-                0 <= box[0] <= box[2] <= nx and 0 <= box[1] <= box[3] <= ny):
-            raise SchemaError(f"slot {index}: data box {box} of shapes "
-                              f"{[a.shape for a in arrays.values()]} does not fit {ny} x {nx}")
+            0 <= box[0] <= box[2] <= nx and 0 <= box[1] <= box[3] <= ny
+        ):
+            raise SchemaError(
+                f"slot {index}: data box {box} of shapes "
+                f"{[a.shape for a in arrays.values()]} does not fit {ny} x {nx}"
+            )
         no_data = np.int32(bitmask(self.mask_planes, "NO_DATA"))
         outside = {"image": np.float32(np.nan), "variance": np.float32(np.nan), "mask": no_data}
         writers = {name: region_writer(self.path / self.warp_type / name) for name in PLANES}
@@ -288,12 +351,16 @@ class WarpStore:
         else:
             for name, arr in arrays.items():
                 full = np.full((ny, nx), outside[name], dtype=arr.dtype)
-                full[box[1]:box[3], box[0]:box[2]] = arr
+                full[box[1] : box[3], box[0] : box[2]] = arr
                 self.group[name][index] = full
-        return {"checksum": {k: _crc(v) for k, v in arrays.items()}, "data_box": list(box),
-                "weight_stats": visit_weight_stats(arrays["variance"], arrays["mask"],
-                                                   self.mask_planes),
-                "n_finite": int(np.isfinite(arrays["image"]).sum())}
+        return {
+            "checksum": {k: _crc(v) for k, v in arrays.items()},
+            "data_box": list(box),
+            "weight_stats": visit_weight_stats(
+                arrays["variance"], arrays["mask"], self.mask_planes
+            ),
+            "n_finite": int(np.isfinite(arrays["image"]).sum()),
+        }
 
     def commit(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Make reserved visits visible, in the order given (their slots must come first)."""
@@ -303,31 +370,44 @@ class WarpStore:
             visit = int(record["visit"])
             if pending.get(visit) != len(visits) + i:
                 raise StoreError(f"visit {visit} is not reserved at slot {len(visits) + i}")
-        left = [{"visit": v, "index": k} for v, k in pending.items()
-                if v not in {int(r["visit"]) for r in records}]
+        left = [
+            {"visit": v, "index": k}
+            for v, k in pending.items()
+            if v not in {int(r["visit"]) for r in records}
+        ]
         self.group.attrs.update({"visits": visits + [dict(r) for r in records], "pending": left})
 
     def _slot(self, visit: int) -> int:
         return self.reserve([visit])[visit]
 
-    def append_visit(self, visit: int, image: np.ndarray, variance: np.ndarray,
-                     mask: np.ndarray, metadata: Mapping[str, Any] | None = None) -> int:
+    def append_visit(
+        self,
+        visit: int,
+        image: np.ndarray,
+        variance: np.ndarray,
+        mask: np.ndarray,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> int:
         """Append one visit's warp; returns its index along ``visit``.
 
         The visit becomes visible to readers only once all its chunks are written.
         """
         visit = int(visit)
         shape = tuple(self.group["image"].shape[1:])
-        arrays = {"image": np.asarray(image, dtype=np.float32),
-                  "variance": np.asarray(variance, dtype=np.float32),
-                  "mask": np.asarray(mask)}
+        arrays = {
+            "image": np.asarray(image, dtype=np.float32),
+            "variance": np.asarray(variance, dtype=np.float32),
+            "mask": np.asarray(mask),
+        }
         for name, arr in arrays.items():
             if arr.shape != shape:
-                raise SchemaError(f"visit {visit}: {name} has shape {arr.shape}, the store "
-                                  f"holds {shape}")
+                raise SchemaError(
+                    f"visit {visit}: {name} has shape {arr.shape}, the store holds {shape}"
+                )
         if not np.issubdtype(arrays["mask"].dtype, np.integer):
-            raise SchemaError(f"visit {visit}: mask must be an integer array, got "
-                              f"{arrays['mask'].dtype}")
+            raise SchemaError(
+                f"visit {visit}: mask must be an integer array, got {arrays['mask'].dtype}"
+            )
         arrays["mask"] = arrays["mask"].astype(np.int32, copy=False)
         _check_variance(visit, arrays["image"], arrays["variance"])
         index = self._slot(visit)
@@ -348,6 +428,7 @@ class WarpStore:
 
 
 # -- reading -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class StoreReport:
@@ -375,8 +456,10 @@ def _group(path: Path, warp_type: str) -> zarr.Group:
     group = root[warp_type]
     missing = [n for n in (*PLANES, "x", "y") if n not in group]
     if missing or "mask_planes" not in group.attrs:
-        raise StoreError(f"{path}/{warp_type} is not a complete warp group: missing "
-                         f"{missing or ['mask_planes attribute']}")
+        raise StoreError(
+            f"{path}/{warp_type} is not a complete warp group: missing "
+            f"{missing or ['mask_planes attribute']}"
+        )
     return group
 
 
@@ -398,10 +481,13 @@ def _visit_variables(records: list[dict[str, Any]]) -> dict[str, tuple[str, np.n
         values = [r.get(key) for r in records]
         if all(isinstance(v, bool) for v in values):
             out[key] = ("visit", np.asarray(values, dtype=bool))
-        elif all(isinstance(v, int | float) and not isinstance(v, bool) or v is None
-                 for v in values):
-            out[key] = ("visit", np.asarray([np.nan if v is None else v for v in values],
-                                            dtype=np.float64))
+        elif all(
+            (isinstance(v, int | float) and not isinstance(v, bool)) or v is None for v in values
+        ):
+            out[key] = (
+                "visit",
+                np.asarray([np.nan if v is None else v for v in values], dtype=np.float64),
+            )
         elif all(isinstance(v, str) for v in values):
             out[key] = ("visit", np.asarray(values, dtype=str))
         else:
@@ -409,8 +495,12 @@ def _visit_variables(records: list[dict[str, Any]]) -> dict[str, tuple[str, np.n
     return out
 
 
-def open_warps(path: str | os.PathLike[str], warp_type: str = "direct", *,
-               chunks: Mapping[str, int] | str | None = None) -> xr.Dataset:
+def open_warps(
+    path: str | os.PathLike[str],
+    warp_type: str = "direct",
+    *,
+    chunks: Mapping[str, int] | str | None = None,
+) -> xr.Dataset:
     """Open a warp store as a lazy ``xarray.Dataset`` with dims ``(visit, y, x)``.
 
     Parameters
@@ -444,8 +534,12 @@ def open_warps(path: str | os.PathLike[str], warp_type: str = "direct", *,
         raise StoreError(f"{path}/{warp_type} holds no visits")
     if attrs.get("pending"):
         ids = [int(p["visit"]) for p in attrs["pending"]]
-        warnings.warn(f"{path}/{warp_type}: visit(s) {ids} were not completely written and are "
-                      "ignored; append them again to finish", IncompleteStoreWarning, stacklevel=2)
+        warnings.warn(
+            f"{path}/{warp_type}: visit(s) {ids} were not completely written and are "
+            "ignored; append them again to finish",
+            IncompleteStoreWarning,
+            stacklevel=2,
+        )
     n = len(records)
     arrays = {name: group[name] for name in PLANES}
     ny, nx = arrays["image"].shape[1:]
@@ -453,19 +547,26 @@ def open_warps(path: str | os.PathLike[str], warp_type: str = "direct", *,
     if chunks == "storage":
         dchunks: tuple[int, int, int] = (1, *store_chunk)
     elif chunks is None:
-        plan = plan_stack(n, (ny, nx), budget_bytes=memory_per_task(),
-                          storage_chunk=store_chunk[0])
+        plan = plan_stack(n, (ny, nx), budget_bytes=memory_per_task(), storage_chunk=store_chunk[0])
         dchunks = (n, *plan.subregion)
     else:
-        dchunks = (int(chunks.get("visit", n)), int(chunks.get("y", store_chunk[0])),
-                   int(chunks.get("x", store_chunk[1])))
+        dchunks = (
+            int(chunks.get("visit", n)),
+            int(chunks.get("y", store_chunk[0])),
+            int(chunks.get("x", store_chunk[1])),
+        )
     token = f"{path.resolve()}-{warp_type}-{n}-{records[-1].get('checksum', {})}"
     data = {}
     for name, arr in arrays.items():
         source = region_reader(path / warp_type / name) or arr
-        lazy = da.from_array(source, chunks=(dchunks[0], dchunks[1], dchunks[2]), lock=False,
-                             asarray=True, name=f"coaddx-read-{name}-{zlib.crc32(token.encode()):x}-{dchunks}",
-                             inline_array=True)
+        lazy = da.from_array(
+            source,
+            chunks=(dchunks[0], dchunks[1], dchunks[2]),
+            lock=False,
+            asarray=True,
+            name=f"coaddx-read-{name}-{zlib.crc32(token.encode()):x}-{dchunks}",
+            inline_array=True,
+        )
         if lazy.shape[0] != n:
             lazy = lazy[:n]
         data[name] = (("visit", "y", "x"), lazy)
@@ -483,15 +584,22 @@ def open_warps(path: str | os.PathLike[str], warp_type: str = "direct", *,
     ds.attrs["store"] = str(path)
     keys = sorted({k for r in records for k in r.get("weight_stats", {})})
     if keys:
-        stats = np.asarray([[r.get("weight_stats", {}).get(k, np.nan) for k in keys]
-                            for r in records], dtype=np.float64)
+        stats = np.asarray(
+            [[r.get("weight_stats", {}).get(k, np.nan) for k in keys] for r in records],
+            dtype=np.float64,
+        )
         ds["variance_meanclip"] = (("visit", "weight_key"), stats)
         ds = ds.assign_coords(weight_key=np.asarray(keys, dtype=str))
     return ds
 
 
-def write_warps(dataset: xr.Dataset, path: str | os.PathLike[str], warp_type: str = "direct",
-                *, chunk: int = DEFAULT_CHUNK) -> WarpStore:
+def write_warps(
+    dataset: xr.Dataset,
+    path: str | os.PathLike[str],
+    warp_type: str = "direct",
+    *,
+    chunk: int = DEFAULT_CHUNK,
+) -> WarpStore:
     """Write or append the visits of ``dataset`` to the ``warp_type`` group of ``path``.
 
     Only ``image``, ``variance``, ``mask``, the ``visit`` coordinate and the ``mask_planes``
@@ -510,30 +618,45 @@ def write_warps(dataset: xr.Dataset, path: str | os.PathLike[str], warp_type: st
         store = WarpStore(path, warp_type)
         have = tuple(store.group["image"].shape[1:])
         if have != (ny, nx):
-            raise SchemaError(f"cannot append {ny} x {nx} warps to {path}/{warp_type}, which "
-                              f"holds {have[0]} x {have[1]}")
+            raise SchemaError(
+                f"cannot append {ny} x {nx} warps to {path}/{warp_type}, which "
+                f"holds {have[0]} x {have[1]}"
+            )
         if dict(store.mask_planes) != dict(dataset.attrs["mask_planes"]):
-            raise SchemaError(f"mask planes of the data {dict(dataset.attrs['mask_planes'])} "
-                              f"differ from those of {path}/{warp_type} {store.mask_planes}")
+            raise SchemaError(
+                f"mask planes of the data {dict(dataset.attrs['mask_planes'])} "
+                f"differ from those of {path}/{warp_type} {store.mask_planes}"
+            )
     else:
-        extra = {k: v for k, v in dataset.attrs.items()
-                 if k not in ("mask_planes", "wcs", "visits", "pending", "provenance", "store")}
+        extra = {
+            k: v
+            for k, v in dataset.attrs.items()
+            if k not in ("mask_planes", "wcs", "visits", "pending", "provenance", "store")
+        }
         store = WarpStore.create(
-            path, warp_type=warp_type, shape=(ny, nx), mask_planes=dataset.attrs["mask_planes"],
+            path,
+            warp_type=warp_type,
+            shape=(ny, nx),
+            mask_planes=dataset.attrs["mask_planes"],
             wcs=dataset.attrs.get("wcs"),
             x=dataset["x"].values if "x" in dataset.coords else None,
-            y=dataset["y"].values if "y" in dataset.coords else None, attrs=extra, chunk=chunk)
+            y=dataset["y"].values if "y" in dataset.coords else None,
+            attrs=extra,
+            chunk=chunk,
+        )
     per_visit = [k for k, v in dataset.data_vars.items() if v.dims == ("visit",)]
     for i, visit in enumerate(dataset["visit"].values):
         one = dataset.isel(visit=i)
         meta = {k: one[k].values.item() for k in per_visit}
-        store.append_visit(int(visit), one["image"].values, one["variance"].values,
-                           one["mask"].values, meta)
+        store.append_visit(
+            int(visit), one["image"].values, one["variance"].values, one["mask"].values, meta
+        )
     store.close({"operation": "write_warps", "visits": [int(v) for v in dataset["visit"].values]})
     return store
 
 
 # -- coadd store -------------------------------------------------------------------------
+
 
 def _replace_dir(tmp: Path, path: Path) -> None:
     backup = None
@@ -545,8 +668,13 @@ def _replace_dir(tmp: Path, path: Path) -> None:
         shutil.rmtree(backup, ignore_errors=True)
 
 
-def write_coadd(coadd: xr.Dataset, path: str | os.PathLike[str], *, overwrite: bool = False,
-                compute: Callable[[Any], Any] | None = None) -> Path:
+def write_coadd(
+    coadd: xr.Dataset,
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    compute: Callable[[Any], Any] | None = None,
+) -> Path:
     """Write a coadd Dataset (lazy or not) to a Zarr v3 store, atomically.
 
     The store is written under a temporary name next to ``path`` and moved into place when
@@ -574,8 +702,7 @@ def write_coadd(coadd: xr.Dataset, path: str | os.PathLike[str], *, overwrite: b
         if name in ("variance", "mask", "n_image", "epoch_count"):
             var.encoding["compressors"] = _codecs("variance" if name == "variance" else "mask")
     try:
-        delayed = ds.to_zarr(str(tmp), mode="w-", zarr_format=3, consolidated=False,
-                             compute=False)
+        delayed = ds.to_zarr(str(tmp), mode="w-", zarr_format=3, consolidated=False, compute=False)
         (compute or dask.compute)(delayed)
         _replace_dir(tmp, path)
     finally:

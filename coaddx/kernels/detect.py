@@ -16,20 +16,40 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
-    "ARTIFACT", "CANDIDATE", "DETECTED", "EDGE_SPAN", "GOOD", "NAN_SPAN", "PREFILTER_GOOD",
-    "STREAK", "ExceedsMaxVarianceScaleError", "adaptive_sigma", "artifact_footprints",
-    "background_model", "candidate_footprints", "detect_tile", "dilate", "drop_contained",
-    "footprint_mask", "kept_candidates", "max_outlier_epochs", "meanclip_rows", "n_grow",
-    "remove_small", "scale_variance_factor", "streak_mask", "visit_artifacts",
+    "ARTIFACT",
+    "CANDIDATE",
+    "DETECTED",
+    "EDGE_SPAN",
+    "GOOD",
+    "NAN_SPAN",
+    "PREFILTER_GOOD",
+    "STREAK",
+    "ExceedsMaxVarianceScaleError",
+    "adaptive_sigma",
+    "artifact_footprints",
+    "background_model",
+    "candidate_footprints",
+    "detect_tile",
+    "dilate",
+    "drop_contained",
+    "footprint_mask",
+    "kept_candidates",
+    "max_outlier_epochs",
+    "meanclip_rows",
+    "n_grow",
+    "remove_small",
+    "scale_variance_factor",
+    "streak_mask",
+    "visit_artifacts",
 ]
 
 #: Flags of the packed uint8 plane :func:`detect_tile` returns, one per (visit, pixel).
-CANDIDATE = 1        # in a grown difference footprint (either sign)
-GOOD = 2             # counts in the PSF-matched n_image: finite difference, no bad bit
-NAN_SPAN = 4         # the difference is NaN: becomes a NO_DATA span of the direct warp
-EDGE_SPAN = 8        # the PSF-matched warp has EDGE: becomes an EDGE span
+CANDIDATE = 1  # in a grown difference footprint (either sign)
+GOOD = 2  # counts in the PSF-matched n_image: finite difference, no bad bit
+NAN_SPAN = 4  # the difference is NaN: becomes a NO_DATA span of the direct warp
+EDGE_SPAN = 8  # the PSF-matched warp has EDGE: becomes an EDGE span
 PREFILTER_GOOD = 16  # no prefilter plane (NO_DATA, BAD, SUSPECT) set
-DETECTED = 32        # above the positive threshold, before growth (streak finding)
+DETECTED = 32  # above the positive threshold, before growth (streak finding)
 
 IQR_TO_SIGMA = 0.741301109252802
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -42,6 +62,7 @@ class ExceedsMaxVarianceScaleError(RuntimeError):
 
 # -- footprints -------------------------------------------------------------------------------
 
+
 def n_grow(n_sigma: float, sigma_psf: float) -> int:
     """SourceDetectionTask's growth in pixels: ``int(nSigmaToGrow * sigma_psf + 0.5)``."""
     return int(n_sigma * sigma_psf + 0.5)
@@ -50,7 +71,7 @@ def n_grow(n_sigma: float, sigma_psf: float) -> int:
 def disk(radius: int, isotropic: bool = True) -> np.ndarray:
     """Stencil of ``radius``: a circle (x² + y² <= r²) or, not isotropic, a square."""
     r = int(radius)
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     return (xx * xx + yy * yy <= r * r) if isotropic else np.ones((2 * r + 1,) * 2, bool)
 
 
@@ -65,8 +86,9 @@ def dilate(mask: np.ndarray, radius: int, isotropic: bool = True) -> np.ndarray:
     out = mask.copy()
     ny, nx = mask.shape
     for dy, dx in np.argwhere(disk(radius)) - radius:  # OR of shifted copies (<= 13 offsets)
-        out[max(dy, 0):ny + min(dy, 0), max(dx, 0):nx + min(dx, 0)] |= \
-            mask[max(-dy, 0):ny + min(-dy, 0), max(-dx, 0):nx + min(-dx, 0)]
+        out[max(dy, 0) : ny + min(dy, 0), max(dx, 0) : nx + min(dx, 0)] |= mask[
+            max(-dy, 0) : ny + min(-dy, 0), max(-dx, 0) : nx + min(-dx, 0)
+        ]
     return out
 
 
@@ -83,8 +105,9 @@ def remove_small(mask: np.ndarray, min_pixels: int) -> np.ndarray:
     return mask & (sizes[labels] >= min_pixels)
 
 
-def footprint_mask(image: np.ndarray, variance: np.ndarray, *, threshold: float,
-                   polarity: str, min_pixels: int) -> np.ndarray:
+def footprint_mask(
+    image: np.ndarray, variance: np.ndarray, *, threshold: float, polarity: str, min_pixels: int
+) -> np.ndarray:
     """Pixels of footprints of one sign (``pixel_stdev``: ``±value >= T sqrt(variance)``;
     NaN never qualifies) with at least ``min_pixels`` pixels, before growth."""
     sign = 1.0 if polarity == "positive" else -1.0
@@ -94,8 +117,20 @@ def footprint_mask(image: np.ndarray, variance: np.ndarray, *, threshold: float,
 
 
 @numba.njit(**_JIT)
-def _pixel_flags(p_image, p_variance, p_mask, t_image, t_variance, threshold, bad_bits,
-                 prefilter_bits, edge_bit, flags, above, below):  # pragma: no cover - numba
+def _pixel_flags(
+    p_image,
+    p_variance,
+    p_mask,
+    t_image,
+    t_variance,
+    threshold,
+    bad_bits,
+    prefilter_bits,
+    edge_bit,
+    flags,
+    above,
+    below,
+):  # pragma: no cover - numba
     """One pass over a tile: difference, both thresholds and the per-pixel flags."""
     thr = np.float32(threshold)
     for i in range(p_image.shape[0]):
@@ -114,14 +149,26 @@ def _pixel_flags(p_image, p_variance, p_mask, t_image, t_variance, threshold, ba
             if (m & prefilter_bits) == 0:
                 f |= PREFILTER_GOOD
             flags[i, j] = f
-            above[i, j] = d >= limit   # NaN difference or variance: never detected
+            above[i, j] = d >= limit  # NaN difference or variance: never detected
             below[i, j] = -d >= limit
 
 
-def detect_tile(p_image: np.ndarray, p_variance: np.ndarray, p_mask: np.ndarray,
-                t_image: np.ndarray, t_variance: np.ndarray, *, threshold: float,
-                polarity: str, min_pixels: int, grow: int, isotropic: bool, bad_bits: int,
-                prefilter_bits: int, edge_bit: int) -> np.ndarray:
+def detect_tile(
+    p_image: np.ndarray,
+    p_variance: np.ndarray,
+    p_mask: np.ndarray,
+    t_image: np.ndarray,
+    t_variance: np.ndarray,
+    *,
+    threshold: float,
+    polarity: str,
+    min_pixels: int,
+    grow: int,
+    isotropic: bool,
+    bad_bits: int,
+    prefilter_bits: int,
+    edge_bit: int,
+) -> np.ndarray:
     """Difference of a (haloed) tile of a PSF-matched warp with the template, detected.
 
     ``p_variance`` is already rescaled (ScaleVariance); the difference and its variance are
@@ -132,9 +179,20 @@ def detect_tile(p_image: np.ndarray, p_variance: np.ndarray, p_mask: np.ndarray,
     shape = p_image.shape
     flags = np.empty(shape, np.uint8)
     above, below = np.empty(shape, bool), np.empty(shape, bool)
-    _pixel_flags(p_image, p_variance, np.ascontiguousarray(p_mask, np.int32), t_image,
-                 t_variance, float(threshold), np.int32(bad_bits), np.int32(prefilter_bits),
-                 np.int32(edge_bit), flags, above, below)
+    _pixel_flags(
+        p_image,
+        p_variance,
+        np.ascontiguousarray(p_mask, np.int32),
+        t_image,
+        t_variance,
+        float(threshold),
+        np.int32(bad_bits),
+        np.int32(prefilter_bits),
+        np.int32(edge_bit),
+        flags,
+        above,
+        below,
+    )
     signs = {"positive": (above,), "negative": (below,), "both": (above, below)}[polarity]
     found = [remove_small(m, min_pixels) for m in signs]
     grown = np.zeros(shape, bool)
@@ -148,8 +206,10 @@ def detect_tile(p_image: np.ndarray, p_variance: np.ndarray, p_mask: np.ndarray,
 
 # -- whole-visit footprint rules ---------------------------------------------------------------
 
-def candidate_footprints(packed: np.ndarray, prefilter_ratio: float | None
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+
+def candidate_footprints(
+    packed: np.ndarray, prefilter_ratio: float | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Label one visit's candidates (merged, grown footprints of both signs) and prefilter them.
 
     Returns ``labels`` (0 = none), ``area`` per label and ``keep`` per label (index 0 is
@@ -162,8 +222,9 @@ def candidate_footprints(packed: np.ndarray, prefilter_ratio: float | None
     area = np.bincount(flat, minlength=n + 1).astype(np.float64)
     keep = np.ones(n + 1, bool)
     if prefilter_ratio is not None:
-        good = np.bincount(flat, weights=(packed.ravel()[where] & PREFILTER_GOOD) != 0,
-                           minlength=n + 1)
+        good = np.bincount(
+            flat, weights=(packed.ravel()[where] & PREFILTER_GOOD) != 0, minlength=n + 1
+        )
         with np.errstate(invalid="ignore", divide="ignore"):
             keep = good / area > prefilter_ratio
     keep[0] = False
@@ -176,8 +237,9 @@ def kept_candidates(packed: np.ndarray, prefilter_ratio: float | None) -> np.nda
     return keep[labels]
 
 
-def max_outlier_epochs(nbar: np.ndarray | float, *, max_num_epochs: int, low: float,
-                       high: float) -> np.ndarray:
+def max_outlier_epochs(
+    nbar: np.ndarray | float, *, max_num_epochs: int, low: float, high: float
+) -> np.ndarray:
     """effMax = int(min(low N̄, max_num_epochs + high N̄)) (filterArtifacts).
 
     Examples
@@ -190,10 +252,19 @@ def max_outlier_epochs(nbar: np.ndarray | float, *, max_num_epochs: int, low: fl
     return np.trunc(np.minimum(low * nbar, max_num_epochs + high * nbar)).astype(np.int64)
 
 
-def artifact_footprints(labels: np.ndarray, area: np.ndarray, keep: np.ndarray,
-                        epoch: np.ndarray, n_image: np.ndarray,
-                        template_footprints: np.ndarray | None, *, max_num_epochs: int,
-                        low: float, high: float, spatial_threshold: float) -> np.ndarray:
+def artifact_footprints(
+    labels: np.ndarray,
+    area: np.ndarray,
+    keep: np.ndarray,
+    epoch: np.ndarray,
+    n_image: np.ndarray,
+    template_footprints: np.ndarray | None,
+    *,
+    max_num_epochs: int,
+    low: float,
+    high: float,
+    spatial_threshold: float,
+) -> np.ndarray:
     """Per label: is the (kept) candidate an artifact? (filterArtifacts, algorithms.md 3.3)
 
     N̄ = mean n_image over the footprint; a pixel is an outlier pixel when
@@ -219,6 +290,7 @@ def artifact_footprints(labels: np.ndarray, area: np.ndarray, keep: np.ndarray,
 
 
 # -- ScaleVariance and the background it subtracts -----------------------------------------------
+
 
 @numba.njit(**_JIT)
 def _quantile(s, n, f):  # pragma: no cover - numba
@@ -277,8 +349,9 @@ def _bin_centres(n: int, size: int) -> np.ndarray:
     return (starts + np.minimum(starts + size, n) - 1) / 2.0
 
 
-def _interp_axis(centres: np.ndarray, values: np.ndarray, coords: np.ndarray,
-                 axis: int) -> np.ndarray:
+def _interp_axis(
+    centres: np.ndarray, values: np.ndarray, coords: np.ndarray, axis: int
+) -> np.ndarray:
     """Akima spline along ``axis`` between bin centres (linear with < 4 bins, constant with 1:
     afw's REDUCE_INTERP_ORDER), extrapolated linearly from the end bins beyond them."""
     from scipy.interpolate import Akima1DInterpolator, interp1d
@@ -288,8 +361,11 @@ def _interp_axis(centres: np.ndarray, values: np.ndarray, coords: np.ndarray,
         out = np.repeat(values, coords.size, axis=-1)
         return np.moveaxis(out, -1, axis)
     at = np.clip(coords, centres[0], centres[-1])
-    spline = (interp1d(centres, values, axis=-1) if centres.size < 4
-              else Akima1DInterpolator(centres, values, axis=-1))
+    spline = (
+        interp1d(centres, values, axis=-1)
+        if centres.size < 4
+        else Akima1DInterpolator(centres, values, axis=-1)
+    )
     out = spline(at)
     lo = (values[..., 1] - values[..., 0]) / (centres[1] - centres[0])
     hi = (values[..., -1] - values[..., -2]) / (centres[-1] - centres[-2])
@@ -318,13 +394,21 @@ def background_model(image: np.ndarray, good: np.ndarray, bin_size: int) -> np.n
     return _interp_axis(_bin_centres(ny, b), rows, np.arange(ny, dtype=np.float64), axis=0)
 
 
-def scale_variance_factor(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *,
-                          bad_bits: int, limit: float = 10.0, bin_size: int = 32) -> float:
+def scale_variance_factor(
+    image: np.ndarray,
+    variance: np.ndarray,
+    mask: np.ndarray,
+    *,
+    bad_bits: int,
+    limit: float = 10.0,
+    bin_size: int = 32,
+) -> float:
     """ScaleVarianceTask: the factor the variance plane must be multiplied by (algorithms.md
     1.5). Raises :class:`ExceedsMaxVarianceScaleError` above ``limit`` with both estimators."""
     with np.errstate(invalid="ignore"):
-        good = (((mask & bad_bits) == 0) & np.isfinite(image) & np.isfinite(variance)
-                & (variance > 0))
+        good = (
+            ((mask & bad_bits) == 0) & np.isfinite(image) & np.isfinite(variance) & (variance > 0)
+        )
     if np.count_nonzero(good) < 2:
         return 1.0
     resid = (image - background_model(image, good, bin_size))[good]
@@ -336,11 +420,13 @@ def scale_variance_factor(image: np.ndarray, variance: np.ndarray, mask: np.ndar
         factor = (0.74 * (q3 - q1) / math.sqrt(np.median(var))) ** 2
         if factor > limit:
             raise ExceedsMaxVarianceScaleError(
-                f"variance scale factor {factor:.3g} exceeds the limit {limit}")
+                f"variance scale factor {factor:.3g} exceeds the limit {limit}"
+            )
     return float(factor)
 
 
 # -- PSF size -------------------------------------------------------------------------------
+
 
 def adaptive_sigma(psf: np.ndarray, *, iters: int = 200, tol: float = 1e-10) -> float:
     """Determinant radius ``det(M)**0.25`` of the adaptive (Gaussian-weighted, SdssShape-like)
@@ -353,11 +439,20 @@ def adaptive_sigma(psf: np.ndarray, *, iters: int = 200, tol: float = 1e-10) -> 
     m = np.array([[1.0, 0.0], [0.0, 1.0]]) * max(1.0, img.shape[0] / 8.0) ** 2
     for _ in range(iters):
         inv = np.linalg.inv(m)
-        w = img * np.exp(-0.5 * (inv[0, 0] * dx * dx + 2 * inv[0, 1] * dx * dy
-                                 + inv[1, 1] * dy * dy))
+        w = img * np.exp(
+            -0.5 * (inv[0, 0] * dx * dx + 2 * inv[0, 1] * dx * dy + inv[1, 1] * dy * dy)
+        )
         sw = w.sum()
-        new = 2.0 * np.array([[(w * dx * dx).sum(), (w * dx * dy).sum()],
-                              [(w * dx * dy).sum(), (w * dy * dy).sum()]]) / sw
+        new = (
+            2.0
+            * np.array(
+                [
+                    [(w * dx * dx).sum(), (w * dx * dy).sum()],
+                    [(w * dx * dy).sum(), (w * dy * dy).sum()],
+                ]
+            )
+            / sw
+        )
         if np.abs(new - m).max() < tol:
             m = new
             break
@@ -367,6 +462,7 @@ def adaptive_sigma(psf: np.ndarray, *, iters: int = 200, tol: float = 1e-10) -> 
 
 # -- streaks (MaskStreaksTask with scikit-image's Hough transform) ----------------------------
 
+
 def _line_support(detected: np.ndarray, min_length: int) -> np.ndarray:
     """Detected pixels of components at least ``min_length`` long (bounding-box diagonal):
     compact sources cannot make a line."""
@@ -374,8 +470,9 @@ def _line_support(detected: np.ndarray, min_length: int) -> np.ndarray:
     if n == 0:
         return detected.copy()
     boxes = ndimage.find_objects(labels)
-    extent = np.array([0.0] + [math.hypot(b[0].stop - b[0].start, b[1].stop - b[1].start)
-                               for b in boxes])
+    extent = np.array(
+        [0.0] + [math.hypot(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in boxes]
+    )
     return extent[labels] >= min_length
 
 
@@ -388,16 +485,23 @@ def _band(support: np.ndarray, angle: float, dist: float, max_width: int) -> np.
     near = np.abs(d) <= max_width
     t = -xs[near] * s + ys[near] * c
     counts = np.bincount(np.rint(np.abs(d[near])).astype(np.int64), minlength=max_width + 1)
-    half = int(np.argmax(counts < 0.5 * counts[0])) if (counts < 0.5 * counts[0]).any() \
-        else max_width
+    half = (
+        int(np.argmax(counts < 0.5 * counts[0])) if (counts < 0.5 * counts[0]).any() else max_width
+    )
     yy, xx = np.indices(support.shape)
     dd = xx * c + yy * s - dist
     tt = -xx * s + yy * c
     return (np.abs(dd) <= half + 0.5) & (tt >= t.min() - half) & (tt <= t.max() + half)
 
 
-def streak_mask(detected: np.ndarray, *, min_length: int = 100, theta_step: float = 0.25,
-                max_width: int = 40, max_streaks: int = 10) -> np.ndarray:
+def streak_mask(
+    detected: np.ndarray,
+    *,
+    min_length: int = 100,
+    theta_step: float = 0.25,
+    max_width: int = 40,
+    max_streaks: int = 10,
+) -> np.ndarray:
     """Satellite streaks in one visit's positive detections (a MaskStreaksTask stand-in).
 
     Long detections (components at least ``min_length`` px across) vote in scikit-image's
@@ -414,8 +518,14 @@ def streak_mask(detected: np.ndarray, *, min_length: int = 100, theta_step: floa
     theta = np.deg2rad(np.arange(-90.0, 90.0, theta_step))
     h, angles, dists = hough_line(support, theta=theta)
     _, peak_angles, peak_dists = hough_line_peaks(
-        h, angles, dists, min_distance=2 * max_width, min_angle=round(5.0 / theta_step),
-        threshold=min_length, num_peaks=max_streaks)
+        h,
+        angles,
+        dists,
+        min_distance=2 * max_width,
+        min_angle=round(5.0 / theta_step),
+        threshold=min_length,
+        num_peaks=max_streaks,
+    )
     for a, d in zip(peak_angles, peak_dists, strict=True):
         out |= _band(support, float(a), float(d), max_width)
     return out
@@ -423,7 +533,7 @@ def streak_mask(detected: np.ndarray, *, min_length: int = 100, theta_step: floa
 
 # -- one visit, end to end ----------------------------------------------------------------------
 
-ARTIFACT = 1   # flags of :func:`visit_artifacts`' output
+ARTIFACT = 1  # flags of :func:`visit_artifacts`' output
 STREAK = 2
 
 
@@ -435,17 +545,36 @@ def drop_contained(mask: np.ndarray, footprints: np.ndarray) -> np.ndarray:
     return outside[labels] > 0
 
 
-def visit_artifacts(packed: np.ndarray, epoch: np.ndarray, n_image: np.ndarray,
-                    template_footprints: np.ndarray | None, *, prefilter_ratio: float | None,
-                    max_num_epochs: int, low: float, high: float, spatial_threshold: float,
-                    streaks: dict | None = None, streak_grow: int = 0) -> np.ndarray:
+def visit_artifacts(
+    packed: np.ndarray,
+    epoch: np.ndarray,
+    n_image: np.ndarray,
+    template_footprints: np.ndarray | None,
+    *,
+    prefilter_ratio: float | None,
+    max_num_epochs: int,
+    low: float,
+    high: float,
+    spatial_threshold: float,
+    streaks: dict | None = None,
+    streak_grow: int = 0,
+) -> np.ndarray:
     """One visit's artifacts: the filtered candidates (:data:`ARTIFACT`) and, with
     ``streaks`` (keyword arguments of :func:`streak_mask`), the streaks not contained in a
     template footprint grown by ``streak_grow`` (:data:`STREAK` | :data:`ARTIFACT`)."""
     labels, area, keep = candidate_footprints(packed, prefilter_ratio)
-    art = artifact_footprints(labels, area, keep, epoch, n_image, template_footprints,
-                              max_num_epochs=max_num_epochs, low=low, high=high,
-                              spatial_threshold=spatial_threshold)
+    art = artifact_footprints(
+        labels,
+        area,
+        keep,
+        epoch,
+        n_image,
+        template_footprints,
+        max_num_epochs=max_num_epochs,
+        low=low,
+        high=high,
+        spatial_threshold=spatial_threshold,
+    )
     out = np.where(art[labels], np.uint8(ARTIFACT), np.uint8(0))
     if streaks is not None:
         found = streak_mask((packed & DETECTED) != 0, **streaks)

@@ -33,12 +33,21 @@ T_Regularization = Literal["centralDifference", "forwardDifference"]
 # ----------------------------------------------------------------------------------- bases (6.2)
 
 
-def alard_lupton_sigmas(fwhm_template: float | None, fwhm_science: float | None, *,
-                        n_gauss: int = 3, sigmas: Sequence[float] = (0.7, 1.5, 3.0),
-                        beta: float = 2.0, min_sig: float = 0.7, min_sig_deconv: float = 0.4,
-                        kernel_size: int = 21, size_min: int = 21, size_max: int = 35,
-                        scale_by_fwhm: bool = True,
-                        size_fwhm_scaling: float = 6.0) -> tuple[tuple[float, ...], int]:
+def alard_lupton_sigmas(
+    fwhm_template: float | None,
+    fwhm_science: float | None,
+    *,
+    n_gauss: int = 3,
+    sigmas: Sequence[float] = (0.7, 1.5, 3.0),
+    beta: float = 2.0,
+    min_sig: float = 0.7,
+    min_sig_deconv: float = 0.4,
+    kernel_size: int = 21,
+    size_min: int = 21,
+    size_max: int = 35,
+    scale_by_fwhm: bool = True,
+    size_fwhm_scaling: float = 6.0,
+) -> tuple[tuple[float, ...], int]:
     """Gaussian widths and kernel size of the AL basis (generateAlardLuptonBasisList, modern).
 
     ``fwhm_template`` is the FWHM of the image that gets convolved. With a missing FWHM, equal
@@ -74,8 +83,9 @@ def _monomials(order: int) -> list[tuple[int, int]]:
     return [(d - i, i) for d in range(order + 1) for i in range(d + 1)]
 
 
-def alard_lupton_basis(kernel_size: int, sigmas: Sequence[float],
-                       degrees: Sequence[int] = (4, 2, 2)) -> np.ndarray:
+def alard_lupton_basis(
+    kernel_size: int, sigmas: Sequence[float], degrees: Sequence[int] = (4, 2, 2)
+) -> np.ndarray:
     """Alard-Lupton basis (makeAlardLuptonBasisList), renormalised.
 
     For each Gaussian (unit sum on the grid) and each monomial x^i y^j of degree <= d, with
@@ -92,7 +102,7 @@ def alard_lupton_basis(kernel_size: int, sigmas: Sequence[float],
     if len(sigmas) != len(degrees):
         raise ValueError(f"{len(sigmas)} sigmas but {len(degrees)} degrees")
     half = kernel_size // 2
-    v, u = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float64)
+    v, u = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
     scale = float(max(half, 1))
     out = []
     for sigma, degree in zip(sigmas, degrees, strict=True):
@@ -184,9 +194,15 @@ def _forward_difference(n: int, orders: Sequence[int], border: float) -> np.ndar
     return b
 
 
-def regularization_matrix(kernel_size: int, *, kind: T_Regularization = "centralDifference",
-                          stencil: int = 9, orders: Sequence[int] = (1, 2),
-                          border_penalty: float = 3.0, fit_background: bool = False) -> np.ndarray:
+def regularization_matrix(
+    kernel_size: int,
+    *,
+    kind: T_Regularization = "centralDifference",
+    stencil: int = 9,
+    orders: Sequence[int] = (1, 2),
+    border_penalty: float = 3.0,
+    fit_background: bool = False,
+) -> np.ndarray:
     """Delta-function regularisation H = BᵀB (ip_diffim makeRegularizationMatrix).
 
     B has one row per kernel pixel (index ``row * size + col``): "centralDifference" puts the

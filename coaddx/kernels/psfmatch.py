@@ -134,8 +134,11 @@ class CandidateSolution:
 
     def condition_number(self, kind: Literal["eigenvalue", "svd"] = "eigenvalue") -> float:
         """max/min |eigenvalue| (or singular value) of ``m`` (KernelSolution.getConditionNumber)."""
-        vals = np.abs(np.linalg.eigvalsh(self.m) if kind == "eigenvalue"
-                      else np.linalg.svd(self.m, compute_uv=False))
+        vals = np.abs(
+            np.linalg.eigvalsh(self.m)
+            if kind == "eigenvalue"
+            else np.linalg.svd(self.m, compute_uv=False)
+        )
         return float(vals.max() / vals.min()) if vals.min() > 0 else math.inf
 
 
@@ -149,12 +152,20 @@ def _variance_estimate(var_t: np.ndarray, var_s: np.ndarray, constant: bool) -> 
     return var
 
 
-def solve_candidate(template: np.ndarray, science: np.ndarray, variance_template: np.ndarray,
-                    variance_science: np.ndarray, basis: np.ndarray, *,
-                    fit_background: bool = False, constant_variance: bool = True,
-                    regularization: np.ndarray | None = None, lam: float = 0.2,
-                    lam_type: Literal["absolute", "relative"] = "absolute",
-                    lam_scaling: float = 1e-4) -> CandidateSolution:
+def solve_candidate(
+    template: np.ndarray,
+    science: np.ndarray,
+    variance_template: np.ndarray,
+    variance_science: np.ndarray,
+    basis: np.ndarray,
+    *,
+    fit_background: bool = False,
+    constant_variance: bool = True,
+    regularization: np.ndarray | None = None,
+    lam: float = 0.2,
+    lam_type: Literal["absolute", "relative"] = "absolute",
+    lam_scaling: float = 1e-4,
+) -> CandidateSolution:
     """Fit ``science ≈ Σ_j a_j (B_j ⊗ template) + bg`` on one stamp (StaticKernelSolution).
 
     Uses the stamp shrunk by the kernel footprint; weights 1/V with V = var_s + var_t, replaced
@@ -186,10 +197,17 @@ def solve_candidate(template: np.ndarray, science: np.ndarray, variance_template
     a = _solve_normal(m, rhs)
     n_b = basis.shape[0]
     kernel = np.tensordot(a[:n_b], basis, axes=1)
-    return CandidateSolution(a[:n_b], float(a[n_b]) if fit_background else 0.0,
-                             float(kernel.sum()), m, rhs, kernel,
-                             float(var.flat[0]) if constant_variance else None,
-                             float(lam_used), data.size)
+    return CandidateSolution(
+        a[:n_b],
+        float(a[n_b]) if fit_background else 0.0,
+        float(kernel.sum()),
+        m,
+        rhs,
+        kernel,
+        float(var.flat[0]) if constant_variance else None,
+        float(lam_used),
+        data.size,
+    )
 
 
 def _pad_regularization(h: np.ndarray, n: int) -> np.ndarray:
@@ -200,11 +218,19 @@ def _pad_regularization(h: np.ndarray, n: int) -> np.ndarray:
     raise ValueError(f"regularization matrix {h.shape} does not match {n} parameters")
 
 
-def candidate_diffim_stats(template: np.ndarray, science: np.ndarray, var_t: np.ndarray,
-                           var_s: np.ndarray, mask_t: np.ndarray | None,
-                           mask_s: np.ndarray | None, kernel: np.ndarray,
-                           background: float, *, bad_bits: int,
-                           core_radius: int | None = None) -> tuple[float, float]:
+def candidate_diffim_stats(
+    template: np.ndarray,
+    science: np.ndarray,
+    var_t: np.ndarray,
+    var_s: np.ndarray,
+    mask_t: np.ndarray | None,
+    mask_s: np.ndarray | None,
+    kernel: np.ndarray,
+    background: float,
+    *,
+    bad_bits: int,
+    core_radius: int | None = None,
+) -> tuple[float, float]:
     """Mean and rms of z = D/σ on a candidate's difference image (ip_diffim ImageStatistics).
 
     D = science - K ⊗ template - background, σ² = var_s + K² ⊗ var_t, mask = mask_s | OR of
@@ -233,8 +259,10 @@ def candidate_diffim_stats(template: np.ndarray, science: np.ndarray, var_t: np.
         keep &= (mask & int(bad_bits)) == 0
     if core_radius is not None:
         core = np.zeros((ny, nx), bool)
-        core[max(0, ny // 2 - core_radius):ny // 2 + core_radius + 1,
-             max(0, nx // 2 - core_radius):nx // 2 + core_radius + 1] = True
+        core[
+            max(0, ny // 2 - core_radius) : ny // 2 + core_radius + 1,
+            max(0, nx // 2 - core_radius) : nx // 2 + core_radius + 1,
+        ] = True
         keep &= core[good]
     with np.errstate(divide="ignore", invalid="ignore"):
         ivar = 1.0 / var
@@ -268,11 +296,16 @@ def _box_or(mask: np.ndarray, half: int) -> np.ndarray:
 # ------------------------------------------------------------------- spatial kernel (6.4 step 4)
 
 
-def bbox_from_shape(shape: tuple[int, int], origin: tuple[float, float] = (0, 0)
-                    ) -> tuple[float, float, float, float]:
+def bbox_from_shape(
+    shape: tuple[int, int], origin: tuple[float, float] = (0, 0)
+) -> tuple[float, float, float, float]:
     """afw ``Box2D`` of the pixel box of an image of ``shape`` (ny, nx) at ``origin`` (x0, y0)."""
-    return (origin[0] - 0.5, origin[1] - 0.5, origin[0] + shape[1] - 0.5,
-            origin[1] + shape[0] - 0.5)
+    return (
+        origin[0] - 0.5,
+        origin[1] - 0.5,
+        origin[0] + shape[1] - 0.5,
+        origin[1] + shape[0] - 0.5,
+    )
 
 
 def _axis_values(t: np.ndarray, lo: float, hi: float, order: int, model: str) -> np.ndarray:
@@ -354,8 +387,9 @@ class SpatialKernel:
         return replace(self, coeffs=coeffs)
 
 
-def _accumulate_spatial(q: np.ndarray, w: np.ndarray, pk: np.ndarray, pb: np.ndarray | None,
-                        n_b: int) -> tuple[np.ndarray, np.ndarray]:
+def _accumulate_spatial(
+    q: np.ndarray, w: np.ndarray, pk: np.ndarray, pb: np.ndarray | None, n_b: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Σ_c Pᵀ Q_c P and Σ_c Pᵀ w_c with every basis spatially varying (blocks of Q_jk p pᵀ).
 
     Parameter index ``j * n_kt + m`` for kernel terms, then the background terms.
@@ -375,11 +409,19 @@ def _accumulate_spatial(q: np.ndarray, w: np.ndarray, pk: np.ndarray, pb: np.nda
     return m, np.concatenate([rhs, pb.T @ w[:, n_b]])
 
 
-def solve_spatial(candidates: Sequence[CandidateSolution], positions: np.ndarray,
-                  basis: np.ndarray, *, spatial_order: int = 2, bg_order: int = 1,
-                  model: T_Model = "chebyshev1", bbox: tuple[float, float, float, float],
-                  fit_background: bool = False, constant_first_term: bool = True,
-                  kernel_sum: float | None = None) -> SpatialKernel:
+def solve_spatial(
+    candidates: Sequence[CandidateSolution],
+    positions: np.ndarray,
+    basis: np.ndarray,
+    *,
+    spatial_order: int = 2,
+    bg_order: int = 1,
+    model: T_Model = "chebyshev1",
+    bbox: tuple[float, float, float, float],
+    fit_background: bool = False,
+    constant_first_term: bool = True,
+    kernel_sum: float | None = None,
+) -> SpatialKernel:
     """Spatial kernel from the candidates' normal equations (SpatialKernelSolution).
 
     Each candidate at (x_c, y_c) adds Pᵀ M_c P and Pᵀ b_c where P maps the spatial parameters
@@ -401,8 +443,10 @@ def solve_spatial(candidates: Sequence[CandidateSolution], positions: np.ndarray
     pos = np.asarray(positions, np.float64).reshape(-1, 2)
     q, w = np.stack([c.m for c in candidates]), np.stack([c.b for c in candidates])
     if q.shape[1:] != (n_local, n_local) or pos.shape[0] != q.shape[0]:
-        raise ValueError(f"candidates have {q.shape[1]} parameters and {pos.shape[0]} positions "
-                         f"for {q.shape[0]} candidates; expected {n_local} parameters")
+        raise ValueError(
+            f"candidates have {q.shape[1]} parameters and {pos.shape[0]} positions "
+            f"for {q.shape[0]} candidates; expected {n_local} parameters"
+        )
     pk = _spatial_terms(pos[:, 0], pos[:, 1], spatial_order, model, bbox).T
     pb = _spatial_terms(pos[:, 0], pos[:, 1], bg_order, model, bbox).T if fit_background else None
     m, rhs = _accumulate_spatial(q, w, pk, pb, n_b)
@@ -417,9 +461,16 @@ def solve_spatial(candidates: Sequence[CandidateSolution], positions: np.ndarray
         free[0], sol[0] = False, float(kernel_sum)
         rhs = rhs - m[:, 0] * sol[0]
     sol[free] = _solve_normal(m[np.ix_(free, free)], rhs[free])
-    return SpatialKernel(basis, sol[:n_b * n_kt].reshape(n_b, n_kt),
-                         sol[n_b * n_kt:].copy() if fit_background else None, spatial_order,
-                         bg_order, model, tuple(float(v) for v in bbox), constant_first_term)
+    return SpatialKernel(
+        basis,
+        sol[: n_b * n_kt].reshape(n_b, n_kt),
+        sol[n_b * n_kt :].copy() if fit_background else None,
+        spatial_order,
+        bg_order,
+        model,
+        tuple(float(v) for v in bbox),
+        constant_first_term,
+    )
 
 
 # ------------------------------------------------------------------- the rejection loop (6.4)
@@ -465,8 +516,7 @@ class FitInfo:
     rejections: dict[str, int] = field(default_factory=dict)
 
 
-def _clip_mean_std(values: np.ndarray, nsigma: float = 3.0, niter: int = 3
-                   ) -> tuple[float, float]:
+def _clip_mean_std(values: np.ndarray, nsigma: float = 3.0, niter: int = 3) -> tuple[float, float]:
     """afw MEANCLIP and STDEVCLIP of a 1-D sample (unweighted, non-cumulative passes).
 
     Pass 0 clips around the median at nsigma·0.7413·IQR, later passes around the previous
@@ -519,17 +569,23 @@ class _Loop:
         out = []
         for cell in self.cells:
             ok = cell[self.status[cell] != self.BAD]
-            out.extend(ok if self.n_per_cell < 0 else ok[:self.n_per_cell])
+            out.extend(ok if self.n_per_cell < 0 else ok[: self.n_per_cell])
         return np.array(sorted(out), dtype=np.intp)
 
     def _fit(self, i: int, basis: np.ndarray, regularize: bool) -> CandidateSolution | None:
         st, o = self.stamps[i], self.opts
         try:
-            sol = solve_candidate(st.template, st.science, st.variance_template,
-                                  st.variance_science, basis, fit_background=o.fit_background,
-                                  constant_variance=o.constant_variance,
-                                  regularization=o.regularization if regularize else None,
-                                  lam=o.lam)
+            sol = solve_candidate(
+                st.template,
+                st.science,
+                st.variance_template,
+                st.variance_science,
+                basis,
+                fit_background=o.fit_background,
+                constant_variance=o.constant_variance,
+                regularization=o.regularization if regularize else None,
+                lam=o.lam,
+            )
         except (ValueError, np.linalg.LinAlgError):
             return None
         if o.max_condition is not None and sol.condition_number() > o.max_condition:
@@ -539,18 +595,27 @@ class _Loop:
 
     def stats(self, i: int, kernel: np.ndarray, background: float) -> tuple[float, float]:
         st, o = self.stamps[i], self.opts
-        return candidate_diffim_stats(st.template, st.science, st.variance_template,
-                                      st.variance_science, st.mask_template, st.mask_science,
-                                      kernel, background, bad_bits=o.bad_bits,
-                                      core_radius=o.core_radius)
+        return candidate_diffim_stats(
+            st.template,
+            st.science,
+            st.variance_template,
+            st.variance_science,
+            st.mask_template,
+            st.mask_science,
+            kernel,
+            background,
+            bad_bits=o.bad_bits,
+            core_radius=o.core_radius,
+        )
 
     def _judge(self, mean: float, rms: float, clip: bool) -> bool:
         if not (math.isfinite(mean) and math.isfinite(rms)):
             return False
         return not clip or (abs(mean) <= self.opts.mean_max and rms <= self.opts.std_max)
 
-    def build_single(self, basis: np.ndarray, *, rebuild: bool = False, reason: str = "single"
-                     ) -> int:
+    def build_single(
+        self, basis: np.ndarray, *, rebuild: bool = False, reason: str = "single"
+    ) -> int:
         """BuildSingleKernelVisitor over the visited candidates; returns the number rejected."""
         n_rej = 0
         for i in self.visited():
@@ -573,8 +638,10 @@ class _Loop:
         idx = self.visited()
         if idx.size == 0:
             reasons = ", ".join(f"{k} {v}" for k, v in self.rejections.items() if v)
-            raise ValueError(f"no usable kernel candidates: all {len(self.stamps)} stamps were "
-                             f"rejected (rejections: {reasons or 'none'})")
+            raise ValueError(
+                f"no usable kernel candidates: all {len(self.stamps)} stamps were "
+                f"rejected (rejections: {reasons or 'none'})"
+            )
         ksum = np.array([self.recent[i].kernel_sum for i in idx])
         mean, std = _clip_mean_std(ksum)
         # the 1e-12 relative floor only matters for identical kernel sums (std ~ round-off)
@@ -598,8 +665,9 @@ class _Loop:
         n_rej = n_good = 0
         for i in self.visited():
             st = self.stamps[i]
-            mean, rms = self.stats(i, spatial.kernel_image(st.x, st.y),
-                                   spatial.background(st.x, st.y))
+            mean, rms = self.stats(
+                i, spatial.kernel_image(st.x, st.y), spatial.background(st.x, st.y)
+            )
             if self.recent[i] is not None and self._judge(mean, rms, clip):
                 self.status[i], n_good = self.GOOD, n_good + 1
             else:
@@ -615,8 +683,10 @@ class _Loop:
         self.status[idx[unbuilt]] = self.BAD
         idx = idx[~unbuilt]
         if idx.size == 0:
-            raise ValueError("no usable kernel candidates remain for the spatial fit "
-                             f"(all {len(self.stamps)} stamps rejected)")
+            raise ValueError(
+                "no usable kernel candidates remain for the spatial fit "
+                f"(all {len(self.stamps)} stamps rejected)"
+            )
         pos = np.array([(self.stamps[i].x, self.stamps[i].y) for i in idx])
         return solve_spatial([self.recent[i] for i in idx], pos, basis, **kw)
 
@@ -630,7 +700,7 @@ def _pca_basis(kernels: np.ndarray, n_pca: int, subtract_mean: bool) -> np.ndarr
         x = x - mean
     _, sv, vt = np.linalg.svd(x, full_matrices=False)
     eig = ([mean] if subtract_mean else []) + list(vt)
-    keep = [e for e in eig[:min(n_pca, sv.size)] if np.isfinite(e).all()]
+    keep = [e for e in eig[: min(n_pca, sv.size)] if np.isfinite(e).all()]
     return renormalize_basis(np.array(keep).reshape(-1, size, size))
 
 
@@ -657,8 +727,10 @@ def _rating(st: CandidateStamp, core_radius: int, bad_bits: int) -> float:
         return float(st.rating)
     sci, var = np.asarray(st.science, np.float64), np.asarray(st.variance_science, np.float64)
     cy, cx = sci.shape[0] // 2, sci.shape[1] // 2
-    box = (slice(max(0, cy - core_radius), cy + core_radius + 1),
-           slice(max(0, cx - core_radius), cx + core_radius + 1))
+    box = (
+        slice(max(0, cy - core_radius), cy + core_radius + 1),
+        slice(max(0, cx - core_radius), cx + core_radius + 1),
+    )
     keep = np.ones(sci[box].shape, bool)
     if st.mask_science is not None and bad_bits:
         keep = (np.asarray(st.mask_science)[box] & bad_bits) == 0
@@ -675,17 +747,33 @@ def _is_delta_basis(basis: np.ndarray) -> bool:
 
 
 def fit_psf_matching_kernel(
-    stamps: Sequence[CandidateStamp], *, basis: np.ndarray,
-    bbox: tuple[float, float, float, float], spatial_order: int = 2, bg_order: int = 1,
-    model: T_Model = "chebyshev1", fit_background: bool = False,
-    constant_first_term: bool | None = None, cell_size: tuple[int, int] = (128, 128),
-    n_star_per_cell: int = 5, max_spatial_iterations: int = 3,
-    single_kernel_clipping: bool = True, kernel_sum_clipping: bool = True,
-    spatial_kernel_clipping: bool = True, max_ksum_sigma: float = 3.0,
-    residual_mean_max: float = 0.25, residual_std_max: float = 1.5,
-    use_core_stats: bool = False, core_radius: int = 3, bad_bits: int = 0,
-    constant_variance: bool = True, regularization: np.ndarray | None = None, lam: float = 0.2,
-    max_condition_number: float | None = None, use_pca: bool = False, n_pca: int = 5,
+    stamps: Sequence[CandidateStamp],
+    *,
+    basis: np.ndarray,
+    bbox: tuple[float, float, float, float],
+    spatial_order: int = 2,
+    bg_order: int = 1,
+    model: T_Model = "chebyshev1",
+    fit_background: bool = False,
+    constant_first_term: bool | None = None,
+    cell_size: tuple[int, int] = (128, 128),
+    n_star_per_cell: int = 5,
+    max_spatial_iterations: int = 3,
+    single_kernel_clipping: bool = True,
+    kernel_sum_clipping: bool = True,
+    spatial_kernel_clipping: bool = True,
+    max_ksum_sigma: float = 3.0,
+    residual_mean_max: float = 0.25,
+    residual_std_max: float = 1.5,
+    use_core_stats: bool = False,
+    core_radius: int = 3,
+    bad_bits: int = 0,
+    constant_variance: bool = True,
+    regularization: np.ndarray | None = None,
+    lam: float = 0.2,
+    max_condition_number: float | None = None,
+    use_pca: bool = False,
+    n_pca: int = 5,
     subtract_mean_for_pca: bool = True,
 ) -> tuple[SpatialKernel, FitInfo]:
     """Spatially varying PSF-matching kernel with LSST's candidate rejection (PsfMatchTask._solve).
@@ -719,14 +807,28 @@ def fit_psf_matching_kernel(
     basis = np.asarray(basis, np.float64)
     if constant_first_term is None:
         constant_first_term = use_pca or not _is_delta_basis(basis)
-    opts = _Options(fit_background, constant_variance, regularization, lam,
-                    single_kernel_clipping, residual_mean_max, residual_std_max,
-                    core_radius if use_core_stats else None, bad_bits, max_condition_number)
+    opts = _Options(
+        fit_background,
+        constant_variance,
+        regularization,
+        lam,
+        single_kernel_clipping,
+        residual_mean_max,
+        residual_std_max,
+        core_radius if use_core_stats else None,
+        bad_bits,
+        max_condition_number,
+    )
     ratings = [_rating(s, core_radius, bad_bits) for s in stamps]
     loop = _Loop(stamps, _cells(stamps, bbox, cell_size, ratings), n_star_per_cell, opts)
-    spatial_kw = {"spatial_order": spatial_order, "bg_order": bg_order, "model": model,
-                  "bbox": bbox, "fit_background": fit_background,
-                  "constant_first_term": constant_first_term}
+    spatial_kw = {
+        "spatial_order": spatial_order,
+        "bg_order": bg_order,
+        "model": model,
+        "bbox": bbox,
+        "fit_background": fit_background,
+        "constant_first_term": constant_first_term,
+    }
     it = restarts = n_rej_spatial = 0
     spatial_basis, converged, spatial = basis, False, None
     ksum = (math.nan, math.nan)
@@ -760,8 +862,18 @@ def _info(loop: _Loop, basis, it, restarts, ksum, converged) -> FitInfo:
     names = []
     for i, s in enumerate(loop.status):
         names.append("bad" if s == loop.BAD else "good" if i in used else "unused")
-    return FitInfo(tuple(names), tuple(loop.recent), basis, it, restarts, float(ksum[0]),
-                   float(ksum[1]), converged, len(used), dict(loop.rejections))
+    return FitInfo(
+        tuple(names),
+        tuple(loop.recent),
+        basis,
+        it,
+        restarts,
+        float(ksum[0]),
+        float(ksum[1]),
+        converged,
+        len(used),
+        dict(loop.rejections),
+    )
 
 
 # ------------------------------------------------------------------- convolution (6.4, 6.5)
@@ -788,8 +900,13 @@ def _squared_kernel_terms(kernel: SpatialKernel) -> dict[tuple[int, int], np.nda
     return out
 
 
-def _sum_convolved(data: np.ndarray, images: dict[tuple[int, int], np.ndarray],
-                   vx: np.ndarray, vy: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def _sum_convolved(
+    data: np.ndarray,
+    images: dict[tuple[int, int], np.ndarray],
+    vx: np.ndarray,
+    vy: np.ndarray,
+    dtype: np.dtype,
+) -> np.ndarray:
     """Σ_{(p,q)} vy[q](y) vx[p](x) · (image_pq ⊗ data) ('same' size).
 
     The data's FFT is taken once and reused for every term (one kernel FFT and one inverse
@@ -800,8 +917,10 @@ def _sum_convolved(data: np.ndarray, images: dict[tuple[int, int], np.ndarray],
     ny, nx = data.shape
     k = next(iter(images.values())).shape[0]
     half = k // 2
-    shape = (scipy.fft.next_fast_len(ny + k - 1, real=True),
-             scipy.fft.next_fast_len(nx + k - 1, real=True))
+    shape = (
+        scipy.fft.next_fast_len(ny + k - 1, real=True),
+        scipy.fft.next_fast_len(nx + k - 1, real=True),
+    )
     spectrum = scipy.fft.rfft2(data.astype(dtype, copy=False), shape)
     vx, vy = vx.astype(dtype), vy.astype(dtype)
     out = np.zeros(data.shape, dtype)
@@ -810,17 +929,23 @@ def _sum_convolved(data: np.ndarray, images: dict[tuple[int, int], np.ndarray],
             # = rfft2(img, shape), skipping the row transforms of the zero padding
             rows = scipy.fft.rfft(img.astype(dtype), n=shape[1], axis=1)
             conv = scipy.fft.irfft2(spectrum * scipy.fft.fft(rows, n=shape[0], axis=0), shape)
-            term = conv[half:half + ny, half:half + nx]  # a view: weight it in place
+            term = conv[half : half + ny, half : half + nx]  # a view: weight it in place
             term *= vx[px][None, :]
             term *= vy[py][:, None]
             out += term
     return out
 
 
-def convolve_spatial(image: np.ndarray, variance: np.ndarray, mask: np.ndarray | None,
-                     kernel: SpatialKernel, *, origin: tuple[float, float] = (0, 0),
-                     normalize: bool = False,
-                     bad_bits: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def convolve_spatial(
+    image: np.ndarray,
+    variance: np.ndarray,
+    mask: np.ndarray | None,
+    kernel: SpatialKernel,
+    *,
+    origin: tuple[float, float] = (0, 0),
+    normalize: bool = False,
+    bad_bits: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Convolve a masked image with a spatially varying kernel (afw convolve, exact).
 
     image: Σ_m f_m(x, y) (A_m ⊗ I) with A_m = Σ_j coeffs[j, m] B_j, which equals
@@ -848,8 +973,10 @@ def convolve_spatial(image: np.ndarray, variance: np.ndarray, mask: np.ndarray |
     xs, ys = origin[0] + np.arange(nx), origin[1] + np.arange(ny)
     x0, y0, x1, y1 = kernel.bbox
     order, model = kernel.spatial_order, kernel.model
-    vx, vy = (_axis_values(xs, x0, x1, 2 * order, model),
-              _axis_values(ys, y0, y1, 2 * order, model))
+    vx, vy = (
+        _axis_values(xs, x0, x1, 2 * order, model),
+        _axis_values(ys, y0, y1, 2 * order, model),
+    )
     powers = _monomials(order)
     terms = dict(zip(powers, kernel.term_images(), strict=True))
     # raw pixel-coordinate powers ("polynomial") can cancel between terms: double precision
@@ -857,13 +984,14 @@ def convolve_spatial(image: np.ndarray, variance: np.ndarray, mask: np.ndarray |
     out = _sum_convolved(data, terms, vx, vy, work)
     out_var = _sum_convolved(var, _squared_kernel_terms(kernel), vx, vy, work)
     if normalize:
-        ksum = sum(vy[py][:, None] * vx[px][None, :] * float(t.sum()) for (px, py), t in
-                   terms.items())
+        ksum = sum(
+            vy[py][:, None] * vx[px][None, :] * float(t.sum()) for (px, py), t in terms.items()
+        )
         out /= ksum
         out_var /= ksum * ksum
     invalid = _box_or(bad, half)
-    invalid[:half], invalid[ny - half:] = True, True
-    invalid[:, :half], invalid[:, nx - half:] = True, True
+    invalid[:half], invalid[ny - half :] = True, True
+    invalid[:, :half], invalid[:, nx - half :] = True, True
     out[invalid], out_var[invalid] = np.nan, np.inf
     out_mask = _box_or(msk, half)
     if bad_bits:

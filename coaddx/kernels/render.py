@@ -13,29 +13,74 @@ import math
 import numba as nb
 import numpy as np
 
-__all__ = ["DEV_MOG", "EXP_MOG", "GAL_MOGS", "MOFFAT_MOG", "add_gaussians", "add_moffat",
-           "add_points", "add_streak", "add_tracks", "bad_and_saturate", "bleed_column",
-           "coverage", "finalize", "flag_disks", "galaxy_components", "galaxy_shapes",
-           "moffat_alpha", "noise", "psf_mog", "qmax"]
+__all__ = [
+    "DEV_MOG",
+    "EXP_MOG",
+    "GAL_MOGS",
+    "MOFFAT_MOG",
+    "add_gaussians",
+    "add_moffat",
+    "add_points",
+    "add_streak",
+    "add_tracks",
+    "bad_and_saturate",
+    "bleed_column",
+    "coverage",
+    "finalize",
+    "flag_disks",
+    "galaxy_components",
+    "galaxy_shapes",
+    "moffat_alpha",
+    "noise",
+    "psf_mog",
+    "qmax",
+]
 
 FWHM_PER_SIGMA = 2.3548200450309493
 
 # Gaussian mixtures (amplitude, variance in units of r_e^2 or alpha^2), fitted to the radial
 # profiles by least squares (Hogg & Lang 2013 style): Sersic n=1 to 6 r_e, n=4 to 8 r_e,
 # Moffat beta=3 to 12 alpha. Amplitudes are renormalised to unit sum.
-EXP_MOG = (np.array([0.000614, 0.007917, 0.053098, 0.217335, 0.4542, 0.265408]),
-           np.array([0.002569, 0.018894, 0.082711, 0.282565, 0.830803, 2.252291]))
-DEV_MOG = (np.array([2.447426e-04, 1.700298e-03, 7.892523e-03, 2.745972e-02, 7.567557e-02,
-                     1.670418e-01, 2.864776e-01, 3.407247e-01]),
-           np.array([3.135066e-06, 4.161427e-05, 3.361725e-04, 2.207844e-03, 1.316389e-02,
-                     7.738470e-02, 4.957797e-01, 4.327627e+00]))
-MOFFAT_MOG = (np.array([0.114421, 0.452574, 0.349415, 0.081489]),
-              np.array([0.094633, 0.214599, 0.548731, 1.913254]))
+EXP_MOG = (
+    np.array([0.000614, 0.007917, 0.053098, 0.217335, 0.4542, 0.265408]),
+    np.array([0.002569, 0.018894, 0.082711, 0.282565, 0.830803, 2.252291]),
+)
+DEV_MOG = (
+    np.array(
+        [
+            2.447426e-04,
+            1.700298e-03,
+            7.892523e-03,
+            2.745972e-02,
+            7.567557e-02,
+            1.670418e-01,
+            2.864776e-01,
+            3.407247e-01,
+        ]
+    ),
+    np.array(
+        [
+            3.135066e-06,
+            4.161427e-05,
+            3.361725e-04,
+            2.207844e-03,
+            1.316389e-02,
+            7.738470e-02,
+            4.957797e-01,
+            4.327627e00,
+        ]
+    ),
+)
+MOFFAT_MOG = (
+    np.array([0.114421, 0.452574, 0.349415, 0.081489]),
+    np.array([0.094633, 0.214599, 0.548731, 1.913254]),
+)
 #: Unit-sum galaxy mixtures indexed by profile code: 0 exponential, 1 de Vaucouleurs.
 GAL_MOGS = tuple((a / a.sum(), v) for a, v in (EXP_MOG, DEV_MOG))
 
 
 # -- profile math (numpy) --------------------------------------------------------------------
+
 
 def moffat_alpha(fwhm: float, beta: float) -> float:
     """Moffat core width alpha of a profile with the given FWHM and ``beta``."""
@@ -55,8 +100,16 @@ def qmax(peak: np.ndarray, eps: float) -> np.ndarray:
     return np.clip(2.0 * np.log(np.maximum(peak / eps, 1.0)), 2.0 * math.log(1000.0), 60.0)
 
 
-def add_points(model: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarray,
-               fwhm: float, psf: str, eps: float, beta: float) -> None:
+def add_points(
+    model: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    flux: np.ndarray,
+    fwhm: float,
+    psf: str,
+    eps: float,
+    beta: float,
+) -> None:
     """Add point sources of total ``flux``, truncated where they fall below ``eps``, in place."""
     if psf == "moffat":
         alpha = moffat_alpha(fwhm, beta)
@@ -85,9 +138,17 @@ def galaxy_shapes(gal: dict[str, np.ndarray], jac: np.ndarray) -> np.ndarray:
     return jac @ shape @ jac.transpose(0, 2, 1)
 
 
-def galaxy_components(gal: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
-                      jac: np.ndarray, flux: np.ndarray, fwhm: float, psf: str,
-                      eps: float, beta: float) -> tuple[np.ndarray, ...]:
+def galaxy_components(
+    gal: dict[str, np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    jac: np.ndarray,
+    flux: np.ndarray,
+    fwhm: float,
+    psf: str,
+    eps: float,
+    beta: float,
+) -> tuple[np.ndarray, ...]:
     """Gaussian components ``(x, y, amp, ia, ib, ic, qmax)`` of PSF-convolved galaxies.
 
     The tuple is the argument list of :func:`add_gaussians` after the image. Galaxy components
@@ -104,8 +165,9 @@ def galaxy_components(gal: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
         var = np.c_[np.zeros(idx.size), var]
         for k in range(p_amp.size):
             cov = var[:, :, None, None] * shapes[idx, None] + p_var[k] * np.eye(2)
-            parts.append((np.repeat(idx, amp.shape[1]), (amp * p_amp[k]).ravel(),
-                          cov.reshape(-1, 2, 2)))
+            parts.append(
+                (np.repeat(idx, amp.shape[1]), (amp * p_amp[k]).ravel(), cov.reshape(-1, 2, 2))
+            )
     idx = np.concatenate([p[0] for p in parts])
     frac = np.concatenate([p[1] for p in parts])
     cov = np.concatenate([p[2] for p in parts])
@@ -114,11 +176,19 @@ def galaxy_components(gal: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
     det = cov[:, 0, 0] * cov[:, 1, 1] - cov[:, 0, 1] ** 2
     peak = flux[idx] * frac / (2.0 * math.pi * np.sqrt(det))
     q = qmax(peak, eps)
-    return (x[idx], y[idx], peak / (1.0 - np.exp(-0.5 * q)), cov[:, 1, 1] / det,
-            -cov[:, 0, 1] / det, cov[:, 0, 0] / det, q)
+    return (
+        x[idx],
+        y[idx],
+        peak / (1.0 - np.exp(-0.5 * q)),
+        cov[:, 1, 1] / det,
+        -cov[:, 0, 1] / det,
+        cov[:, 0, 0] / det,
+        q,
+    )
 
 
 # -- numba kernels (nogil: visits render in parallel threads) --------------------------------
+
 
 @nb.njit(nogil=True, cache=True)
 def add_gaussians(img, xc, yc, amp, ia, ib, ic, qmax):  # pragma: no cover - numba
@@ -173,7 +243,7 @@ def add_moffat(img, xc, yc, amp, alpha, beta, rmax):  # pragma: no cover - numba
             for x in range(x0, x1 + 1):
                 dx = x - xc[k]
                 t = 1.0 + (dx * dx + dy * dy) * inv_a2
-                v = 1.0 / (t * t * t) if beta == 3.0 else t ** -beta
+                v = 1.0 / (t * t * t) if beta == 3.0 else t**-beta
                 img[y, x] += amp[k] * v
 
 
@@ -250,12 +320,19 @@ def coverage(code, hom, det_w, det_h, edge, bad_det, bad_col, bad_r0, bad_r1, ba
                 if not (-0.5 <= uu < det_w[d] - 0.5 and -0.5 <= vv < det_h[d] - 0.5):
                     continue
                 c = 1
-                if (uu < edge - 0.5 or vv < edge - 0.5 or uu >= det_w[d] - edge - 0.5
-                        or vv >= det_h[d] - edge - 0.5):
+                if (
+                    uu < edge - 0.5
+                    or vv < edge - 0.5
+                    or uu >= det_w[d] - edge - 0.5
+                    or vv >= det_h[d] - edge - 0.5
+                ):
                     c |= 2
                 for b in range(bad_det.size):
-                    if (bad_det[b] == d and abs(uu - bad_col[b]) < 0.5
-                            and bad_r0[b] - 0.5 <= vv < bad_r1[b] - 0.5):
+                    if (
+                        bad_det[b] == d
+                        and abs(uu - bad_col[b]) < 0.5
+                        and bad_r0[b] - 0.5 <= vv < bad_r1[b] - 0.5
+                    ):
                         c |= 4 if bad_hot[b] else 8
                 code[y, x] = c
                 break

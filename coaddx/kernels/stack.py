@@ -47,9 +47,25 @@ _FILL_MIN = 512  # fewest pixels per segment of the value copy (long rows stream
 _JIT = {"nogil": True, "cache": True, "fastmath": False, "error_model": "numpy"}
 
 
-def stack_block(image, variance, mask, weights, *, statistic, bad_mask, sigma_clip=3.0, clip_iter=2,
-                error_mode="input", propagate_bits=(), propagate_thresholds=(), clipped_bit=0,
-                map_from=(), map_to=(), no_data_bit=0, remove_bits=0):
+def stack_block(
+    image,
+    variance,
+    mask,
+    weights,
+    *,
+    statistic,
+    bad_mask,
+    sigma_clip=3.0,
+    clip_iter=2,
+    error_mode="input",
+    propagate_bits=(),
+    propagate_thresholds=(),
+    clipped_bit=0,
+    map_from=(),
+    map_to=(),
+    no_data_bit=0,
+    remove_bits=0,
+):
     """Stack a (V, Y, X) block of visits with the afw statisticsStack rules.
 
     Parameters
@@ -103,14 +119,23 @@ def stack_block(image, variance, mask, weights, *, statistic, bad_mask, sigma_cl
     stat = _code(statistic, STATISTICS, "statistic")
     err = _code(error_mode, ERROR_MODES, "error_mode")
     if stat == _MEANCLIP and (int(clip_iter) < 1 or not 0 <= float(sigma_clip) < math.inf):
-        raise ValueError(f"'meanclip' needs clip_iter >= 1 and a finite sigma_clip >= 0, got "
-                         f"{clip_iter!r} and {sigma_clip!r}")
+        raise ValueError(
+            f"'meanclip' needs clip_iter >= 1 and a finite sigma_clip >= 0, got "
+            f"{clip_iter!r} and {sigma_clip!r}"
+        )
     w, vis = _included_visits(weights, image.shape[0])
     pbits, pthr = _pairs(propagate_bits, propagate_thresholds, "propagate_bits", np.float64)
     mfrom, mto = _pairs(map_from, map_to, "map_from", np.int32)
-    ints = np.array([_bits(bad_mask, "bad_mask"), ~_bits(remove_bits, "remove_bits"),
-                     _bits(clipped_bit, "clipped_bit"), _bits(no_data_bit, "no_data_bit"),
-                     int(clip_iter)], dtype=np.int32)
+    ints = np.array(
+        [
+            _bits(bad_mask, "bad_mask"),
+            ~_bits(remove_bits, "remove_bits"),
+            _bits(clipped_bit, "clipped_bit"),
+            _bits(no_data_bit, "no_data_bit"),
+            int(clip_iter),
+        ],
+        dtype=np.int32,
+    )
     nv, ny, nx = image.shape
     flat = [a.reshape(nv, ny * nx) for a in (image, variance, mask)]
     outs = _empty_outputs(ny * nx)
@@ -123,24 +148,47 @@ def stack_block(image, variance, mask, weights, *, statistic, bad_mask, sigma_cl
         rows = 0 if stat == _MEAN else vis.size
         vals = np.empty((rows, seg), dtype=image.dtype)
         buf = np.empty((rows, width) if network else (_SELECT_TILE, rows), dtype=image.dtype)
-        _stack_flat(*flat, w, vis, stat, err, ints, float(sigma_clip), pbits, pthr, mfrom, mto,
-                    ci, cj, seg, vals, buf, *outs)
+        _stack_flat(
+            *flat,
+            w,
+            vis,
+            stat,
+            err,
+            ints,
+            float(sigma_clip),
+            pbits,
+            pthr,
+            mfrom,
+            mto,
+            ci,
+            cj,
+            seg,
+            vals,
+            buf,
+            *outs,
+        )
     return tuple(o.reshape(ny, nx) for o in outs)
 
 
 # --------------------------------------------------------------------------------------------
 # argument handling (plain Python)
 
+
 def _check_cube(image, variance, mask):
     image, variance = np.asarray(image), np.asarray(variance)
     if image.ndim != 3 or variance.shape != image.shape or np.shape(mask) != image.shape:
-        raise ValueError(f"image, variance and mask must share one (V, Y, X) shape, got "
-                         f"{image.shape}, {variance.shape}, {np.shape(mask)}")
+        raise ValueError(
+            f"image, variance and mask must share one (V, Y, X) shape, got "
+            f"{image.shape}, {variance.shape}, {np.shape(mask)}"
+        )
     if image.shape[0] > _MAX_VISITS:
         raise ValueError(f"at most {_MAX_VISITS} visits per block, got {image.shape[0]}")
     ftype = np.float64 if np.float64 in (image.dtype, variance.dtype) else np.float32
-    cube = (np.ascontiguousarray(image, dtype=ftype), np.ascontiguousarray(variance, dtype=ftype),
-            np.ascontiguousarray(mask, dtype=np.int32))
+    cube = (
+        np.ascontiguousarray(image, dtype=ftype),
+        np.ascontiguousarray(variance, dtype=ftype),
+        np.ascontiguousarray(mask, dtype=np.int32),
+    )
     return tuple(_readonly(a) for a in cube)
 
 
@@ -184,8 +232,12 @@ def _pairs(first, second, what, dtype):
 
 
 def _empty_outputs(npix):
-    return (np.empty(npix, np.float32), np.empty(npix, np.float32),
-            np.empty(npix, np.int32), np.empty(npix, np.int32))
+    return (
+        np.empty(npix, np.float32),
+        np.empty(npix, np.float32),
+        np.empty(npix, np.int32),
+        np.empty(npix, np.int32),
+    )
 
 
 def _segment_length(stat, nvisit, itemsize):
@@ -239,8 +291,30 @@ _CNT, _ORM, _ORA, _NCLIP = range(4)  # packed NPOINT | n_image << 16, OR good, O
 
 
 @numba.njit(**_JIT)
-def _stack_flat(image, variance, mask, w, vis, stat, err, ints, sigma, pbits, pthr, mfrom, mto,
-                ci, cj, seg, vals, buf, out_val, out_var, out_mask, out_n):
+def _stack_flat(
+    image,
+    variance,
+    mask,
+    w,
+    vis,
+    stat,
+    err,
+    ints,
+    sigma,
+    pbits,
+    pthr,
+    mfrom,
+    mto,
+    ci,
+    cj,
+    seg,
+    vals,
+    buf,
+    out_val,
+    out_var,
+    out_mask,
+    out_n,
+):
     """Drive the pixel segments of a flattened (visit, pixel) block."""
     npix = image.shape[1]
     facc = np.empty((_NFACC, seg))
@@ -253,13 +327,50 @@ def _stack_flat(image, variance, mask, w, vis, stat, err, ints, sigma, pbits, pt
         iacc[:, : x1 - x0] = 0
         rej[:, : x1 - x0] = 0.0
         if stat == _MEAN:
-            _mean_segment(image, variance, mask, w, vis, x0, x1, err, ints, pbits, facc, iacc,
-                          rej, out_val, out_var)
+            _mean_segment(
+                image,
+                variance,
+                mask,
+                w,
+                vis,
+                x0,
+                x1,
+                err,
+                ints,
+                pbits,
+                facc,
+                iacc,
+                rej,
+                out_val,
+                out_var,
+            )
         else:
-            _sorted_segment(image, variance, mask, w, vis, x0, x1, stat, err, ints, sigma, pbits,
-                            ci, cj, vals, buf, facc, iacc, rej, out_val, out_var)
-        _finish_masks(x0, x1, vis.size, ints, facc[_SW], iacc, rej, pthr, pbits, mfrom, mto,
-                      out_mask, out_n)
+            _sorted_segment(
+                image,
+                variance,
+                mask,
+                w,
+                vis,
+                x0,
+                x1,
+                stat,
+                err,
+                ints,
+                sigma,
+                pbits,
+                ci,
+                cj,
+                vals,
+                buf,
+                facc,
+                iacc,
+                rej,
+                out_val,
+                out_var,
+            )
+        _finish_masks(
+            x0, x1, vis.size, ints, facc[_SW], iacc, rej, pthr, pbits, mfrom, mto, out_mask, out_n
+        )
 
 
 @numba.njit(**_JIT)
@@ -353,16 +464,29 @@ def _reject_visit(img, msk, wk, bad, keep, pbits, row_or, rej):
 
 
 @numba.njit(**_JIT)
-def _mean_segment(image, variance, mask, w, vis, x0, x1, err, ints, pbits, facc, iacc, rej,
-                  out_val, out_var):
+def _mean_segment(
+    image, variance, mask, w, vis, x0, x1, err, ints, pbits, facc, iacc, rej, out_val, out_var
+):
     """Weighted mean of a segment (value, error) plus the standard-pass mask sums."""
     bad, keep = ints[0], ints[1]
     for k in range(vis.size):
         v, wk = vis[k], w[k]
         img, msk = image[v, x0:x1], mask[v, x0:x1]
-        row_or = _accumulate_visit(img, variance[v, x0:x1], msk, wk,
-                                   _variance_coefficient(err, wk), bad, keep, facc[_SW],
-                                   facc[_SWX], facc[_SV], iacc[_CNT], iacc[_ORM], iacc[_ORA])
+        row_or = _accumulate_visit(
+            img,
+            variance[v, x0:x1],
+            msk,
+            wk,
+            _variance_coefficient(err, wk),
+            bad,
+            keep,
+            facc[_SW],
+            facc[_SWX],
+            facc[_SV],
+            iacc[_CNT],
+            iacc[_ORM],
+            iacc[_ORA],
+        )
         _reject_visit(img, msk, wk, bad, keep, pbits, row_or, rej)
     mu = facc[_MU]
     for p in range(x1 - x0):
@@ -419,27 +543,62 @@ def _store(out_val, out_var, i, n, value, err2):
 
 
 @numba.njit(**_JIT)
-def _sorted_segment(image, variance, mask, w, vis, x0, x1, stat, err, ints, sigma, pbits, ci, cj,
-                    vals, buf, facc, iacc, rej, out_val, out_var):
-    """"median" or "meanclip" of a segment: fill, sort the columns, then finish the statistic."""
+def _sorted_segment(
+    image,
+    variance,
+    mask,
+    w,
+    vis,
+    x0,
+    x1,
+    stat,
+    err,
+    ints,
+    sigma,
+    pbits,
+    ci,
+    cj,
+    vals,
+    buf,
+    facc,
+    iacc,
+    rej,
+    out_val,
+    out_var,
+):
+    """ "median" or "meanclip" of a segment: fill, sort the columns, then finish the statistic."""
     npix = x1 - x0
     bad, keep = ints[0], ints[1]
     for k in range(vis.size):
         v, wk = vis[k], w[k]
         img, msk = image[v, x0:x1], mask[v, x0:x1]
-        row_or = _fill_visit(img, msk, wk, bad, keep, facc[_SW], facc[_SW2], facc[_SWX],
-                             iacc[_CNT], iacc[_ORM], iacc[_ORA], vals[k])
+        row_or = _fill_visit(
+            img,
+            msk,
+            wk,
+            bad,
+            keep,
+            facc[_SW],
+            facc[_SW2],
+            facc[_SWX],
+            iacc[_CNT],
+            iacc[_ORM],
+            iacc[_ORA],
+            vals[k],
+        )
         _reject_visit(img, msk, wk, bad, keep, pbits, row_or, rej)
     if ci.size == 0 and vis.size > 1:  # too many visits for a sorting network
         _selection_window(vals, npix, sigma, stat == _MEANCLIP, facc[_C], facc[_HIQR], buf)
     else:
-        _network_window(vals, npix, sigma, stat == _MEANCLIP, ci, cj, buf, iacc[_CNT], facc[_C],
-                        facc[_HIQR])
+        _network_window(
+            vals, npix, sigma, stat == _MEANCLIP, ci, cj, buf, iacc[_CNT], facc[_C], facc[_HIQR]
+        )
     if stat == _MEDIAN:
         _median_finish(vals, w, x0, npix, facc, iacc, out_val, out_var)
     else:
-        _meanclip_finish(variance, vals, w, vis, x0, npix, err, ints[4], sigma, facc, iacc,
-                         out_val, out_var)
+        _meanclip_finish(
+            variance, vals, w, vis, x0, npix, err, ints[4], sigma, facc, iacc, out_val, out_var
+        )
 
 
 @numba.njit(**_JIT)
@@ -473,7 +632,7 @@ def _sort_columns(buf, npix, ci, cj):
 def _quantile_position(n, f):
     """(lo, hi, t): quantile f of n sorted values lies between ranks lo and hi at fraction t."""
     pos = f * (n - 1)
-    lo = int(math.floor(pos))
+    lo = math.floor(pos)
     return lo, min(lo + 1, n - 1), pos - lo
 
 
@@ -685,13 +844,27 @@ def _clip_pass(vals, variance, w, vis, x0, npix, err, facc, nkeep):
             var, cv = vals[k], 0.0
         else:
             var, cv = variance[vis[k], x0 : x0 + npix], _variance_coefficient(err, w[k])
-        _clip_visit(vals[k], var, w[k], cv, npix, facc[_C], facc[_H], facc[_CSW], facc[_CSW2],
-                    facc[_CSD], facc[_CSDD], facc[_CSV], nkeep)
+        _clip_visit(
+            vals[k],
+            var,
+            w[k],
+            cv,
+            npix,
+            facc[_C],
+            facc[_H],
+            facc[_CSW],
+            facc[_CSW2],
+            facc[_CSD],
+            facc[_CSDD],
+            facc[_CSV],
+            nkeep,
+        )
 
 
 @numba.njit(**_JIT)
-def _meanclip_finish(variance, vals, w, vis, x0, npix, err, niter, sigma, facc, iacc, out_val,
-                     out_var):
+def _meanclip_finish(
+    variance, vals, w, vis, x0, npix, err, niter, sigma, facc, iacc, out_val, out_var
+):
     """afw MEANCLIP: niter non-cumulative clip passes, then the weighted mean of the kept set."""
     nkeep = iacc[_NCLIP]
     facc[_H, :npix] = facc[_HIQR, :npix]
@@ -702,8 +875,7 @@ def _meanclip_finish(variance, vals, w, vis, x0, npix, err, niter, sigma, facc, 
         _clip_moments(vals, w, npix, facc)
     for p in range(npix):
         n = iacc[_CNT, p] & _COUNT_LOW
-        e2 = _mean_error(err, nkeep[p], facc[_CSW, p], facc[_CSW2, p], facc[_CSV, p],
-                         facc[_SDD, p])
+        e2 = _mean_error(err, nkeep[p], facc[_CSW, p], facc[_CSW2, p], facc[_CSV, p], facc[_SDD, p])
         _store(out_val, out_var, x0 + p, n, facc[_MU, p], e2)
         nkeep[p] = n - nkeep[p]  # the row now holds NCLIPPED
 

@@ -7,8 +7,7 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["IQR_TO_SIGMA", "good_values", "meanclip_1d", "meanclip_masked",
-           "meanclip_masked_many"]
+__all__ = ["IQR_TO_SIGMA", "good_values", "meanclip_1d", "meanclip_masked", "meanclip_masked_many"]
 
 IQR_TO_SIGMA = 0.741301109252802
 
@@ -28,8 +27,9 @@ def _gather(values, mask, bad):  # pragma: no cover - numba
 
 def good_values(values: np.ndarray, mask: np.ndarray, bad_mask: int) -> np.ndarray:
     """Finite values whose mask has no ``bad_mask`` bit, as a 1-D array of the values' dtype."""
-    return _gather(np.ascontiguousarray(values), np.ascontiguousarray(mask, dtype=np.int32),
-                   np.int32(bad_mask))
+    return _gather(
+        np.ascontiguousarray(values), np.ascontiguousarray(mask, dtype=np.int32), np.int32(bad_mask)
+    )
 
 
 @numba.njit(nogil=True, cache=True)
@@ -104,6 +104,7 @@ def _quartiles(x: np.ndarray) -> tuple[float, float, float]:
 # order-preserving unsigned keys: 16 high bits, then the 16 low bits of the few bins holding the
 # wanted ranks) and the clipping passes read the image in place, in the gathered order, so the
 # result is bit-identical to ``meanclip_1d(good_values(...))``.
+
 
 @numba.njit(nogil=True, cache=True, inline="always")
 def _sort_key(u):  # pragma: no cover - numba
@@ -255,8 +256,9 @@ def _masked_clip_passes(values, mask, bads, n, center, iqr, sigma, iters):  # pr
     return out
 
 
-def meanclip_masked_many(values: np.ndarray, mask: np.ndarray,
-                         params: list[tuple[int, float, int]]) -> list[float]:
+def meanclip_masked_many(
+    values: np.ndarray, mask: np.ndarray, params: list[tuple[int, float, int]]
+) -> list[float]:
     """:func:`meanclip_masked` for several ``(bad_mask, sigma_clip, clip_iter)`` sets in shared
     passes over the image (each result bit-identical to its own call). ``values`` must be a
     float32 2-d array (a view is fine)."""
@@ -269,13 +271,20 @@ def meanclip_masked_many(values: np.ndarray, mask: np.ndarray,
     sigmas = np.array([float(p[1]) for p in params], np.float64)
     iters = np.array([int(p[2]) for p in params], np.int64)
     q, n = _masked_quartiles(values.view(np.uint32), values, mask, bads)
-    out = _masked_clip_passes(values, mask, bads, n, q[:, 1].copy(), q[:, 2] - q[:, 0], sigmas,
-                              iters)
+    out = _masked_clip_passes(
+        values, mask, bads, n, q[:, 1].copy(), q[:, 2] - q[:, 0], sigmas, iters
+    )
     return [float(v) for v in out]
 
 
-def meanclip_masked(values: np.ndarray, mask: np.ndarray, bad_mask: int, *,
-                    sigma_clip: float = 3.0, clip_iter: int = 2) -> float:
+def meanclip_masked(
+    values: np.ndarray,
+    mask: np.ndarray,
+    bad_mask: int,
+    *,
+    sigma_clip: float = 3.0,
+    clip_iter: int = 2,
+) -> float:
     """``meanclip_1d(good_values(values, mask, bad_mask), ...)`` (bit for bit) without copying
     or sorting: exact radix-selected quartiles and in-place clipping passes. float32 images take
     the fast path; other dtypes fall back to gathering."""
@@ -284,8 +293,9 @@ def meanclip_masked(values: np.ndarray, mask: np.ndarray, bad_mask: int, *,
     if values.shape != mask.shape:
         raise ValueError(f"values {values.shape} and mask {mask.shape} differ in shape")
     if values.dtype != np.float32:
-        return meanclip_1d(good_values(values, mask, bad_mask), sigma_clip=sigma_clip,
-                           clip_iter=clip_iter)
+        return meanclip_1d(
+            good_values(values, mask, bad_mask), sigma_clip=sigma_clip, clip_iter=clip_iter
+        )
     if values.ndim != 2:
         values, mask = values.reshape(1, -1), mask.reshape(1, -1)
     return meanclip_masked_many(values, mask, [(bad_mask, sigma_clip, clip_iter)])[0]

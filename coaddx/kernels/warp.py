@@ -66,10 +66,18 @@ def _footprint(code: int) -> tuple[int, int]:
     return (1 - code, 2 * code) if code >= 2 else (0, 2)
 
 
-def warp_block(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, src_x: np.ndarray,
-               src_y: np.ndarray, area: np.ndarray, *, kernel: str = "lanczos3",
-               grow_full_bits: int = 0, no_data_bit: int = 0
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def warp_block(
+    image: np.ndarray,
+    variance: np.ndarray,
+    mask: np.ndarray,
+    src_x: np.ndarray,
+    src_y: np.ndarray,
+    area: np.ndarray,
+    *,
+    kernel: str = "lanczos3",
+    grow_full_bits: int = 0,
+    no_data_bit: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Resample one source image onto destination pixels with the afw warping semantics.
 
     Parameters
@@ -110,18 +118,34 @@ def warp_block(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, src_x:
     image, variance = _as_float(image), _as_float(variance)
     mask = np.ascontiguousarray(mask, dtype=np.int32)
     if not image.shape == variance.shape == mask.shape or image.ndim != 2:
-        raise ValueError("image, variance and mask must be 2-d arrays of one shape, got "
-                         f"{image.shape}, {variance.shape}, {mask.shape}")
+        raise ValueError(
+            "image, variance and mask must be 2-d arrays of one shape, got "
+            f"{image.shape}, {variance.shape}, {mask.shape}"
+        )
     src_x, src_y, area = (np.ascontiguousarray(a, dtype=np.float64) for a in (src_x, src_y, area))
     if not src_x.shape == src_y.shape == area.shape or src_x.ndim != 2:
-        raise ValueError("src_x, src_y and area must be 2-d arrays of one shape, got "
-                         f"{src_x.shape}, {src_y.shape}, {area.shape}")
+        raise ValueError(
+            "src_x, src_y and area must be 2-d arrays of one shape, got "
+            f"{src_x.shape}, {src_y.shape}, {area.shape}"
+        )
     code = _CODES[kernel]
     out_image = np.empty(src_x.shape, np.float32)
     out_variance = np.empty(src_x.shape, np.float32)
     out_mask = np.empty(src_x.shape, np.int32)
-    _WARP[code](image, variance, mask, src_x, src_y, area, _tap_constants(code),
-                int(grow_full_bits), int(no_data_bit), out_image, out_variance, out_mask)
+    _WARP[code](
+        image,
+        variance,
+        mask,
+        src_x,
+        src_y,
+        area,
+        _tap_constants(code),
+        int(grow_full_bits),
+        int(no_data_bit),
+        out_image,
+        out_variance,
+        out_mask,
+    )
     return out_image, out_variance, out_mask
 
 
@@ -151,6 +175,7 @@ def _tap_constants(code: int) -> np.ndarray:
 
 
 # -- scalar helpers (inlined into the pixel loop) ---------------------------------------------
+
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _sin_small(z):  # pragma: no cover - numba
@@ -187,8 +212,9 @@ def _cos_small(z):  # pragma: no cover - numba
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
-def _lanczos_weight(g, flip, k, code, sign, sk, ck, sign1, sk1, ck1, s1, sb,
-                    cb):  # pragma: no cover - numba
+def _lanczos_weight(
+    g, flip, k, code, sign, sk, ck, sign1, sk1, ck1, s1, sb, cb
+):  # pragma: no cover - numba
     """L(k - f) for g = min(f, 1 - f), from s1 = sin(pi g), sb, cb = sin, cos(pi g / n).
 
     For f > 0.5 (flip) the tap is evaluated as tap 1 - k at g (L is even), which keeps
@@ -225,8 +251,21 @@ def _axis_weights(f, code, lo, ntap, consts, w, w2):  # pragma: no cover - numba
     cb = _cos_small((math.pi / code) * g)
     total = 0.0
     for m in range(ntap):
-        v = _lanczos_weight(g, f > 0.5, lo + m, code, consts[0, m], consts[1, m], consts[2, m],
-                            consts[3, m], consts[4, m], consts[5, m], s1, sb, cb)
+        v = _lanczos_weight(
+            g,
+            f > 0.5,
+            lo + m,
+            code,
+            consts[0, m],
+            consts[1, m],
+            consts[2, m],
+            consts[3, m],
+            consts[4, m],
+            consts[5, m],
+            s1,
+            sb,
+            cb,
+        )
         w[m] = v
         w2[m] = v * v
         total += v
@@ -244,6 +283,7 @@ def _footprint_or(mask, j0, i0, ny, nx, bits):  # pragma: no cover - numba
 
 
 # -- per-row weights (vectorised over destination columns) ------------------------------------
+
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
 def _row_weights(coords, code, lo, ntap, consts, w, total, scratch):  # pragma: no cover
@@ -275,15 +315,16 @@ def _row_weights(coords, code, lo, ntap, consts, w, total, scratch):  # pragma: 
         sign, sk, ck = consts[0, m], consts[1, m], consts[2, m]
         sign1, sk1, ck1 = consts[3, m], consts[4, m], consts[5, m]
         for c in range(n):
-            v = _lanczos_weight(gs[c], frac[c] > 0.5, k, code, sign, sk, ck, sign1, sk1, ck1,
-                                s1[c], sb[c], cb[c])
+            v = _lanczos_weight(
+                gs[c], frac[c] > 0.5, k, code, sign, sk, ck, sign1, sk1, ck1, s1[c], sb[c], cb[c]
+            )
             w[m, c] = v
             total[c] += v
 
 
 # -- grown mask bits: exact footprint OR, skipped where an 8x8 tile summary shows none ---------
 
-_TILE_SHIFT = 3     # 8x8 source tiles
+_TILE_SHIFT = 3  # 8x8 source tiles
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -298,17 +339,20 @@ def _grown_bits(mask, tiles, j0, i0, ntap, bits):  # pragma: no cover - numba
             if tiles[tj, ti] < 0:
                 r0 = tj << _TILE_SHIFT
                 c0 = ti << _TILE_SHIFT
-                tiles[tj, ti] = _footprint_or(mask, r0, c0, min(sy - r0, size),
-                                              min(sx - c0, size), bits) != 0
+                tiles[tj, ti] = (
+                    _footprint_or(mask, r0, c0, min(sy - r0, size), min(sx - c0, size), bits) != 0
+                )
             hit |= tiles[tj, ti] != 0
     return _footprint_or(mask, j0, i0, ntap, ntap, bits) if hit else 0
 
 
 # -- the pixel loops ---------------------------------------------------------------------------
 
+
 @numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
-def _pixel_general(image, variance, i, j, fx, fy, code, lo, ntap, consts,
-                   wx, wx2, wy, wy2):  # pragma: no cover - numba
+def _pixel_general(
+    image, variance, i, j, fx, fy, code, lo, ntap, consts, wx, wx2, wy, wy2
+):  # pragma: no cover - numba
     """(sum K I, sum K^2 V, kSum) over the non-zero taps only: nearest, or a zero fraction."""
     ax, mx, tx = _axis_weights(fx, code, lo, ntap, consts, wx, wx2)
     ay, my, ty = _axis_weights(fy, code, lo, ntap, consts, wy, wy2)
@@ -326,8 +370,9 @@ def _pixel_general(image, variance, i, j, fx, fy, code, lo, ntap, consts,
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def _row_masks(mask, tiles, xs, ys, box, lo, ntap, grow_bits, no_data_bit,
-               out):  # pragma: no cover - numba
+def _row_masks(
+    mask, tiles, xs, ys, box, lo, ntap, grow_bits, no_data_bit, out
+):  # pragma: no cover - numba
     """Output mask of one row: bilinear-footprint OR | grown bits over the kernel footprint."""
     xlo, xhi, ylo, yhi = box
     for c in range(xs.size):
@@ -341,7 +386,7 @@ def _row_masks(mask, tiles, xs, ys, box, lo, ntap, grow_bits, no_data_bit,
         di = 1 if x > i else 0
         dj = 1 if y > j else 0
         bits = mask[j, i] | mask[j, i + di] | mask[j + dj, i] | mask[j + dj, i + di]
-        if grow_bits != 0:      # tiles: 0 = none of grow_bits there (the usual case)
+        if grow_bits != 0:  # tiles: 0 = none of grow_bits there (the usual case)
             tj0 = (j + lo) >> _TILE_SHIFT
             tj1 = (j + lo + ntap - 1) >> _TILE_SHIFT
             ti0 = (i + lo) >> _TILE_SHIFT
@@ -354,11 +399,25 @@ def _row_masks(mask, tiles, xs, ys, box, lo, ntap, grow_bits, no_data_bit,
 def _make_warp(code: int):
     """The pixel loop of one kernel: closure constants let numba unroll the taps."""
     lo, ntap = _footprint(code)
-    separable = code != _NEAREST          # nearest always takes the single-tap path
+    separable = code != _NEAREST  # nearest always takes the single-tap path
 
     @numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
-    def row_values(image, variance, xs, ys, areas, box, consts, wxs, wys, sumx, sumy, small,
-                   out_image, out_variance):  # pragma: no cover - numba
+    def row_values(
+        image,
+        variance,
+        xs,
+        ys,
+        areas,
+        box,
+        consts,
+        wxs,
+        wys,
+        sumx,
+        sumy,
+        small,
+        out_image,
+        out_variance,
+    ):  # pragma: no cover - numba
         xlo, xhi, ylo, yhi = box
         flat_image = image.reshape(-1)
         flat_variance = variance.reshape(-1)
@@ -391,21 +450,46 @@ def _make_warp(code: int):
                     q += stride
                 ksum = sumx[c] * sumy[c]
             else:
-                acc, acc_v, ksum = _pixel_general(image, variance, i, j, fx, fy, code, lo, ntap,
-                                                  consts, small[0], small[1], small[2], small[3])
+                acc, acc_v, ksum = _pixel_general(
+                    image,
+                    variance,
+                    i,
+                    j,
+                    fx,
+                    fy,
+                    code,
+                    lo,
+                    ntap,
+                    consts,
+                    small[0],
+                    small[1],
+                    small[2],
+                    small[3],
+                )
             scale = areas[c] / ksum
             out_image[c] = acc * scale
             out_variance[c] = acc_v * (scale * scale)
 
     @numba.njit(nogil=True, cache=True, error_model="numpy")
-    def warp(image, variance, mask, src_x, src_y, area, consts, grow_bits, no_data_bit,
-             out_image, out_variance, out_mask):  # pragma: no cover - numba
+    def warp(
+        image,
+        variance,
+        mask,
+        src_x,
+        src_y,
+        area,
+        consts,
+        grow_bits,
+        no_data_bit,
+        out_image,
+        out_variance,
+        out_mask,
+    ):  # pragma: no cover - numba
         sy, sx = image.shape
         nx = src_x.shape[1]
         # computable iff 0 <= floor(x) + lo and floor(x) + lo + ntap - 1 <= sx - 1
         box = (float(-lo), float(sx - lo - ntap + 1), float(-lo), float(sy - lo - ntap + 1))
-        tiles = np.full((((sy - 1) >> _TILE_SHIFT) + 1, ((sx - 1) >> _TILE_SHIFT) + 1), -1,
-                        np.int8)
+        tiles = np.full((((sy - 1) >> _TILE_SHIFT) + 1, ((sx - 1) >> _TILE_SHIFT) + 1), -1, np.int8)
         wxs = np.empty((ntap, nx))
         wys = np.empty((ntap, nx))
         sums = np.empty((2, nx))
@@ -415,21 +499,50 @@ def _make_warp(code: int):
             if separable:
                 _row_weights(src_x[r], code, lo, ntap, consts, wxs, sums[0], scratch)
                 _row_weights(src_y[r], code, lo, ntap, consts, wys, sums[1], scratch)
-            row_values(image, variance, src_x[r], src_y[r], area[r], box, consts, wxs, wys,
-                       sums[0], sums[1], small, out_image[r], out_variance[r])
-            _row_masks(mask, tiles, src_x[r], src_y[r], box, lo, ntap, grow_bits, no_data_bit,
-                       out_mask[r])
+            row_values(
+                image,
+                variance,
+                src_x[r],
+                src_y[r],
+                area[r],
+                box,
+                consts,
+                wxs,
+                wys,
+                sums[0],
+                sums[1],
+                small,
+                out_image[r],
+                out_variance[r],
+            )
+            _row_masks(
+                mask, tiles, src_x[r], src_y[r], box, lo, ntap, grow_bits, no_data_bit, out_mask[r]
+            )
 
     @numba.njit(nogil=True, cache=True, error_model="numpy")
-    def warp_grid(image, variance, mask, node_x, node_y, left_x, t_x, left_y, t_y, consts,
-                  grow_bits, no_data_bit, out_image, out_variance, out_mask):  # pragma: no cover
+    def warp_grid(
+        image,
+        variance,
+        mask,
+        node_x,
+        node_y,
+        left_x,
+        t_x,
+        left_y,
+        t_y,
+        consts,
+        grow_bits,
+        no_data_bit,
+        out_image,
+        out_variance,
+        out_mask,
+    ):  # pragma: no cover
         """As ``warp``, with the source coordinates and relative areas interpolated row by row
         from the node grid (see :func:`warp_on_grid`) instead of read from full arrays."""
         sy, sx = image.shape
         ny, nx = out_image.shape
         box = (float(-lo), float(sx - lo - ntap + 1), float(-lo), float(sy - lo - ntap + 1))
-        tiles = np.full((((sy - 1) >> _TILE_SHIFT) + 1, ((sx - 1) >> _TILE_SHIFT) + 1), -1,
-                        np.int8)
+        tiles = np.full((((sy - 1) >> _TILE_SHIFT) + 1, ((sx - 1) >> _TILE_SHIFT) + 1), -1, np.int8)
         wxs = np.empty((ntap, nx))
         wys = np.empty((ntap, nx))
         sums = np.empty((2, nx))
@@ -457,8 +570,22 @@ def _make_warp(code: int):
             if separable:
                 _row_weights(xs, code, lo, ntap, consts, wxs, sums[0], scratch)
                 _row_weights(ys, code, lo, ntap, consts, wys, sums[1], scratch)
-            row_values(image, variance, xs, ys, area, box, consts, wxs, wys,
-                       sums[0], sums[1], small, out_image[r], out_variance[r])
+            row_values(
+                image,
+                variance,
+                xs,
+                ys,
+                area,
+                box,
+                consts,
+                wxs,
+                wys,
+                sums[0],
+                sums[1],
+                small,
+                out_image[r],
+                out_variance[r],
+            )
             _row_masks(mask, tiles, xs, ys, box, lo, ntap, grow_bits, no_data_bit, out_mask[r])
             prev_x, cur_x = cur_x, prev_x
             prev_y, cur_y = cur_y, prev_y
@@ -499,10 +626,20 @@ def lerp_weights(nodes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return left.astype(np.int64), t.astype(np.float64)
 
 
-def warp_on_grid(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, node_x: np.ndarray,
-                 node_y: np.ndarray, nodes_x: np.ndarray, nodes_y: np.ndarray,
-                 shape: tuple[int, int], *, kernel: str = "lanczos3", grow_full_bits: int = 0,
-                 no_data_bit: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def warp_on_grid(
+    image: np.ndarray,
+    variance: np.ndarray,
+    mask: np.ndarray,
+    node_x: np.ndarray,
+    node_y: np.ndarray,
+    nodes_x: np.ndarray,
+    nodes_y: np.ndarray,
+    shape: tuple[int, int],
+    *,
+    kernel: str = "lanczos3",
+    grow_full_bits: int = 0,
+    no_data_bit: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`warp_block` with the mapping given on a coarse node grid.
 
     ``node_x``, ``node_y`` are the source positions at the nodes ``nodes_y`` x ``nodes_x`` of
@@ -517,12 +654,19 @@ def warp_on_grid(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, node
     image, variance = _as_float(image), _as_float(variance)
     mask = np.ascontiguousarray(mask, dtype=np.int32)
     if not image.shape == variance.shape == mask.shape or image.ndim != 2:
-        raise ValueError("image, variance and mask must be 2-d arrays of one shape, got "
-                         f"{image.shape}, {variance.shape}, {mask.shape}")
+        raise ValueError(
+            "image, variance and mask must be 2-d arrays of one shape, got "
+            f"{image.shape}, {variance.shape}, {mask.shape}"
+        )
     ny, nx = (int(n) for n in shape)
     node_x, node_y = (np.ascontiguousarray(a, dtype=np.float64) for a in (node_x, node_y))
-    if node_x.shape != node_y.shape or node_x.shape != (len(nodes_y), len(nodes_x)) \
-            or nodes_x[-1] != nx or nodes_y[-1] != ny or min(node_x.shape) < 2:
+    if (
+        node_x.shape != node_y.shape
+        or node_x.shape != (len(nodes_y), len(nodes_x))
+        or nodes_x[-1] != nx
+        or nodes_y[-1] != ny
+        or min(node_x.shape) < 2
+    ):
         raise ValueError("node grids do not match the nodes and the block shape")
     left_x, t_x = lerp_weights(np.asarray(nodes_x), nx + 1)
     left_y, t_y = lerp_weights(np.asarray(nodes_y), ny + 1)
@@ -530,9 +674,23 @@ def warp_on_grid(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, node
     out_image = np.empty((ny, nx), np.float32)
     out_variance = np.empty((ny, nx), np.float32)
     out_mask = np.empty((ny, nx), np.int32)
-    _WARP_GRID[code](image, variance, mask, node_x, node_y, left_x, t_x, left_y, t_y,
-                     _tap_constants(code), int(grow_full_bits), int(no_data_bit), out_image,
-                     out_variance, out_mask)
+    _WARP_GRID[code](
+        image,
+        variance,
+        mask,
+        node_x,
+        node_y,
+        left_x,
+        t_x,
+        left_y,
+        t_y,
+        _tap_constants(code),
+        int(grow_full_bits),
+        int(no_data_bit),
+        out_image,
+        out_variance,
+        out_mask,
+    )
     return out_image, out_variance, out_mask
 
 

@@ -16,27 +16,56 @@ import numpy as np
 IQR_TO_SIGMA = 0.741301109252802
 
 
-def stack_block_reference(image, variance, mask, weights, *, statistic, bad_mask, sigma_clip=3.0,
-                          clip_iter=2, error_mode="input", propagate_bits=(),
-                          propagate_thresholds=(), clipped_bit=0, map_from=(), map_to=(),
-                          no_data_bit=0, remove_bits=0):
+def stack_block_reference(
+    image,
+    variance,
+    mask,
+    weights,
+    *,
+    statistic,
+    bad_mask,
+    sigma_clip=3.0,
+    clip_iter=2,
+    error_mode="input",
+    propagate_bits=(),
+    propagate_thresholds=(),
+    clipped_bit=0,
+    map_from=(),
+    map_to=(),
+    no_data_bit=0,
+    remove_bits=0,
+):
     """Same signature and results as ``stack_block``, by loops over pixels."""
     nv, ny, nx = image.shape
     weights = np.asarray(weights, dtype=np.float64)
     included = [i for i in range(nv) if math.isfinite(weights[i]) and weights[i] > 0]
-    rules = dict(statistic=statistic, bad=int(bad_mask), sigma=float(sigma_clip),
-                 niter=int(clip_iter), error_mode=error_mode,
-                 thresholds=list(zip(propagate_bits, propagate_thresholds)),
-                 clipped=int(clipped_bit), mask_map=list(zip(map_from, map_to)),
-                 no_data=int(no_data_bit), remove=int(remove_bits))
+    rules = dict(
+        statistic=statistic,
+        bad=int(bad_mask),
+        sigma=float(sigma_clip),
+        niter=int(clip_iter),
+        error_mode=error_mode,
+        thresholds=list(zip(propagate_bits, propagate_thresholds, strict=True)),
+        clipped=int(clipped_bit),
+        mask_map=list(zip(map_from, map_to, strict=True)),
+        no_data=int(no_data_bit),
+        remove=int(remove_bits),
+    )
     value = np.full((ny, nx), np.nan, np.float32)
     var = np.full((ny, nx), np.nan, np.float32)
     out_mask = np.zeros((ny, nx), np.int32)
     n_image = np.zeros((ny, nx), np.int32)
     for y in range(ny):
         for x in range(nx):
-            inputs = [(float(image[i, y, x]), float(variance[i, y, x]), int(mask[i, y, x]),
-                       float(weights[i])) for i in included]
+            inputs = [
+                (
+                    float(image[i, y, x]),
+                    float(variance[i, y, x]),
+                    int(mask[i, y, x]),
+                    float(weights[i]),
+                )
+                for i in included
+            ]
             value[y, x], var[y, x], out_mask[y, x], n_image[y, x] = _pixel(inputs, rules)
     return value, var, out_mask, n_image
 
@@ -49,9 +78,9 @@ def _pixel(inputs, r):
     rejected = [(x, v, m, w) for x, v, m, w in inputs if not (math.isfinite(x) and m & bad == 0)]
     n = len(good)
     if r["statistic"] == "mean":
-        value, err2, nclip = _mean_and_error(good, r["error_mode"]) + (0,)
+        value, err2, nclip = (*_mean_and_error(good, r["error_mode"]), 0)
     elif r["statistic"] == "median":
-        value, err2, nclip = _median(good) + (0,)
+        value, err2, nclip = (*_median(good), 0)
     else:
         value, err2, nclip = _meanclip(good, r)
     out = 0

@@ -34,8 +34,9 @@ def _interp(image, bad, *, fallback=0.0, variance=None, mask=None, transpose=Fal
         mask = np.where(bad, BAD, 0).astype(np.int32)
     if variance is None:
         variance = np.ones_like(image)
-    return interpolate_over_defects(image, variance, mask, bad_bits=BAD, intrp_bit=INTRP,
-                                    fallback=fallback, transpose=transpose)
+    return interpolate_over_defects(
+        image, variance, mask, bad_bits=BAD, intrp_bit=INTRP, fallback=fallback, transpose=transpose
+    )
 
 
 def _interp_row(values, bad_columns, *, fallback=0.0, dtype=np.float64):
@@ -58,8 +59,8 @@ def test_coefficient_tables_mirror_symmetric():
     for (n, left, right), rows in _NARROW.items():
         mirror = _NARROW[(n, right, left)]
         assert rows == tuple(tuple(reversed(mirror[n - 1 - k])) for k in range(n))
-    for (left, right), (head, tail, mid, _) in _WIDE_TABLE.items():
-        m_head, m_tail, m_mid, _ = _WIDE_TABLE[(right, left)]
+    for (left, right), (head, _tail, mid, _) in _WIDE_TABLE.items():
+        _m_head, m_tail, m_mid, _ = _WIDE_TABLE[(right, left)]
         assert head == tuple(tuple(reversed(r)) for r in reversed(m_tail))
         assert mid == tuple(reversed(m_mid))
 
@@ -89,8 +90,9 @@ def test_interpolate_over_defects_ramp_two_pixels_table_values():
     ramp = np.arange(20.0)
     out = _interp_row(ramp, [8, 9])
     f = ramp
-    assert out[8] == pytest.approx(-0.4793 * f[6] + 1.1904 * f[7] + 0.5212 * f[10]
-                                   - 0.2323 * f[11], abs=1e-12)
+    assert out[8] == pytest.approx(
+        -0.4793 * f[6] + 1.1904 * f[7] + 0.5212 * f[10] - 0.2323 * f[11], abs=1e-12
+    )
     np.testing.assert_allclose(out[8:10] - ramp[8:10], [0.1137, -0.1137], atol=1e-12)
 
 
@@ -100,7 +102,7 @@ def test_interpolate_over_defects_constant_image_stays_constant():
     bad = np.zeros((ny, nx), dtype=bool)
     col = 2
     for width in range(1, 16):  # MIDDLE and WIDE runs, 2 good pixels between them
-        bad[0, col:col + width] = True
+        bad[0, col : col + width] = True
         col += width + 2
     bad[1, [10, 12, 13, 15, 17]] = True  # one good pixel between runs ("#." sides)
     bad[1, 20:35] = True
@@ -124,8 +126,8 @@ def test_interpolate_over_defects_wide_run_tends_to_average(width):
     left, right = 2.0, 10.0
     row = np.r_[np.full(20, left), np.full(width, np.nan), np.full(20, right)]
     out = _interp_row(row, range(20, 20 + width))
-    run = out[20:20 + width]
-    np.testing.assert_array_equal(run[6:width - 6], 6.0)  # 0.25 * (2 + 2 + 10 + 10)
+    run = out[20 : 20 + width]
+    np.testing.assert_array_equal(run[6 : width - 6], 6.0)  # 0.25 * (2 + 2 + 10 + 10)
     assert np.all((run > left) & (run < right))
     assert run[0] == pytest.approx(-0.5177 * 2 + 1.3400 * 2 + 0.0888 * 10 + 0.0888 * 10)
     assert run[-1] == pytest.approx(0.0888 * 2 + 0.0888 * 2 + 1.3400 * 10 - 0.5177 * 10)
@@ -145,14 +147,16 @@ def test_interpolate_over_defects_edge_runs_get_fallback(width):
     fallback, data = 3.0, 10.0
     row = np.full(60, data)
     out = _interp_row(row, range(width), fallback=fallback)
-    np.testing.assert_array_equal(out[:width - 6], fallback)
-    expected = [-0.5177 * 3 + 1.3400 * 3 + 0.0891 * 10 + 0.0886 * 10,
-                -0.2771 * 3 + 0.9095 * 3 + 0.1878 * 10 + 0.1797 * 10]
-    np.testing.assert_allclose(out[width - 6:width - 4], expected, rtol=1e-12)
-    assert np.all((out[width - 6:width] > fallback) & (out[width - 6:width] < data))
+    np.testing.assert_array_equal(out[: width - 6], fallback)
+    expected = [
+        -0.5177 * 3 + 1.3400 * 3 + 0.0891 * 10 + 0.0886 * 10,
+        -0.2771 * 3 + 0.9095 * 3 + 0.1878 * 10 + 0.1797 * 10,
+    ]
+    np.testing.assert_allclose(out[width - 6 : width - 4], expected, rtol=1e-12)
+    assert np.all((out[width - 6 : width] > fallback) & (out[width - 6 : width] < data))
     out_r = _interp_row(row, range(60 - width, 60), fallback=fallback)
-    np.testing.assert_array_equal(out_r[60 - width + 6:], fallback)
-    np.testing.assert_allclose(out_r[::-1][width - 6:width - 4], expected, rtol=1e-12)
+    np.testing.assert_array_equal(out_r[60 - width + 6 :], fallback)
+    np.testing.assert_allclose(out_r[::-1][width - 6 : width - 4], expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize("width", [1, 3, 6])
@@ -194,8 +198,11 @@ def test_interpolate_over_defects_all_bad_rows_get_fallback():
 def test_interpolate_over_defects_intrp_exactly_on_defects():
     rng = np.random.default_rng(1)
     image = rng.normal(size=(40, 70)).astype(np.float32)
-    mask = rng.choice(np.array([0, OTHER, BAD, BAD | OTHER, 0x100], dtype=np.int32),
-                      size=image.shape, p=[0.5, 0.15, 0.15, 0.1, 0.1])
+    mask = rng.choice(
+        np.array([0, OTHER, BAD, BAD | OTHER, 0x100], dtype=np.int32),
+        size=image.shape,
+        p=[0.5, 0.15, 0.15, 0.1, 0.1],
+    )
     mask[5] = BAD
     mask[6, :20] = BAD
     out_mask = _interp(image, None, mask=mask)[2]
@@ -237,9 +244,10 @@ def test_interpolate_over_defects_inputs_not_modified():
     variance = rng.uniform(size=(20, 30))
     mask = np.where(rng.random((20, 30)) < 0.3, BAD, 0).astype(np.int32)
     copies = image.copy(), variance.copy(), mask.copy()
-    outs = interpolate_over_defects(image, variance, mask, bad_bits=BAD, intrp_bit=INTRP,
-                                    fallback=1.0)
-    for before, after, out in zip(copies, (image, variance, mask), outs):
+    outs = interpolate_over_defects(
+        image, variance, mask, bad_bits=BAD, intrp_bit=INTRP, fallback=1.0
+    )
+    for before, after, out in zip(copies, (image, variance, mask), outs, strict=True):
         np.testing.assert_array_equal(before, after)
         assert not np.shares_memory(out, after)
 
@@ -253,7 +261,7 @@ def test_interpolate_over_defects_transpose():
     mask = np.where(bad, BAD, 0).astype(np.int32)
     got = _interp(image, None, variance=variance, mask=mask, fallback=0.5, transpose=True)
     ref = _interp(image.T, None, variance=variance.T, mask=mask.T, fallback=0.5)
-    for g, r in zip(got, ref):
+    for g, r in zip(got, ref, strict=True):
         assert g.shape == image.shape and g.flags.c_contiguous
         np.testing.assert_array_equal(g, r.T)
 
@@ -265,8 +273,9 @@ def test_interpolate_over_defects_lsst_transpose_bad_row():
     image[22] = 10 * value
     bad = np.zeros(image.shape, dtype=bool)
     bad[22] = True
-    out, var, mask = _interp(image, bad, variance=np.zeros_like(image),
-                             fallback=interp_fallback(image), transpose=True)
+    out, var, mask = _interp(
+        image, bad, variance=np.zeros_like(image), fallback=interp_fallback(image), transpose=True
+    )
     np.testing.assert_array_equal(out, value)
     np.testing.assert_array_equal(var, 0)
     assert np.all(mask[22] == BAD | INTRP) and not np.any(mask[:22] | mask[23:])
@@ -280,7 +289,7 @@ def test_interpolate_over_defects_rows_independent():
     full = _interp(image, bad, fallback=0.1)
     for y0, y1 in ((0, 7), (7, 40), (40, 64)):
         band = _interp(image[y0:y1], bad[y0:y1], fallback=0.1)
-        for f, b in zip(full, band):
+        for f, b in zip(full, band, strict=True):
             np.testing.assert_array_equal(f[y0:y1], b)
 
 
@@ -294,12 +303,12 @@ def test_interpolate_over_defects_lsst_meas_algorithms_test_edge():
         if n_bad > 0:
             image[:, :n_bad] = image[:, -n_bad:] = 10
             bad[:, :n_bad] = bad[:, -n_bad:] = True
-            image[:10, n_bad + 1:n_bad + 4] = image[:10, -n_bad - 4:-n_bad - 1] = 100
-            bad[:10, n_bad + 1:n_bad + 4] = bad[:10, -n_bad - 4:-n_bad - 1] = True
-        image[-3:, :nx // 2 - 1] = image[-3:, nx // 2 + 1:] = 100
-        bad[ny - 3, :nx // 2 - 1] = bad[ny - 3, nx // 2 + 1:] = True
-        image[-2:, :nx // 2] = image[-2:, nx // 2 + 1:] = 100
-        bad[ny - 2, :nx // 2] = bad[ny - 2, nx // 2 + 1:] = True
+            image[:10, n_bad + 1 : n_bad + 4] = image[:10, -n_bad - 4 : -n_bad - 1] = 100
+            bad[:10, n_bad + 1 : n_bad + 4] = bad[:10, -n_bad - 4 : -n_bad - 1] = True
+        image[-3:, : nx // 2 - 1] = image[-3:, nx // 2 + 1 :] = 100
+        bad[ny - 3, : nx // 2 - 1] = bad[ny - 3, nx // 2 + 1 :] = True
+        image[-2:, : nx // 2] = image[-2:, nx // 2 + 1 :] = 100
+        bad[ny - 2, : nx // 2] = bad[ny - 2, nx // 2 + 1 :] = True
         image[-1:] = 100
         bad[ny - 1] = True
         image[13, :-1] = image[14, 1:] = 100  # HSC-978: run stops one pixel shy of the edge
@@ -382,11 +391,13 @@ def test_interpolate_over_defects_large_image_smoke():
 def test_interpolate_over_defects_validation():
     img = np.zeros((3, 4))
     with pytest.raises(ValueError):
-        interpolate_over_defects(img, img, np.zeros((3, 5), np.int32), bad_bits=1,
-                                 intrp_bit=2, fallback=0.0)
+        interpolate_over_defects(
+            img, img, np.zeros((3, 5), np.int32), bad_bits=1, intrp_bit=2, fallback=0.0
+        )
     with pytest.raises(TypeError):
-        interpolate_over_defects(img.astype(int), img, np.zeros((3, 4), np.int32),
-                                 bad_bits=1, intrp_bit=2, fallback=0.0)
+        interpolate_over_defects(
+            img.astype(int), img, np.zeros((3, 4), np.int32), bad_bits=1, intrp_bit=2, fallback=0.0
+        )
 
 
 def test_interp_fallback_median_of_finite_pixels():

@@ -28,7 +28,7 @@ TEMPLATE_PSF = 1.0
 
 def _gaussian(size, sigma):
     h = size // 2
-    v, u = np.mgrid[-h:h + 1, -h:h + 1]
+    v, u = np.mgrid[-h : h + 1, -h : h + 1]
     g = np.exp(-(u * u + v * v) / (2 * sigma**2))
     return g / g.sum()
 
@@ -45,7 +45,7 @@ def _star_field(shape, n_side, psf_sigma, rng, sky=50.0):
     for (x, y), flux in zip(pos, rng.uniform(2e4, 1e5, len(pos)), strict=True):
         dx, dy = rng.uniform(-0.5, 0.5, 2)
         g = np.exp(-((xx - dx) ** 2 + (yy - dy) ** 2) / (2 * psf_sigma**2))
-        image[int(y) - 12:int(y) + 13, int(x) - 12:int(x) + 13] += flux * g / g.sum()
+        image[int(y) - 12 : int(y) + 13, int(x) - 12 : int(x) + 13] += flux * g / g.sum()
     return image, pos
 
 
@@ -211,12 +211,14 @@ def test_solve_candidate_kernel_norm_penalty_shrinks_the_kernel(al_basis):
     plain = solve_candidate(t, s, vt, vs, al_basis)
     sums = [(plain.kernel**2).sum()]
     for scaling in (1e-3, 1e-1):
-        sol = solve_candidate(t, s, vt, vs, al_basis, regularization=g, lam_type="relative",
-                              lam_scaling=scaling)
+        sol = solve_candidate(
+            t, s, vt, vs, al_basis, regularization=g, lam_type="relative", lam_scaling=scaling
+        )
         lam = scaling * np.trace(plain.m) / np.trace(g)
         assert sol.lam == pytest.approx(lam)
-        np.testing.assert_allclose(sol.coeffs, np.linalg.solve(plain.m + lam * g, plain.b),
-                                   rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(
+            sol.coeffs, np.linalg.solve(plain.m + lam * g, plain.b), rtol=1e-8, atol=1e-12
+        )
         sums.append((sol.kernel**2).sum())
     assert sums[0] > sums[1] > sums[2]
 
@@ -227,20 +229,43 @@ def test_solve_candidate_kernel_norm_penalty_shrinks_the_kernel(al_basis):
 def test_solve_candidate_recovers_gaussian_kernel_on_one_stamp(gaussian_scene, al_basis):
     template, science, var_t, var_s, pos, kernel = gaussian_scene
     st = _stamps(template, science, var_t, var_s, pos[:1])[0]
-    sol = solve_candidate(st.template, st.science, st.variance_template, st.variance_science,
-                          al_basis, fit_background=True)
+    sol = solve_candidate(
+        st.template,
+        st.science,
+        st.variance_template,
+        st.variance_science,
+        al_basis,
+        fit_background=True,
+    )
     assert sol.kernel_sum == pytest.approx(1.3, rel=0.005)
     assert sol.m.shape == (28, 28) and sol.b.shape == (28,)
     assert sol.n_pixels == (2 * HALF + 1 - 20) ** 2 and sol.variance == pytest.approx(4.09)
     assert np.abs(sol.kernel - kernel).max() < 0.1 * kernel.max()  # one star, 28 unknowns
     assert sol.background == pytest.approx(5.0, abs=0.5)
-    mean, rms = candidate_diffim_stats(st.template, st.science, st.variance_template,
-                                       st.variance_science, None, None, sol.kernel,
-                                       sol.background, bad_bits=0)
+    mean, rms = candidate_diffim_stats(
+        st.template,
+        st.science,
+        st.variance_template,
+        st.variance_science,
+        None,
+        None,
+        sol.kernel,
+        sol.background,
+        bad_bits=0,
+    )
     assert abs(mean) < 0.25 and 0.8 < rms < 1.2
-    core = candidate_diffim_stats(st.template, st.science, st.variance_template,
-                                  st.variance_science, None, None, sol.kernel, sol.background,
-                                  bad_bits=0, core_radius=3)
+    core = candidate_diffim_stats(
+        st.template,
+        st.science,
+        st.variance_template,
+        st.variance_science,
+        None,
+        None,
+        sol.kernel,
+        sol.background,
+        bad_bits=0,
+        core_radius=3,
+    )
     assert np.isfinite(core).all()
 
 
@@ -275,11 +300,19 @@ def test_solve_candidate_self_match_is_delta(gaussian_scene):
     assert np.abs(sol.kernel).max() < 1e-9
     # regularised (λ = 0.2, 9-point Laplacian): still essentially a delta
     h = regularization_matrix(9)
-    reg = solve_candidate(st.template, st.science, var_t[:41, :41], var_t[:41, :41], basis,
-                          regularization=h, lam=0.2)
+    reg = solve_candidate(
+        st.template, st.science, var_t[:41, :41], var_t[:41, :41], basis, regularization=h, lam=0.2
+    )
     assert reg.kernel[4, 4] == pytest.approx(1.0, abs=1e-3) and reg.lam == 0.2
-    rel = solve_candidate(st.template, st.science, var_t[:41, :41], var_t[:41, :41], basis,
-                          regularization=h, lam_type="relative")
+    rel = solve_candidate(
+        st.template,
+        st.science,
+        var_t[:41, :41],
+        var_t[:41, :41],
+        basis,
+        regularization=h,
+        lam_type="relative",
+    )
     assert rel.lam == pytest.approx(1e-4 * np.trace(sol.m) / np.trace(h))
     assert np.abs(reg.kernel - np.eye(81)[40].reshape(9, 9)).max() < 1e-3
 
@@ -287,8 +320,7 @@ def test_solve_candidate_self_match_is_delta(gaussian_scene):
 def test_solve_candidate_rejects_bad_input(al_basis):
     t = np.ones((41, 41))
     with pytest.raises(ValueError, match="<= 0"):
-        solve_candidate(t, t, np.zeros_like(t), np.zeros_like(t), al_basis,
-                        constant_variance=False)
+        solve_candidate(t, t, np.zeros_like(t), np.zeros_like(t), al_basis, constant_variance=False)
     bad = t.copy()
     bad[20, 20] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
@@ -303,8 +335,9 @@ def test_solve_candidate_rejects_bad_input(al_basis):
 def test_fit_recovers_gaussian_kernel_and_background(gaussian_scene, al_basis):
     template, science, var_t, var_s, pos, kernel = gaussian_scene
     stamps = _stamps(template, science, var_t, var_s, pos)
-    spatial, info = fit_psf_matching_kernel(stamps, basis=al_basis, fit_background=True,
-                                            bbox=bbox_from_shape(template.shape))
+    spatial, info = fit_psf_matching_kernel(
+        stamps, basis=al_basis, fit_background=True, bbox=bbox_from_shape(template.shape)
+    )
     assert info.converged and info.n_used >= 56 and info.status.count("good") == info.n_used
     assert info.status.count("bad") == info.rejections["kernel_sum"]  # clean data: 3σ tails only
     psf = _gaussian(21, TEMPLATE_PSF)
@@ -324,10 +357,17 @@ def test_fit_rejects_kernel_sum_outlier(gaussian_scene, al_basis):
     template, science, var_t, var_s, pos, _ = gaussian_scene
     stamps = _stamps(template, science, var_t, var_s, pos)
     st = stamps[10]  # a variable star: 1.6x brighter in the science image
-    stamps[10] = CandidateStamp(st.x, st.y, st.template, (st.science - 55.0) * 1.6 + 55.0,
-                                st.variance_template, st.variance_science)
-    spatial, info = fit_psf_matching_kernel(stamps, basis=al_basis, fit_background=True,
-                                            bbox=bbox_from_shape(template.shape))
+    stamps[10] = CandidateStamp(
+        st.x,
+        st.y,
+        st.template,
+        (st.science - 55.0) * 1.6 + 55.0,
+        st.variance_template,
+        st.variance_science,
+    )
+    spatial, info = fit_psf_matching_kernel(
+        stamps, basis=al_basis, fit_background=True, bbox=bbox_from_shape(template.shape)
+    )
     assert info.status[10] == "bad" and info.rejections["kernel_sum"] >= 1
     assert info.n_restarts >= 1
     assert spatial.kernel_sum(256, 256) == pytest.approx(1.3, rel=0.005)
@@ -336,9 +376,14 @@ def test_fit_rejects_kernel_sum_outlier(gaussian_scene, al_basis):
 def test_fit_with_pca_basis(gaussian_scene, al_basis):
     template, science, var_t, var_s, pos, kernel = gaussian_scene
     stamps = _stamps(template, science, var_t, var_s, pos)
-    spatial, info = fit_psf_matching_kernel(stamps, basis=al_basis, fit_background=True,
-                                            bbox=bbox_from_shape(template.shape), use_pca=True,
-                                            use_core_stats=True)
+    spatial, info = fit_psf_matching_kernel(
+        stamps,
+        basis=al_basis,
+        fit_background=True,
+        bbox=bbox_from_shape(template.shape),
+        use_pca=True,
+        use_core_stats=True,
+    )
     assert info.basis.shape == (5, 21, 21) and spatial.basis.shape == (5, 21, 21)
     assert info.basis[0].sum() == pytest.approx(1.0)
     np.testing.assert_allclose(info.basis[1:].sum(axis=(1, 2)), 0.0, atol=1e-12)
@@ -349,9 +394,9 @@ def test_fit_with_pca_basis(gaussian_scene, al_basis):
 def test_fit_self_match_delta_function_basis(gaussian_scene):
     template, _, var_t, _, pos, _ = gaussian_scene
     stamps = _stamps(template, template, var_t, var_t, pos[:16])
-    spatial, info = fit_psf_matching_kernel(stamps, basis=delta_function_basis(7),
-                                            bbox=bbox_from_shape(template.shape),
-                                            spatial_order=1)
+    spatial, info = fit_psf_matching_kernel(
+        stamps, basis=delta_function_basis(7), bbox=bbox_from_shape(template.shape), spatial_order=1
+    )
     assert not spatial.constant_first_term and info.n_used == 16
     for x, y in [(60, 60), (300, 200)]:
         k = spatial.kernel_image(x, y)
@@ -368,8 +413,12 @@ def test_fit_without_usable_candidates_raises(gaussian_scene, al_basis):
     stamps = _stamps(template, science, var_t, var_s, pos[:6])
     with pytest.raises(ValueError, match="no usable kernel candidates"):
         fit_psf_matching_kernel(stamps, basis=al_basis, bbox=bbox, residual_std_max=1e-3)
-    nan_stamps = [CandidateStamp(s.x, s.y, s.template * np.nan, s.science, s.variance_template,
-                                 s.variance_science) for s in stamps]
+    nan_stamps = [
+        CandidateStamp(
+            s.x, s.y, s.template * np.nan, s.science, s.variance_template, s.variance_science
+        )
+        for s in stamps
+    ]
     with pytest.raises(ValueError, match="no usable kernel candidates"):
         fit_psf_matching_kernel(nan_stamps, basis=al_basis, bbox=bbox)
     with pytest.raises(ValueError, match="no usable kernel candidates"):
@@ -382,12 +431,28 @@ def test_fit_visits_n_star_per_cell_best_rated_first(gaussian_scene, al_basis):
     template, science, var_t, var_s, pos, _ = gaussian_scene
     stamps = _stamps(template, science, var_t, var_s, pos)
     # one 512x512 cell, 3 stars per cell: the 3 highest-rated stamps are used
-    rated = [CandidateStamp(s.x, s.y, s.template, s.science, s.variance_template,
-                            s.variance_science, rating=float(i)) for i, s in enumerate(stamps)]
-    spatial, info = fit_psf_matching_kernel(rated, basis=al_basis, fit_background=True,
-                                            bbox=bbox_from_shape(template.shape),
-                                            cell_size=(512, 512), n_star_per_cell=3,
-                                            spatial_order=0, bg_order=0)
+    rated = [
+        CandidateStamp(
+            s.x,
+            s.y,
+            s.template,
+            s.science,
+            s.variance_template,
+            s.variance_science,
+            rating=float(i),
+        )
+        for i, s in enumerate(stamps)
+    ]
+    spatial, info = fit_psf_matching_kernel(
+        rated,
+        basis=al_basis,
+        fit_background=True,
+        bbox=bbox_from_shape(template.shape),
+        cell_size=(512, 512),
+        n_star_per_cell=3,
+        spatial_order=0,
+        bg_order=0,
+    )
     assert [i for i, s in enumerate(info.status) if s == "good"] == [61, 62, 63]
     assert info.status.count("unused") == 61
     assert spatial.kernel_sum(0, 0) == pytest.approx(1.3, rel=0.01)
@@ -414,8 +479,9 @@ def test_fit_recovers_spatially_varying_kernel(al_basis):
     science, _, _ = convolve_spatial(truth, var_t, None, truth_kernel)
     template = truth + rng.normal(0, 0.3, shape)
     science = science + rng.normal(0, 2.0, shape)
-    spatial, info = fit_psf_matching_kernel(_stamps(template, science, var_t, var_s, pos),
-                                            basis=al_basis, bbox=bbox)
+    spatial, info = fit_psf_matching_kernel(
+        _stamps(template, science, var_t, var_s, pos), basis=al_basis, bbox=bbox
+    )
     assert info.converged and info.n_used >= 250
     for x, y in [(60, 60), (512, 512), (960, 100), (100, 960), (960, 960), (300, 700)]:
         want = truth_kernel.kernel_image(x, y)
@@ -456,8 +522,9 @@ def test_convolve_spatial_constant_kernel_matches_convolve2d():
     kern = rng.uniform(0, 1, (7, 7))
     basis = kern[None] / kern.sum()
     spatial = SpatialKernel(basis, np.array([[2.0]]), None, 0, 0, "chebyshev1", (0, 0, 1, 1))
-    out, var, mask = convolve_spatial(image, variance, np.zeros(image.shape, np.int32), spatial,
-                                      bad_bits=256)
+    out, var, mask = convolve_spatial(
+        image, variance, np.zeros(image.shape, np.int32), spatial, bad_bits=256
+    )
     inner = (slice(3, -3), slice(3, -3))
     k = 2.0 * basis[0]
     np.testing.assert_allclose(out[inner], convolve2d(image, k, mode="valid"), rtol=1e-12)
@@ -485,8 +552,8 @@ def test_convolve_spatial_varying_kernel_matches_direct_sums(al_basis, model):
     assert out.dtype == np.float32
     for r, c in [(10, 10), (40, 45), (69, 79), (25, 60)]:
         k = spatial.kernel_image(origin[0] + c, origin[1] + r)
-        window = image[r - 10:r + 11, c - 10:c + 11].astype(np.float64)
-        vwin = variance[r - 10:r + 11, c - 10:c + 11]
+        window = image[r - 10 : r + 11, c - 10 : c + 11].astype(np.float64)
+        vwin = variance[r - 10 : r + 11, c - 10 : c + 11]
         assert out[r, c] == pytest.approx((k[::-1, ::-1] * window).sum(), abs=1e-5)
         assert var[r, c] == pytest.approx((k[::-1, ::-1] ** 2 * vwin).sum(), rel=1e-5)
     assert out_mask[30, 35] == 8 and out_mask[50, 55] == 8 and out_mask[29, 45] == 0
@@ -497,8 +564,9 @@ def test_convolve_spatial_normalize_gives_unit_local_sums(al_basis):
     spatial = _varying_truth(al_basis, bbox)
     coeffs = spatial.coeffs.copy()
     coeffs[0] = (1.0, 0.3, -0.2)  # kernel sum varies with position
-    spatial = SpatialKernel(al_basis, coeffs, None, 1, 0, "chebyshev1", bbox,
-                            constant_first_term=False)
+    spatial = SpatialKernel(
+        al_basis, coeffs, None, 1, 0, "chebyshev1", bbox, constant_first_term=False
+    )
     assert spatial.kernel_sum(0, 0) != pytest.approx(spatial.kernel_sum(99, 99))
     ones = np.ones((100, 100))
     out, var, _ = convolve_spatial(ones, ones, None, spatial, normalize=True)

@@ -24,9 +24,16 @@ ERROR_MODES = ("input", "mosaic", "sample")
 
 def lsst_rules(bad=ASSEMBLE_BAD, remove=0):
     """Keyword arguments of an AssembleCoadd-like stack (setRejectedMaskMapping, SAT 0.1)."""
-    return dict(bad_mask=bad, propagate_bits=(SAT,), propagate_thresholds=(0.1,),
-                clipped_bit=CLIPPED, map_from=(bad & ~NO_DATA & ~EDGE & ~CLIPPED, EDGE, CLIPPED),
-                map_to=(REJECTED, SENSOR_EDGE, CLIPPED), no_data_bit=NO_DATA, remove_bits=remove)
+    return dict(
+        bad_mask=bad,
+        propagate_bits=(SAT,),
+        propagate_thresholds=(0.1,),
+        clipped_bit=CLIPPED,
+        map_from=(bad & ~NO_DATA & ~EDGE & ~CLIPPED, EDGE, CLIPPED),
+        map_to=(REJECTED, SENSOR_EDGE, CLIPPED),
+        no_data_bit=NO_DATA,
+        remove_bits=remove,
+    )
 
 
 RULES = {"assemble": lsst_rules(), "comparewarp": lsst_rules(COMPARE_BAD, EDGE | NOT_DEBLENDED)}
@@ -50,7 +57,7 @@ def random_cube(seed, nvis, shape=(4, 9)):
     image[:, 1, 0] = 3.0  # all equal
     mask[1:, 1, 1] |= BAD  # at most one good input
     weights = rng.uniform(0.3, 3.0, nvis)
-    for i, bad_weight in zip((1, 4, 5), (0.0, np.nan, -1.0)):
+    for i, bad_weight in zip((1, 4, 5), (0.0, np.nan, -1.0), strict=True):
         if nvis >= 3 and i < nvis:
             weights[i] = bad_weight
     return image, variance, mask, weights
@@ -71,8 +78,15 @@ def one_pixel(values, weights, variances, statistic, error_mode="input", masks=N
     masks = np.zeros(values.shape, np.int32) if masks is None else np.reshape(masks, values.shape)
     rules = {**lsst_rules(), **kwargs}
     weights = np.broadcast_to(weights, len(values))
-    out = stack_block(values, variances, masks.astype(np.int32), weights, statistic=statistic,
-                      error_mode=error_mode, **rules)
+    out = stack_block(
+        values,
+        variances,
+        masks.astype(np.int32),
+        weights,
+        statistic=statistic,
+        error_mode=error_mode,
+        **rules,
+    )
     return tuple(a[0, 0].item() for a in out)
 
 
@@ -138,8 +152,9 @@ def test_stack_block_mask_map_inspects_accepted_inputs():
 
 def test_stack_block_no_good_input_replaces_mask():
     masks = [SAT | DETECTED, NO_DATA | SAT]
-    value, var, mask, n_image = one_pixel([1.0, np.nan], 1.0, 1.0, "meanclip",
-                                          masks=masks, bad_mask=ASSEMBLE_BAD | DETECTED)
+    value, var, mask, n_image = one_pixel(
+        [1.0, np.nan], 1.0, 1.0, "meanclip", masks=masks, bad_mask=ASSEMBLE_BAD | DETECTED
+    )
     assert math.isnan(value) and math.isnan(var)
     assert mask == NO_DATA | REJECTED  # SAT dropped with the OR mask (afw), NO_DATA not mapped
     assert n_image == 0
@@ -152,8 +167,7 @@ def test_stack_block_nan_without_bad_bits_counts_in_n_image():
 
 def test_stack_block_remove_bits_after_n_image():
     masks = [EDGE | DETECTED, 0]
-    value, _, mask, n_image = one_pixel([2.0, 4.0], 1.0, 1.0, "mean", masks=masks,
-                                        remove_bits=EDGE)
+    value, _, mask, n_image = one_pixel([2.0, 4.0], 1.0, 1.0, "mean", masks=masks, remove_bits=EDGE)
     assert (value, mask, n_image) == (3.0, DETECTED, 1)
 
 
@@ -177,8 +191,9 @@ def test_stack_block_matches_reference(seed, nvis, statistic, rules):
 def test_stack_block_clip_options_match_reference(statistic):
     image, variance, mask, weights = random_cube(7, 40)
     for sigma_clip, clip_iter in ((2.5, 3), (1.0, 1), (0.2, 4)):
-        kwargs = dict(statistic=statistic, sigma_clip=sigma_clip, clip_iter=clip_iter,
-                      **lsst_rules())
+        kwargs = dict(
+            statistic=statistic, sigma_clip=sigma_clip, clip_iter=clip_iter, **lsst_rules()
+        )
         got = stack_block(image, variance, mask, weights, **kwargs)
         assert_same(got, stack_block_reference(image, variance, mask, weights, **kwargs))
 
@@ -196,8 +211,9 @@ def test_stack_block_float64_input_matches_reference():
     image, variance, mask, weights = random_cube(4, 12)
     for statistic in STATISTICS:
         kwargs = dict(statistic=statistic, error_mode="sample", **lsst_rules())
-        got = stack_block(image.astype(np.float64), variance.astype(np.float64), mask, weights,
-                          **kwargs)
+        got = stack_block(
+            image.astype(np.float64), variance.astype(np.float64), mask, weights, **kwargs
+        )
         assert_same(got, stack_block_reference(image, variance, mask, weights, **kwargs))
 
 
@@ -211,9 +227,15 @@ def test_stack_block_independent_of_block_split(statistic):
     kwargs = dict(statistic=statistic, **lsst_rules())
     whole = stack_block(image, variance, mask, weights, **kwargs)
     for axis, cut in ((1, 11), (2, 37)):
-        parts = [stack_block(*(np.split(a, [cut], axis=axis)[i] for a in (image, variance, mask)),
-                             weights, **kwargs) for i in (0, 1)]
-        for got, a, b in zip(whole, *parts):
+        parts = [
+            stack_block(
+                *(np.split(a, [cut], axis=axis)[i] for a in (image, variance, mask)),
+                weights,
+                **kwargs,
+            )
+            for i in (0, 1)
+        ]
+        for got, a, b in zip(whole, *parts, strict=True):
             np.testing.assert_array_equal(got, np.concatenate([a, b], axis=axis - 1))
 
 
@@ -225,14 +247,15 @@ def test_stack_block_excluded_visits_are_absent(statistic):
     kwargs = dict(statistic=statistic, **lsst_rules())
     got = stack_block(image, variance, mask, weights, **kwargs)
     want = stack_block(image[keep], variance[keep], mask[keep], weights[keep], **kwargs)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
 def test_stack_block_no_included_visit_is_no_data():
     image, variance, mask, _ = random_cube(0, 3)
-    value, var, out_mask, n_image = stack_block(image, variance, mask, [0.0, np.nan, -1.0],
-                                                statistic="meanclip", **lsst_rules())
+    value, var, out_mask, n_image = stack_block(
+        image, variance, mask, [0.0, np.nan, -1.0], statistic="meanclip", **lsst_rules()
+    )
     assert np.isnan(value).all() and np.isnan(var).all()
     assert (out_mask == NO_DATA).all() and (n_image == 0).all()
 
@@ -246,8 +269,9 @@ def test_stack_block_rejects_bad_arguments():
     with pytest.raises(ValueError, match="weights"):
         stack_block(image, variance, mask, weights[:2], statistic="mean", bad_mask=1)
     with pytest.raises(ValueError, match="unequal"):
-        stack_block(image, variance, mask, weights, statistic="mean", bad_mask=1,
-                    propagate_bits=(SAT,))
+        stack_block(
+            image, variance, mask, weights, statistic="mean", bad_mask=1, propagate_bits=(SAT,)
+        )
     with pytest.raises(ValueError, match="clip_iter"):
         stack_block(image, variance, mask, weights, statistic="meanclip", bad_mask=1, clip_iter=0)
 
@@ -261,7 +285,7 @@ def test_sorting_network_sorts_all_zero_one_inputs(n):
     ci, cj = sorting_network(n)
     assert ((ci < cj) & (cj < n)).all()
     keys = np.array(list(itertools.product([0, 1], repeat=n)), dtype=np.int8).T.copy()
-    for i, j in zip(ci, cj):
+    for i, j in zip(ci, cj, strict=True):
         keys[i], keys[j] = np.minimum(keys[i], keys[j]), np.maximum(keys[i], keys[j])
     assert (np.diff(keys, axis=0) >= 0).all()
 
@@ -270,7 +294,7 @@ def test_sorting_network_sorts_all_zero_one_inputs(n):
 def test_sorting_network_sorts_random_inputs(n):
     keys = np.random.default_rng(n).integers(0, 5, size=(n, 500)).astype(np.float32)
     want = np.sort(keys, axis=0)
-    for i, j in zip(*sorting_network(n)):
+    for i, j in zip(*sorting_network(n), strict=True):
         keys[i], keys[j] = np.minimum(keys[i], keys[j]), np.maximum(keys[i], keys[j])
     np.testing.assert_array_equal(keys, want)
 

@@ -9,9 +9,17 @@ from coaddx.kernels.stats import good_values, meanclip_1d, meanclip_masked
 
 def _stack(values, sigma, niter):
     v = np.asarray(values, np.float32)[:, None, None]
-    return stack_block(v, np.ones_like(v), np.zeros(v.shape, np.int32), np.ones(len(values)),
-                       statistic="meanclip", bad_mask=0, sigma_clip=sigma, clip_iter=niter,
-                       clipped_bit=1 << 9)
+    return stack_block(
+        v,
+        np.ones_like(v),
+        np.zeros(v.shape, np.int32),
+        np.ones(len(values)),
+        statistic="meanclip",
+        bad_mask=0,
+        sigma_clip=sigma,
+        clip_iter=niter,
+        clipped_bit=1 << 9,
+    )
 
 
 def test_meanclip_after_a_single_kept_value_is_nan_as_in_afw():
@@ -52,8 +60,9 @@ def test_meanclip_masked_is_bit_identical_to_gather_then_meanclip(sigma, iters):
         if trial % 5 == 0:
             v[rng.random(n) < 0.1] = -0.0
         m = rng.integers(0, 8, n).astype(np.int32)
-        got = meanclip_masked(v.reshape(1, -1), m.reshape(1, -1), 2, sigma_clip=sigma,
-                              clip_iter=iters)
+        got = meanclip_masked(
+            v.reshape(1, -1), m.reshape(1, -1), 2, sigma_clip=sigma, clip_iter=iters
+        )
         want = meanclip_1d(good_values(v, m, 2), sigma_clip=sigma, clip_iter=iters)
         assert (np.isnan(got) and np.isnan(want)) or got == want, (trial, got, want)
 

@@ -78,8 +78,8 @@ def _reference_warp(image, variance, mask, x, y, area, kernel, grow):
         out[0][idx] = (k * image[rows, cols]).sum() * scale
         out[1][idx] = (k**2 * variance[rows, cols]).sum() * scale**2
         dx, dy = int(x[idx] > i), int(y[idx] > j)
-        bits = np.bitwise_or.reduce(mask[j:j + dy + 1, i:i + dx + 1], axis=None)
-        full = mask[j - n_lo:j + n_hi + 1, i - n_lo:i + n_hi + 1]
+        bits = np.bitwise_or.reduce(mask[j : j + dy + 1, i : i + dx + 1], axis=None)
+        full = mask[j - n_lo : j + n_hi + 1, i - n_lo : i + n_hi + 1]
         out[2][idx] = bits | (np.bitwise_or.reduce(full, axis=None) & grow)
     return out
 
@@ -100,8 +100,9 @@ def noisy_source():
 def test_warp_block_identity_reproduces_input(noisy_source, kernel):
     image, variance, mask = noisy_source
     y, x = np.indices(image.shape, dtype=float)
-    out, var, msk = _warp(image, x, y, variance=variance, mask=mask, kernel=kernel,
-                          grow_full_bits=EDGE)
+    out, var, msk = _warp(
+        image, x, y, variance=variance, mask=mask, kernel=kernel, grow_full_bits=EDGE
+    )
     lo, hi = BORDERS[kernel]
     inner = (slice(lo, image.shape[0] - hi), slice(lo, image.shape[1] - hi))
     np.testing.assert_array_equal(out[inner], image[inner])
@@ -123,14 +124,24 @@ def test_warp_block_matches_afw_formulas(noisy_source, kernel):
     theta = np.radians(17.0)
     src_x = 1.1 * (np.cos(theta) * x - np.sin(theta) * y) + 8.3 + rng.uniform(-0.2, 0.2, x.shape)
     src_y = 1.1 * (np.sin(theta) * x + np.cos(theta) * y) - 6.1
-    src_x[3, 4:8] = np.floor(src_x[3, 4:8])          # zero fractions take the single-tap path
+    src_x[3, 4:8] = np.floor(src_x[3, 4:8])  # zero fractions take the single-tap path
     src_y[5, 10:14] = np.floor(src_y[5, 10:14])
     src_x[0, 0], src_y[0, 1] = np.nan, np.inf
     area = rng.uniform(0.9, 1.4, x.shape)
-    got = warp_block(image, variance, mask, src_x, src_y, area, kernel=kernel,
-                     grow_full_bits=EDGE, no_data_bit=NO_DATA)
-    want = _reference_warp(image.astype(float), variance.astype(float), mask, src_x, src_y, area,
-                           kernel, EDGE)
+    got = warp_block(
+        image,
+        variance,
+        mask,
+        src_x,
+        src_y,
+        area,
+        kernel=kernel,
+        grow_full_bits=EDGE,
+        no_data_bit=NO_DATA,
+    )
+    want = _reference_warp(
+        image.astype(float), variance.astype(float), mask, src_x, src_y, area, kernel, EDGE
+    )
     assert np.isfinite(want[0]).sum() > 300
     np.testing.assert_allclose(got[0], want[0], rtol=2e-7, atol=1e-5)
     np.testing.assert_allclose(got[1], want[1], rtol=2e-7)
@@ -139,15 +150,17 @@ def test_warp_block_matches_afw_formulas(noisy_source, kernel):
 
 def test_row_weights_match_sinc_definition():
     """Weights within 1e-15 of L(t) evaluated in extended precision, also next to the roots."""
-    fracs = np.concatenate([np.random.default_rng(0).random(1000),
-                            [1e-9, 1e-4, 0.5, 1 - 1e-4, 1 - 1e-9]])
+    fracs = np.concatenate(
+        [np.random.default_rng(0).random(1000), [1e-9, 1e-4, 0.5, 1 - 1e-4, 1 - 1e-9]]
+    )
     coords = fracs + 7.0
     f = (coords - np.floor(coords)).astype(np.longdouble)
     pi = np.longdouble("3.14159265358979323846264338327950288")
     for n in (3, 4):
         w, total = np.empty((2 * n, fracs.size)), np.empty(fracs.size)
-        _row_weights(coords, n, 1 - n, 2 * n, _tap_constants(n), w, total,
-                     np.empty((5, fracs.size)))
+        _row_weights(
+            coords, n, 1 - n, 2 * n, _tap_constants(n), w, total, np.empty((5, fracs.size))
+        )
         t = pi * (np.arange(1 - n, n + 1).astype(np.longdouble)[:, None] - f[None, :])
         with np.errstate(invalid="ignore", divide="ignore"):
             want = np.where(np.abs(t) < 1e-5, 1.0, np.sin(t) * np.sin(t / n) / (t * t / n))
@@ -164,11 +177,10 @@ def test_warp_block_subpixel_shift_of_band_limited_image(kernel):
     """Sinusoids at <= 0.008 cycles/px (periods >= 125 px), shifted by (0.3, 0.7) px."""
     freqs = [(1.0, 0.004, 0.006, 0.3), (0.6, -0.007, 0.003, 1.1), (0.4, 0.005, -0.006, 2.0)]
     y, x = np.indices((128, 160), dtype=float)
-    out, _, _ = _warp(_sinusoids(x, y, freqs).astype(np.float32), x + 0.3, y + 0.7,
-                      kernel=kernel)
+    out, _, _ = _warp(_sinusoids(x, y, freqs).astype(np.float32), x + 0.3, y + 0.7, kernel=kernel)
     good = np.isfinite(out)
     error = np.abs(out[good] - _sinusoids(x + 0.3, y + 0.7, freqs)[good]).max() / 2.0
-    assert error < 1e-3                    # [lanczos3 6.6e-4, lanczos4 4.8e-4, bilinear 2.3e-4]
+    assert error < 1e-3  # [lanczos3 6.6e-4, lanczos4 4.8e-4, bilinear 2.3e-4]
 
 
 def _response(kernel, nu, f):
@@ -193,7 +205,7 @@ def test_warp_block_shift_error_is_the_lanczos_response(kernel, nu):
     theta = 2 * np.pi * (nu_x * (x + 0.3) + nu_y * (y + 0.7)) + phase
     good = np.isfinite(out)
     np.testing.assert_allclose(out[good], (h * np.exp(1j * theta)).real[good], atol=3e-7)
-    if kernel == "lanczos3":          # 1-d response at a 0.3 px shift
+    if kernel == "lanczos3":  # 1-d response at a 0.3 px shift
         bound = {0.01: (1.0e-3, 1.2e-3), 0.05: (4.5e-3, 5.0e-3), 0.25: (0.0, 0.02)}[nu]
         assert bound[0] < abs(_response(kernel, nu, 0.3) - 1) < bound[1]
 
@@ -232,7 +244,7 @@ def test_warp_block_conserves_flux_and_positions_of_stars(rotated_scaled_pair, k
     expect_x, expect_y = map_pixels(src_wcs, dest_wcs, stars[:, 0], stars[:, 1])
     yy, xx = np.indices(out.shape, dtype=float)
     for px, py in zip(expect_x, expect_y, strict=True):
-        near = np.hypot(xx - px, yy - py) < 9.0              # 5.9 sigma of the warped star
+        near = np.hypot(xx - px, yy - py) < 9.0  # 5.9 sigma of the warped star
         total = out[near].sum(dtype=float)
         assert abs(total / 1000.0 - 1.0) < 1e-4
         assert abs((out[near] * xx[near]).sum() / total - px) < 1e-3
@@ -257,12 +269,12 @@ def test_warp_block_variance_matches_warped_noise(rotated_scaled_pair):
     src_wcs, dest_wcs = rotated_scaled_pair
     x, y, area = source_coordinates(dest_wcs, src_wcs, (12, 12), origin=(70, 70))
     rng = np.random.default_rng(11)
-    sigma = rng.uniform(1.0, 3.0, (200, 200)).astype(np.float32)     # non-uniform variance
+    sigma = rng.uniform(1.0, 3.0, (200, 200)).astype(np.float32)  # non-uniform variance
     variance = sigma**2
     mask = np.zeros(sigma.shape, np.int32)
     n_real = 4000
     stack = np.empty((n_real, 12, 12))
-    rows = slice(int(y.min()) - 3, int(y.max()) + 5)                 # covers the footprints
+    rows = slice(int(y.min()) - 3, int(y.max()) + 5)  # covers the footprints
     cols = slice(int(x.min()) - 3, int(x.max()) + 5)
     shape = (rows.stop - rows.start, cols.stop - cols.start)
     for k in range(n_real):
@@ -272,7 +284,7 @@ def test_warp_block_variance_matches_warped_noise(rotated_scaled_pair):
     plane = warp_block(sigma, variance, mask, x, y, area)[1]
     assert np.isfinite(stack).all()
     ratio = stack.var(axis=0) / plane
-    assert np.abs(ratio - 1.0).max() < 0.12        # 3.8 sigma of a 4000-sample variance
+    assert np.abs(ratio - 1.0).max() < 0.12  # 3.8 sigma of a 4000-sample variance
     assert abs(ratio.mean() - 1.0) < 0.015
     # warped pixels are correlated: the variance of a 2x2 sum is sum_s (sum_p c_p K_p(s))^2 V(s),
     # not the sum of the four planes
@@ -281,7 +293,7 @@ def test_warp_block_variance_matches_warped_noise(rotated_scaled_pair):
         combined += _kernel_image(x[4 + r, 5 + c], y[4 + r, 5 + c], sigma.shape, area[4 + r, 5 + c])
     want = (combined**2 * variance).sum()
     got = stack[:, 4:6, 5:7].sum(axis=(1, 2)).var()
-    assert abs(got / want - 1.0) < 0.07                             # 3.2 sigma
+    assert abs(got / want - 1.0) < 0.07  # 3.2 sigma
     assert abs(want / plane[4:6, 5:7].sum() - 1.0) > 0.1
 
 
@@ -291,8 +303,9 @@ def _kernel_image(x, y, shape, area, kernel="lanczos3"):
     ax, wx = _reference_weights(x - i, kernel)
     ay, wy = _reference_weights(y - j, kernel)
     out = np.zeros(shape)
-    out[j + ay:j + ay + wy.size, i + ax:i + ax + wx.size] = np.outer(wy, wx) * area / (
-        wx.sum() * wy.sum())
+    out[j + ay : j + ay + wy.size, i + ax : i + ax + wx.size] = (
+        np.outer(wy, wx) * area / (wx.sum() * wy.sum())
+    )
     return out
 
 
@@ -302,19 +315,33 @@ def test_warp_block_edge_grows_to_full_footprint_bad_to_bilinear(kernel, size):
     mask[10, 12] = EDGE
     mask[20, 5] = BAD
     y, x = np.indices((30, 30), dtype=float)
-    _, _, msk = _warp(np.ones((30, 30), np.float32), x + 0.4, y + 0.25, mask=mask, kernel=kernel,
-                      grow_full_bits=EDGE)
+    _, _, msk = _warp(
+        np.ones((30, 30), np.float32),
+        x + 0.4,
+        y + 0.25,
+        mask=mask,
+        kernel=kernel,
+        grow_full_bits=EDGE,
+    )
     lo = BORDERS[kernel][0]
     rows, cols = np.nonzero(msk & EDGE)
     assert len(rows) == size * size
-    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (10 - BORDERS[kernel][1],
-                                                               10 + lo, 12 - BORDERS[kernel][1],
-                                                               12 + lo)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (
+        10 - BORDERS[kernel][1],
+        10 + lo,
+        12 - BORDERS[kernel][1],
+        12 + lo,
+    )
     rows, cols = np.nonzero(msk & BAD)
-    assert sorted(zip(rows.tolist(), cols.tolist(), strict=True)) == [(19, 4), (19, 5), (20, 4),
-                                                                      (20, 5)]
-    _, _, no_grow = _warp(np.ones((30, 30), np.float32), x + 0.4, y + 0.25, mask=mask,
-                          kernel=kernel)
+    assert sorted(zip(rows.tolist(), cols.tolist(), strict=True)) == [
+        (19, 4),
+        (19, 5),
+        (20, 4),
+        (20, 5),
+    ]
+    _, _, no_grow = _warp(
+        np.ones((30, 30), np.float32), x + 0.4, y + 0.25, mask=mask, kernel=kernel
+    )
     assert np.count_nonzero(no_grow & EDGE) == 4
 
 
@@ -325,7 +352,7 @@ def test_warp_block_nan_source_pixel_is_not_dropped():
     shifted, _, _ = _warp(image, x + 0.5, y + 0.5)
     assert np.count_nonzero(np.isnan(shifted[3:-3, 3:-3])) == 36
     assert np.isnan(shifted[12:18, 12:18]).all()
-    same, _, _ = _warp(image, x, y)                       # zero fraction: one non-zero tap
+    same, _, _ = _warp(image, x, y)  # zero fraction: one non-zero tap
     assert np.count_nonzero(np.isnan(same[3:-3, 3:-3])) == 1
 
 
@@ -349,8 +376,14 @@ def test_warp_block_float64_input_matches_float32(noisy_source):
     image, variance, mask = noisy_source
     y, x = np.indices((20, 20), dtype=float)
     a = warp_block(image, variance, mask, x * 1.3 + 3.2, y * 0.9 + 4.7, np.full(x.shape, 1.17))
-    b = warp_block(image.astype(float), variance.astype(float), mask, x * 1.3 + 3.2,
-                   y * 0.9 + 4.7, np.full(x.shape, 1.17))
+    b = warp_block(
+        image.astype(float),
+        variance.astype(float),
+        mask,
+        x * 1.3 + 3.2,
+        y * 0.9 + 4.7,
+        np.full(x.shape, 1.17),
+    )
     for got, want in zip(a, b, strict=True):
         assert got.dtype == want.dtype
         np.testing.assert_allclose(got, want, rtol=1e-6)
@@ -394,12 +427,25 @@ def test_warp_on_grid_is_bit_identical_to_full_coordinate_arrays(kernel, step):
     msk = np.where(rng.random(img.shape) < 0.01, 16, 0).astype(np.int32)
     msk[:, :3] |= 32
     shape, origin = (211, 157), (4, -6)
-    ref = warp_block(img, var, msk, *source_coordinates(dst, src, shape, interp_length=step,
-                                                        origin=origin),
-                     kernel=kernel, grow_full_bits=32, no_data_bit=256)
-    got = warp_on_grid(img, var, msk, *source_grid(dst, src, shape, interp_length=step,
-                                                   origin=origin), shape,
-                       kernel=kernel, grow_full_bits=32, no_data_bit=256)
+    ref = warp_block(
+        img,
+        var,
+        msk,
+        *source_coordinates(dst, src, shape, interp_length=step, origin=origin),
+        kernel=kernel,
+        grow_full_bits=32,
+        no_data_bit=256,
+    )
+    got = warp_on_grid(
+        img,
+        var,
+        msk,
+        *source_grid(dst, src, shape, interp_length=step, origin=origin),
+        shape,
+        kernel=kernel,
+        grow_full_bits=32,
+        no_data_bit=256,
+    )
     assert np.isfinite(ref[0]).mean() > 0.5
     for r, g in zip(ref, got, strict=True):
         np.testing.assert_array_equal(g, r)
