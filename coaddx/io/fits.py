@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import uuid
 import warnings
 from collections.abc import Mapping
@@ -38,17 +37,34 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
-from astropy.wcs import WCS, FITSFixedWarning
-from scipy import ndimage
+from astropy.wcs import WCS
 
 from ..errors import InputError
-from ..exposure import AB_ZERO_NJY, Exposure, nJy_per_count
+from ..exposure import AB_ZERO_NJY, Exposure
 from ..masks import (
-    bitmask,
     check_mask_planes,
-    mask_planes,
     mask_planes_from_header,
     mask_planes_to_header,
+)
+from ._fitsutil import (
+    header_card,
+    header_float,
+    image_shape,
+    int_card,
+    open_fits,
+    read_plane,
+    wcs_from_header,
+)
+from .decam import (
+    CP_DQ_BITS,
+    CP_DQ_CODES,
+    CP_KIND,
+    DECAM_NOMINAL_ZP,
+    cp_hdu,
+    cp_siblings,
+    decam_dq_to_mask,
+    psfex_image,
+    read_decam_cp,
 )
 
 __all__ = [
@@ -219,29 +235,19 @@ def _metadata_from_header(header: fits.Header) -> dict[str, Any]:
     return out
 
 
-def _open_fits(path: Path) -> fits.HDUList:
-    """Open read-only (inputs are never modified); a missing or non-FITS file is an InputError."""
-    if not path.is_file():
-        raise InputError(f"no exposure file at {path}")
-    try:
-        return fits.open(path, memmap=False, mode="readonly")
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: unreadable FITS file: {exc}") from exc
-
-
 def _calexp_parts(hdul: fits.HDUList, path: Path) -> dict[str, Any]:
     names = [h.name for h in hdul]
     missing = [n for n in ("IMAGE", "MASK", "VARIANCE") if n not in names]
     if missing:
         raise InputError(f"{path}: not a coaddx calexp, missing HDU(s) {missing}")
     return {
-        "image": _plane(hdul["IMAGE"], path, "IMAGE", np.float32),
-        "mask": _plane(hdul["MASK"], path, "MASK", np.int32),
-        "variance": _plane(hdul["VARIANCE"], path, "VARIANCE", np.float32),
-        "wcs": _wcs_from_header(hdul["IMAGE"].header, path, "IMAGE"),
+        "image": read_plane(hdul["IMAGE"], path, "IMAGE", np.float32),
+        "mask": read_plane(hdul["MASK"], path, "MASK", np.int32),
+        "variance": read_plane(hdul["VARIANCE"], path, "VARIANCE", np.float32),
+        "wcs": wcs_from_header(hdul["IMAGE"].header, path, "IMAGE"),
         "mask_planes": mask_planes_from_header(hdul["MASK"].header),
         "metadata": _metadata_from_header(hdul[0].header),
-        "psf": _plane(hdul["PSF"], path, "PSF", np.float32) if "PSF" in names else None,
+        "psf": read_plane(hdul["PSF"], path, "PSF", np.float32) if "PSF" in names else None,
         "header": hdul[0].header.copy(),
     }
 
@@ -259,69 +265,15 @@ def read_calexp(path: str | os.PathLike[str]) -> dict[str, Any]:
         also reads the LSST and DECam CP layouts.
     """
     path = Path(path)
-    with _open_fits(path) as hdul:
+    with open_fits(path) as hdul:
         return _calexp_parts(hdul, path)
 
 
 # -- shared helpers ----------------------------------------------------------------------------
 
 
-def _plane(hdu: Any, path: Path, what: str, dtype: type) -> np.ndarray:
-    try:
-        data = hdu.data
-    except (OSError, ValueError, TypeError) as exc:
-        raise InputError(f"{path}: cannot read the {what} HDU: {exc}") from exc
-    if data is None or np.ndim(data) != 2:
-        shape = None if data is None else np.shape(data)
-        raise InputError(f"{path}: the {what} HDU holds no 2-D image (shape {shape})")
-    return np.asarray(data, dtype=np.dtype(dtype).newbyteorder("="))
-
-
-def _wcs_from_header(header: fits.Header, path: Path, what: str) -> WCS:
-    """The celestial WCS of an image header (TAN, TAN-SIP, TPV, ...); InputError otherwise."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FITSFixedWarning)
-            wcs = WCS(header, relax=True)
-    except Exception as exc:  # astropy raises many types for malformed WCS cards
-        raise InputError(f"{path}: unreadable WCS in the {what} header: {exc}") from exc
-    if not wcs.has_celestial:
-        raise InputError(
-            f"{path}: the {what} header has no celestial WCS (CTYPE {list(wcs.wcs.ctype)})"
-        )
-    return wcs.celestial
-
-
-def _card(key: str, *headers: Mapping[str, Any], default: Any = None) -> Any:
-    """The first non-blank value of ``key`` in ``headers`` (extension before primary)."""
-    for header in headers:
-        value = header.get(key)
-        if isinstance(value, str):
-            value = value.strip()
-        if value not in (None, ""):
-            return value
-    return default
-
-
-def _float(value: Any) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return out
-
-
-def _image_shape(header: Mapping[str, Any], path: Path, what: str) -> tuple[int, int]:
-    if header.get("NAXIS") != 2:
-        raise InputError(
-            f"{path}: the {what} HDU is not a 2-D image (NAXIS = {header.get('NAXIS')})"
-        )
-    return int(header["NAXIS2"]), int(header["NAXIS1"])
-
-
 # -- dispatch ----------------------------------------------------------------------------------
 
-_CP_KIND = re.compile(r"_(ooi|oki|oow|ood)_")
 _PLANES3 = ("IMAGE", "MASK", "VARIANCE")
 
 
@@ -387,10 +339,10 @@ def read_exposure(
       ``psf_fwhm`` is kept as ``metadata["psfex_fwhm"]``).
     """
     path = Path(path)
-    if _CP_KIND.search(path.name):
-        exp = _read_decam_cp(path, ccdname=ccdname, psfex=psfex, photo_calib=photo_calib)
+    if CP_KIND.search(path.name):
+        exp = read_decam_cp(path, ccdname=ccdname, psfex=psfex, photo_calib=photo_calib)
     else:
-        with _open_fits(path) as hdul:
+        with open_fits(path) as hdul:
             layout = _detect_layout(hdul, path)
             reader = _read_coaddx if layout == "coaddx" else _read_lsst
             exp = reader(hdul, path, photo_calib=photo_calib)
@@ -406,17 +358,17 @@ def read_exposure_geometry(
     """``(wcs, (ny, nx))`` of an exposure file of any :func:`read_exposure` layout, read from
     the image header only (no pixels are read)."""
     path = Path(path)
-    if _CP_KIND.search(path.name):
-        image_path = _cp_siblings(path)["image"]
-        with _open_fits(image_path) as hdul:
-            header = _cp_hdu(hdul, ccdname, image_path).header
-            return _wcs_from_header(header, image_path, "image"), _image_shape(
+    if CP_KIND.search(path.name):
+        image_path = cp_siblings(path)["image"]
+        with open_fits(image_path) as hdul:
+            header = cp_hdu(hdul, ccdname, image_path).header
+            return wcs_from_header(header, image_path, "image"), image_shape(
                 header, image_path, "image"
             )
-    with _open_fits(path) as hdul:
+    with open_fits(path) as hdul:
         layout = _detect_layout(hdul, path)
         hdu = hdul["IMAGE"] if layout == "coaddx" else hdul[1]
-        return _wcs_from_header(hdu.header, path, "IMAGE"), _image_shape(hdu.header, path, "IMAGE")
+        return wcs_from_header(hdu.header, path, "IMAGE"), image_shape(hdu.header, path, "IMAGE")
 
 
 def _detect_layout(hdul: fits.HDUList, path: Path) -> str:
@@ -506,23 +458,29 @@ def _read_lsst(hdul: fits.HDUList, path: Path, *, photo_calib: float | None) -> 
     else:
         source = "argument"
     heads = (primary, image_header)
-    band = _card("BAND", *heads) or str(_card("FILTER", *heads, default="")).split(" ")[0]
+    band = (
+        header_card("BAND", *heads) or str(header_card("FILTER", *heads, default="")).split(" ")[0]
+    )
     fields = {
-        "visit": _int_card(("VISIT", "EXPID", "EXPNUM"), heads),
-        "detector": _int_card(("DETECTOR", "CCDNUM", "DET-ID"), heads),
+        "visit": int_card(("VISIT", "EXPID", "EXPNUM"), heads),
+        "detector": int_card(("DETECTOR", "CCDNUM", "DET-ID"), heads),
         "band": band,
-        "mjd": _float(_card("MJD-OBS", *heads, default=_card("MJD-AVG", *heads))),
-        "exptime": _float(_card("EXPTIME", *heads)),
-        "airmass": _float(_card("AIRMASS", *heads, default=_card("BORE-AIRMASS", *heads))),
-        "parallactic_angle": _float(_card("PARANGLE", *heads)),
-        "psf_fwhm": _float(_card("PSFFWHM", *heads, default=_card("FWHM", *heads))),
+        "mjd": header_float(header_card("MJD-OBS", *heads, default=header_card("MJD-AVG", *heads))),
+        "exptime": header_float(header_card("EXPTIME", *heads)),
+        "airmass": header_float(
+            header_card("AIRMASS", *heads, default=header_card("BORE-AIRMASS", *heads))
+        ),
+        "parallactic_angle": header_float(header_card("PARANGLE", *heads)),
+        "psf_fwhm": header_float(
+            header_card("PSFFWHM", *heads, default=header_card("FWHM", *heads))
+        ),
     }
     meta = {"layout": "lsst", "photo_calib_source": source}
     return Exposure(
-        _plane(hdul[1], path, "IMAGE", np.float32),
-        _plane(hdul[2], path, "MASK", np.int32),
-        _plane(hdul[3], path, "VARIANCE", np.float32),
-        _wcs_from_header(image_header, path, "IMAGE"),
+        read_plane(hdul[1], path, "IMAGE", np.float32),
+        read_plane(hdul[2], path, "MASK", np.int32),
+        read_plane(hdul[3], path, "VARIANCE", np.float32),
+        wcs_from_header(image_header, path, "IMAGE"),
         planes,
         photo_calib=photo_calib,
         metadata=meta,
@@ -531,437 +489,24 @@ def _read_lsst(hdul: fits.HDUList, path: Path, *, photo_calib: float | None) -> 
     )
 
 
-def _int_card(keys: tuple[str, ...], headers: tuple[Mapping[str, Any], ...]) -> int:
-    for key in keys:
-        value = _card(key, *headers)
-        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-            return int(value)
-    return 0
-
-
 def _lsst_photo_calib(
     primary: Mapping[str, Any], image_header: Mapping[str, Any], path: Path
 ) -> tuple[float, str]:
     heads = (primary, image_header)
-    value = _card("PHOTCALIB", *heads)
+    value = header_card("PHOTCALIB", *heads)
     if value is not None:
         return float(value), "PHOTCALIB"
-    fluxmag0 = _card("FLUXMAG0", *heads)
+    fluxmag0 = header_card("FLUXMAG0", *heads)
     if fluxmag0 is not None:
         # FLUXMAG0 counts are a 0 mag (AB) source: 10**(0.4 * 31.4) nJy.
         return 10.0 ** (0.4 * AB_ZERO_NJY) / float(fluxmag0), "FLUXMAG0"
-    unit = str(_card("BUNIT", image_header, primary, default="")).lower()
+    unit = str(header_card("BUNIT", image_header, primary, default="")).lower()
     if unit and unit not in _NJY_UNITS:
         raise InputError(
             f"{path}: IMAGE is in BUNIT = {unit!r} but there is no PHOTCALIB or "
             "FLUXMAG0 keyword to calibrate it; pass photo_calib="
         )
     return 1.0, "BUNIT nJy" if unit else "assumed nJy (no BUNIT)"
-
-
-# -- DECam Community Pipeline layout --------------------------------------------------------------
-
-#: CP >= 3.5.0 integer DQ codes -> coaddx planes. Code meanings from legacypipe image.py
-#: ``remap_dq_cp_codes`` (1 bad, 2 no value, 3 saturated, 4 bleed mask, 5 cosmic ray, 6 low
-#: weight, 7 diff detect, 8 long streak). LSST has no bleed plane: bleed trails are SAT, as
-#: LSST ISR flags them; "diff detect" (multi-exposure transient) is SUSPECT.
-CP_DQ_CODES: dict[int, tuple[str, ...]] = {
-    1: ("BAD",),
-    2: ("NO_DATA",),
-    3: ("SAT",),
-    4: ("SAT",),
-    5: ("CR",),
-    6: ("BAD",),
-    7: ("SUSPECT",),
-    8: ("STREAK",),
-}
-#: CP < 3.5.0 DQ bits -> coaddx planes (legacypipe bits.py ``DQ_BITS``: badpix, satur, interp,
-#: cr, bleed, trans, edge, edge2, longthin, outlier).
-CP_DQ_BITS: dict[int, tuple[str, ...]] = {
-    1: ("BAD",),
-    2: ("SAT",),
-    4: ("INTRP",),
-    16: ("CR",),
-    64: ("SAT",),
-    128: ("SUSPECT",),
-    256: ("EDGE",),
-    512: ("EDGE",),
-    1024: ("STREAK",),
-    2048: ("SUSPECT",),
-}
-#: legacyzpts DecamMeasurer nominal zero points (AB mag of 1 e-/s at airmass 1) and
-#: extinction per airmass: band -> (zp0, k_ext).
-DECAM_NOMINAL_ZP: dict[str, tuple[float, float]] = {
-    "u": (23.3205, 0.63),
-    "g": (26.610, 0.17),
-    "r": (26.818, 0.10),
-    "i": (26.758, 0.08),
-    "z": (26.484, 0.06),
-    "Y": (25.321, 0.06),
-}
-
-
-def decam_dq_to_mask(
-    dq: np.ndarray, planes: Mapping[str, int], *, codes: bool = True
-) -> np.ndarray:
-    """Map a CP data-quality image onto a coaddx int32 mask by plane name.
-
-    ``codes=True`` reads CP >= 3.5.0 integer codes (:data:`CP_DQ_CODES`), False the older bits
-    (:data:`CP_DQ_BITS`). Unknown non-zero codes or bits are marked BAD. The input is not
-    modified.
-    """
-    dq = np.asarray(dq).astype(np.int64)
-    out = np.zeros(dq.shape, np.int32)
-    table = CP_DQ_CODES if codes else CP_DQ_BITS
-    if codes:
-        # legacypipe: BAD (1) pixels touching a saturated core (3) are saturated too.
-        dq[(dq == 1) & ndimage.binary_dilation(dq == 3)] = 3
-        for code, names in table.items():
-            out[dq == code] |= np.int32(bitmask(planes, names))
-        unknown = (dq != 0) & ~np.isin(dq, list(table))
-    else:
-        for bit, names in table.items():
-            out[(dq & bit) != 0] |= np.int32(bitmask(planes, names))
-        unknown = (dq & ~sum(table)) != 0
-    out[unknown] |= np.int32(bitmask(planes, ["BAD"]))
-    return out
-
-
-def _cp_uses_codes(plver: Any) -> bool:
-    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", str(plver or ""))
-    if match is None:
-        return True
-    return tuple(int(g or 0) for g in match.groups()) >= (3, 5, 0)
-
-
-def _cp_siblings(path: Path) -> dict[str, Path]:
-    """The image, inverse-variance and DQ files of a CP exposure, from any one of them."""
-    kinds = list(_CP_KIND.finditer(path.name))
-    start, end = kinds[-1].span(1)
-
-    def named(code: str) -> Path:
-        return path.with_name(path.name[:start] + code + path.name[end:])
-
-    image = named("oki") if named("oki").is_file() else named("ooi")
-    out = {"image": image, "invvar": named("oow"), "dq": named("ood")}
-    what = {
-        "image": "image (*_ooi_*)",
-        "invvar": "inverse-variance (*_oow_*)",
-        "dq": "data-quality (*_ood_*)",
-    }
-    for key, sibling in out.items():
-        if not sibling.is_file():
-            raise InputError(
-                f"{path}: DECam CP exposure lacks its {what[key]} file "
-                f"{sibling.name} (looked in {sibling.parent})"
-            )
-    return out
-
-
-def _cp_hdu(hdul: fits.HDUList, ccdname: str | None, path: Path) -> Any:
-    images = [h for h in hdul if h.is_image and h.header.get("NAXIS") == 2]
-    names = [h.name for h in images]
-    if ccdname is not None:
-        for hdu in images:
-            if hdu.name.strip().upper() == ccdname.strip().upper():
-                return hdu
-        raise InputError(f"{path}: no CCD extension {ccdname!r} (has {names})")
-    if len(images) != 1:
-        raise InputError(
-            f"{path}: {len(images)} CCD image extensions ({names}); pass ccdname= to choose one"
-            if images
-            else f"{path}: no 2-D image extension in this file"
-        )
-    return images[0]
-
-
-def _cp_plane(
-    path: Path, extname: str, dtype: type, shape: tuple[int, int], image_path: Path
-) -> np.ndarray:
-    with _open_fits(path) as hdul:
-        hdu = _cp_hdu(hdul, extname or None, path)
-        data = _plane(hdu, path, extname or "image", dtype)
-    if data.shape != shape:
-        raise InputError(
-            f"{path}: shape {data.shape} differs from the image {shape} of {image_path}"
-        )
-    return data
-
-
-def _read_decam_cp(
-    path: Path,
-    *,
-    ccdname: str | None,
-    psfex: str | os.PathLike[str] | None,
-    photo_calib: float | None,
-) -> Exposure:
-    files = _cp_siblings(path)
-    with _open_fits(files["image"]) as hdul:
-        hdu = _cp_hdu(hdul, ccdname, files["image"])
-        image = _plane(hdu, files["image"], hdu.name or "image", np.float32)
-        header, primary = hdu.header.copy(), hdul[0].header.copy()
-    extname = str(header.get("EXTNAME", "")).strip()
-    ivar = _cp_plane(files["invvar"], extname, np.float32, image.shape, files["image"])
-    dq = _cp_plane(files["dq"], extname, np.int32, image.shape, files["image"])
-    planes = mask_planes()
-    mask = decam_dq_to_mask(dq, planes, codes=_cp_uses_codes(primary.get("PLVER")))
-    good = np.isfinite(ivar) & (ivar > 0) & np.isfinite(image)
-    variance = np.full(image.shape, np.nan, np.float32)
-    variance[good] = 1.0 / ivar[good].astype(np.float64)
-    # The CP zeroes ivar on every DQ-flagged pixel. A flagged pixel keeps its own planes (SAT,
-    # BAD, CR, ...) with a finite placeholder variance (the median good variance), as an LSST
-    # calexp would, so the flag survives warping (copyGoodPixels drops NO_DATA) and no NaN
-    # spreads through the warping kernel; pixels with no flag and no data are NO_DATA.
-    flagged = ~good & (mask != 0) & np.isfinite(image)
-    fill = float(np.median(variance[good])) if good.any() else 1.0
-    variance[flagged] = fill
-    mask[~good & ~flagged] |= np.int32(bitmask(planes, ["NO_DATA"]))
-    fields, meta = _cp_metadata(primary, header, files["image"], photo_calib)
-    wcs = _wcs_from_header(header, files["image"], "image")
-    psf = _cp_psf(files["image"], psfex, meta, image.shape)
-    if not math.isfinite(fields["psf_fwhm"]) and "psfex_fwhm" in meta:
-        fields["psf_fwhm"] = meta["psfex_fwhm"]
-    return Exposure(
-        image,
-        mask,
-        variance,
-        wcs,
-        planes,
-        photo_calib=meta["photo_calib"],
-        psf=psf,
-        metadata={k: v for k, v in meta.items() if k != "photo_calib"},
-        path=files["image"],
-        **fields,
-    )
-
-
-def _cp_metadata(
-    primary: fits.Header, header: fits.Header, path: Path, photo_calib: float | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    heads = (header, primary)
-    band = str(_card("BAND", *heads) or _card("FILTER", *heads, default="")).split(" ")[0]
-    ccdname = str(_card("EXTNAME", header) or _card("DETPOS", *heads, default=""))
-    fields = {
-        "visit": _int_card(("EXPNUM",), heads),
-        "detector": _int_card(("CCDNUM",), heads),
-        "band": band,
-        "mjd": _float(_card("MJD-OBS", *heads)),
-        "exptime": _float(_card("EXPTIME", *heads)),
-        "airmass": _float(_card("AIRMASS", *heads)),
-        "parallactic_angle": math.nan,
-        "psf_fwhm": _float(
-            _card(
-                "FWHM", *heads, default=_card("SEEINGP1", *heads, default=_card("SEEINGP", *heads))
-            )
-        ),
-    }
-    gain = _cp_gain(heads)
-    if photo_calib is None:
-        zp, source = _cp_zero_point(heads, band, gain, fields, path)
-    else:
-        zp, source = AB_ZERO_NJY + 2.5 * math.log10(photo_calib), "argument"
-    meta: dict[str, Any] = {
-        "layout": "decam-cp",
-        "ccdname": ccdname,
-        "expnum": fields["visit"],
-        "filter": str(_card("FILTER", *heads, default="")),
-        "plver": str(_card("PLVER", *heads, default="")),
-        "wcscal": str(_card("WCSCAL", *heads, default="")),
-        "zero_point": zp,
-        "zero_point_source": source,
-        "photo_calib": nJy_per_count(zp),
-        "gain": gain,
-        "saturation": _float(_card("SATURATE", *heads)),
-        "sky_counts": _float(_card("AVSKY", *heads)),
-        "sky_sigma": _float(_card("AVSIG", *heads)),
-        "background_subtracted": False,
-    }
-    return fields, {k: v for k, v in meta.items() if not (isinstance(v, float) and math.isnan(v))}
-
-
-def _cp_gain(heads: tuple[fits.Header, ...]) -> float:
-    """e-/ADU: mean of GAINA and GAINB (legacyzpts ``get_gain``), else ARAWGAIN or GAIN."""
-    amps = [_float(_card(k, *heads)) for k in ("GAINA", "GAINB")]
-    if all(math.isfinite(g) and g > 0 for g in amps):
-        return float(np.mean(amps))
-    return _float(_card("ARAWGAIN", *heads, default=_card("GAIN", *heads)))
-
-
-def _cp_zero_point(
-    heads: tuple[fits.Header, ...], band: str, gain: float, fields: Mapping[str, Any], path: Path
-) -> tuple[float, str]:
-    """AB zero point of one image count, and where it came from (see read_exposure)."""
-    exptime = fields["exptime"]
-    magzero = _card("MAGZERO", *heads)
-    if magzero is not None:
-        return float(magzero), "MAGZERO"
-    for key in ("CCDZPT", "MAGZPT"):
-        value = _card(key, *heads)
-        if value is not None:
-            _require(exptime > 0, path, f"{key} is per second but EXPTIME is {exptime}")
-            return float(value) + 2.5 * math.log10(exptime), f"{key} + 2.5 log10(EXPTIME)"
-    _require(
-        band in DECAM_NOMINAL_ZP,
-        path,
-        f"no zero-point keyword and no nominal DECam zero point for band {band!r}; pass "
-        "photo_calib=",
-    )
-    _require(
-        math.isfinite(gain) and gain > 0 and exptime > 0,
-        path,
-        f"the nominal zero point needs GAINA/GAINB and EXPTIME (gain {gain}, EXPTIME "
-        f"{exptime}); pass photo_calib=",
-    )
-    zp0, k_ext = DECAM_NOMINAL_ZP[band]
-    airmass = fields["airmass"] if math.isfinite(fields["airmass"]) else 1.0
-    zp = zp0 - 2.5 * math.log10(gain) - k_ext * (airmass - 1.0) + 2.5 * math.log10(exptime)
-    return zp, "nominal DECam (legacyzpts zp0, gain, airmass, EXPTIME)"
-
-
-def _require(ok: bool, path: Path, message: str) -> None:
-    if not ok:
-        raise InputError(f"{path}: {message}")
-
-
-# -- PSFEx ---------------------------------------------------------------------------------------
-
-
-def _psfex_candidates(image_path: Path, ccdname: str) -> list[Path]:
-    parts = image_path.absolute().parts
-    if "images" not in parts:
-        return []
-    i = len(parts) - 1 - parts[::-1].index("images")
-    root, rel = Path(*parts[:i]) / "calib", Path(*parts[i + 1 : -1])
-    base = image_path.name.split(".")[0]
-    return [
-        root / "psfex" / rel / f"{base}-psfex.fits",
-        root / "psfex-single" / rel / base / f"{base}-{ccdname}-psfex.fits",
-    ]
-
-
-def _cp_psf(
-    image_path: Path,
-    psfex: str | os.PathLike[str] | None,
-    meta: dict[str, Any],
-    shape: tuple[int, int],
-) -> np.ndarray | None:
-    if psfex is not None:
-        found: Path | None = Path(psfex)
-        if not found.is_file():  # type: ignore[union-attr]
-            raise InputError(f"{image_path}: PSFEx file {found} does not exist")
-    else:
-        found = next(
-            (p for p in _psfex_candidates(image_path, meta["ccdname"]) if p.is_file()), None
-        )
-    if found is None:
-        return None
-    ny, nx = shape
-    psf, fwhm = psfex_image(
-        found,
-        x=(nx - 1) / 2 + 1,
-        y=(ny - 1) / 2 + 1,
-        ccdname=meta["ccdname"],
-        expnum=meta["expnum"],
-    )
-    meta["psfex_path"] = str(found)
-    if math.isfinite(fwhm):
-        meta["psfex_fwhm"] = fwhm
-    return psf
-
-
-def psfex_image(
-    path: str | os.PathLike[str],
-    *,
-    x: float,
-    y: float,
-    ccdname: str | None = None,
-    expnum: int | None = None,
-) -> tuple[np.ndarray, float]:
-    """Evaluate a PSFEx model at image position ``(x, y)`` (PSFEx's 1-based X_IMAGE, Y_IMAGE).
-
-    Reads plain PSFEx files (``PSF_MASK`` column, ``POL*`` keywords) and legacypipe's merged
-    tables (one row per CCD, lower-case columns; the row is chosen by ``ccdname`` and
-    ``expnum``). The polynomial basis is PSFEx's: ``x**j * y**i`` for ``i`` in ``0..deg``,
-    ``j`` in ``0..deg - i`` with ``x = (X - POLZERO1) / POLSCAL1``. A model sampled at
-    ``PSF_SAMP != 1`` image pixels is resampled (cubic spline) onto native pixels.
-
-    Returns
-    -------
-    psf : ndarray
-        Odd-sized, centred, unit-sum PSF image on native pixels.
-    fwhm : float
-        PSFEx's ``PSF_FWHM`` (pixels), NaN if absent.
-    """
-    path = Path(path)
-    with _open_fits(path) as hdul:
-        if len(hdul) < 2 or not isinstance(hdul[1], fits.BinTableHDU):
-            raise InputError(f"{path}: not a PSFEx file (no binary table in HDU 1)")
-        table, header = hdul[1].data, hdul[1].header
-        get = _psfex_getter(table, header, path, ccdname, expnum)
-        basis = np.asarray(get("psf_mask"), np.float64)
-        basis = basis.reshape((-1, *basis.shape[-2:]))
-        deg = int(get("poldeg1", 0))
-        dx = (x - float(get("polzero1", 0.0))) / float(get("polscal1", 1.0))
-        dy = (y - float(get("polzero2", 0.0))) / float(get("polscal2", 1.0))
-        samp, fwhm = float(get("psf_samp", 1.0)), _float(get("psf_fwhm", math.nan))
-    terms = np.array([dx**j * dy**i for i in range(deg + 1) for j in range(deg + 1 - i)])
-    if len(terms) != len(basis):
-        raise InputError(
-            f"{path}: PSFEx basis has {len(basis)} components, degree {deg} needs {len(terms)}"
-        )
-    psf = np.tensordot(terms, basis, axes=1)
-    if samp <= 0:
-        raise InputError(f"{path}: PSFEx PSF_SAMP = {samp} (a failed PSF model)")
-    if abs(samp - 1.0) > 1e-6:
-        psf = _resample_psf(psf, samp)
-    total = psf.sum()
-    if not (np.isfinite(total) and total > 0) or psf.shape[0] % 2 == 0:
-        raise InputError(
-            f"{path}: PSFEx model gives an unusable PSF (sum {total}, shape {psf.shape})"
-        )
-    return psf / total, fwhm
-
-
-def _psfex_getter(
-    table: Any, header: fits.Header, path: Path, ccdname: str | None, expnum: int | None
-) -> Any:
-    columns = {c.lower(): c for c in table.columns.names}
-    rows = np.arange(len(table))
-    if "ccdname" in columns and ccdname is not None:
-        names = np.char.strip(np.asarray(table[columns["ccdname"]]).astype(str))
-        rows = rows[names == ccdname.strip()]
-        if "expnum" in columns and expnum:
-            rows = rows[np.asarray(table[columns["expnum"]])[rows] == expnum]
-    if len(rows) != 1:
-        raise InputError(f"{path}: {len(rows)} PSFEx rows for CCD {ccdname!r} expnum {expnum}")
-    row = table[int(rows[0])]
-    for key in ("polname1", "polname2"):
-        name = row[columns[key]] if key in columns else header.get(key.upper(), "")
-        if str(name).strip() not in ("", "X_IMAGE", "Y_IMAGE"):
-            raise InputError(
-                f"{path}: PSFEx model depends on {name!r}; only X_IMAGE, Y_IMAGE are supported"
-            )
-
-    def get(key: str, default: Any = None) -> Any:
-        if key in columns:
-            return row[columns[key]]
-        value = header.get(key.upper(), default)
-        if value is None:
-            raise InputError(f"{path}: PSFEx model lacks {key.upper()}")
-        return value
-
-    return get
-
-
-def _resample_psf(psf: np.ndarray, samp: float) -> np.ndarray:
-    """Resample a PSFEx model (pixel = ``samp`` image pixels, centre ``n // 2``) onto native
-    pixels, keeping an odd size centred on the model centre."""
-    n = psf.shape[0]
-    centre = n // 2
-    half = math.floor(centre * samp)
-    coords = centre + np.arange(-half, half + 1) / samp
-    yy, xx = np.meshgrid(coords, coords, indexing="ij")
-    return ndimage.map_coordinates(psf, [yy, xx], order=3, mode="constant", cval=0.0)
 
 
 # -- writing ---------------------------------------------------------------------------------------
