@@ -14,7 +14,8 @@ import dask.array as da
 import numpy as np
 
 from .kernels.interp import interpolate_over_defects
-from .kernels.psfmatch import SpatialKernel, convolve_spatial
+from .kernels.psfconvolve import convolve_spatial
+from .kernels.psfmatch import SpatialKernel
 from .kernels.stack import stack_block
 from .kernels.stats import meanclip_1d, meanclip_masked
 

@@ -78,7 +78,7 @@ def alard_lupton_sigmas(
     return out, int(min(max(size, size_min), size_max))
 
 
-def _monomials(order: int) -> list[tuple[int, int]]:
+def monomials(order: int) -> list[tuple[int, int]]:
     """(x power, y power) of the afw PolynomialFunction2 terms of total degree <= order."""
     return [(d - i, i) for d in range(order + 1) for i in range(d + 1)]
 
@@ -108,7 +108,7 @@ def alard_lupton_basis(
     for sigma, degree in zip(sigmas, degrees, strict=True):
         gauss = np.exp(-(u * u + v * v) / (2.0 * float(sigma) ** 2))
         gauss /= gauss.sum()
-        out.extend(gauss * (u / scale) ** px * (v / scale) ** py for px, py in _monomials(degree))
+        out.extend(gauss * (u / scale) ** px * (v / scale) ** py for px, py in monomials(degree))
     return renormalize_basis(np.array(out))
 
 

@@ -34,11 +34,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .psfbasis import (
     SIGMA_TO_FWHM,
-    _monomials,
     alard_lupton_basis,
     alard_lupton_sigmas,
     delta_function_basis,
     kernel_norm_matrix,
+    monomials,
     regularization_matrix,
     renormalize_basis,
 )
@@ -53,7 +53,6 @@ __all__ = [
     "alard_lupton_sigmas",
     "bbox_from_shape",
     "candidate_diffim_stats",
-    "convolve_spatial",
     "delta_function_basis",
     "fit_psf_matching_kernel",
     "kernel_norm_matrix",
@@ -255,7 +254,7 @@ def candidate_diffim_stats(
         if mask_s is not None:
             mask |= np.asarray(mask_s)[good]
         if mask_t is not None:
-            mask |= _box_or(np.asarray(mask_t).astype(np.int64), half)[good]
+            mask |= box_or(np.asarray(mask_t).astype(np.int64), half)[good]
         keep &= (mask & int(bad_bits)) == 0
     if core_radius is not None:
         core = np.zeros((ny, nx), bool)
@@ -280,7 +279,7 @@ def _mean_rms(z: np.ndarray) -> tuple[float, float]:
     return mean, math.sqrt(var) if var >= 0 else math.nan
 
 
-def _box_or(mask: np.ndarray, half: int) -> np.ndarray:
+def box_or(mask: np.ndarray, half: int) -> np.ndarray:
     """Bitwise OR (or logical OR for bool) over the (2·half+1)² box around every pixel."""
     rows = mask.copy()
     for d in range(1, half + 1):
@@ -308,7 +307,7 @@ def bbox_from_shape(
     )
 
 
-def _axis_values(t: np.ndarray, lo: float, hi: float, order: int, model: str) -> np.ndarray:
+def spatial_axis_values(t: np.ndarray, lo: float, hi: float, order: int, model: str) -> np.ndarray:
     """1-D spatial functions along one axis: array of shape (order + 1, *t.shape)."""
     t = np.asarray(t, np.float64)
     if model == "chebyshev1":
@@ -322,9 +321,9 @@ def _axis_values(t: np.ndarray, lo: float, hi: float, order: int, model: str) ->
 
 def _spatial_terms(x, y, order: int, model: str, bbox) -> np.ndarray:
     """f_m(x, y) for the (order+1)(order+2)/2 terms: array of shape (n_terms, *broadcast shape)."""
-    vx = _axis_values(x, bbox[0], bbox[2], order, model)
-    vy = _axis_values(y, bbox[1], bbox[3], order, model)
-    return np.stack([vx[px] * vy[py] for px, py in _monomials(order)])
+    vx = spatial_axis_values(x, bbox[0], bbox[2], order, model)
+    vy = spatial_axis_values(y, bbox[1], bbox[3], order, model)
+    return np.stack([vx[px] * vy[py] for px, py in monomials(order)])
 
 
 @dataclass(frozen=True, eq=False)
@@ -874,126 +873,3 @@ def _info(loop: _Loop, basis, it, restarts, ksum, converged) -> FitInfo:
         len(used),
         dict(loop.rejections),
     )
-
-
-# ------------------------------------------------------------------- convolution (6.4, 6.5)
-
-
-def _product_terms(model: str, a: int, c: int) -> list[tuple[int, float]]:
-    """g_a · g_c as Σ coef · g_p for the 1-D functions (T_a T_c = (T_{a+c} + T_{|a-c|}) / 2)."""
-    if model == "chebyshev1":
-        return [(a + c, 0.5), (abs(a - c), 0.5)]
-    return [(a + c, 1.0)]
-
-
-def _squared_kernel_terms(kernel: SpatialKernel) -> dict[tuple[int, int], np.ndarray]:
-    """K(x,y)² = Σ_{p,q} g_p(x) g_q(y) E_pq exactly (degree 2·order): {(p, q): E_pq}."""
-    terms, powers = kernel.term_images(), _monomials(kernel.spatial_order)
-    out: dict[tuple[int, int], np.ndarray] = {}
-    for k, (ax, ay) in enumerate(powers):
-        for m in range(k, len(powers)):
-            bx, by = powers[m]
-            prod = terms[k] * terms[m] * (1.0 if m == k else 2.0)
-            for px, cx in _product_terms(kernel.model, ax, bx):
-                for py, cy in _product_terms(kernel.model, ay, by):
-                    out[(px, py)] = out.get((px, py), 0.0) + cx * cy * prod
-    return out
-
-
-def _sum_convolved(
-    data: np.ndarray,
-    images: dict[tuple[int, int], np.ndarray],
-    vx: np.ndarray,
-    vy: np.ndarray,
-    dtype: np.dtype,
-) -> np.ndarray:
-    """Σ_{(p,q)} vy[q](y) vx[p](x) · (image_pq ⊗ data) ('same' size).
-
-    The data's FFT is taken once and reused for every term (one kernel FFT and one inverse
-    FFT per term), in ``dtype`` precision, as is the sum: float32 data get single-precision
-    FFTs, about 3x faster than double (round-off <~ 2e-6 of the image's RMS, far below
-    the pixel noise).
-    """
-    ny, nx = data.shape
-    k = next(iter(images.values())).shape[0]
-    half = k // 2
-    shape = (
-        scipy.fft.next_fast_len(ny + k - 1, real=True),
-        scipy.fft.next_fast_len(nx + k - 1, real=True),
-    )
-    spectrum = scipy.fft.rfft2(data.astype(dtype, copy=False), shape)
-    vx, vy = vx.astype(dtype), vy.astype(dtype)
-    out = np.zeros(data.shape, dtype)
-    for (px, py), img in images.items():
-        if np.any(img):
-            # = rfft2(img, shape), skipping the row transforms of the zero padding
-            rows = scipy.fft.rfft(img.astype(dtype), n=shape[1], axis=1)
-            conv = scipy.fft.irfft2(spectrum * scipy.fft.fft(rows, n=shape[0], axis=0), shape)
-            term = conv[half : half + ny, half : half + nx]  # a view: weight it in place
-            term *= vx[px][None, :]
-            term *= vy[py][:, None]
-            out += term
-    return out
-
-
-def convolve_spatial(
-    image: np.ndarray,
-    variance: np.ndarray,
-    mask: np.ndarray | None,
-    kernel: SpatialKernel,
-    *,
-    origin: tuple[float, float] = (0, 0),
-    normalize: bool = False,
-    bad_bits: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Convolve a masked image with a spatially varying kernel (afw convolve, exact).
-
-    image: Σ_m f_m(x, y) (A_m ⊗ I) with A_m = Σ_j coeffs[j, m] B_j, which equals
-    Σ_j c_j(x, y)(B_j ⊗ I) with n_spatial (not n_basis) FFT convolutions; the kernel is
-    evaluated at the output pixel, as afw does. variance: Σ K(x, y)² ⊗ V computed exactly as
-    Σ_{p,q} g_p(x) g_q(y) (E_pq ⊗ V), K² expanded in the degree-2·order spatial functions
-    (15 convolutions for order 2). mask: OR over the full kernel footprint.
-    ``normalize`` divides each local kernel by its sum (variance by the sum²), as
-    ModelPsfMatchTask. Pixels within the kernel half-width of the edge, or whose footprint holds
-    a non-finite image/variance pixel, get NaN image, +inf variance and ``bad_bits`` OR-ed into
-    the mask (afw's NO_DATA edge pixel). ``origin`` = parent (x, y) of ``image[0, 0]``.
-
-    Returns
-    -------
-    (image, variance, mask) of the input shape; floats in the input's float dtype (>= float32).
-    """
-    img = np.asarray(image)
-    dtype = np.result_type(img.dtype, np.float32)
-    data, var = img.astype(dtype), np.asarray(variance).astype(dtype)
-    msk = np.zeros(img.shape, np.int32) if mask is None else np.asarray(mask)
-    ny, nx = data.shape
-    half = kernel.size // 2
-    bad = ~(np.isfinite(data) & np.isfinite(var))
-    data, var = np.where(bad, dtype.type(0), data), np.where(bad, dtype.type(0), var)
-    xs, ys = origin[0] + np.arange(nx), origin[1] + np.arange(ny)
-    x0, y0, x1, y1 = kernel.bbox
-    order, model = kernel.spatial_order, kernel.model
-    vx, vy = (
-        _axis_values(xs, x0, x1, 2 * order, model),
-        _axis_values(ys, y0, y1, 2 * order, model),
-    )
-    powers = _monomials(order)
-    terms = dict(zip(powers, kernel.term_images(), strict=True))
-    # raw pixel-coordinate powers ("polynomial") can cancel between terms: double precision
-    work = dtype if model == "chebyshev1" else np.dtype(np.float64)
-    out = _sum_convolved(data, terms, vx, vy, work)
-    out_var = _sum_convolved(var, _squared_kernel_terms(kernel), vx, vy, work)
-    if normalize:
-        ksum = sum(
-            vy[py][:, None] * vx[px][None, :] * float(t.sum()) for (px, py), t in terms.items()
-        )
-        out /= ksum
-        out_var /= ksum * ksum
-    invalid = _box_or(bad, half)
-    invalid[:half], invalid[ny - half :] = True, True
-    invalid[:, :half], invalid[:, nx - half :] = True, True
-    out[invalid], out_var[invalid] = np.nan, np.inf
-    out_mask = _box_or(msk, half)
-    if bad_bits:
-        out_mask[invalid] |= np.asarray(bad_bits).astype(out_mask.dtype)
-    return out.astype(dtype, copy=False), out_var.astype(dtype, copy=False), out_mask

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from scipy.signal import convolve2d, fftconvolve
 
+from coaddx.kernels.psfconvolve import convolve_spatial
 from coaddx.kernels.psfmatch import (
     CandidateStamp,
     SpatialKernel,
@@ -12,7 +13,6 @@ from coaddx.kernels.psfmatch import (
     alard_lupton_sigmas,
     bbox_from_shape,
     candidate_diffim_stats,
-    convolve_spatial,
     delta_function_basis,
     fit_psf_matching_kernel,
     kernel_norm_matrix,
