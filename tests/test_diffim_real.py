@@ -224,21 +224,21 @@ def test_kernel_sums_against_an_independent_whole_image_fit(matched):
     for epoch, (science, others, results) in matched.items():
         for c, other, result in zip(OTHERS, others, results, strict=True):
             shipped = fits.getdata(DATA / f"DEC-OBS{epoch}{c}.MatchKernel.fits")
-            ref, err = _pixel_kernel_fit(
+            ref, ref_sigma = _pixel_kernel_fit(
                 science.image.astype(np.float64),
                 other.image.astype(np.float64),
                 shipped.shape[0] // 2,
             )
             ours = result.kernel.kernel_sum(128.0, 128.0)
-            rows.append((ours / ref - 1, (float(shipped.sum()) - ref) / err))
+            rows.append((ours / ref - 1, (float(shipped.sum()) - ref) / ref_sigma))
             print(
                 f"\nOBS{epoch}{c} -> a: coaddx {ours:.4f}, whole-image pixel fit {ref:.4f} "
-                f"+- {err:.4f} ({100 * rows[-1][0]:+.2f} %); shipped {shipped.sum():.4f} is "
+                f"+- {ref_sigma:.4f} ({100 * rows[-1][0]:+.2f} %); shipped {shipped.sum():.4f} is "
                 f"{rows[-1][1]:+.1f} sigma from it",
                 end="",
             )
-    err = np.array(rows)
-    assert np.abs(err[:, 0]).max() < 0.01
+    rel = np.array(rows)
+    assert np.abs(rel[:, 0]).max() < 0.01
 
 
 def test_single_differences_are_noise_away_from_sources(matched):
