@@ -25,10 +25,10 @@ import dask
 import numpy as np
 
 import coaddx
-from coaddx.config import AssembleConfig
-from coaddx.diagnostics import PeakMemory, format_bytes
-from coaddx.io.zarr import weight_stat_key
-from coaddx.runtime import tune_malloc
+from coaddx.coadd.config import AssembleConfig
+from coaddx.coadd.weights import weight_statistic
+from coaddx.runtime.diagnostics import PeakMemory, format_bytes
+from coaddx.runtime.malloc import tune_malloc
 
 
 def _store(out: Path, visits: int, size: int) -> Path:
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--no-malloc-tuning",
         action="store_true",
-        help="leave glibc malloc at its defaults (see coaddx.runtime.tune_malloc)",
+        help="leave glibc malloc at its defaults (see coaddx.runtime.malloc.tune_malloc)",
     )
     args = parser.parse_args(argv)
     if not args.no_malloc_tuning:
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     slab = warps.isel(y=slice(0, args.slab)).compute()
     image, variance, mask = (slab[v].values for v in ("image", "variance", "mask"))
     bad = sum(1 << coaddx.mask_planes()[p] for p in ("NO_DATA", "BAD", "SAT", "EDGE"))
-    key = weight_stat_key(3.0, 2, ("NO_DATA", "BAD", "SAT", "EDGE"))
+    key = weight_statistic(AssembleConfig()).key
     weights = 1.0 / slab["variance_meanclip"].sel(weight_key=key).values
     swork = image.size / 1e6
     for name, fn in (

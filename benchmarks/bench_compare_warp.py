@@ -32,12 +32,14 @@ import dask
 import numpy as np
 
 import coaddx
-from coaddx.compare_warp import _build
-from coaddx.diagnostics import PeakMemory, Stages, format_bytes
-from coaddx.io.zarr import WarpStore
-from coaddx.runtime import tune_malloc
-from coaddx.simulate import psf_image
-from coaddx.warp import psf_match_warp
+from coaddx.coadd.compare_warp.assemble import compare_warp_coadd
+from coaddx.coadd.compare_warp.stages import compare_warp_stages
+from coaddx.io.zarr.warp_store import WarpStore
+from coaddx.runtime.diagnostics import PeakMemory, Stages, format_bytes
+from coaddx.runtime.malloc import tune_malloc
+from coaddx.sim.simulate import psf_image
+from coaddx.warp.psf_matched import psf_match_warp
+from coaddx.warp.weights import visit_weight_stats
 
 
 def _psf_matched(store: Path) -> None:
@@ -55,6 +57,7 @@ def _psf_matched(store: Path) -> None:
         x=direct["x"].values,
         y=direct["y"].values,
         attrs={**attrs, "model_psf_fwhm": 7.7},
+        chunk=int(direct["image"].data.chunksize[1]),
         overwrite=True,
     )
     for i, visit in enumerate(direct["visit"].values):
@@ -67,7 +70,10 @@ def _psf_matched(store: Path) -> None:
             planes,
             region=1024,
         )
-        ws.append_visit(int(visit), img, var, msk, {"psf_fwhm": float(one["psf_fwhm"])})
+        stats = visit_weight_stats(np.asarray(var, np.float32), msk.astype(np.int32), planes)
+        ws.append_visit(
+            int(visit), img, var, msk, {"psf_fwhm": float(one["psf_fwhm"])}, weight_stats=stats
+        )
         print(f"  psf-matched visit {i + 1}/{direct.sizes['visit']}", flush=True)
     ws.close({"operation": "bench_compare_warp: psf_match_warp of the direct warps"})
 
@@ -104,7 +110,7 @@ def _by_stage(store: Path, dest: Path) -> tuple[Stages, PeakMemory, coaddx.Compa
     with PeakMemory() as mem:
         direct = coaddx.open_warps(store)
         matched = coaddx.open_warps(store, "psf_matched")
-        coadd = _build(direct, matched, None, stage=persist)
+        coadd = compare_warp_coadd(compare_warp_stages(direct, matched, stage=persist))
         with stages("final coadd + write"):
             coaddx.write_coadd(coadd, dest, overwrite=True)
     return stages, mem, coadd

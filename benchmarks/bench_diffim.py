@@ -48,13 +48,13 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from scipy.signal import oaconvolve
 
-import coaddx.diffim as cdiffim
-from coaddx.diagnostics import PeakMemory, format_bytes
-from coaddx.exposure import Exposure
-from coaddx.masks import mask_planes
-from coaddx.psfmatch import PsfMatchConfig
-from coaddx.simulate import psf_image
-from coaddx.skymap import make_tan_wcs
+import coaddx.diffim.subtract as cdiffim
+from coaddx.diffim.config import PsfMatchConfig
+from coaddx.model.exposure import Exposure
+from coaddx.model.masks import mask_planes
+from coaddx.model.skymap import make_tan_wcs
+from coaddx.runtime.diagnostics import PeakMemory, format_bytes
+from coaddx.sim.simulate import psf_image
 
 FWHM_TEMPLATE, FWHM_SCIENCE = 3.0, 4.5  # px
 SKY_SIGMA, GAIN = 10.0, 2.0  # counts, e-/count

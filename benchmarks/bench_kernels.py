@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from coaddx.kernels.stack import stack_block
+from coaddx.kernels.stack.block import stack_block
 
 BAD, SAT, EDGE, NO_DATA = 1 << 0, 1 << 1, 1 << 4, 1 << 8
 CLIPPED, SENSOR_EDGE, REJECTED = 1 << 9, 1 << 10, 1 << 12

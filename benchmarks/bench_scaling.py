@@ -29,10 +29,11 @@ import dask
 import numpy as np
 
 import coaddx
-from coaddx.cluster import WorkerMemory, local, worker_resources
-from coaddx.diagnostics import format_bytes
-from coaddx.io.zarr import WarpStore
+from coaddx.io.zarr.warp_store import WarpStore
 from coaddx.plan import plan_stack, task_budget, worker_bytes
+from coaddx.runtime.cluster import WorkerMemory, local, worker_resources
+from coaddx.runtime.diagnostics import format_bytes
+from coaddx.warp.weights import visit_weight_stats
 
 GIB = 2**30
 
@@ -86,7 +87,9 @@ def make_store(path: Path, visits: int, size: int, chunk: int, seed: int = 1) ->
     slots = store.reserve(ids)
 
     def write(visit: int) -> dict:
-        pixels = store.write_slot(slots[visit], *_visit(visit, sky, planes, seed))
+        image, variance, mask = _visit(visit, sky, planes, seed)
+        stats = visit_weight_stats(variance, mask, planes)
+        pixels = store.write_slot(slots[visit], image, variance, mask, weight_stats=stats)
         return {"visit": visit, "band": "r", "psf_fwhm": 4.2, **pixels}
 
     with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
@@ -129,7 +132,7 @@ def _warm_page_cache(path: Path) -> None:
 
 
 def _warm_up() -> None:
-    from coaddx.kernels.stack import stack_block
+    from coaddx.kernels.stack.block import stack_block
 
     cube = np.ones((3, 8, 8), np.float32)
     stack_block(

@@ -63,16 +63,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _swarp
 
-import coaddx.io.zarr as czarr
-import coaddx.warp as cwarp
-from coaddx.diagnostics import PeakMemory, format_bytes
-from coaddx.exposure import boundary_pixels
-from coaddx.io.fits import write_calexp
+import coaddx.io.zarr.warp_store as cstore
+import coaddx.warp.exposure as cexposure
+import coaddx.warp.inputs as cinputs
+import coaddx.warp.make_warps as cwarp
+import coaddx.warp.visit as cvisit
+from coaddx.io.fits.exposure import write_calexp
 from coaddx.kernels.warp import warp_block, warp_on_grid
-from coaddx.masks import mask_planes
-from coaddx.runtime import tune_malloc
-from coaddx.skymap import Patch, make_tan_wcs
-from coaddx.warp import WarpConfig, make_warps
+from coaddx.model.exposure import boundary_pixels
+from coaddx.model.masks import mask_planes
+from coaddx.model.skymap import Patch, make_tan_wcs
+from coaddx.runtime.diagnostics import PeakMemory, format_bytes
+from coaddx.runtime.malloc import tune_malloc
+from coaddx.warp.make_warps import WarpConfig, make_warps
 
 NY, NX = 4096, 2048  # exposure rows, columns
 PIX_IN, PIX_OUT = 0.263, 0.2  # arcsec per pixel
@@ -311,15 +314,15 @@ def run_coaddx(paths: list[Path], patch: Patch, store: Path) -> dict:
     gy, gx = np.meshgrid(nodes + 2.3, nodes + 2.6, indexing="ij")
     warp_on_grid(tiny, tiny, np.zeros((16, 16), np.int32), gx, gy, nodes, nodes, (8, 8))
     timers = _Timers()
-    timers.wrap(cwarp, "_inputs", "headers + overlap (main thread)")
-    timers.wrap(cwarp, "_warp_visit", "task total")
-    timers.wrap(cwarp, "read_exposure", "read FITS")
-    timers.wrap(cwarp, "source_grid", "source_grid (WCS map)")
-    timers.wrap(cwarp, "warp_on_grid", "warp_on_grid (kernel)")
-    timers.wrap(cwarp, "_crc_file", "input CRC32")
-    timers.wrap(czarr.WarpStore, "write_slot_box", "write_slot_box (Zarr + stats)")
-    timers.wrap(czarr, "visit_weight_stats", "  of which weight stats")
-    timers.wrap(cwarp, "_commit_in_order", "commit (main thread)")
+    timers.wrap(cwarp, "warp_inputs", "headers + overlap (main thread)")
+    timers.wrap(cwarp, "warp_visit", "task total")
+    timers.wrap(cinputs, "read_exposure", "read FITS")
+    timers.wrap(cexposure, "source_grid", "source_grid (WCS map)")
+    timers.wrap(cexposure, "warp_on_grid", "warp_on_grid (kernel)")
+    timers.wrap(cvisit, "file_crc32", "input CRC32")
+    timers.wrap(cvisit, "visit_weight_stats", "weight stats")
+    timers.wrap(cstore.WarpStore, "write_slot_box", "write_slot_box (Zarr)")
+    timers.wrap(cstore.WarpStore, "commit_in_order", "commit (main thread)")
     try:
         with PeakMemory() as mem:
             c0, t0 = _cpu(resource.RUSAGE_SELF), time.perf_counter()

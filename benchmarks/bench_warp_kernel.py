@@ -23,9 +23,9 @@ from typing import ClassVar
 import numpy as np
 from astropy.coordinates import SkyCoord
 
-from coaddx.geometry import source_coordinates
 from coaddx.kernels.warp import KERNELS, warp_block
-from coaddx.skymap import make_tan_wcs
+from coaddx.model.geometry import source_coordinates
+from coaddx.model.skymap import make_tan_wcs
 
 BAD, EDGE, NO_DATA = 1 << 0, 1 << 4, 1 << 8
 SOURCE_SHAPE = (4096, 2048)

@@ -1,15 +1,30 @@
-"""coaddx: deep astronomical coadds with the LSST algorithms on dask, xarray and Zarr."""
+"""coaddx: deep astronomical coadds with the LSST algorithms on dask, xarray and Zarr.
+
+The public API, re-exports only. Where each LSST task lives:
+
+==============================  ===========================================================
+LSST task                       coaddx
+==============================  ===========================================================
+MakeDirectWarp / MakeWarp       ``coaddx.warp`` (``make_warps``)
+MakePsfMatchedWarp              ``coaddx.warp.psf_matched`` (ModelPsfMatch)
+AssembleCoadd                   ``coaddx.coadd.assemble`` (``assemble``)
+CompareWarpAssembleCoadd        ``coaddx.coadd.compare_warp`` (``assemble_compare_warp``)
+ImagePsfMatch / SnapPsfMatch    ``coaddx.diffim`` (``subtract``, ``snap_subtract``)
+DcrAssembleCoadd                ``coaddx.dcr`` (to come)
+CalibrateTask                   ``coaddx.calibrate`` (to come)
+==============================  ===========================================================
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from . import runtime as _runtime  # noqa: F401  (registers the coaddx dask config defaults)
-from .assemble import assemble
-from .compare_warp import CompareWarpConfig, assemble_compare_warp
-from .config import AssembleConfig, InterpConfig, from_lsst_config
-from .diffim import Subtraction, snap_subtract, subtract
-from .errors import (
+from coaddx._version import __version__
+from coaddx.coadd.assemble import assemble
+from coaddx.coadd.compare_warp.assemble import assemble_compare_warp
+from coaddx.coadd.compare_warp.config import CompareWarpConfig
+from coaddx.coadd.config import AssembleConfig, InterpConfig
+from coaddx.diffim.config import PsfMatchConfig, snap_config
+from coaddx.diffim.subtract import Subtraction, snap_subtract, subtract
+from coaddx.errors import (
     CoaddxError,
     ConfigError,
     InputError,
@@ -17,23 +32,18 @@ from .errors import (
     SchemaError,
     StoreError,
 )
-from .exposure import Exposure
-from .io.export import export_fits
-from .io.fits import read_exposure, write_exposure
-from .io.zarr import (
-    IncompleteStoreWarning,
-    WarpStore,
-    check_store,
-    open_coadd,
-    open_warps,
-    write_coadd,
-    write_warps,
-)
-from .masks import mask_planes
-from .psfmatch import ModelPsfMatchConfig, PsfMatchConfig, snap_config
-from .simulate import Simulation, simulate
-from .skymap import Box, Patch, Tract
-from .warp import WarpConfig, WarpResult, make_warps
+from coaddx.io.export import export_fits
+from coaddx.io.fits.exposure import read_exposure, write_exposure
+from coaddx.io.zarr.coadd_store import open_coadd, write_coadd
+from coaddx.io.zarr.warp_store import IncompleteStoreWarning, WarpStore, check_store
+from coaddx.lsst import from_lsst_config
+from coaddx.model.exposure import Exposure
+from coaddx.model.masks import mask_planes
+from coaddx.model.skymap import Box, Patch, Tract
+from coaddx.sim.simulate import Simulation, simulate
+from coaddx.warp.config import ModelPsfMatchConfig, WarpConfig
+from coaddx.warp.make_warps import WarpResult, make_warps
+from coaddx.warp.store import open_warps, write_warps
 
 __all__ = [
     "AssembleConfig",

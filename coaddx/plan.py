@@ -13,7 +13,9 @@ rechunk (storage chunks smaller than the subregion) peaks at up to twice the blo
 tasks: the stacked planes of every coadd pixel until interpolation over NO_DATA can start (its
 fallback value is a statistic of the whole image) and that fallback task itself.
 :func:`worker_bytes` adds both; :func:`task_budget` turns a worker memory limit into a per-task
-budget, and :func:`warp_task_bytes` plans one warping task.
+budget, and :func:`warp_task_bytes` plans one warping task. :func:`plan_warp_stack` plans the
+stack of warps held in given dask chunks, :func:`detection_tile` the tiles of CompareWarp's
+per-visit detection (one visit per task: ``DETECT_BYTES_PER_PIXEL``).
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from coaddx.errors import ConfigError
 
 __all__ = [
+    "DETECT_BYTES_PER_PIXEL",
     "StackPlan",
+    "detection_tile",
     "plan_stack",
+    "plan_warp_stack",
     "task_budget",
     "task_bytes",
     "warp_task_bytes",
@@ -166,6 +171,44 @@ def plan_stack(
         n_tasks=n_tasks,
         shape=(int(ny), int(nx)),
     )
+
+
+def plan_warp_stack(
+    n_visits: int,
+    shape: tuple[int, int],
+    *,
+    chunks: tuple[tuple[int, ...], ...] | None,
+    budget_bytes: int,
+    subregion: tuple[int, int] | int | None = None,
+) -> StackPlan:
+    """:func:`plan_stack` for warps held in dask ``chunks`` (per dimension, ``(visit, y, x)``;
+    None for arrays in memory): aligned to their row chunk when every visit is in one chunk
+    (a store opened for stacking), else planned freely."""
+    storage = None
+    if chunks is not None and tuple(chunks[0]) == (n_visits,):
+        storage = int(max(chunks[1]))
+    return plan_stack(
+        n_visits, shape, budget_bytes=budget_bytes, storage_chunk=storage, subregion=subregion
+    )
+
+
+#: Planned bytes per pixel of a detection task (one visit): PSF-matched planes, template
+#: planes, their haloed copies, the scaled variance, flags, footprint masks and labels.
+DETECT_BYTES_PER_PIXEL = 64
+
+
+def detection_tile(
+    plan: StackPlan, shape: tuple[int, int], *, explicit: bool, budget_bytes: int
+) -> tuple[int, int]:
+    """Tiles of CompareWarp's per-visit detection: the stacking subregion when the user fixed it
+    (``explicit``), else the largest multiple of it whose single-visit working set fits the
+    per-task budget (a task holds one visit, not all of them, so the tiles can be much larger:
+    fewer tasks and halos)."""
+    if explicit:
+        return plan.subregion
+    side = int((budget_bytes / DETECT_BYTES_PER_PIXEL) ** 0.5)
+    sy, sx = (min(n, max(s, side // s * s)) for s, n in zip(plan.subregion, shape, strict=True))
+    return sy, sx
 
 
 def worker_bytes(plan: StackPlan, *, threads: int, n_workers: int = 1, baseline: int = 0) -> int:

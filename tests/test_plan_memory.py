@@ -19,7 +19,7 @@ from coaddx.plan import (
     warp_task_bytes,
     worker_bytes,
 )
-from tests.conftest import make_warps
+from coaddx.testing import random_warps as make_warps
 
 N_VISITS, S = 24, 128
 
@@ -81,9 +81,12 @@ def test_task_bytes_bounds_tasks_with_extra_copies(store, how):
 
 
 def test_warp_task_bytes_bounds_a_warping_task(tmp_path):
-    from coaddx.masks import mask_planes
-    from coaddx.psfmatch import ModelPsfMatchConfig
-    from coaddx.warp import WarpConfig, _inputs, _open_store, _warp_visit, patch_from_store
+    from coaddx.io.zarr.warp_store import read_patch
+    from coaddx.model.masks import mask_planes
+    from coaddx.warp.config import ModelPsfMatchConfig, WarpConfig
+    from coaddx.warp.inputs import warp_inputs
+    from coaddx.warp.make_warps import open_warp_store
+    from coaddx.warp.visit import warp_visit
 
     sim = coaddx.simulate(
         tmp_path / "sim",
@@ -95,14 +98,16 @@ def test_warp_task_bytes_bounds_a_warping_task(tmp_path):
         n_stars=30,
         n_galaxies=5,
     )
-    patch = patch_from_store(sim.warps)
-    items = _inputs(sim.calexps)
-    store = _open_store(tmp_path / "w.zarr", patch, mask_planes(), "direct", ModelPsfMatchConfig())
+    patch = read_patch(sim.warps)
+    items = warp_inputs(sim.calexps)
+    store = open_warp_store(
+        tmp_path / "w.zarr", patch, mask_planes(), "direct", ModelPsfMatchConfig()
+    )
     slots = store.reserve([items[0].visit, 1])
-    _warp_visit(items, patch, WarpConfig(), str(store.path), {"direct": slots[items[0].visit]})
+    warp_visit(items, patch, WarpConfig(), str(store.path), {"direct": slots[items[0].visit]})
     tracemalloc.start()
     try:
-        result = _warp_visit(items, patch, WarpConfig(), str(store.path), {"direct": slots[1]})
+        result = warp_visit(items, patch, WarpConfig(), str(store.path), {"direct": slots[1]})
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -133,7 +138,7 @@ def test_worker_peak_stays_within_the_plan(tmp_path):
     the measured peak RSS stays within worker_bytes and nothing is spilled."""
     from distributed import Client, LocalCluster
 
-    from coaddx.cluster import WorkerMemory, worker_resources
+    from coaddx.runtime.cluster import WorkerMemory, worker_resources
 
     n, shape, budget = 32, (768, 768), 24 * 2**20
     coaddx.write_warps(make_warps(n, shape, seed=8), tmp_path / "w.zarr", chunk=128)

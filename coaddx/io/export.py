@@ -31,11 +31,11 @@ import numpy as np
 import xarray as xr
 from astropy.io import fits
 
-from .. import __version__
-from ..errors import SchemaError, StoreError
-from ..masks import mask_planes_to_header
-from ..skymap import _shift_wcs, wcs_from_header_string
-from .zarr import open_coadd
+from coaddx._version import __version__
+from coaddx.errors import SchemaError, StoreError
+from coaddx.io.zarr.coadd_store import open_coadd
+from coaddx.model.masks import mask_planes_to_header
+from coaddx.model.skymap import _shift_wcs, wcs_from_header_string
 
 __all__ = ["FITS_PLANES", "export_fits"]
 

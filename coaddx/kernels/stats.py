@@ -1,4 +1,19 @@
-"""Whole-image statistics with the afw rules (algorithms.md 1.1), for per-visit weights."""
+"""The one afw MEANCLIP / quantile family (algorithms.md 1.1), for per-visit weights and bins.
+
+Every MEANCLIP of the package is built from the primitives at the top of this module: the
+per-visit weight statistics here (:func:`meanclip_1d`, :func:`meanclip_masked`,
+:func:`meanclip_masked_many`, :func:`meanclip_rows`) and the per-pixel clip of
+:mod:`coaddx.kernels.stack` (its vectorised form). The rule, in one vocabulary (``sigma_clip``,
+``clip_iter``, as ``AssembleConfig``):
+
+* quartiles at numpy's "linear" positions (:func:`quantile_position`);
+* pass 0 keeps ``|x - median| <= sigma_clip * IQR_TO_SIGMA * IQR`` (:func:`iqr_half_width`,
+  about 0.7413 IQR per sigma);
+* passes 1 .. clip_iter - 1 keep ``|x - c| <= sigma_clip * sqrt(var)`` about the previous
+  clipped mean ``c`` and variance (:func:`next_half_width`: the IQR width where there is at
+  most one value at all, nothing after a pass that kept a single value, as in afw);
+* each pass re-selects from the whole sample (not cumulative), inclusively.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +22,81 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["IQR_TO_SIGMA", "good_values", "meanclip_1d", "meanclip_masked", "meanclip_masked_many"]
+from coaddx.constants import IQR_TO_SIGMA
 
-IQR_TO_SIGMA = 0.741301109252802
+__all__ = [
+    "good_values",
+    "interpolate",
+    "iqr_half_width",
+    "meanclip_1d",
+    "meanclip_masked",
+    "meanclip_masked_many",
+    "next_half_width",
+    "numpy_lerp",
+    "quantile_position",
+    "sorted_quantile",
+]
+
+
+# -- the shared primitives (numba; inlined by LLVM into the kernels that call them) -----------
+
+
+@numba.njit(nogil=True, cache=True)
+def quantile_position(n, f):  # pragma: no cover - numba
+    """(lo, hi, t): numpy's "linear" quantile ``f`` of ``n`` sorted values lies between the
+    values of ranks ``lo`` and ``hi`` at fraction ``t`` (position ``f * (n - 1)``)."""
+    pos = f * (n - 1)
+    lo = math.floor(pos)
+    return lo, min(lo + 1, n - 1), pos - lo
+
+
+@numba.njit(nogil=True, cache=True)
+def interpolate(a, b, t):  # pragma: no cover - numba
+    """``a + t * (b - a)``, the quantile interpolation of the weight statistics (the difference
+    is taken in the values' own dtype)."""
+    return a + t * (b - a)
+
+
+@numba.njit(nogil=True, cache=True)
+def numpy_lerp(a, b, t):  # pragma: no cover - numba
+    """numpy's linear interpolation (``numpy.lib._function_base_impl._lerp``, which
+    ``np.quantile`` uses; exact at both ends), for the per-pixel quantiles of the stack."""
+    d = b - a
+    if t >= 0.5:
+        return b - d * (1.0 - t)
+    return a + d * t
+
+
+@numba.njit(nogil=True, cache=True)
+def sorted_quantile(s, n, f):  # pragma: no cover - numba
+    """Quantile ``f`` of the sorted ``s[:n]`` by :func:`interpolate` (n >= 1)."""
+    lo, hi, t = quantile_position(n, f)
+    return interpolate(s[lo], s[hi], t)
+
+
+@numba.njit(nogil=True, cache=True)
+def iqr_half_width(sigma_clip, iqr):  # pragma: no cover - numba
+    """Half-width of the first clip pass (about the median): ``sigma_clip * IQR_TO_SIGMA *
+    iqr``."""
+    return sigma_clip * IQR_TO_SIGMA * iqr
+
+
+@numba.njit(nogil=True, cache=True)
+def next_half_width(sigma_clip, iqr_half, n_good, n_kept, variance):  # pragma: no cover
+    """Half-width of a later clip pass, from the pass before it (afw Statistics.cc).
+
+    ``iqr_half`` where the sample has at most one value (``n_good``, not the kept count);
+    NaN (nothing is kept next) where the previous pass kept ``n_kept <= 1`` values, whose
+    variance is undefined; else ``sigma_clip * sqrt(max(0, variance))``.
+    """
+    if n_good <= 1:
+        return iqr_half
+    if n_kept <= 1:
+        return np.nan
+    return sigma_clip * math.sqrt(max(0.0, variance))
+
+
+# -- gathering and the 1-D statistic -----------------------------------------------------------
 
 
 @numba.njit(nogil=True, cache=True)
@@ -33,15 +120,15 @@ def good_values(values: np.ndarray, mask: np.ndarray, bad_mask: int) -> np.ndarr
 
 
 @numba.njit(nogil=True, cache=True)
-def _clip_passes(x, center, iqr, sigma, iters):  # pragma: no cover - numba
+def _clip_passes(x, center, iqr, sigma_clip, clip_iter):  # pragma: no cover - numba
+    """The MEANCLIP passes over the 1-D sample ``x`` (summed in its order)."""
+    iqr_half = iqr_half_width(sigma_clip, iqr)
+    half = iqr_half
     var = np.nan
-    for it in range(iters):
-        if it == 0 or x.size <= 1:
-            half = sigma * IQR_TO_SIGMA * iqr
-        elif math.isnan(var):  # a pass that kept one value: nothing is kept next, as in afw
-            half = np.nan
-        else:
-            half = sigma * math.sqrt(max(0.0, var))
+    k = 0
+    for it in range(clip_iter):
+        if it > 0:
+            half = next_half_width(sigma_clip, iqr_half, x.size, k, var)
         total = 0.0
         k = 0
         for v in x:
@@ -63,11 +150,10 @@ def _clip_passes(x, center, iqr, sigma, iters):  # pragma: no cover - numba
 def meanclip_1d(values: np.ndarray, *, sigma_clip: float = 3.0, clip_iter: int = 2) -> float:
     """Unweighted afw MEANCLIP of the finite entries of ``values`` (any shape).
 
-    Iteration 0 clips around the median with half-width ``sigma_clip * 0.7413 * IQR``; later
-    iterations around the previous clipped mean with ``sigma_clip * sqrt(clipped variance)``
-    (the IQR width only when there is at most one value at all, as in afw); each
-    iteration re-selects from the full set (not cumulative) and keeps ``|x - c| <= h``.
-    Returns NaN when nothing is kept. This is prepareInputs' ``MEANCLIP(variance plane)``.
+    The rule of this module's docstring: pass 0 about the median with half-width
+    ``sigma_clip * 0.7413 * IQR``, later passes about the previous clipped mean with
+    ``sigma_clip * sqrt(clipped variance)``, each re-selecting ``|x - c| <= h`` from the full
+    set. Returns NaN when nothing is kept. This is prepareInputs' ``MEANCLIP(variance plane)``.
     """
     x = np.asarray(values).ravel()
     if not np.issubdtype(x.dtype, np.floating):
@@ -84,16 +170,10 @@ def _quartiles(x: np.ndarray) -> tuple[float, float, float]:
     """numpy "linear" percentiles 25, 50, 75 from one partition (in the values' own dtype; the
     interpolation in float64), without np.percentile's float64 copy of the whole sample."""
     n = x.size
-    pos = [f * (n - 1) for f in (0.25, 0.5, 0.75)]
-    kth = sorted({int(np.floor(p)) for p in pos} | {min(int(np.floor(p)) + 1, n - 1) for p in pos})
-    part = np.partition(x, kth)
-    out = []
-    for p in pos:
-        lo = int(np.floor(p))
-        hi = min(lo + 1, n - 1)
-        a, b = float(part[lo]), float(part[hi])
-        out.append(a + (p - lo) * (b - a))
-    return out[0], out[1], out[2]
+    pos = [quantile_position(n, f) for f in (0.25, 0.5, 0.75)]
+    part = np.partition(x, sorted({r for lo, hi, _ in pos for r in (lo, hi)}))
+    q1, med, q3 = (interpolate(float(part[lo]), float(part[hi]), t) for lo, hi, t in pos)
+    return q1, med, q3
 
 
 # -- MEANCLIP of a masked float32 image without gathering or sorting ---------------------------
@@ -136,7 +216,7 @@ def _masked_quartiles(bits, values, mask, bads):  # pragma: no cover - numba
                         hi[k, top] += 1
                         n[k] += 1
     q = np.full((nk, 3), np.nan)
-    pos = np.empty((nk, 3))
+    frac = np.empty((nk, 3))
     ranks = np.zeros((nk, 6), np.int64)
     top = np.zeros((nk, 6), np.int64)
     rest = np.zeros((nk, 6), np.int64)
@@ -146,10 +226,8 @@ def _masked_quartiles(bits, values, mask, bads):  # pragma: no cover - numba
         if n[k] == 0:
             continue
         for r in range(3):
-            pos[k, r] = (0.25, 0.5, 0.75)[r] * (n[k] - 1)
-            lo = math.floor(pos[k, r])
-            ranks[k, 2 * r] = lo
-            ranks[k, 2 * r + 1] = min(lo + 1, n[k] - 1)
+            lo, hi_rank, ft = quantile_position(n[k], (0.25, 0.5, 0.75)[r])
+            ranks[k, 2 * r], ranks[k, 2 * r + 1], frac[k, r] = lo, hi_rank, ft
         for r in range(6):
             acc = 0
             for b in range(65536):
@@ -187,15 +265,16 @@ def _masked_quartiles(bits, values, mask, bads):  # pragma: no cover - numba
                     break
                 acc += lo_hist[s, b]
         for r in range(3):
-            a, b = got[2 * r], got[2 * r + 1]
-            q[k, r] = a + (pos[k, r] - math.floor(pos[k, r])) * (b - a)
+            q[k, r] = interpolate(got[2 * r], got[2 * r + 1], frac[k, r])
     return q, n
 
 
 @numba.njit(nogil=True, cache=True)
-def _masked_clip_passes(values, mask, bads, n, center, iqr, sigma, iters):  # pragma: no cover
+def _masked_clip_passes(
+    values, mask, bads, n, center, iqr, sigma_clip, clip_iter
+):  # pragma: no cover - numba
     """The MEANCLIP passes of every bad-bit set at once (each summed in pixel order, so each
-    equals the one-set gathered computation)."""
+    equals the one-set gathered computation of :func:`_clip_passes`)."""
     nk = bads.size
     ny, nx = values.shape
     var = np.full(nk, np.nan)
@@ -203,22 +282,23 @@ def _masked_clip_passes(values, mask, bads, n, center, iqr, sigma, iters):  # pr
     done = n == 0
     out = np.full(nk, np.nan)
     half = np.empty(nk)
+    iqr_half = np.empty(nk)
     total = np.empty(nk)
-    count = np.empty(nk, np.int64)
+    count = np.zeros(nk, np.int64)
     ss = np.empty(nk)
     mean = np.empty(nk)
-    for it in range(iters.max()):
+    for k in range(nk):
+        iqr_half[k] = iqr_half_width(sigma_clip[k], iqr[k])
+    for it in range(clip_iter.max()):
         for k in range(nk):
-            if it >= iters[k]:
+            if it >= clip_iter[k]:
                 done[k] = True
             if done[k]:
                 half[k] = np.nan
-            elif it == 0 or n[k] <= 1:
-                half[k] = sigma[k] * IQR_TO_SIGMA * iqr[k]
-            elif math.isnan(var[k]):
-                half[k] = np.nan
+            elif it == 0:
+                half[k] = iqr_half[k]
             else:
-                half[k] = sigma[k] * math.sqrt(max(0.0, var[k]))
+                half[k] = next_half_width(sigma_clip[k], iqr_half[k], n[k], count[k], var[k])
             total[k] = 0.0
             count[k] = 0
             ss[k] = 0.0
@@ -268,11 +348,11 @@ def meanclip_masked_many(
         return []
     mask = mask if mask.dtype == np.int32 else mask.astype(np.int32)
     bads = np.array([int(p[0]) for p in params], np.int32)
-    sigmas = np.array([float(p[1]) for p in params], np.float64)
-    iters = np.array([int(p[2]) for p in params], np.int64)
+    sigma_clip = np.array([float(p[1]) for p in params], np.float64)
+    clip_iter = np.array([int(p[2]) for p in params], np.int64)
     q, n = _masked_quartiles(values.view(np.uint32), values, mask, bads)
     out = _masked_clip_passes(
-        values, mask, bads, n, q[:, 1].copy(), q[:, 2] - q[:, 0], sigmas, iters
+        values, mask, bads, n, q[:, 1].copy(), q[:, 2] - q[:, 0], sigma_clip, clip_iter
     )
     return [float(v) for v in out]
 
@@ -299,3 +379,72 @@ def meanclip_masked(
     if values.ndim != 2:
         values, mask = values.reshape(1, -1), mask.reshape(1, -1)
     return meanclip_masked_many(values, mask, [(bad_mask, sigma_clip, clip_iter)])[0]
+
+
+def meanclip_mean_std(
+    values: np.ndarray, *, sigma_clip: float = 3.0, clip_iter: int = 3
+) -> tuple[float, float]:
+    """afw MEANCLIP and STDEVCLIP of a 1-D float64 sample, unweighted (KernelSumVisitor).
+
+    The rule of :func:`meanclip_1d`: pass 0 keeps ``|x - median| <= sigma_clip * 0.7413 *
+    IQR``, later passes ``|x - mean| <= sigma_clip * std`` about the previous clipped mean and
+    its std (n - 1), each re-selecting from the whole sample. Returns (mean, std) of the last
+    pass; one value gives (value, 0) as in ip_diffim; (NaN, NaN) when a pass keeps nothing (a
+    NaN entry or width keeps nothing, as in afw). Sums are numpy's (pairwise), quartiles
+    ``np.percentile``'s.
+    """
+    x = np.asarray(values, np.float64)
+    if x.size == 1:
+        return float(x[0]), 0.0
+    q1, center, q3 = np.percentile(x, [25.0, 50.0, 75.0])
+    half = sigma_clip * IQR_TO_SIGMA * (q3 - q1)
+    mean = std = math.nan
+    for _ in range(clip_iter):
+        kept = x[np.abs(x - center) <= half]
+        if kept.size == 0:
+            return math.nan, math.nan
+        mean = center = float(kept.mean())
+        std = float(kept.std(ddof=1)) if kept.size > 1 else math.nan
+        half = sigma_clip * std
+    return mean, std
+
+
+__all__ += ["meanclip_mean_std"]
+
+
+# -- MEANCLIP of many small samples at once (the bins of a background model) ------------------
+
+
+@numba.njit(nogil=True, cache=True)
+def _meanclip_rows(x, sigma, iters, out):  # pragma: no cover - numba
+    buf = np.empty(x.shape[1], x.dtype)
+    for r in range(x.shape[0]):
+        k = 0
+        for v in x[r]:
+            if math.isfinite(v):
+                buf[k] = v
+                k += 1
+        if k == 0 or (k == 1 and iters > 1):  # one value: the second pass keeps nothing
+            out[r] = np.nan
+            continue
+        s = np.sort(buf[:k])
+        iqr = sorted_quantile(s, k, 0.75) - sorted_quantile(s, k, 0.25)
+        out[r] = _clip_passes(s, sorted_quantile(s, k, 0.5), iqr, sigma, iters)
+
+
+def meanclip_rows(x: np.ndarray, *, sigma_clip: float, clip_iter: int) -> np.ndarray:
+    """afw MEANCLIP along the last axis of ``x`` (NaN = missing), for every other index.
+
+    The passes of :func:`meanclip_1d` over each row's sorted finite values (summed in sorted
+    order; quartiles interpolated from the row's own dtype), except that a row with a single
+    value gives NaN after more than one pass (its clipped std is undefined), as the background
+    bins of ScaleVariance and template detection have always been computed. NaN where nothing
+    is kept. Returns float64 of shape ``x.shape[:-1]``.
+    """
+    flat = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    out = np.empty(flat.shape[0], np.float64)
+    _meanclip_rows(flat, float(sigma_clip), int(clip_iter), out)
+    return out.reshape(x.shape[:-1])
+
+
+__all__ += ["meanclip_rows"]

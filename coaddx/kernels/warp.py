@@ -46,24 +46,21 @@ thread (a straightforward numba loop: about 15), bilinear at about 85.
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 
-__all__ = ["KERNELS", "lerp_weights", "warp_block", "warp_on_grid"]
+from coaddx.kernels.lanczos import (
+    KERNEL_CODES,
+    KERNELS,
+    MAX_TAPS,
+    NEAREST,
+    axis_weights,
+    row_weights,
+    tap_constants,
+    tap_footprint,
+)
 
-KERNELS = ("lanczos3", "lanczos4", "bilinear", "nearest")
-
-# kernel codes: Lanczos-n is coded n, the 2-tap kernels below 2
-_BILINEAR, _NEAREST = 0, -1
-_CODES = {"lanczos3": 3, "lanczos4": 4, "bilinear": _BILINEAR, "nearest": _NEAREST}
-_MAX_TAPS = 8
-
-
-def _footprint(code: int) -> tuple[int, int]:
-    """(first tap offset, number of taps) of a kernel code."""
-    return (1 - code, 2 * code) if code >= 2 else (0, 2)
+__all__ = ["KERNELS", "lerp_weights", "relative_area", "warp_block", "warp_on_grid"]
 
 
 def warp_block(
@@ -113,7 +110,7 @@ def warp_block(
     >>> bool(out[4, 4] == img[4, 4]), bool(np.isnan(out[0, 0])), bool(np.isinf(var[0, 0]))
     (True, True, True)
     """
-    if kernel not in _CODES:
+    if kernel not in KERNEL_CODES:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     image, variance = _as_float(image), _as_float(variance)
     mask = np.ascontiguousarray(mask, dtype=np.int32)
@@ -128,7 +125,7 @@ def warp_block(
             "src_x, src_y and area must be 2-d arrays of one shape, got "
             f"{src_x.shape}, {src_y.shape}, {area.shape}"
         )
-    code = _CODES[kernel]
+    code = KERNEL_CODES[kernel]
     out_image = np.empty(src_x.shape, np.float32)
     out_variance = np.empty(src_x.shape, np.float32)
     out_mask = np.empty(src_x.shape, np.int32)
@@ -139,7 +136,7 @@ def warp_block(
         src_x,
         src_y,
         area,
-        _tap_constants(code),
+        tap_constants(code),
         int(grow_full_bits),
         int(no_data_bit),
         out_image,
@@ -156,122 +153,6 @@ def _as_float(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _tap_constants(code: int) -> np.ndarray:
-    """Per-tap constants of Lanczos-n, shape (6, 8), zeros for the other kernels.
-
-    Rows 0-2 for k = lo + m and rows 3-5 for k' = 1 - k: (sign, sin(pi k / n), cos(pi k / n))
-    with sign = -(-1)^k, so that sin(pi (k - g)) = sign sin(pi g) and
-    sin(pi (k - g) / n) = sin(pi k / n) cos(b) - cos(pi k / n) sin(b), b = pi g / n.
-    """
-    lo, ntap = _footprint(code)
-    consts = np.zeros((6, _MAX_TAPS))
-    if code >= 2:
-        k = np.arange(lo, lo + ntap)
-        for row, kk in ((0, k), (3, 1 - k)):
-            consts[row, :ntap] = np.where(kk % 2 == 0, -1.0, 1.0)
-            consts[row + 1, :ntap] = np.sin(np.pi * kk / code)
-            consts[row + 2, :ntap] = np.cos(np.pi * kk / code)
-    return consts
-
-
-# -- scalar helpers (inlined into the pixel loop) ---------------------------------------------
-
-
-@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
-def _sin_small(z):  # pragma: no cover - numba
-    """sin(z) for |z| <= pi/2 (Taylor series to z^21, error < 1e-17)."""
-    z2 = z * z
-    p = 1.0 - z2 * (1.0 / 420.0)
-    p = 1.0 - z2 * (1.0 / 342.0) * p
-    p = 1.0 - z2 * (1.0 / 272.0) * p
-    p = 1.0 - z2 * (1.0 / 210.0) * p
-    p = 1.0 - z2 * (1.0 / 156.0) * p
-    p = 1.0 - z2 * (1.0 / 110.0) * p
-    p = 1.0 - z2 * (1.0 / 72.0) * p
-    p = 1.0 - z2 * (1.0 / 42.0) * p
-    p = 1.0 - z2 * (1.0 / 20.0) * p
-    p = 1.0 - z2 * (1.0 / 6.0) * p
-    return z * p
-
-
-@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
-def _cos_small(z):  # pragma: no cover - numba
-    """cos(z) for |z| <= pi/2 (Taylor series to z^20, error < 1e-16)."""
-    z2 = z * z
-    p = 1.0 - z2 * (1.0 / 380.0)
-    p = 1.0 - z2 * (1.0 / 306.0) * p
-    p = 1.0 - z2 * (1.0 / 240.0) * p
-    p = 1.0 - z2 * (1.0 / 182.0) * p
-    p = 1.0 - z2 * (1.0 / 132.0) * p
-    p = 1.0 - z2 * (1.0 / 90.0) * p
-    p = 1.0 - z2 * (1.0 / 56.0) * p
-    p = 1.0 - z2 * (1.0 / 30.0) * p
-    p = 1.0 - z2 * (1.0 / 12.0) * p
-    p = 1.0 - z2 * (1.0 / 2.0) * p
-    return p
-
-
-@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
-def _lanczos_weight(
-    g, flip, k, code, sign, sk, ck, sign1, sk1, ck1, s1, sb, cb
-):  # pragma: no cover - numba
-    """L(k - f) for g = min(f, 1 - f), from s1 = sin(pi g), sb, cb = sin, cos(pi g / n).
-
-    For f > 0.5 (flip) the tap is evaluated as tap 1 - k at g (L is even), which keeps
-    sin(pi t / n) free of cancellation; (sign, sk, ck) belong to k, (sign1, sk1, ck1) to 1 - k.
-    """
-    kk = 1.0 - k if flip else float(k)
-    sg = sign1 if flip else sign
-    sn = sk1 if flip else sk
-    cs = ck1 if flip else ck
-    pt = math.pi * (kk - g)
-    v = code * sg * s1 * (sn * cb - cs * sb) / (pt * pt)
-    return 1.0 if abs(pt) < 1e-5 else v
-
-
-@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
-def _axis_weights(f, code, lo, ntap, consts, w, w2):  # pragma: no cover - numba
-    """Fill w[:m], w2[:m] = w**2 for the non-zero taps at fraction f; return (first offset, m, sum).
-
-    f == 0 (Lanczos, bilinear) and nearest give the single tap (offset 0 or 1, weight 1).
-    """
-    if code == _NEAREST or f == 0.0:
-        w[0] = 1.0
-        w2[0] = 1.0
-        return (1 if (code == _NEAREST and f >= 0.5) else 0), 1, 1.0
-    if code == _BILINEAR:
-        w[0] = 1.0 - f
-        w[1] = f
-        w2[0] = w[0] * w[0]
-        w2[1] = f * f
-        return 0, 2, 1.0
-    g = min(f, 1.0 - f)
-    s1 = _sin_small(math.pi * g)
-    sb = _sin_small((math.pi / code) * g)
-    cb = _cos_small((math.pi / code) * g)
-    total = 0.0
-    for m in range(ntap):
-        v = _lanczos_weight(
-            g,
-            f > 0.5,
-            lo + m,
-            code,
-            consts[0, m],
-            consts[1, m],
-            consts[2, m],
-            consts[3, m],
-            consts[4, m],
-            consts[5, m],
-            s1,
-            sb,
-            cb,
-        )
-        w[m] = v
-        w2[m] = v * v
-        total += v
-    return lo, ntap, total
-
-
 @numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _footprint_or(mask, j0, i0, ny, nx, bits):  # pragma: no cover - numba
     """OR of mask[j0:j0+ny, i0:i0+nx] & bits."""
@@ -280,46 +161,6 @@ def _footprint_or(mask, j0, i0, ny, nx, bits):  # pragma: no cover - numba
         for c in range(i0, i0 + nx):
             acc |= mask[r, c]
     return acc & bits
-
-
-# -- per-row weights (vectorised over destination columns) ------------------------------------
-
-
-@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
-def _row_weights(coords, code, lo, ntap, consts, w, total, scratch):  # pragma: no cover
-    """Weights w[m, c] of tap lo + m at the fraction of coords[c], and their sums total[c].
-
-    Meant for fractions in (0, 1) (a zero fraction takes the single-tap path of the pixel loop);
-    lanes with non-finite coordinates get values that are never used. scratch: (5, n) floats.
-    """
-    n = coords.size
-    frac = scratch[0]
-    for c in range(n):
-        frac[c] = coords[c] - math.floor(coords[c])
-    if code < 2:
-        for c in range(n):
-            w[0, c] = 1.0 - frac[c]
-            w[1, c] = frac[c]
-            total[c] = 1.0
-        return
-    gs, s1, sb, cb = scratch[1], scratch[2], scratch[3], scratch[4]
-    for c in range(n):
-        g = min(frac[c], 1.0 - frac[c])
-        gs[c] = g
-        s1[c] = _sin_small(math.pi * g)
-        sb[c] = _sin_small((math.pi / code) * g)
-        cb[c] = _cos_small((math.pi / code) * g)
-        total[c] = 0.0
-    for m in range(ntap):
-        k = lo + m
-        sign, sk, ck = consts[0, m], consts[1, m], consts[2, m]
-        sign1, sk1, ck1 = consts[3, m], consts[4, m], consts[5, m]
-        for c in range(n):
-            v = _lanczos_weight(
-                gs[c], frac[c] > 0.5, k, code, sign, sk, ck, sign1, sk1, ck1, s1[c], sb[c], cb[c]
-            )
-            w[m, c] = v
-            total[c] += v
 
 
 # -- grown mask bits: exact footprint OR, skipped where an 8x8 tile summary shows none ---------
@@ -354,8 +195,8 @@ def _pixel_general(
     image, variance, i, j, fx, fy, code, lo, ntap, consts, wx, wx2, wy, wy2
 ):  # pragma: no cover - numba
     """(sum K I, sum K^2 V, kSum) over the non-zero taps only: nearest, or a zero fraction."""
-    ax, mx, tx = _axis_weights(fx, code, lo, ntap, consts, wx, wx2)
-    ay, my, ty = _axis_weights(fy, code, lo, ntap, consts, wy, wy2)
+    ax, mx, tx = axis_weights(fx, code, lo, ntap, consts, wx, wx2)
+    ay, my, ty = axis_weights(fy, code, lo, ntap, consts, wy, wy2)
     acc = 0.0
     acc_v = 0.0
     for t in range(my):
@@ -398,8 +239,8 @@ def _row_masks(
 
 def _make_warp(code: int):
     """The pixel loop of one kernel: closure constants let numba unroll the taps."""
-    lo, ntap = _footprint(code)
-    separable = code != _NEAREST  # nearest always takes the single-tap path
+    lo, ntap = tap_footprint(code)
+    separable = code != NEAREST  # nearest always takes the single-tap path
 
     @numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
     def row_values(
@@ -494,11 +335,11 @@ def _make_warp(code: int):
         wys = np.empty((ntap, nx))
         sums = np.empty((2, nx))
         scratch = np.empty((5, nx))
-        small = np.empty((4, _MAX_TAPS))
+        small = np.empty((4, MAX_TAPS))
         for r in range(src_x.shape[0]):
             if separable:
-                _row_weights(src_x[r], code, lo, ntap, consts, wxs, sums[0], scratch)
-                _row_weights(src_y[r], code, lo, ntap, consts, wys, sums[1], scratch)
+                row_weights(src_x[r], code, lo, ntap, consts, wxs, sums[0], scratch)
+                row_weights(src_y[r], code, lo, ntap, consts, wys, sums[1], scratch)
             row_values(
                 image,
                 variance,
@@ -547,7 +388,7 @@ def _make_warp(code: int):
         wys = np.empty((ntap, nx))
         sums = np.empty((2, nx))
         scratch = np.empty((5, nx))
-        small = np.empty((4, _MAX_TAPS))
+        small = np.empty((4, MAX_TAPS))
         # node rows interpolated along x once (x first, then y: the order of the reference)
         rows_x = _lerp_rows(node_x, left_x, t_x)
         rows_y = _lerp_rows(node_y, left_x, t_x)
@@ -568,8 +409,8 @@ def _make_warp(code: int):
             xs = cur_x[1:]
             ys = cur_y[1:]
             if separable:
-                _row_weights(xs, code, lo, ntap, consts, wxs, sums[0], scratch)
-                _row_weights(ys, code, lo, ntap, consts, wys, sums[1], scratch)
+                row_weights(xs, code, lo, ntap, consts, wxs, sums[0], scratch)
+                row_weights(ys, code, lo, ntap, consts, wys, sums[1], scratch)
             row_values(
                 image,
                 variance,
@@ -611,7 +452,7 @@ def _lerp_row(rows_x, rows_y, k, t, out_x, out_y):  # pragma: no cover - numba
         out_y[i] = rows_y[k, i] * (1.0 - t) + rows_y[k + 1, i] * t
 
 
-_KERNEL_LOOPS = {code: _make_warp(code) for code in _CODES.values()}
+_KERNEL_LOOPS = {code: _make_warp(code) for code in KERNEL_CODES.values()}
 _WARP = {code: loops[0] for code, loops in _KERNEL_LOOPS.items()}
 _WARP_GRID = {code: loops[1] for code, loops in _KERNEL_LOOPS.items()}
 
@@ -649,7 +490,7 @@ def warp_on_grid(
     interpolated in the loop, bit-identical to ``warp_block(*source_coordinates(...))`` without
     its three full-size float64 arrays (a 15 Mpix block: 360 MB written and read back).
     """
-    if kernel not in _CODES:
+    if kernel not in KERNEL_CODES:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     image, variance = _as_float(image), _as_float(variance)
     mask = np.ascontiguousarray(mask, dtype=np.int32)
@@ -670,7 +511,7 @@ def warp_on_grid(
         raise ValueError("node grids do not match the nodes and the block shape")
     left_x, t_x = lerp_weights(np.asarray(nodes_x), nx + 1)
     left_y, t_y = lerp_weights(np.asarray(nodes_y), ny + 1)
-    code = _CODES[kernel]
+    code = KERNEL_CODES[kernel]
     out_image = np.empty((ny, nx), np.float32)
     out_variance = np.empty((ny, nx), np.float32)
     out_mask = np.empty((ny, nx), np.int32)
@@ -684,7 +525,7 @@ def warp_on_grid(
         t_x,
         left_y,
         t_y,
-        _tap_constants(code),
+        tap_constants(code),
         int(grow_full_bits),
         int(no_data_bit),
         out_image,

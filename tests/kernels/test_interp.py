@@ -17,13 +17,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coaddx.kernels.interp import (
-    _NARROW,
-    _ONE_SIDED,
-    _WIDE_TABLE,
-    interp_fallback,
-    interpolate_over_defects,
-)
+from coaddx.kernels.interp import interp_fallback, interpolate_over_defects
+from coaddx.kernels.interp_tables import NARROW, ONE_SIDED, WIDE_TABLE
 
 OTHER, BAD, INTRP = 0x1, 0x4, 0x20
 
@@ -47,20 +42,20 @@ def _interp_row(values, bad_columns, *, fallback=0.0, dtype=np.float64):
 
 
 def test_coefficient_tables_sum_to_one():
-    rows = [r for table in _NARROW.values() for r in table]
-    rows += [r for head, tail, mid, _ in _WIDE_TABLE.values() for r in (*head, *tail, mid)]
+    rows = [r for table in NARROW.values() for r in table]
+    rows += [r for head, tail, mid, _ in WIDE_TABLE.values() for r in (*head, *tail, mid)]
     assert len(rows) == 4 * 55 + 4 * 13
     assert max(abs(sum(r) - 1.0) for r in rows) <= 1.0001e-4
-    assert all(abs(sum(r) - 1.0) < 1e-12 for r in _ONE_SIDED)
+    assert all(abs(sum(r) - 1.0) < 1e-12 for r in ONE_SIDED)
 
 
 def test_coefficient_tables_mirror_symmetric():
     """Swapping left and right mirrors every table (checks the transcription)."""
-    for (n, left, right), rows in _NARROW.items():
-        mirror = _NARROW[(n, right, left)]
+    for (n, left, right), rows in NARROW.items():
+        mirror = NARROW[(n, right, left)]
         assert rows == tuple(tuple(reversed(mirror[n - 1 - k])) for k in range(n))
-    for (left, right), (head, _tail, mid, _) in _WIDE_TABLE.items():
-        _m_head, m_tail, m_mid, _ = _WIDE_TABLE[(right, left)]
+    for (left, right), (head, _tail, mid, _) in WIDE_TABLE.items():
+        _m_head, m_tail, m_mid, _ = WIDE_TABLE[(right, left)]
         assert head == tuple(tuple(reversed(r)) for r in reversed(m_tail))
         assert mid == tuple(reversed(m_mid))
 
@@ -164,7 +159,7 @@ def test_interpolate_over_defects_short_edge_runs_extrapolate(width):
     row = 5.0 + 2.0 * np.arange(30.0)
     out = _interp_row(row, range(width), fallback=-99.0)
     d = np.arange(width, 0, -1)  # distance to the first good pixel
-    near, far = np.array(_ONE_SIDED)[d - 1].T
+    near, far = np.array(ONE_SIDED)[d - 1].T
     np.testing.assert_allclose(out[:width], near * row[width] + far * row[width + 1], rtol=1e-12)
     assert out[width - 1] == pytest.approx(1.4288 * row[width] - 0.4288 * row[width + 1])
     out_r = _interp_row(row, range(30 - width, 30), fallback=-99.0)

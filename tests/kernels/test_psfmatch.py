@@ -5,19 +5,20 @@ import numpy as np
 import pytest
 from scipy.signal import convolve2d, fftconvolve
 
-from coaddx.kernels.psfconvolve import convolve_spatial
-from coaddx.kernels.psfmatch import (
-    CandidateStamp,
-    SpatialKernel,
+from coaddx.kernels.psfmatch.basis import (
     alard_lupton_basis,
     alard_lupton_sigmas,
-    bbox_from_shape,
-    candidate_diffim_stats,
     delta_function_basis,
-    fit_psf_matching_kernel,
     kernel_norm_matrix,
     regularization_matrix,
     renormalize_basis,
+)
+from coaddx.kernels.psfmatch.convolve import convolve_spatial
+from coaddx.kernels.psfmatch.fit import CandidateStamp, FitOptions, fit_psf_matching_kernel
+from coaddx.kernels.psfmatch.solve import (
+    SpatialKernel,
+    bbox_from_shape,
+    candidate_diffim_stats,
     solve_candidate,
     solve_spatial,
 )
@@ -336,7 +337,10 @@ def test_fit_recovers_gaussian_kernel_and_background(gaussian_scene, al_basis):
     template, science, var_t, var_s, pos, kernel = gaussian_scene
     stamps = _stamps(template, science, var_t, var_s, pos)
     spatial, info = fit_psf_matching_kernel(
-        stamps, basis=al_basis, fit_background=True, bbox=bbox_from_shape(template.shape)
+        stamps,
+        basis=al_basis,
+        bbox=bbox_from_shape(template.shape),
+        options=FitOptions(fit_background=True),
     )
     assert info.converged and info.n_used >= 56 and info.status.count("good") == info.n_used
     assert info.status.count("bad") == info.rejections["kernel_sum"]  # clean data: 3σ tails only
@@ -366,7 +370,10 @@ def test_fit_rejects_kernel_sum_outlier(gaussian_scene, al_basis):
         st.variance_science,
     )
     spatial, info = fit_psf_matching_kernel(
-        stamps, basis=al_basis, fit_background=True, bbox=bbox_from_shape(template.shape)
+        stamps,
+        basis=al_basis,
+        bbox=bbox_from_shape(template.shape),
+        options=FitOptions(fit_background=True),
     )
     assert info.status[10] == "bad" and info.rejections["kernel_sum"] >= 1
     assert info.n_restarts >= 1
@@ -379,10 +386,8 @@ def test_fit_with_pca_basis(gaussian_scene, al_basis):
     spatial, info = fit_psf_matching_kernel(
         stamps,
         basis=al_basis,
-        fit_background=True,
         bbox=bbox_from_shape(template.shape),
-        use_pca=True,
-        use_core_stats=True,
+        options=FitOptions(fit_background=True, use_pca=True, use_core_stats=True),
     )
     assert info.basis.shape == (5, 21, 21) and spatial.basis.shape == (5, 21, 21)
     assert info.basis[0].sum() == pytest.approx(1.0)
@@ -395,7 +400,10 @@ def test_fit_self_match_delta_function_basis(gaussian_scene):
     template, _, var_t, _, pos, _ = gaussian_scene
     stamps = _stamps(template, template, var_t, var_t, pos[:16])
     spatial, info = fit_psf_matching_kernel(
-        stamps, basis=delta_function_basis(7), bbox=bbox_from_shape(template.shape), spatial_order=1
+        stamps,
+        basis=delta_function_basis(7),
+        bbox=bbox_from_shape(template.shape),
+        options=FitOptions(spatial_order=1),
     )
     assert not spatial.constant_first_term and info.n_used == 16
     for x, y in [(60, 60), (300, 200)]:
@@ -412,7 +420,9 @@ def test_fit_without_usable_candidates_raises(gaussian_scene, al_basis):
         fit_psf_matching_kernel([], basis=al_basis, bbox=bbox)
     stamps = _stamps(template, science, var_t, var_s, pos[:6])
     with pytest.raises(ValueError, match="no usable kernel candidates"):
-        fit_psf_matching_kernel(stamps, basis=al_basis, bbox=bbox, residual_std_max=1e-3)
+        fit_psf_matching_kernel(
+            stamps, basis=al_basis, bbox=bbox, options=FitOptions(residual_std_max=1e-3)
+        )
     nan_stamps = [
         CandidateStamp(
             s.x, s.y, s.template * np.nan, s.science, s.variance_template, s.variance_science
@@ -422,7 +432,9 @@ def test_fit_without_usable_candidates_raises(gaussian_scene, al_basis):
     with pytest.raises(ValueError, match="no usable kernel candidates"):
         fit_psf_matching_kernel(nan_stamps, basis=al_basis, bbox=bbox)
     with pytest.raises(ValueError, match="no usable kernel candidates"):
-        fit_psf_matching_kernel(stamps, basis=al_basis, bbox=bbox, max_condition_number=1.0)
+        fit_psf_matching_kernel(
+            stamps, basis=al_basis, bbox=bbox, options=FitOptions(max_condition_number=1.0)
+        )
     with pytest.raises(ValueError, match="outside bbox"):
         fit_psf_matching_kernel(stamps, basis=al_basis, bbox=(0, 0, 10, 10))
 
@@ -446,12 +458,14 @@ def test_fit_visits_n_star_per_cell_best_rated_first(gaussian_scene, al_basis):
     spatial, info = fit_psf_matching_kernel(
         rated,
         basis=al_basis,
-        fit_background=True,
         bbox=bbox_from_shape(template.shape),
-        cell_size=(512, 512),
-        n_star_per_cell=3,
-        spatial_order=0,
-        bg_order=0,
+        options=FitOptions(
+            fit_background=True,
+            cell_size=(512, 512),
+            n_star_per_cell=3,
+            spatial_order=0,
+            bg_order=0,
+        ),
     )
     assert [i for i, s in enumerate(info.status) if s == "good"] == [61, 62, 63]
     assert info.status.count("unused") == 61

@@ -7,10 +7,16 @@ import math
 
 import numpy as np
 import pytest
-from stack_reference import stack_block_reference
 
-from coaddx.kernels import stack
-from coaddx.kernels.stack import sorting_network, stack_block
+from coaddx.kernels.stack import (
+    StackOptions,
+    mean_chunk,
+    mean_combine,
+    mean_finalize,
+    sorting_network,
+    stack_block,
+)
+from coaddx.testing.stack_reference import stack_block_reference
 
 # LSST default planes as bit values (algorithms.md §0, coaddx.masks.DEFAULT_MASK_PLANES).
 BAD, SAT, EDGE, DETECTED = 1 << 0, 1 << 1, 1 << 4, 1 << 5
@@ -199,11 +205,11 @@ def test_stack_block_clip_options_match_reference(statistic):
 
 
 @pytest.mark.parametrize("statistic", STATISTICS)
-def test_stack_block_many_segments_match_reference(statistic, monkeypatch):
-    monkeypatch.setattr(stack, "_segment_length", lambda stat, nvisit, itemsize: (48, 16))
+def test_stack_block_many_segments_match_reference(statistic):
     image, variance, mask, weights = random_cube(3, 9, shape=(5, 23))
     kwargs = dict(statistic=statistic, **lsst_rules())
-    got = stack_block(image, variance, mask, weights, **kwargs)
+    options = StackOptions(**kwargs, segment_pixels=48, sort_block_pixels=16)
+    got = stack_block(image, variance, mask, weights, options=options)
     assert_same(got, stack_block_reference(image, variance, mask, weights, **kwargs))
 
 
@@ -301,11 +307,11 @@ def test_sorting_network_sorts_random_inputs(n):
 
 @pytest.mark.parametrize("nvis", [2, 7, 33])
 @pytest.mark.parametrize("statistic", ["median", "meanclip"])
-def test_stack_block_selection_fallback_matches_reference(statistic, nvis, monkeypatch):
-    monkeypatch.setattr(stack, "_NETWORK_MAX_VISITS", 1)  # per-pixel selection, not the network
+def test_stack_block_selection_fallback_matches_reference(statistic, nvis):
     image, variance, mask, weights = random_cube(8, nvis, shape=(5, 21))
     kwargs = dict(statistic=statistic, **lsst_rules())
-    got = stack_block(image, variance, mask, weights, **kwargs)
+    options = StackOptions(**kwargs, network_max_visits=1)  # per-pixel selection, not the network
+    got = stack_block(image, variance, mask, weights, options=options)
     assert_same(got, stack_block_reference(image, variance, mask, weights, **kwargs))
 
 
@@ -316,3 +322,40 @@ def test_stack_block_meanclip_identical_kept_values_are_exact():
     value, var, mask, _ = one_pixel(values, weights, 1.0, "meanclip", sigma_clip=0.5, clip_iter=4)
     assert (value, mask) == (0.0, CLIPPED)
     assert var == pytest.approx((2.84**2 + 2.93**2 + 1.34**2) / (2.84 + 2.93 + 1.34) ** 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# the options value and the decomposed weighted mean
+
+
+def test_stack_block_options_equal_their_fields():
+    image, variance, mask, weights = random_cube(9, 7)
+    kwargs = dict(statistic="meanclip", error_mode="sample", **lsst_rules())
+    by_fields = stack_block(image, variance, mask, weights, **kwargs)
+    by_options = stack_block(image, variance, mask, weights, options=StackOptions(**kwargs))
+    for a, b in zip(by_fields, by_options, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(TypeError, match="not both"):
+        stack_block(image, variance, mask, weights, options=StackOptions(**kwargs), bad_mask=1)
+
+
+@pytest.mark.parametrize("rules", sorted(RULES))
+@pytest.mark.parametrize("nvis", [2, 7, 33])
+def test_mean_chunk_combine_finalize_equals_stack_block_mean(nvis, rules):
+    image, variance, mask, weights = random_cube(10 + nvis, nvis, shape=(6, 11))
+    bad, remove = RULES[rules]["bad_mask"], RULES[rules]["remove_bits"]
+    half = nvis // 2
+    parts = [
+        mean_chunk(image[s], variance[s], mask[s], weights[s], bad_mask=bad, remove_bits=remove)
+        for s in (slice(0, half), slice(half, None))
+    ]
+    sums = mean_combine(*parts)
+    for error_mode in ERROR_MODES:
+        value, var, n_image = mean_finalize(sums, error_mode=error_mode)
+        want = stack_block(
+            image, variance, mask, weights, statistic="mean", error_mode=error_mode, **RULES[rules]
+        )
+        np.testing.assert_array_equal(n_image, want[3], err_msg="n_image")
+        for name, a, b in (("value", value, want[0]), ("variance", var, want[1])):
+            np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=f"{name} NaN")
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True, err_msg=name)

@@ -29,9 +29,10 @@ import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
 
-from coaddx.geometry import map_pixels, source_coordinates
-from coaddx.kernels.warp import KERNELS, _row_weights, _tap_constants, warp_block
-from coaddx.skymap import make_tan_wcs
+from coaddx.kernels.lanczos import row_weights, tap_constants
+from coaddx.kernels.warp import KERNELS, warp_block
+from coaddx.model.geometry import map_pixels, source_coordinates
+from coaddx.model.skymap import make_tan_wcs
 
 BAD, EDGE, NO_DATA = 1 << 0, 1 << 4, 1 << 8
 BORDERS = {"lanczos3": (2, 3), "lanczos4": (3, 4), "bilinear": (0, 1), "nearest": (0, 1)}
@@ -158,9 +159,7 @@ def test_row_weights_match_sinc_definition():
     pi = np.longdouble("3.14159265358979323846264338327950288")
     for n in (3, 4):
         w, total = np.empty((2 * n, fracs.size)), np.empty(fracs.size)
-        _row_weights(
-            coords, n, 1 - n, 2 * n, _tap_constants(n), w, total, np.empty((5, fracs.size))
-        )
+        row_weights(coords, n, 1 - n, 2 * n, tap_constants(n), w, total, np.empty((5, fracs.size)))
         t = pi * (np.arange(1 - n, n + 1).astype(np.longdouble)[:, None] - f[None, :])
         with np.errstate(invalid="ignore", divide="ignore"):
             want = np.where(np.abs(t) < 1e-5, 1.0, np.sin(t) * np.sin(t / n) / (t * t / n))
@@ -408,8 +407,8 @@ def test_warp_on_grid_is_bit_identical_to_full_coordinate_arrays(kernel, step):
     origin, EDGE and BAD bits in the source mask)."""
     from astropy.wcs import WCS
 
-    from coaddx.geometry import source_coordinates, source_grid
     from coaddx.kernels.warp import warp_on_grid
+    from coaddx.model.geometry import source_coordinates, source_grid
 
     def tan(crpix, scale, theta):
         w = WCS(naxis=2)

@@ -1,0 +1,2 @@
+"""Coadd assembly: AssembleCoadd (``assemble``) and CompareWarpAssembleCoadd
+(``compare_warp.assemble_compare_warp``)."""

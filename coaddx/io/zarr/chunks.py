@@ -1,0 +1,267 @@
+"""A fast reader of regions of local Zarr v3 arrays, for the stacking read path.
+
+zarr-python 3 spends 1-2 ms of Python and event-loop overhead per chunk on top of the codec,
+which dominates a stack of many visits (measured on the project machine: 7.6 s to read a
+64 x 2048 x 2048 warp cube through zarr, 1.5 s by reading the chunk files and decoding them
+with numcodecs, which releases the GIL, so dask threads decode in parallel). This reader
+handles the layouts coaddx itself writes — a local directory store, regular chunk grid,
+default "/" chunk keys, ``bytes`` (little endian) optionally followed by ``blosc`` — and
+:func:`region_reader` returns ``None`` for anything else, so callers fall back to zarr.
+Missing chunk files read as the fill value, as in zarr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import numcodecs
+import numpy as np
+
+from coaddx.errors import StoreError
+
+__all__ = ["LocalChunkArray", "LocalChunkWriter", "region_reader", "region_writer"]
+
+
+def _fill(meta: dict[str, Any], dtype: np.dtype) -> Any:
+    value = meta.get("fill_value", 0)
+    if isinstance(value, str):  # "NaN", "Infinity", "-Infinity"
+        return float(value.replace("Infinity", "inf"))
+    return dtype.type(value if value is not None else 0)
+
+
+def region_reader(array_path: str | Path) -> LocalChunkArray | None:
+    """A :class:`LocalChunkArray` for the array at ``array_path``, or None if its layout is not
+    one this reader handles (the caller then uses zarr)."""
+    path = Path(array_path)
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("zarr_format") != 3 or meta.get("chunk_grid", {}).get("name") != "regular":
+        return None
+    keys = meta.get("chunk_key_encoding", {})
+    if keys.get("name") != "default" or keys.get("configuration", {}).get("separator", "/") != "/":
+        return None
+    codecs = meta.get("codecs", [])
+    if not codecs or codecs[0].get("name") != "bytes":
+        return None
+    endian = codecs[0].get("configuration", {}).get("endian", "little")
+    if endian != sys.byteorder and np.dtype(meta["data_type"]).itemsize > 1:
+        return None
+    if len(codecs) > 2 or (len(codecs) == 2 and codecs[1].get("name") != "blosc"):
+        return None
+    try:
+        dtype = np.dtype(meta["data_type"])
+    except TypeError:
+        return None
+    return LocalChunkArray(
+        path,
+        tuple(meta["shape"]),
+        tuple(meta["chunk_grid"]["configuration"]["chunk_shape"]),
+        dtype,
+        _fill(meta, dtype),
+        len(codecs) == 2,
+    )
+
+
+class LocalChunkArray:
+    """Array-like view of a local Zarr v3 array whose ``__getitem__`` reads chunk files directly.
+
+    Only basic slicing with steps of 1 is supported (what ``dask.array.from_array`` uses).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        shape: tuple[int, ...],
+        chunks: tuple[int, ...],
+        dtype: np.dtype,
+        fill: Any,
+        compressed: bool,
+    ) -> None:
+        self.path = str(path)
+        self.shape = shape
+        self.chunks = chunks
+        self.dtype = dtype
+        self.ndim = len(shape)
+        self.fill = fill
+        self.compressed = compressed
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            LocalChunkArray,
+            (Path(self.path), self.shape, self.chunks, self.dtype, self.fill, self.compressed),
+        )
+
+    def _slices(self, key: Any) -> tuple[list[slice], tuple[int | slice, ...]]:
+        """Unit-step slices per dimension, and the index that drops integer-indexed ones."""
+        if not isinstance(key, tuple):
+            key = (key,)
+        if len(key) > self.ndim:
+            raise IndexError(f"too many indices for a {self.ndim}-d array")
+        out: list[Any] = []
+        squeeze: list[int | slice] = []
+        for dim, k in zip(self.shape, key + (slice(None),) * (self.ndim - len(key)), strict=True):
+            if isinstance(k, int | np.integer):
+                i = int(k) + dim if k < 0 else int(k)
+                if not 0 <= i < dim:
+                    raise IndexError(f"index {k} is out of bounds for size {dim}")
+                out.append(slice(i, i + 1))
+                squeeze.append(0)
+                continue
+            if not isinstance(k, slice):
+                raise TypeError("LocalChunkArray supports integers and slices only")
+            start, stop, step = k.indices(dim)
+            if step != 1:
+                raise TypeError("LocalChunkArray supports unit-step slices only")
+            out.append(slice(start, max(start, stop)))
+            squeeze.append(slice(None))
+        return out, tuple(squeeze)
+
+    def _decode(self, buf: bytes, n_items: int, dest: np.ndarray | None) -> np.ndarray:
+        if not self.compressed:
+            return np.frombuffer(buf, dtype=self.dtype, count=n_items)
+        if dest is not None:
+            numcodecs.blosc.decompress(buf, dest)
+            return dest
+        return np.frombuffer(numcodecs.blosc.decompress(buf), dtype=self.dtype, count=n_items)
+
+    def _read_chunk(self, index: Sequence[int], dest: np.ndarray | None) -> np.ndarray | None:
+        """Decode chunk ``index``; into ``dest`` (a whole-chunk contiguous view) when given.
+        Returns the chunk array, or None when the chunk file does not exist (fill value)."""
+        key = Path(self.path, "c", *(str(i) for i in index))
+        n_items = int(np.prod(self.chunks))
+        if dest is not None and not self.compressed:
+            return self._read_into(key, dest)
+        try:
+            buf = key.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            flat = self._decode(buf, n_items, dest)
+        except Exception as exc:  # numcodecs raises RuntimeError/ValueError on corrupt data
+            raise StoreError(f"corrupt chunk {key}: {exc}") from exc
+        if flat.size != n_items:
+            raise StoreError(f"corrupt chunk {key}: {flat.size} values, expected {n_items}")
+        return flat.reshape(self.chunks)
+
+    def _read_into(self, key: Path, dest: np.ndarray) -> np.ndarray | None:
+        """Read an uncompressed chunk file straight into ``dest`` (no intermediate copy)."""
+        try:
+            with key.open("rb", buffering=0) as fh:
+                got = fh.readinto(memoryview(dest).cast("B"))  # type: ignore[arg-type]
+        except FileNotFoundError:
+            return None
+        if got != dest.nbytes:
+            raise StoreError(f"corrupt chunk {key}: {got} bytes, expected {dest.nbytes}")
+        return dest
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        sl, squeeze = self._slices(key)
+        out = np.empty([s.stop - s.start for s in sl], dtype=self.dtype)
+        ranges = [
+            range(s.start // c, -(-s.stop // c)) for s, c in zip(sl, self.chunks, strict=True)
+        ]
+        for index in product(*ranges):
+            lo = [i * c for i, c in zip(index, self.chunks, strict=True)]
+            src = tuple(
+                slice(max(s.start, a) - a, min(s.stop, a + c, dim) - a)
+                for s, a, c, dim in zip(sl, lo, self.chunks, self.shape, strict=True)
+            )
+            dst = tuple(
+                slice(max(s.start, a) - s.start, min(s.stop, a + c, dim) - s.start)
+                for s, a, c, dim in zip(sl, lo, self.chunks, self.shape, strict=True)
+            )
+            whole = all(d.stop - d.start == c for d, c in zip(dst, self.chunks, strict=True))
+            target = out[dst]
+            direct = whole and target.flags.c_contiguous
+            chunk = self._read_chunk(index, target if direct else None)
+            if chunk is None:
+                target[...] = self.fill
+            elif not direct:
+                target[...] = chunk[src]
+        return out[squeeze]
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def region_writer(array_path: str | Path) -> LocalChunkWriter | None:
+    """A :class:`LocalChunkWriter` for a (visit, y, x) array with chunks (1, cy, cx) in the
+    layout :func:`region_reader` handles, or None (the caller then writes through zarr)."""
+    reader = region_reader(array_path)
+    if reader is None or reader.ndim != 3 or reader.chunks[0] != 1:
+        return None
+    return LocalChunkWriter(reader)
+
+
+class LocalChunkWriter:
+    """Writes one visit slot of a local Zarr v3 array chunk file by chunk, from a box of data.
+
+    Chunks are encoded as zarr would (``bytes``, then blosc lz4 + byte shuffle when the array
+    is compressed), written to a temporary file and renamed into place, so each is whole or
+    absent; chunks equal to the fill value are not stored (zarr's ``write_empty_chunks=False``).
+    Pixels outside the box take ``outside``; chunks entirely outside are encoded once.
+    """
+
+    def __init__(self, reader: LocalChunkArray) -> None:
+        self.array = reader
+
+    def _encode(self, chunk: np.ndarray) -> bytes:
+        chunk = np.ascontiguousarray(chunk, dtype=self.array.dtype)
+        if not self.array.compressed:
+            return chunk.tobytes()
+        return numcodecs.blosc.compress(chunk, b"lz4", 1, numcodecs.blosc.SHUFFLE)
+
+    def _is_fill(self, chunk: np.ndarray) -> bool:
+        fill = self.array.fill
+        if isinstance(fill, float | np.floating) and np.isnan(fill):
+            return bool(np.isnan(chunk).all())
+        return bool((chunk == fill).all())
+
+    def _put(self, key: Path, payload: bytes | None) -> None:
+        if payload is None:
+            key.unlink(missing_ok=True)
+            return
+        key.parent.mkdir(parents=True, exist_ok=True)
+        tmp = key.with_name(f".{key.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with tmp.open("wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, key)
+
+    def write_box(
+        self, index: int, box: tuple[int, int, int, int], data: np.ndarray, outside: Any
+    ) -> None:
+        """Write slot ``index``: ``data`` over ``box`` = (x0, y0, x1, y1) (array pixels, inside
+        the plane), ``outside`` everywhere else."""
+        _, ny, nx = self.array.shape
+        _, cy, cx = self.array.chunks
+        x0, y0, x1, y1 = box
+        if data.shape != (y1 - y0, x1 - x0):
+            raise ValueError(f"data of shape {data.shape} does not fill box {box}")
+        if not (0 <= x0 <= x1 <= nx and 0 <= y0 <= y1 <= ny):
+            raise ValueError(f"box {box} is outside the {ny} x {nx} plane")
+        blank = np.full((cy, cx), outside, dtype=self.array.dtype)
+        blank_payload = None if self._is_fill(blank) else self._encode(blank)
+        base = Path(self.array.path, "c", str(int(index)))
+        for j in range(-(-ny // cy)):
+            for i in range(-(-nx // cx)):
+                key = base / str(j) / str(i)
+                a0, b0 = j * cy, i * cx
+                r0, r1 = max(y0, a0), min(y1, a0 + cy)
+                c0, c1 = max(x0, b0), min(x1, b0 + cx)
+                if r0 >= r1 or c0 >= c1:
+                    self._put(key, blank_payload)
+                    continue
+                chunk = blank.copy()
+                chunk[r0 - a0 : r1 - a0, c0 - b0 : c1 - b0] = data[
+                    r0 - y0 : r1 - y0, c0 - x0 : c1 - x0
+                ]
+                self._put(key, None if self._is_fill(chunk) else self._encode(chunk))

@@ -1,0 +1,277 @@
+"""The order statistics of the stack: "median" and the window of "meanclip".
+
+Per segment the values are copied into a (visit, pixel) buffer (inputs that are not good as
++inf); blocks of its columns are sorted at once by the sorting network (:mod:`.network`), so
+quartiles are a gather. Above ``StackOptions.network_max_visits`` visits a per-pixel
+quickselect replaces the network. Quantile positions, interpolation and the IQR half-width are
+the shared primitives of :mod:`coaddx.kernels.stats`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from coaddx.kernels.stack.clip import meanclip_finish
+from coaddx.kernels.stack.masks import reject_visit
+from coaddx.kernels.stack.network import sort_columns
+from coaddx.kernels.stack.options import MEANCLIP, MEDIAN
+from coaddx.kernels.stack.scratch import (
+    CNT,
+    COUNT_LOW,
+    HIQR,
+    JIT,
+    MU,
+    NIMAGE_ONE,
+    ORA,
+    ORM,
+    SDD,
+    SW,
+    SW2,
+    SWX,
+    C,
+    store,
+    weighted_variance,
+)
+from coaddx.kernels.stats import iqr_half_width, numpy_lerp, quantile_position
+
+__all__ = [
+    "SELECT_TILE",
+    "column_quantile",
+    "fill_visit",
+    "good_sdd",
+    "median_finish",
+    "network_window",
+    "quartile_window",
+    "select_kth",
+    "selected_quantile",
+    "selection_window",
+    "sorted_segment",
+]
+
+SELECT_TILE = 16  # pixels gathered at once for the per-pixel selection
+
+
+@numba.njit(**JIT)
+def fill_visit(img, msk, wk, bad, keep, sw, sw2, swx, cnt, orm, ora, row):
+    """Standard-pass sums of one visit, also copying its values (+inf where not good) to row.
+
+    Returns the OR of the visit's (kept) mask bits over the segment.
+    """
+    zero, fzero = np.int32(0), img.dtype.type(0)
+    row_or = zero
+    for p in range(img.size):
+        xi = img[p]
+        xv = np.float64(xi)
+        m0 = msk[p]
+        m = np.int32(m0 & keep)
+        good = (np.int32(m & bad) == zero) & (xi - xi == fzero)
+        sw[p] += wk if good else 0.0
+        sw2[p] += wk * wk if good else 0.0
+        swx[p] += wk * xv if good else 0.0
+        counted = np.int32(m0 & bad) == zero  # n_image: before remove_bits, NaN or not
+        inc = (np.int32(1) if good else zero) + (NIMAGE_ONE if counted else zero)
+        cnt[p] += np.int32(inc)
+        orm[p] |= m if good else zero
+        ora[p] |= m
+        row[p] = xi if good else np.inf
+        row_or = np.int32(row_or | m)
+    return row_or
+
+
+@numba.njit(**JIT)
+def sorted_segment(
+    image,
+    variance,
+    mask,
+    w,
+    vis,
+    x0,
+    x1,
+    stat,
+    err,
+    bad,
+    keep,
+    clip_iter,
+    sigma_clip,
+    pbits,
+    ci,
+    cj,
+    vals,
+    buf,
+    facc,
+    iacc,
+    rej,
+    out_val,
+    out_var,
+):
+    """ "median" or "meanclip" of a segment: fill, sort the columns, then finish the statistic."""
+    npix = x1 - x0
+    for k in range(vis.size):
+        v, wk = vis[k], w[k]
+        img, msk = image[v, x0:x1], mask[v, x0:x1]
+        row_or = fill_visit(
+            img,
+            msk,
+            wk,
+            bad,
+            keep,
+            facc[SW],
+            facc[SW2],
+            facc[SWX],
+            iacc[CNT],
+            iacc[ORM],
+            iacc[ORA],
+            vals[k],
+        )
+        reject_visit(img, msk, wk, bad, keep, pbits, row_or, rej)
+    if ci.size == 0 and vis.size > 1:  # too many visits for a sorting network
+        selection_window(vals, npix, sigma_clip, stat == MEANCLIP, facc[C], facc[HIQR], buf)
+    else:
+        with_iqr = stat == MEANCLIP
+        network_window(
+            vals, npix, sigma_clip, with_iqr, ci, cj, buf, iacc[CNT], facc[C], facc[HIQR]
+        )
+    if stat == MEDIAN:
+        median_finish(vals, w, x0, npix, facc, iacc, out_val, out_var)
+    else:
+        meanclip_finish(
+            variance,
+            vals,
+            w,
+            vis,
+            x0,
+            npix,
+            err,
+            clip_iter,
+            sigma_clip,
+            facc,
+            iacc,
+            out_val,
+            out_var,
+        )
+
+
+@numba.njit(**JIT)
+def network_window(vals, npix, sigma_clip, with_iqr, ci, cj, buf, cnt, centre, hiqr):
+    """Median and clip half-width of the columns of vals, sorted block by block in buf."""
+    width = buf.shape[1]
+    for b0 in range(0, npix, width):
+        b1 = min(npix, b0 + width)
+        for k in range(vals.shape[0]):
+            buf[k, : b1 - b0] = vals[k, b0:b1]
+        sort_columns(buf, b1 - b0, ci, cj)
+        quartile_window(buf, b1 - b0, sigma_clip, with_iqr, cnt[b0:b1], centre[b0:b1], hiqr[b0:b1])
+
+
+@numba.njit(**JIT)
+def column_quantile(buf, p, n, f):
+    """Quantile f of the n sorted values buf[:n, p], linear interpolation at f·(n-1) (NumPy)."""
+    if n == 0:
+        return np.nan
+    lo, hi, t = quantile_position(n, f)
+    return numpy_lerp(np.float64(buf[lo, p]), np.float64(buf[hi, p]), t)
+
+
+@numba.njit(**JIT)
+def quartile_window(buf, npix, sigma_clip, with_iqr, cnt, centre, hiqr):
+    """Median (the iteration-0 clip centre) and, if with_iqr, its half-width
+    sigma_clip·0.7413·IQR (:func:`coaddx.kernels.stats.iqr_half_width`) of sorted columns."""
+    for p in range(npix):
+        centre[p] = column_quantile(buf, p, cnt[p] & COUNT_LOW, 0.5)
+    if with_iqr:
+        for p in range(npix):
+            n = cnt[p] & COUNT_LOW
+            iqr = column_quantile(buf, p, n, 0.75) - column_quantile(buf, p, n, 0.25)
+            hiqr[p] = iqr_half_width(sigma_clip, iqr)
+
+
+@numba.njit(**JIT)
+def select_kth(a, n, k):
+    """Reorder a[:n] so that a[k] is its k-th smallest value, with no larger value before it and
+    no smaller one after it (Hoare quickselect)."""
+    lo, hi = 0, n - 1
+    while lo < hi:
+        pivot = a[(lo + hi) // 2]
+        i, j = lo, hi
+        while i <= j:
+            while a[i] < pivot:
+                i += 1
+            while pivot < a[j]:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            return
+
+
+@numba.njit(**JIT)
+def selected_quantile(a, n, f):
+    """Quantile f of a[:n] by selection (reorders a)."""
+    lo, hi, t = quantile_position(n, f)
+    select_kth(a, n, lo)
+    b = a[lo]
+    for i in range(lo + 1, n):  # rank lo + 1 is the smallest value after rank lo
+        b = a[i] if a[i] < b or i == lo + 1 else b
+    return numpy_lerp(np.float64(a[lo]), np.float64(b if hi > lo else a[lo]), t)
+
+
+@numba.njit(**JIT)
+def selection_window(vals, npix, sigma_clip, with_iqr, centre, hiqr, tile):
+    """:func:`quartile_window` for many visits: per-pixel selection instead of sorting.
+
+    The good values of tile.shape[0] pixels at a time are gathered into the rows of tile.
+    """
+    ntile = tile.shape[0]
+    count = np.zeros(ntile, np.int64)
+    for p0 in range(0, npix, ntile):
+        q1 = min(ntile, npix - p0)
+        count[:] = 0
+        for k in range(vals.shape[0]):
+            row = vals[k, p0 : p0 + q1]
+            for q in range(q1):
+                if row[q] < np.inf:
+                    tile[q, count[q]] = row[q]
+                    count[q] += 1
+        for q in range(q1):
+            n, col, p = count[q], tile[q], p0 + q
+            if n == 0:
+                centre[p] = hiqr[p] = np.nan
+                continue
+            centre[p] = selected_quantile(col, n, 0.5)
+            if with_iqr:
+                iqr = selected_quantile(col, n, 0.75) - selected_quantile(col, n, 0.25)
+                hiqr[p] = iqr_half_width(sigma_clip, iqr)
+
+
+@numba.njit(**JIT)
+def good_sdd(vals, w, npix, mu, sdd):
+    """Σw(x - mean)² over the good (finite) entries of the value buffer."""
+    for k in range(w.size):
+        row = vals[k]
+        wk = w[k]
+        for p in range(npix):
+            x = np.float64(row[p])
+            d = x - mu[p]
+            sdd[p] += wk * d * d if x < np.inf else 0.0
+
+
+@numba.njit(**JIT)
+def median_finish(vals, w, x0, npix, facc, iacc, out_val, out_var):
+    """Unweighted median; error² = π/2 · (weighted sample variance) / n (afw MEDIAN)."""
+    mu = facc[MU]
+    for p in range(npix):
+        mu[p] = facc[SWX, p] / facc[SW, p]
+    good_sdd(vals, w, npix, mu, facc[SDD])
+    for p in range(npix):
+        n = iacc[CNT, p] & COUNT_LOW
+        var = weighted_variance(n, facc[SW, p], facc[SW2, p], facc[SDD, p])
+        store(out_val, out_var, x0 + p, n, facc[C, p], 0.5 * math.pi * var / n)
