@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["AB_ZERO_NJY", "FWHM_TO_SIGMA", "IQR_TO_SIGMA", "MOFFAT_BETA", "SIGMA_TO_FWHM", "STORE_CHUNK"]
+__all__ = [
+    "AB_ZERO_NJY",
+    "FWHM_TO_SIGMA",
+    "IQR_TO_SIGMA",
+    "LAYERS",
+    "MOFFAT_BETA",
+    "SIGMA_TO_FWHM",
+    "STORE_CHUNK",
+]
 
 #: The interquartile range of a unit Gaussian is 1/0.7413 sigma (afw ``Statistics``: IQR_TO_STDEV).
 IQR_TO_SIGMA = 0.741301109252802
@@ -23,3 +31,8 @@ MOFFAT_BETA = 3.0
 
 #: Default spatial chunk C of a warp store, (1, C, C) per visit (``coaddx.store-chunk``).
 STORE_CHUNK = 512
+
+#: The layers of an exposure, a warp and a coadd, in their canonical order. "Layer" is one of
+#: these arrays; a "mask plane" is one named bit of the mask layer (docs/design-notes.md,
+#: "Vocabulary").
+LAYERS = ("image", "variance", "mask")

@@ -4,7 +4,7 @@
 (per-visit weights, blockwise stack over subregions of all visits, coadd mask bits,
 interpolation over NO_DATA) and returns a lazy Dataset; nothing is read or computed until the
 result is written or ``.compute()``-d. Its building blocks (:func:`stack_bits`,
-:func:`visit_weights`, :func:`check_variance_plane`, :func:`finish_planes`,
+:func:`visit_weights`, :func:`check_variance_layer`, :func:`finish_layers`,
 :func:`coadd_dataset`) are public: CompareWarp stacks its direct warps with them.
 """
 
@@ -22,7 +22,7 @@ import xarray as xr
 from coaddx.coadd.config import AssembleConfig
 from coaddx.coadd.weights import cached_variance_meanclip, weight_statistic
 from coaddx.errors import ConfigError, InputError, SchemaError
-from coaddx.graph.cube import PLANES, LazyArray, as_dask_cube
+from coaddx.graph.cube import LAYERS, LazyArray, as_dask_cube
 from coaddx.graph.interp import interpolate_rows
 from coaddx.graph.stack import finish_coadd_mask, stack, weights_from_variance
 from coaddx.graph.weights import visit_meanclip
@@ -35,9 +35,9 @@ __all__ = [
     "COADD_PLANES",
     "StackBits",
     "assemble",
-    "check_variance_plane",
+    "check_variance_layer",
     "coadd_dataset",
-    "finish_planes",
+    "finish_layers",
     "plan_warps",
     "planes_bit",
     "stack_bits",
@@ -142,12 +142,12 @@ def _given_weights(warps: xr.Dataset, weights: Any) -> np.ndarray:
     return w
 
 
-def check_variance_plane(warps: xr.Dataset, bad_mask: int) -> None:
+def check_variance_layer(warps: xr.Dataset, bad_mask: int) -> None:
     """NaN or negative variance under a good, finite pixel is bad input (checked eagerly for
     in-memory data; the warp store refuses such visits when they are written)."""
-    if any(warps[v].chunks is not None for v in PLANES):
+    if any(warps[v].chunks is not None for v in LAYERS):
         return
-    image, variance, mask = (np.asarray(warps[v].values) for v in PLANES)
+    image, variance, mask = (np.asarray(warps[v].values) for v in LAYERS)
     with np.errstate(invalid="ignore"):
         bad = np.isfinite(image) & ((mask & bad_mask) == 0) & ~(variance >= 0)
     if bad.any():
@@ -260,11 +260,11 @@ def assemble(
         raise ConfigError(f"config must be an AssembleConfig, got {type(config).__name__}")
     validate_warps(warps, where="assemble")
     bits = stack_bits(warps.attrs["mask_planes"], config)
-    check_variance_plane(warps, bits.bad_mask)
+    check_variance_layer(warps, bits.bad_mask)
     plan = plan_warps(warps, config.subregion_size)
     n = warps.sizes["visit"]
     chunks = (n, *plan.subregion)
-    image, variance, mask = (as_dask_cube(warps[v], chunks) for v in PLANES)
+    image, variance, mask = (as_dask_cube(warps[v], chunks) for v in LAYERS)
     if alt_masks is not None:
         mask = mask | _alt_masks(alt_masks, warps, chunks)
     w = (
@@ -283,11 +283,11 @@ def assemble(
         error_mode=config.error_mode,
         **bits.kernel_kwargs(),
     )
-    out = finish_planes(packed, bits, config)
+    out = finish_layers(packed, bits, config)
     return coadd_dataset(out, w, warps, bits, config, plan)
 
 
-def finish_planes(
+def finish_layers(
     packed: LazyArray, bits: StackBits, config: AssembleConfig
 ) -> dict[str, LazyArray]:
     """The coadd planes from the packed stack: INEXACT_PSF / EDGE mask bits, then the

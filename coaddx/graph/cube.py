@@ -15,23 +15,22 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from coaddx.constants import LAYERS
+
 __all__ = [
-    "PLANES",
+    "LAYERS",
     "LazyArray",
     "as_dask_cube",
     "constant",
-    "lazy_planes",
+    "lazy_layers",
     "rechunked",
     "stack_scalars",
     "stack_visits",
-    "visit_plane",
+    "visit_slice",
 ]
 
 #: A lazy (dask) array, as the steps see one.
 LazyArray: TypeAlias = da.Array
-
-#: The pixel planes of a warp cube.
-PLANES = ("image", "variance", "mask")
 
 
 def as_dask_cube(var: xr.DataArray, chunks: tuple[int, int, int]) -> da.Array:
@@ -44,16 +43,16 @@ def as_dask_cube(var: xr.DataArray, chunks: tuple[int, int, int]) -> da.Array:
     return data
 
 
-def lazy_planes(ds: xr.Dataset, chunks: tuple[int, int, int]) -> dict[str, da.Array]:
-    """The :data:`PLANES` of ``ds``: its dask arrays as they are (each consumer slices and
+def lazy_layers(ds: xr.Dataset, chunks: tuple[int, int, int]) -> dict[str, da.Array]:
+    """The :data:`LAYERS` of ``ds``: its dask arrays as they are (each consumer slices and
     rechunks what it reads), numpy ones wrapped in ``chunks``."""
     return {
         v: ds[v].data if isinstance(ds[v].data, da.Array) else as_dask_cube(ds[v], chunks)
-        for v in PLANES
+        for v in LAYERS
     }
 
 
-def visit_plane(cube: da.Array, index: int, chunks: tuple[int, int]) -> da.Array:
+def visit_slice(cube: da.Array, index: int, chunks: tuple[int, int]) -> da.Array:
     """One visit's plane of a warp cube as a 2-D dask array in ``chunks`` (slicing a
     store-backed array reads only that visit)."""
     return cube[index].rechunk(chunks)

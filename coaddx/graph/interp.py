@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import dask.array as da
 import numpy as np
 
-from coaddx.graph.stack import PLANES_DTYPE
+from coaddx.graph.stack import LAYERS_DTYPE
 from coaddx.kernels.interp import interpolate_over_defects
 from coaddx.kernels.stats import meanclip_1d
 
@@ -53,7 +53,7 @@ def _interp_chunk(
         fallback=float(fallback),
         transpose=transpose,
     )
-    out = np.empty(img.shape, dtype=PLANES_DTYPE)
+    out = np.empty(img.shape, dtype=LAYERS_DTYPE)
     out["image"], out["mask"] = img, msk
     with np.errstate(invalid="ignore"):
         out["variance"] = np.where(var > 0, var, np.float32(np.inf))
@@ -106,6 +106,6 @@ def interpolate_rows(
         bad_bits=bad_bits,
         intrp_bit=intrp_bit,
         transpose=transpose,
-        dtype=PLANES_DTYPE,
+        dtype=LAYERS_DTYPE,
     )
     return packed["image"], packed["variance"], packed["mask"]

@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 
 from coaddx.kernels.scale_variance import ExceedsMaxVarianceScaleError
-from coaddx.kernels.scale_variance import scale_variance_factor as _factor
+from coaddx.kernels.scale_variance import scale_variance_factor as scale_variance_kernel
 
 __all__ = ["scale_variance_factor"]
 
@@ -27,7 +27,9 @@ def _factor_chunk(
 ) -> np.ndarray:
     """ScaleVariance of one visit; a failure is logged and ignored (factor 1), as in LSST."""
     try:
-        factor = _factor(image, variance, mask, bad_bits=bad_bits, limit=limit, bin_size=bin_size)
+        factor = scale_variance_kernel(
+            image, variance, mask, bad_bits=bad_bits, limit=limit, bin_size=bin_size
+        )
     except ExceedsMaxVarianceScaleError as exc:
         log.warning("ScaleVariance failed (%s); the variance is not rescaled", exc)
         factor = 1.0

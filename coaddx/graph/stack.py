@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 STACK_DTYPE = np.dtype([("image", "f4"), ("variance", "f4"), ("mask", "i4"), ("n_image", "i4")])
-PLANES_DTYPE = np.dtype([("image", "f4"), ("variance", "f4"), ("mask", "i4")])
+LAYERS_DTYPE = np.dtype([("image", "f4"), ("variance", "f4"), ("mask", "i4")])
 
 
 def single_block(blocks: list[np.ndarray] | np.ndarray) -> np.ndarray:

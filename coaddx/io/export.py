@@ -35,12 +35,12 @@ from coaddx._version import __version__
 from coaddx.errors import SchemaError, StoreError
 from coaddx.io.zarr.coadd_store import open_coadd
 from coaddx.model.masks import mask_planes_to_header
-from coaddx.model.skymap import _shift_wcs, wcs_from_header_string
+from coaddx.model.skymap import shift_wcs, wcs_from_header_string
 
-__all__ = ["FITS_PLANES", "export_fits"]
+__all__ = ["FITS_LAYERS", "export_fits"]
 
 #: Store variable -> (EXTNAME, FITS data type, BUNIT), in HDU order; the first three are required.
-FITS_PLANES: dict[str, tuple[str, str, str | None]] = {
+FITS_LAYERS: dict[str, tuple[str, str, str | None]] = {
     "image": ("IMAGE", ">f4", "nJy"),
     "mask": ("MASK", ">i4", None),
     "variance": ("VARIANCE", ">f4", "nJy**2"),
@@ -52,7 +52,7 @@ _BLOCK = 2880
 
 
 @dataclass(frozen=True)
-class _FitsPlane:
+class _FitsLayer:
     """A dask ``store`` target: one image HDU's data area of a preallocated FITS file."""
 
     path: str
@@ -99,7 +99,7 @@ def _wcs_cards(ds: xr.Dataset, source: Path) -> fits.Header:
         )
     x0 = int(ds["x"].values[0]) if "x" in ds.coords else 0
     y0 = int(ds["y"].values[0]) if "y" in ds.coords else 0
-    wcs = _shift_wcs(wcs_from_header_string(text), x0, y0)
+    wcs = shift_wcs(wcs_from_header_string(text), x0, y0)
     header = wcs.to_header(relax=True)
     header["LTV1"] = (-x0, "array column 0 is tract pixel x = -LTV1")
     header["LTV2"] = (-y0, "array row 0 is tract pixel y = -LTV2")
@@ -164,7 +164,7 @@ def _planes(ds: xr.Dataset, source: Path) -> list[str]:
     missing = [v for v in ("image", "mask", "variance") if v not in ds.data_vars]
     if missing:
         raise SchemaError(f"{source}: the coadd store lacks {missing}")
-    names = [v for v in FITS_PLANES if v in ds.data_vars]
+    names = [v for v in FITS_LAYERS if v in ds.data_vars]
     bad = [v for v in names if ds[v].dims != ("y", "x")]
     if bad:
         raise SchemaError(f"{source}: planes {bad} are not over (y, x)")
@@ -213,9 +213,9 @@ def export_fits(
     planes = mask_planes_to_header(ds.attrs.get("mask_planes", {}))
     headers = [_primary(ds, source)] + [
         _extension(
-            FITS_PLANES[v][0],
-            FITS_PLANES[v][1],
-            FITS_PLANES[v][2],
+            FITS_LAYERS[v][0],
+            FITS_LAYERS[v][1],
+            FITS_LAYERS[v][2],
             shape,
             wcs,
             planes if v == "mask" else None,
@@ -225,13 +225,13 @@ def export_fits(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        offsets = _preallocate(tmp, headers, [None] + [FITS_PLANES[v][1] for v in names], shape)
-        sources = [_as_dask(ds[v], FITS_PLANES[v][1]) for v in names]
+        offsets = _preallocate(tmp, headers, [None] + [FITS_LAYERS[v][1] for v in names], shape)
+        sources = [_as_dask(ds[v], FITS_LAYERS[v][1]) for v in names]
         targets = [
-            _FitsPlane(str(tmp), off, FITS_PLANES[v][1], shape)
+            _FitsLayer(str(tmp), off, FITS_LAYERS[v][1], shape)
             for v, off in zip(names, offsets[1:], strict=True)
         ]
-        delayed = da.store(sources, targets, lock=False, compute=False)
+        delayed = da.store(sources, targets, lock=False, compute=False)  # type: ignore[arg-type]
         (compute or dask.compute)(delayed)
         os.replace(tmp, out)
     finally:

@@ -5,25 +5,24 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from coaddx.constants import LAYERS
 from coaddx.errors import SchemaError
 from coaddx.model.masks import check_mask_planes
 
 __all__ = ["validate_warps"]
-
-REQUIRED = ("image", "variance", "mask")
 
 
 def validate_warps(ds: xr.Dataset, *, where: str = "warps") -> None:
     """Raise :class:`SchemaError` unless ``ds`` has the coaddx warp schema (no data read)."""
     if not isinstance(ds, xr.Dataset):
         raise SchemaError(f"{where}: expected an xarray.Dataset, got {type(ds).__name__}")
-    missing = [v for v in REQUIRED if v not in ds.data_vars]
+    missing = [v for v in LAYERS if v not in ds.data_vars]
     if missing:
         raise SchemaError(
             f"{where}: missing variable(s) {missing}; a warp Dataset needs "
-            f"{list(REQUIRED)} over (visit, y, x)"
+            f"{list(LAYERS)} over (visit, y, x)"
         )
-    for name in REQUIRED:
+    for name in LAYERS:
         if ds[name].dims != ("visit", "y", "x"):
             raise SchemaError(
                 f"{where}: {name} has dims {ds[name].dims}, expected ('visit', 'y', 'x')"

@@ -5,7 +5,8 @@ exposure ("calexp") with its celestial WCS, mask-plane dictionary, photometric c
 image and visit metadata. It is validated once, on construction, so the steps downstream only see
 consistent inputs. Files are read by :func:`coaddx.io.fits.read_exposure`, which understands the
 coaddx calexp layout, the common LSST layout and the Legacy Surveys / DECam Community Pipeline
-layout; :func:`exposure_footprint` reads only the headers, for overlap selection.
+layout; :func:`coaddx.io.fits.exposure.exposure_footprint` reads only the headers, for overlap
+selection.
 
 Pixel convention: 0-based ``(x, y) = (column, row)`` of the arrays held here, pixel centres at
 integer coordinates (astropy ``origin=0``), so pixel ``image[j, i]`` is at ``x = i, y = j``.
@@ -30,11 +31,9 @@ __all__ = [
     "AB_ZERO_NJY",
     "Exposure",
     "boundary_pixels",
-    "exposure_footprint",
     "nJy_per_count",
     "sky_footprint",
 ]
-
 
 
 def nJy_per_count(zero_point: float) -> float:
@@ -121,7 +120,7 @@ class Exposure:
     @property
     def shape(self) -> tuple[int, int]:
         """``(ny, nx)`` of the pixel planes."""
-        return self.image.shape  # type: ignore[return-value]
+        return self.image.shape
 
     @property
     def where(self) -> str:
@@ -182,8 +181,6 @@ def sky_footprint(wcs: WCS, shape: tuple[int, int], *, n: int = 4) -> SkyCoord:
     """ICRS sky coordinates of :func:`boundary_pixels` through ``wcs`` (0-based pixels)."""
     x, y = boundary_pixels(shape, n)
     return wcs.celestial.pixel_to_world(x, y).icrs
-
-
 
 
 # -- validation helpers ----------------------------------------------------------------------

@@ -46,9 +46,6 @@ def psf_image(
     return img / img.sum()
 
 
-
-
-
 def model_psf(fwhm: float = 7.7, size: int | None = None) -> np.ndarray:
     """GaussianPsfFactory's model: DoubleGaussianPsf(size, sigma1 = fwhm/2.3548, sigma2 =
     2.5 sigma1, b = 0.1) on the pixel grid, unit sum; size = (int(3 fwhm)//2)*2 + 1 (23 for

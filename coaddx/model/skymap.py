@@ -19,7 +19,15 @@ from astropy.wcs import WCS
 
 from coaddx.errors import ConfigError, InputError
 
-__all__ = ["Box", "Patch", "Tract", "make_tan_wcs"]
+__all__ = [
+    "Box",
+    "Patch",
+    "Tract",
+    "make_tan_wcs",
+    "shift_wcs",
+    "wcs_from_header_string",
+    "wcs_to_header_string",
+]
 
 
 @dataclass(frozen=True)
@@ -108,7 +116,7 @@ def make_tan_wcs(
     return w
 
 
-def _shift_wcs(wcs: WCS, dx: float, dy: float) -> WCS:
+def shift_wcs(wcs: WCS, dx: float, dy: float) -> WCS:
     """The same WCS with its pixel origin moved to (dx, dy) of the old frame."""
     out = wcs.deepcopy()
     out.wcs.crpix = [wcs.wcs.crpix[0] - dx, wcs.wcs.crpix[1] - dy]
@@ -150,7 +158,7 @@ class Tract:
     def __post_init__(self) -> None:
         center = self.center
         if not isinstance(center, SkyCoord):
-            ra, dec = center  # type: ignore[misc]
+            ra, dec = center
             center = SkyCoord(float(ra) * u.deg, float(dec) * u.deg, frame="icrs")
             object.__setattr__(self, "center", center)
         if not self.radius > 0:
@@ -169,7 +177,7 @@ class Tract:
         nx, ny = math.ceil((x1 - x0) / px), math.ceil((y1 - y0) / py)
         x0 -= (nx * px - (x1 - x0)) // 2
         y0 -= (ny * py - (y1 - y0)) // 2
-        object.__setattr__(self, "wcs", _shift_wcs(wcs0, x0, y0))
+        object.__setattr__(self, "wcs", shift_wcs(wcs0, x0, y0))
         object.__setattr__(self, "bbox", Box(0, 0, nx * px, ny * py))
         object.__setattr__(self, "num_patches", (nx, ny))
 
@@ -231,7 +239,7 @@ class Patch:
     @property
     def wcs(self) -> WCS:
         """WCS of the outer box: array pixel (0, 0) is the outer box minimum corner."""
-        return _shift_wcs(self.tract_wcs, self.outer_bbox.x0, self.outer_bbox.y0)
+        return shift_wcs(self.tract_wcs, self.outer_bbox.x0, self.outer_bbox.y0)
 
     @property
     def name(self) -> str:

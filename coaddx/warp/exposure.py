@@ -14,10 +14,10 @@ from coaddx.model.masks import bitmask, mask_planes, merge_mask_planes
 from coaddx.model.skymap import Box, Patch
 from coaddx.warp.config import WarpConfig
 
-__all__ = ["blank_planes", "warp_exposure", "warp_exposure_box"]
+__all__ = ["blank_layers", "warp_exposure", "warp_exposure_box"]
 
 
-def blank_planes(shape: tuple[int, int], no_data: int) -> list[np.ndarray]:
+def blank_layers(shape: tuple[int, int], no_data: int) -> list[np.ndarray]:
     """Image, variance and mask of ``shape`` with no data: NaN, NaN and the NO_DATA bits."""
     return [
         np.full(shape, np.nan, np.float32),
@@ -45,7 +45,7 @@ def _dest_box(exp_wcs: WCS, exp_shape: tuple[int, int], patch: Patch, pad: int) 
     return None if box.empty else box
 
 
-def _calibrated_planes(exp: Exposure) -> tuple[np.ndarray, np.ndarray]:
+def calibrated_layers(exp: Exposure) -> tuple[np.ndarray, np.ndarray]:
     """Image and variance in nJy (as :meth:`Exposure.calibrated`, without copying the rest)."""
     c = float(exp.photo_calib)
     if c == 1.0:
@@ -75,7 +75,7 @@ def _source_planes(
     """The exposure's image, variance (nJy when calibrating) and mask in ``planes``, with
     non-finite pixels zeroed and marked NO_DATA (NaNs would spread over a Lanczos footprint)."""
     if config.calibrate:
-        src_image, src_variance = _calibrated_planes(exposure)
+        src_image, src_variance = calibrated_layers(exposure)
     else:
         src_image, src_variance = exposure.image, exposure.variance
     mask = _remap_mask(exposure.mask, exposure.mask_planes, planes, exposure.where)
@@ -160,7 +160,7 @@ def warp_exposure(
     patch, NaN / NaN / NO_DATA where the exposure does not reach."""
     config = config or WarpConfig()
     planes = planes or merge_mask_planes(mask_planes(), exposure.mask_planes)
-    image, variance, out_mask = blank_planes(patch.shape, bitmask(planes, "NO_DATA"))
+    image, variance, out_mask = blank_layers(patch.shape, bitmask(planes, "NO_DATA"))
     warped = warp_exposure_box(exposure, patch, config, planes)
     if warped is not None:
         box, img, var, msk = warped

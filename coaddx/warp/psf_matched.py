@@ -39,7 +39,6 @@ def pad_psf(psf: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-
 def model_matching_kernel(psf: np.ndarray, config: ModelPsfMatchConfig | None = None):
     """The kernel that turns ``psf`` (an odd, centred PSF image) into the model PSF, with unit sum
     (ModelPsfMatchTask with a spatially constant PSF: one candidate, algorithms.md 6.5).
@@ -70,7 +69,7 @@ def model_matching_kernel(psf: np.ndarray, config: ModelPsfMatchConfig | None = 
     template, science = pad_psf(psf / psf.sum(), size), model_psf(config.model_psf_fwhm, size)
     basis = alard_lupton_basis(config.kernel_size, config.al_sigmas, config.al_degrees)
     ones = np.ones_like(template)
-    penalty = {}
+    penalty: dict[str, Any] = {}
     if config.kernel_norm_penalty > 0:
         penalty = {
             "regularization": kernel_norm_matrix(basis),
@@ -127,7 +126,6 @@ def warped_psf(exposure: Exposure, patch: Patch, size: int | None = None) -> np.
     )
     img = np.nan_to_num(img.astype(np.float64))
     return img / img.sum()
-
 
 
 def psf_match_warp(

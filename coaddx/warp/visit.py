@@ -17,7 +17,7 @@ from coaddx.model.exposure import Exposure
 from coaddx.model.masks import bitmask
 from coaddx.model.skymap import Box, Patch
 from coaddx.warp.config import ModelPsfMatchConfig, WarpConfig
-from coaddx.warp.exposure import blank_planes, warp_exposure_box
+from coaddx.warp.exposure import blank_layers, warp_exposure_box
 from coaddx.warp.inputs import WarpInput, file_crc32
 from coaddx.warp.psf_matched import psf_match_warp, warped_psf
 from coaddx.warp.weights import visit_weight_stats
@@ -69,7 +69,7 @@ def _composite(warped: Sequence[_Warped], union: Box, no_data: int) -> Sequence[
     """The direct warp of the visit over the union box of its detectors' boxes."""
     if len(warped) == 1:  # one detector: its box is the visit's data
         return warped[0][1:]
-    direct = blank_planes(union.shape, no_data)  # copyGoodPixels, in detector order
+    direct = blank_layers(union.shape, no_data)  # copyGoodPixels, in detector order
     for box, *arrays in warped:
         rows, cols = box.slices(origin=union)
         _copy_good([p[rows, cols] for p in direct], arrays, no_data)
@@ -84,9 +84,9 @@ def _psf_matched(
 ) -> list[np.ndarray]:
     """Each detector's warp matched to the model PSF over the whole patch, composited."""
     no_data = bitmask(planes, "NO_DATA")
-    out = blank_planes(patch.shape, no_data)
+    out = blank_layers(patch.shape, no_data)
     for exp, (box, *arrays) in pairs:
-        full = blank_planes(patch.shape, no_data)
+        full = blank_layers(patch.shape, no_data)
         rows, cols = box.slices()
         for d, arr in zip(full, arrays, strict=True):
             d[rows, cols] = arr

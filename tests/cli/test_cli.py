@@ -243,7 +243,7 @@ def test_config_flags_take_their_defaults_from_the_config():
     assert flags.build(p.parse_args([])) == coaddx.AssembleConfig()
     got = flags.build(
         p.parse_args(
-            ["--bad-mask-planes", "NO_DATA,BAD", "SAT", "--no-interp", "--subregion-size", "48"]
+            ["--bad-mask-planes", "NO_DATA,BAD,SAT", "--no-interp", "--subregion-size", "48"]
         )
     )
     assert got.bad_mask_planes == ("NO_DATA", "BAD", "SAT") and got.interp is None

@@ -28,9 +28,9 @@ import xarray as xr
 
 from coaddx.coadd.assemble import (
     StackBits,
-    check_variance_plane,
+    check_variance_layer,
     coadd_dataset,
-    finish_planes,
+    finish_layers,
     stack_bits,
     visit_weights,
 )
@@ -38,7 +38,7 @@ from coaddx.coadd.compare_warp.config import CompareWarpConfig
 from coaddx.coadd.compare_warp.stages import CompareWarpStages, compare_warp_stages
 from coaddx.coadd.config import AssembleConfig
 from coaddx.graph.artifacts import any_visit_span, apply_alt_masks, flag_cube
-from coaddx.graph.cube import PLANES, LazyArray, as_dask_cube, rechunked, stack_scalars
+from coaddx.graph.cube import LAYERS, LazyArray, as_dask_cube, rechunked, stack_scalars
 from coaddx.graph.stack import stack
 from coaddx.kernels.artifacts import ARTIFACT, STREAK
 from coaddx.kernels.detect import EDGE_SPAN
@@ -95,9 +95,9 @@ def final_stack(
     base = config.assemble.replace(subregion_size=inp.tile)
     cfg = base.replace(bad_mask_planes=tuple(dict.fromkeys((*base.bad_mask_planes, "CLIPPED"))))
     bits = stack_bits(planes_in, cfg)
-    check_variance_plane(direct, bitmask(bits.planes, base.bad_mask_planes, strict=False))
+    check_variance_layer(direct, bitmask(bits.planes, base.bad_mask_planes, strict=False))
     p = bits.planes
-    image, variance, mask = (as_dask_cube(direct[v], chunks) for v in PLANES)
+    image, variance, mask = (as_dask_cube(direct[v], chunks) for v in LAYERS)
     mask = apply_alt_masks(
         mask,
         stages.flag_cube,
@@ -121,7 +121,7 @@ def final_stack(
         error_mode=cfg.error_mode,
         **bits.kernel_kwargs(),
     )
-    out = finish_planes(stacked, bits, cfg)
+    out = finish_layers(stacked, bits, cfg)
     out["mask"] = any_visit_span(
         out["mask"],
         stages.flag_cube,

@@ -18,7 +18,7 @@ from coaddx.coadd.assemble import plan_warps
 from coaddx.coadd.compare_warp.config import CompareWarpConfig
 from coaddx.constants import FWHM_TO_SIGMA
 from coaddx.errors import InputError, SchemaError
-from coaddx.graph.cube import LazyArray, lazy_planes
+from coaddx.graph.cube import LazyArray, lazy_layers
 from coaddx.io.schema import validate_warps
 from coaddx.io.zarr.views import reopen_warps
 from coaddx.kernels.moments import adaptive_sigma
@@ -94,7 +94,7 @@ def check_same_grid(direct: xr.Dataset, matched: xr.Dataset) -> None:
 
 def _planes_in(ds: xr.Dataset, chunks: tuple[int, int, int]) -> dict[str, LazyArray]:
     view = reopen_warps(ds, dict(zip(("visit", "y", "x"), chunks, strict=True)))
-    return lazy_planes(view if view is not None else ds, chunks)
+    return lazy_layers(view if view is not None else ds, chunks)
 
 
 def compare_warp_inputs(

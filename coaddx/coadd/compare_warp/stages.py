@@ -27,7 +27,7 @@ from coaddx.coadd.compare_warp.inputs import CompareWarpInputs, compare_warp_inp
 from coaddx.errors import ConfigError
 from coaddx.graph import artifacts as ga
 from coaddx.graph import detect as gd
-from coaddx.graph.cube import PLANES, LazyArray, constant, rechunked, stack_visits, visit_plane
+from coaddx.graph.cube import LAYERS, LazyArray, constant, rechunked, stack_visits, visit_slice
 from coaddx.graph.scale_variance import scale_variance_factor
 from coaddx.kernels.detect import n_grow
 from coaddx.model.masks import bitmask
@@ -90,7 +90,7 @@ def _variance_scale(
     if not config.do_scale_warp_variance:
         return constant(1.0)
     sv = config.scale_variance
-    image, variance, mask = (visit_plane(inp.scale[v], index, inp.shape) for v in PLANES)
+    image, variance, mask = (visit_slice(inp.scale[v], index, inp.shape) for v in LAYERS)
     return scale_variance_factor(
         image,
         variance,
@@ -112,7 +112,7 @@ def _detect_visit(
     tile = inp.detect_tile
     if index is None:  # no PSF-matched warp: the whole visit is a NO_DATA span
         return gd.no_data_flags(inp.shape, tile)
-    image, variance, mask = (visit_plane(inp.tiles[v], index, tile) for v in PLANES)
+    image, variance, mask = (visit_slice(inp.tiles[v], index, tile) for v in LAYERS)
     t_image, t_variance = template
     planes = inp.matched.attrs["mask_planes"]
     cfg = config.detect

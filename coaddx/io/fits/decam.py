@@ -21,7 +21,7 @@ from coaddx.io.fits.util import (
     header_float,
     int_card,
     open_fits,
-    read_plane,
+    read_layer,
     wcs_from_header,
 )
 from coaddx.model.exposure import AB_ZERO_NJY, Exposure, nJy_per_count
@@ -151,12 +151,12 @@ def cp_hdu(hdul: fits.HDUList, ccdname: str | None, path: Path) -> Any:
     return images[0]
 
 
-def _cp_plane(
+def _cp_layer(
     path: Path, extname: str, dtype: type, shape: tuple[int, int], image_path: Path
 ) -> np.ndarray:
     with open_fits(path) as hdul:
         hdu = cp_hdu(hdul, extname or None, path)
-        data = read_plane(hdu, path, extname or "image", dtype)
+        data = read_layer(hdu, path, extname or "image", dtype)
     if data.shape != shape:
         raise InputError(
             f"{path}: shape {data.shape} differs from the image {shape} of {image_path}"
@@ -174,11 +174,11 @@ def read_decam_cp(
     files = cp_siblings(path)
     with open_fits(files["image"]) as hdul:
         hdu = cp_hdu(hdul, ccdname, files["image"])
-        image = read_plane(hdu, files["image"], hdu.name or "image", np.float32)
+        image = read_layer(hdu, files["image"], hdu.name or "image", np.float32)
         header, primary = hdu.header.copy(), hdul[0].header.copy()
     extname = str(header.get("EXTNAME", "")).strip()
-    ivar = _cp_plane(files["invvar"], extname, np.float32, image.shape, files["image"])
-    dq = _cp_plane(files["dq"], extname, np.int32, image.shape, files["image"])
+    ivar = _cp_layer(files["invvar"], extname, np.float32, image.shape, files["image"])
+    dq = _cp_layer(files["dq"], extname, np.int32, image.shape, files["image"])
     planes = mask_planes()
     mask = decam_dq_to_mask(dq, planes, codes=_cp_uses_codes(primary.get("PLVER")))
     good = np.isfinite(ivar) & (ivar > 0) & np.isfinite(image)

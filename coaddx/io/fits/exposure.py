@@ -57,7 +57,7 @@ from coaddx.io.fits.util import (
     image_shape,
     int_card,
     open_fits,
-    read_plane,
+    read_layer,
     wcs_from_header,
 )
 from coaddx.model.exposure import AB_ZERO_NJY, Exposure
@@ -241,13 +241,13 @@ def _calexp_parts(hdul: fits.HDUList, path: Path) -> dict[str, Any]:
     if missing:
         raise InputError(f"{path}: not a coaddx calexp, missing HDU(s) {missing}")
     return {
-        "image": read_plane(hdul["IMAGE"], path, "IMAGE", np.float32),
-        "mask": read_plane(hdul["MASK"], path, "MASK", np.int32),
-        "variance": read_plane(hdul["VARIANCE"], path, "VARIANCE", np.float32),
+        "image": read_layer(hdul["IMAGE"], path, "IMAGE", np.float32),
+        "mask": read_layer(hdul["MASK"], path, "MASK", np.int32),
+        "variance": read_layer(hdul["VARIANCE"], path, "VARIANCE", np.float32),
         "wcs": wcs_from_header(hdul["IMAGE"].header, path, "IMAGE"),
         "mask_planes": mask_planes_from_header(hdul["MASK"].header),
         "metadata": _metadata_from_header(hdul[0].header),
-        "psf": read_plane(hdul["PSF"], path, "PSF", np.float32) if "PSF" in names else None,
+        "psf": read_layer(hdul["PSF"], path, "PSF", np.float32) if "PSF" in names else None,
         "header": hdul[0].header.copy(),
     }
 
@@ -477,9 +477,9 @@ def _read_lsst(hdul: fits.HDUList, path: Path, *, photo_calib: float | None) -> 
     }
     meta = {"layout": "lsst", "photo_calib_source": source}
     return Exposure(
-        read_plane(hdul[1], path, "IMAGE", np.float32),
-        read_plane(hdul[2], path, "MASK", np.int32),
-        read_plane(hdul[3], path, "VARIANCE", np.float32),
+        read_layer(hdul[1], path, "IMAGE", np.float32),
+        read_layer(hdul[2], path, "MASK", np.int32),
+        read_layer(hdul[3], path, "VARIANCE", np.float32),
         wcs_from_header(image_header, path, "IMAGE"),
         planes,
         photo_calib=photo_calib,

@@ -21,7 +21,7 @@ __all__ = [
     "image_shape",
     "int_card",
     "open_fits",
-    "read_plane",
+    "read_layer",
     "wcs_from_header",
 ]
 
@@ -36,7 +36,7 @@ def open_fits(path: Path) -> fits.HDUList:
         raise InputError(f"{path}: unreadable FITS file: {exc}") from exc
 
 
-def read_plane(hdu: Any, path: Path, what: str, dtype: type) -> np.ndarray:
+def read_layer(hdu: Any, path: Path, what: str, dtype: type) -> np.ndarray:
     try:
         data = hdu.data
     except (OSError, ValueError, TypeError) as exc:

@@ -13,11 +13,12 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from coaddx.constants import LAYERS
 from coaddx.errors import StoreError
 from coaddx.model.skymap import Patch
 
 __all__ = [
-    "PLANES",
+    "LAYERS",
     "WARP_TYPES",
     "checksum",
     "codecs",
@@ -30,7 +31,6 @@ __all__ = [
 #: The warp-type groups of a patch store.
 WARP_TYPES = ("direct", "psf_matched")
 #: The (visit, y, x) arrays of a warp group.
-PLANES = ("image", "variance", "mask")
 
 
 def codecs(name: str) -> list[Any] | None:

@@ -17,7 +17,7 @@ import dask.array as da
 import xarray as xr
 
 from coaddx.errors import CoaddxError
-from coaddx.io.zarr.layout import PLANES
+from coaddx.io.zarr.layout import LAYERS
 from coaddx.io.zarr.warps import open_warps
 
 __all__ = ["reopen_warps"]
@@ -36,7 +36,7 @@ def reopen_warps(ds: xr.Dataset, chunks: Mapping[str, int]) -> xr.Dataset | None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             same = open_warps(path, warp_type, chunks=size)
-            if any(same[v].data.name != ds[v].data.name for v in PLANES):
+            if any(same[v].data.name != ds[v].data.name for v in LAYERS):
                 return None  # selected or changed since it was opened
             return open_warps(path, warp_type, chunks=chunks)
     except CoaddxError:

@@ -40,7 +40,7 @@ from coaddx.constants import STORE_CHUNK
 from coaddx.errors import InputError, SchemaError, StoreError
 from coaddx.io.zarr.chunks import region_writer
 from coaddx.io.zarr.layout import (
-    PLANES,
+    LAYERS,
     WARP_TYPES,
     checksum,
     codecs,
@@ -154,8 +154,8 @@ class WarpStore:
         group = _new_group(path, warp_type, overwrite)
         c = int(min(chunk, max(ny, nx)))
         for name, dtype, fill in (("image", "f4", np.nan), ("variance", "f4", np.nan)):
-            _create_plane(group, name, (ny, nx), (min(c, ny), min(c, nx)), dtype, fill)
-        _create_plane(group, "mask", (ny, nx), (min(c, ny), min(c, nx)), "i4", 0)
+            _create_layer(group, name, (ny, nx), (min(c, ny), min(c, nx)), dtype, fill)
+        _create_layer(group, "mask", (ny, nx), (min(c, ny), min(c, nx)), "i4", 0)
         for name, values, n in (("x", x, nx), ("y", y, ny)):
             coord = np.arange(n, dtype=np.int64) if values is None else np.asarray(values, np.int64)
             if coord.shape != (n,):
@@ -228,11 +228,11 @@ class WarpStore:
     def _clear_slot(self, index: int) -> None:
         """Remove any chunk files left in slot ``index`` by an interrupted write: zarr does not
         write chunks that equal the fill value, so a reused slot could otherwise show them."""
-        for name in PLANES:
+        for name in LAYERS:
             shutil.rmtree(self.path / self.warp_type / name / "c" / str(index), ignore_errors=True)
 
     def _resize(self, n: int) -> None:
-        for name in PLANES:
+        for name in LAYERS:
             arr = self._array(name)
             if arr.shape[0] != n:
                 arr.resize((n, *arr.shape[1:]))
@@ -307,7 +307,7 @@ class WarpStore:
             )
         no_data = np.int32(bitmask(self.mask_planes, "NO_DATA"))
         outside = {"image": np.float32(np.nan), "variance": np.float32(np.nan), "mask": no_data}
-        writers = {name: region_writer(self.path / self.warp_type / name) for name in PLANES}
+        writers = {name: region_writer(self.path / self.warp_type / name) for name in LAYERS}
         if all(w is not None for w in writers.values()):
             for name, arr in arrays.items():
                 writers[name].write_box(index, box, arr, outside[name])  # type: ignore[union-attr]
@@ -346,7 +346,7 @@ class WarpStore:
         for k, record in enumerate(order):
             want, have = start + k, slots[int(record["visit"])]
             if want != have:  # close the gap left by a visit that was not written
-                for name in PLANES:
+                for name in LAYERS:
                     self._array(name)[want] = self._array(name)[have]
         if order:
             pending = [{"visit": int(r["visit"]), "index": start + k} for k, r in enumerate(order)]
@@ -422,7 +422,7 @@ def _new_group(path: Path, warp_type: str, overwrite: bool) -> zarr.Group:
     return root.create_group(warp_type)
 
 
-def _create_plane(
+def _create_layer(
     group: zarr.Group,
     name: str,
     shape: tuple[int, int],
@@ -472,7 +472,7 @@ def warp_group(path: Path, warp_type: str) -> zarr.Group:
         have = sorted(root.group_keys())
         raise StoreError(f"{path} has no {warp_type!r} warps (it has: {have or 'nothing'})")
     group = cast(zarr.Group, root[warp_type])
-    missing = [n for n in (*PLANES, "x", "y") if n not in group]
+    missing = [n for n in (*LAYERS, "x", "y") if n not in group]
     if missing or "mask_planes" not in group.attrs:
         raise StoreError(
             f"{path}/{warp_type} is not a complete warp group: missing "

@@ -24,7 +24,7 @@ import zarr
 from coaddx.errors import SchemaError, StoreError
 from coaddx.io.schema import validate_warps
 from coaddx.io.zarr.chunks import region_reader
-from coaddx.io.zarr.layout import PLANES
+from coaddx.io.zarr.layout import LAYERS
 from coaddx.io.zarr.warp_store import IncompleteStoreWarning, WarpStore, warp_group
 from coaddx.model.masks import check_mask_planes
 
@@ -129,7 +129,7 @@ def open_warps(
             stacklevel=2,
         )
     n = len(records)
-    arrays = {name: cast(zarr.Array, group[name]) for name in PLANES}
+    arrays = {name: cast(zarr.Array, group[name]) for name in LAYERS}
     dchunks = _read_chunks(chunks, n, arrays["image"].chunks[1:])
     token = f"{path.resolve()}-{warp_type}-{n}-{records[-1].get('checksum', {})}"
     data = {}
@@ -219,7 +219,7 @@ def write_warps(
     for i, visit in enumerate(dataset["visit"].values):
         one = dataset.isel(visit=i)
         meta = {str(k): one[k].values.item() for k in per_visit}
-        image, variance, mask = (one[v].values for v in PLANES)
+        image, variance, mask = (one[v].values for v in LAYERS)
         stats = None
         if statistics is not None:
             stats = statistics(
