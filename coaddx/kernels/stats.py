@@ -31,6 +31,8 @@ __all__ = [
     "meanclip_1d",
     "meanclip_masked",
     "meanclip_masked_many",
+    "meanclip_mean_std",
+    "meanclip_rows",
     "next_half_width",
     "numpy_lerp",
     "quantile_position",
@@ -409,9 +411,6 @@ def meanclip_mean_std(
     return mean, std
 
 
-__all__ += ["meanclip_mean_std"]
-
-
 # -- MEANCLIP of many small samples at once (the bins of a background model) ------------------
 
 
@@ -445,6 +444,3 @@ def meanclip_rows(x: np.ndarray, *, sigma_clip: float, clip_iter: int) -> np.nda
     out = np.empty(flat.shape[0], np.float64)
     _meanclip_rows(flat, float(sigma_clip), int(clip_iter), out)
     return out.reshape(x.shape[:-1])
-
-
-__all__ += ["meanclip_rows"]
