@@ -1,2 +1,3 @@
-"""Coadd assembly: AssembleCoadd (``assemble``) and CompareWarpAssembleCoadd
-(``compare_warp.assemble_compare_warp``)."""
+"""Coadd assembly steps: AssembleCoadd (``assemble``, configured by ``config.AssembleConfig``),
+CompareWarpAssembleCoadd (``compare_warp/``) and the per-visit weight statistics both use
+(``weights``)."""

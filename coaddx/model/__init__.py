@@ -1,2 +1,4 @@
-"""The data model, no dask: exposures, mask planes, tract/patch geometry, WCS mappings and
-every PSF model (analytic PSF images, the ModelPsfMatch double Gaussian, warped PSFs)."""
+"""The data model, no dask: ``exposure`` (:class:`~coaddx.model.exposure.Exposure`), ``masks``
+(mask planes: named bits), ``skymap`` (tract / patch boxes and WCS), ``geometry`` (pixel
+mappings between WCSs, overlaps) and ``psf`` (the analytic PSF images and the ModelPsfMatch
+double Gaussian)."""

@@ -80,9 +80,9 @@ def _pixel(inputs, r):
     rejected = [(x, v, m, w) for x, v, m, w in inputs if not (math.isfinite(x) and m & bad == 0)]
     n = len(good)
     if r["statistic"] == "mean":
-        value, err2, nclip = (*_mean_and_error(good, r["error_mode"]), 0)
+        (value, err2), nclip = _mean_and_error(good, r["error_mode"]), 0
     elif r["statistic"] == "median":
-        value, err2, nclip = (*_median(good), 0)
+        (value, err2), nclip = _median(good), 0
     else:
         value, err2, nclip = _meanclip(good, r)
     out = 0
@@ -120,7 +120,7 @@ def _moments(good, centre=0.0):
     return n, sw, sw2, centre + dmean, biased * sw * sw / (sw * sw - sw2)
 
 
-def _mean_and_error(good, mode, centre=0.0) -> tuple[float, float]:
+def _mean_and_error(good, mode, centre=0.0):
     n, sw, sw2, mean, var = _moments(good, centre)
     if n == 0:
         return math.nan, math.nan
@@ -141,7 +141,7 @@ def _quartiles(good):
     return float(q1), float(q2), float(q3)
 
 
-def _median(good) -> tuple[float, float]:
+def _median(good):
     n, _, _, _, var = _moments(good)
     return _quartiles(good)[1], (math.pi / 2 * var / n if n else math.nan)
 
