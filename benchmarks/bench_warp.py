@@ -61,7 +61,7 @@ from scipy.special import erf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _swarp
+import swarp_peer
 
 import coaddx.io.zarr.warp_store as cstore
 import coaddx.warp.exposure as cexposure
@@ -197,7 +197,7 @@ def _make_one(k: int, v: dict, cat: dict, grid_wcs: WCS, folder: Path, seed: int
         mask_planes=mask_planes(),
         metadata=meta,
     )
-    hdr = _swarp.cd_header(wcs)
+    hdr = swarp_peer.cd_header(wcs)
     fits.PrimaryHDU(image, header=hdr).writeto(
         folder / "swarp" / f"img_{v['visit']}.fits", overwrite=True
     )
@@ -240,7 +240,7 @@ def make_inputs(out: Path, n: int, seed: int = 7) -> Path:
             {
                 "version": INPUT_VERSION,
                 "visits": visits,
-                "grid_header": _swarp.cd_header(grid_wcs, shape).tostring(),
+                "grid_header": swarp_peer.cd_header(grid_wcs, shape).tostring(),
                 "shape": list(shape),
             },
             indent=1,
@@ -374,11 +374,11 @@ def run_swarp(
     shutil.rmtree(work, ignore_errors=True)
     resamp = work / "resamp"
     resamp.mkdir(parents=True)
-    _swarp.write_head(work / "coadd.head", grid_wcs, shape)
+    swarp_peer.write_head(work / "coadd.head", grid_wcs, shape)
     params = dict(SWARP_PARAMS, FSCALASTRO_TYPE=fscalastro)
     with PeakMemory() as mem:
         c0, t0 = _cpu(resource.RUSAGE_CHILDREN), time.perf_counter()
-        proc = _swarp.run_swarp(images, work, resamp, params)
+        proc = swarp_peer.run_swarp(images, work, resamp, params)
         seconds, cpu = time.perf_counter() - t0, _cpu(resource.RUSAGE_CHILDREN) - c0
     return {
         "seconds": seconds,
@@ -439,7 +439,7 @@ def compare(
     for v in visits:
         visit = v["visit"]
         c = group["image"][slots[visit]]
-        s, sw = _swarp.read_resampled(
+        s, sw = swarp_peer.read_resampled(
             swarp_dir / f"img_{visit}.resamp.fits",
             swarp_dir / f"img_{visit}.resamp.weight.fits",
             grid_wcs,
@@ -549,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({shape[0] * shape[1] / 1e6:.1f} Mpix) covering the union; CPUs: {os.cpu_count()}; "
         f"dask scheduler: {dask.config.get('scheduler', 'threads (default)')}"
     )
-    print(f"SWarp: {_swarp.swarp_version()}")
+    print(f"SWarp: {swarp_peer.swarp_version()}")
     print(flush=True)
 
     # coaddx and SWarp alternate, best of --repeat (the machine is shared and noisy); os.sync()

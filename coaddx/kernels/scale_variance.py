@@ -9,11 +9,11 @@ import numpy as np
 
 from coaddx.kernels.background import background_model
 
-__all__ = ["SCALE_VARIANCE_IQR_TO_SIGMA", "ExceedsMaxVarianceScaleError", "scale_variance_factor"]
+__all__ = ["SCALE_VARIANCE_SIGMA_PER_IQR", "ExceedsMaxVarianceScaleError", "scale_variance_factor"]
 
 #: ScaleVarianceTask's own, rounded, IQR-to-sigma factor (LSST writes 0.74 there, not
 #: :data:`coaddx.constants.IQR_TO_SIGMA`; kept for parity).
-SCALE_VARIANCE_IQR_TO_SIGMA = 0.74
+SCALE_VARIANCE_SIGMA_PER_IQR = 0.74
 
 
 class ExceedsMaxVarianceScaleError(RuntimeError):
@@ -40,10 +40,10 @@ def scale_variance_factor(
     resid = (image - background_model(image, good, bin_size))[good]
     var = variance[good].astype(np.float64)
     q1, q3 = np.percentile(resid / np.sqrt(var), [25, 75])
-    factor = (SCALE_VARIANCE_IQR_TO_SIGMA * (q3 - q1)) ** 2
+    factor = (SCALE_VARIANCE_SIGMA_PER_IQR * (q3 - q1)) ** 2
     if factor > limit:
         q1, q3 = np.percentile(resid, [25, 75])
-        factor = (SCALE_VARIANCE_IQR_TO_SIGMA * (q3 - q1) / math.sqrt(np.median(var))) ** 2
+        factor = (SCALE_VARIANCE_SIGMA_PER_IQR * (q3 - q1) / math.sqrt(np.median(var))) ** 2
         if factor > limit:
             raise ExceedsMaxVarianceScaleError(
                 f"variance scale factor {factor:.3g} exceeds the limit {limit}"
