@@ -39,6 +39,7 @@ from coaddx.io.zarr.warp_store import IncompleteStoreWarning, WarpStore, check_s
 from coaddx.lsst import from_lsst_config
 from coaddx.model.exposure import Exposure
 from coaddx.model.masks import mask_planes
+from coaddx.model.refraction import LSST_SITE, Observatory, Weather, dcr_shifts
 from coaddx.model.skymap import Box, Patch, Tract
 from coaddx.sim.simulate import Simulation, simulate
 from coaddx.warp.config import ModelPsfMatchConfig, WarpConfig
@@ -46,6 +47,7 @@ from coaddx.warp.make_warps import WarpResult, make_warps
 from coaddx.warp.store import open_warps, write_warps
 
 __all__ = [
+    "LSST_SITE",
     "AssembleConfig",
     "Box",
     "CoaddxError",
@@ -57,6 +59,7 @@ __all__ = [
     "InterpConfig",
     "MaskPlaneError",
     "ModelPsfMatchConfig",
+    "Observatory",
     "Patch",
     "PsfMatchConfig",
     "SchemaError",
@@ -67,10 +70,12 @@ __all__ = [
     "WarpConfig",
     "WarpResult",
     "WarpStore",
+    "Weather",
     "__version__",
     "assemble",
     "assemble_compare_warp",
     "check_store",
+    "dcr_shifts",
     "export_fits",
     "from_lsst_config",
     "make_warps",
