@@ -24,8 +24,8 @@ def dcr_gain(
     with fewer than three metrics, the gain is ``base_gain``; otherwise each past step's
     asymptote e_j = ((1 + g_j) C_{j+1} - C_j) / g_j (negative values set to 0) is estimated,
     E is the median of e_j for j >= n - 5 (LSST's window), the metric the last gain should
-    have reached is predicted, and the new gain ((1 - |delta|) + g_last) / 2 grows as the prediction holds,
-    never below ``base_gain``.
+    have reached is predicted, and the new gain ((1 - |delta|) + g_last) / 2 grows as the
+    prediction holds, never below ``base_gain``.
     """
     c = np.asarray(convergence, dtype=np.float64)
     g = np.asarray(gains, dtype=np.float64)
