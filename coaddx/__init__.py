@@ -10,7 +10,7 @@ MakePsfMatchedWarp              ``coaddx.warp.psf_matched`` (ModelPsfMatch)
 AssembleCoadd                   ``coaddx.coadd.assemble`` (``assemble``)
 CompareWarpAssembleCoadd        ``coaddx.coadd.compare_warp`` (``assemble_compare_warp``)
 ImagePsfMatch / SnapPsfMatch    ``coaddx.diffim`` (``subtract``, ``snap_subtract``)
-DcrAssembleCoadd                ``coaddx.dcr`` (to come)
+DcrAssembleCoadd                ``coaddx.dcr`` (in progress: ``DcrConfig``, ``dcr_shifts``)
 CalibrateTask                   ``coaddx.calibrate`` (to come)
 ==============================  ===========================================================
 """
@@ -22,6 +22,7 @@ from coaddx.coadd.assemble import assemble
 from coaddx.coadd.compare_warp.assemble import assemble_compare_warp
 from coaddx.coadd.compare_warp.config import CompareWarpConfig
 from coaddx.coadd.config import AssembleConfig, InterpConfig
+from coaddx.dcr.config import DcrConfig
 from coaddx.diffim.config import PsfMatchConfig, snap_config
 from coaddx.diffim.subtract import Subtraction, snap_subtract, subtract
 from coaddx.errors import (
@@ -53,6 +54,7 @@ __all__ = [
     "CoaddxError",
     "CompareWarpConfig",
     "ConfigError",
+    "DcrConfig",
     "Exposure",
     "IncompleteStoreWarning",
     "InputError",
