@@ -15,6 +15,9 @@ step                   LSST task config                coaddx config, name map
                                                        ``LSST_PSF_MATCH_NAMES``
 ``"model_psf_match"``  ModelPsfMatchConfig             ModelPsfMatchConfig,
                                                        ``LSST_MODEL_PSF_MATCH_NAMES``
+``"dcr"``              DcrAssembleCoaddConfig          DcrConfig, ``LSST_DCR_NAMES``
+                       (effectiveWavelength and
+                       bandwidth required)
 =====================  ==============================  ==================================
 
 Sub-configs take a dict of their own LSST names (``{"assembleStaticSkyModel": {"sigmaClip":
@@ -38,6 +41,7 @@ from coaddx.coadd.compare_warp.config import (
     ScaleVarianceConfig,
 )
 from coaddx.coadd.config import AssembleConfig, InterpConfig
+from coaddx.dcr.config import DcrConfig
 from coaddx.diffim.config import PsfMatchConfig
 from coaddx.errors import ConfigError
 from coaddx.warp.config import ModelPsfMatchConfig, WarpConfig
@@ -45,6 +49,7 @@ from coaddx.warp.config import ModelPsfMatchConfig, WarpConfig
 __all__ = [
     "LSST_ASSEMBLE_NAMES",
     "LSST_COMPARE_WARP_NAMES",
+    "LSST_DCR_NAMES",
     "LSST_DETECTION_NAMES",
     "LSST_INTERP_NAMES",
     "LSST_MASK_STREAKS_NAMES",
@@ -55,7 +60,7 @@ __all__ = [
     "from_lsst_config",
 ]
 
-T_Step = Literal["assemble", "compare_warp", "warp", "psf_match", "model_psf_match"]
+T_Step = Literal["assemble", "compare_warp", "warp", "psf_match", "model_psf_match", "dcr"]
 
 #: LSST AssembleCoaddConfig field -> coaddx AssembleConfig field.
 LSST_ASSEMBLE_NAMES: dict[str, str] = {
@@ -194,6 +199,32 @@ LSST_MODEL_PSF_MATCH_NAMES: dict[str, str] = {
 }
 
 
+#: LSST DcrAssembleCoaddConfig field -> coaddx DcrConfig field (algorithms.md 4.1).
+LSST_DCR_NAMES: dict[str, str] = {
+    "dcrNumSubfilters": "n_subfilters",
+    "effectiveWavelength": "effective_wavelength",
+    "bandwidth": "bandwidth",
+    "maxNumIter": "max_num_iter",
+    "minNumIter": "min_num_iter",
+    "convergenceThreshold": "convergence_threshold",
+    "useConvergence": "use_convergence",
+    "baseGain": "base_gain",
+    "useProgressiveGain": "use_progressive_gain",
+    "doAirmassWeight": "do_airmass_weight",
+    "modelWeightsWidth": "model_weights_width",
+    "useModelWeights": "use_model_weights",
+    "splitSubfilters": "split_subfilters",
+    "splitThreshold": "split_threshold",
+    "regularizeModelIterations": "regularize_model_iterations",
+    "regularizeModelFrequency": "regularize_model_frequency",
+    "convergenceMaskPlanes": "convergence_mask_planes",
+    "regularizationWidth": "regularization_width",
+    "imageInterpOrder": "image_interp_order",
+    "accelerateModel": "accelerate_model",
+    "doCalculatePsf": "do_calculate_psf",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class _Step:
     """One LSST config and its coaddx counterpart."""
@@ -231,6 +262,7 @@ _STEPS: dict[str, _Step] = {
     "model_psf_match": _Step(
         "ModelPsfMatchConfig", ModelPsfMatchConfig, LSST_MODEL_PSF_MATCH_NAMES
     ),
+    "dcr": _Step("DcrAssembleCoaddConfig", DcrConfig, LSST_DCR_NAMES),
 }
 
 #: Sub-configs, by type (the nested dicts of a step).
@@ -252,7 +284,15 @@ _SUB_STEPS: dict[type, _Step] = {
 #: A sub-config that the LSST config makes optional: its class, built when switched on.
 _OPTIONAL: dict[tuple[type, str], type] = {(AssembleConfig, "interp"): InterpConfig}
 
-C = TypeVar("C", AssembleConfig, CompareWarpConfig, WarpConfig, PsfMatchConfig, ModelPsfMatchConfig)
+C = TypeVar(
+    "C",
+    AssembleConfig,
+    CompareWarpConfig,
+    WarpConfig,
+    PsfMatchConfig,
+    ModelPsfMatchConfig,
+    DcrConfig,
+)
 
 
 def _step(step: str) -> _Step:
@@ -377,7 +417,14 @@ def from_lsst_config(
 @overload
 def from_lsst_config(
     overrides: Mapping[str, Any], base: None = None, *, step: T_Step
-) -> AssembleConfig | CompareWarpConfig | WarpConfig | PsfMatchConfig | ModelPsfMatchConfig: ...
+) -> (
+    AssembleConfig
+    | CompareWarpConfig
+    | WarpConfig
+    | PsfMatchConfig
+    | ModelPsfMatchConfig
+    | DcrConfig
+): ...
 
 
 def from_lsst_config(
@@ -394,13 +441,13 @@ def from_lsst_config(
         switches that are False map to ``None`` (``doInterp=False`` -> ``interp=None``).
     base : config, optional
         The config to change (default: the step's defaults).
-    step : {"assemble", "compare_warp", "warp", "psf_match", "model_psf_match"}, optional
+    step : {"assemble", "compare_warp", "warp", "psf_match", "model_psf_match", "dcr"}, optional
         Default: inferred from ``base``'s type, else ``"assemble"``.
 
     Returns
     -------
     The step's config (``AssembleConfig``, ``CompareWarpConfig``, ``WarpConfig``,
-    ``PsfMatchConfig`` or ``ModelPsfMatchConfig``).
+    ``PsfMatchConfig``, ``ModelPsfMatchConfig`` or ``DcrConfig``).
 
     Raises
     ------
@@ -416,4 +463,20 @@ def from_lsst_config(
     'lanczos4'
     """
     spec = _step_of(base, step)
-    return _convert(spec, base if base is not None else spec.config(), overrides)
+    return _convert(spec, base if base is not None else _default(spec, overrides), overrides)
+
+
+def _default(spec: _Step, overrides: Mapping[str, Any]) -> Any:
+    """The step's default config; DcrAssembleCoaddConfig has required fields, taken from the
+    overrides (as LSST requires them in the pipeline config)."""
+    if spec.config is not DcrConfig:
+        return spec.config()
+    missing = [n for n in ("effectiveWavelength", "bandwidth") if n not in overrides]
+    if missing:
+        raise ConfigError(
+            f"LSST DcrAssembleCoaddConfig: {missing} have no default; give them in the "
+            "overrides or pass a DcrConfig as base"
+        )
+    return DcrConfig(
+        effective_wavelength=overrides["effectiveWavelength"], bandwidth=overrides["bandwidth"]
+    )

@@ -184,6 +184,6 @@ def test_from_lsst_config_unknown_names_name_the_step_and_known_names():
     with pytest.raises(coaddx.ConfigError, match=r"'warp'.*warpingKernelName"):
         from_lsst_config({"sigmaClip": 2.0}, step="warp")
     with pytest.raises(coaddx.ConfigError, match="unknown LSST step"):
-        from_lsst_config({}, step="dcr")
+        from_lsst_config({}, step="calibrate")
     with pytest.raises(coaddx.ConfigError, match="needs a base of type AssembleConfig"):
         from_lsst_config({}, WarpConfig(), step="assemble")

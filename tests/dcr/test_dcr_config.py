@@ -51,3 +51,26 @@ def test_wavelength_and_bandwidth_are_required():
 def test_bad_fields_are_named(changes, field):
     with pytest.raises(coaddx.ConfigError, match=f"DcrConfig.{field}"):
         coaddx.DcrConfig(**({"effective_wavelength": 476.31, "bandwidth": 147.0} | changes))
+
+
+def test_lsst_dcr_names_carry_over():
+    from coaddx.lsst import LSST_DCR_NAMES
+
+    fields = {f.name for f in dataclasses.fields(coaddx.DcrConfig)}
+    assert set(LSST_DCR_NAMES.values()) <= fields
+    c = coaddx.from_lsst_config(
+        {"effectiveWavelength": 476.31, "bandwidth": 147.0, "dcrNumSubfilters": 4, "baseGain": 0.2},
+        step="dcr",
+    )
+    assert (c.n_subfilters, c.gain, c.effective_wavelength) == (4, 0.2, 476.31)
+    base = coaddx.DcrConfig(effective_wavelength=600.0, bandwidth=100.0)
+    assert coaddx.from_lsst_config({"splitThreshold": 0.2}, base).split_threshold == 0.2
+
+
+def test_lsst_dcr_names_need_the_required_fields():
+    with pytest.raises(coaddx.ConfigError, match="effectiveWavelength"):
+        coaddx.from_lsst_config({"baseGain": 0.2}, step="dcr")
+    with pytest.raises(coaddx.ConfigError, match="DcrAssembleCoaddConfig field 'nope'"):
+        coaddx.from_lsst_config(
+            {"nope": 1}, coaddx.DcrConfig(effective_wavelength=600.0, bandwidth=100.0)
+        )
