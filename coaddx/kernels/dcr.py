@@ -1,13 +1,20 @@
-"""DcrAssembleCoadd's scalar loop arithmetic (algorithms.md 4.6): the progressive gain and the
-conditioning of a model update. Plain numpy, keyword-only scalars."""
+"""DcrAssembleCoadd's array primitives (algorithms.md 4.4-4.6): shifting an image by a
+sub-filter's DCR (``apply_dcr``), the forward model of one visit (``forward_model``), the
+progressive gain and the conditioning of a model update. Plain numpy/scipy, keyword-only
+scalars.
+
+``apply_dcr`` keeps LSST's intent where its code has a bug (algorithms.md 9, item 6): a split
+pair closer than ``split_threshold`` is applied as one shift by the pair's mean, not by the
+mean of each shift's own y and x components."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import ndimage
 
-__all__ = ["condition_model", "dcr_gain"]
+__all__ = ["apply_dcr", "condition_model", "dcr_gain", "forward_model"]
 
 
 def dcr_gain(
@@ -47,3 +54,55 @@ def dcr_gain(
 def condition_model(new: np.ndarray, old: np.ndarray, *, gain: float) -> np.ndarray:
     """conditionDcrModel: the update damped by ``gain``, (gain new + old) / (1 + gain)."""
     return (gain * new + old) / (1 + gain)
+
+
+def _shift(image: np.ndarray, shift: np.ndarray, order: int) -> np.ndarray:
+    data = ndimage.spline_filter(image, order=order) if order > 1 else image
+    return ndimage.shift(data, shift, order=order, prefilter=False, mode="constant", cval=0.0)
+
+
+def apply_dcr(
+    image: np.ndarray,
+    shift: np.ndarray,
+    *,
+    order: int = 1,
+    split_threshold: float = 0.1,
+    inverse: bool = False,
+) -> np.ndarray:
+    """``image`` shifted by one sub-filter's DCR (LSST applyDcr).
+
+    ``shift`` is a (dy, dx) pair, shape (2,), or a split pair, shape (2, 2) (pair member,
+    (dy, dx)): when the members differ by ``split_threshold`` px or more in either component
+    the result is the mean of the image shifted by each, otherwise one shift by their mean.
+    ``order`` is the spline order (1: bilinear; > 1 spline-filters first); outside the image
+    is zero; ``inverse`` shifts by minus the shift.
+    """
+    s = np.asarray(shift, dtype=np.float64) * (-1.0 if inverse else 1.0)
+    image = np.asarray(image, dtype=np.float64)
+    if s.shape == (2,):
+        return _shift(image, s, order)
+    if s.shape != (2, 2):
+        raise ValueError(f"apply_dcr: shift must have shape (2,) or (2, 2), got {s.shape}")
+    if np.max(np.abs(s[0] - s[1])) >= split_threshold:
+        return (_shift(image, s[0], order) + _shift(image, s[1], order)) / 2
+    return _shift(image, s.mean(axis=0), order)
+
+
+def forward_model(
+    models: Sequence[np.ndarray] | np.ndarray,
+    shifts: np.ndarray,
+    *,
+    accelerate: float = 3.0,
+    order: int = 1,
+    split_threshold: float = 0.1,
+) -> np.ndarray:
+    """One visit's DCR-matched template (LSST buildMatchedTemplate): each sub-filter model,
+    amplified around the sub-filter mean by ``accelerate`` (A_k = (M_k - ref) a + ref), shifted
+    by that visit's DCR of sub-filter k (``shifts`` of shape (N, 2) or (N, 2, 2)), summed."""
+    stack = np.asarray(models, dtype=np.float64)
+    ref = stack.mean(axis=0)
+    out = np.zeros_like(ref)
+    for model, shift in zip(stack, np.asarray(shifts, dtype=np.float64), strict=True):
+        amplified = (model - ref) * accelerate + ref if accelerate != 1 else model
+        out += apply_dcr(amplified, shift, order=order, split_threshold=split_threshold)
+    return out

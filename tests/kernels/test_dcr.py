@@ -4,7 +4,7 @@ written out by hand."""
 import numpy as np
 import pytest
 
-from coaddx.kernels.dcr import condition_model, dcr_gain
+from coaddx.kernels.dcr import apply_dcr, condition_model, dcr_gain, forward_model
 
 
 def test_gain_is_the_base_gain_until_three_metrics():
@@ -46,3 +46,55 @@ def test_conditioning_arithmetic():
     new, old = np.array([3.0, -1.0]), np.array([1.0, 1.0])
     np.testing.assert_allclose(condition_model(new, old, gain=0.5), [(1.5 + 1) / 1.5, 0.5 / 1.5])
     np.testing.assert_array_equal(condition_model(new, old, gain=0.0), old)
+
+
+def _scene(shape=(41, 43), seed=3):
+    rng = np.random.default_rng(seed)
+    img = np.zeros(shape)
+    img[10:30, 12:32] = rng.uniform(1, 5, (20, 20))
+    return img
+
+
+def test_integer_shift_is_an_exact_translation_with_zero_fill():
+    img = _scene()
+    out = apply_dcr(img, np.array([2.0, -3.0]))
+    expected = np.zeros_like(img)
+    expected[2:, :-3] = img[:-2, 3:]
+    np.testing.assert_allclose(out, expected, atol=1e-12)
+    np.testing.assert_allclose(
+        apply_dcr(out, np.array([2.0, -3.0]), inverse=True)[4:-4, 4:-4], img[4:-4, 4:-4], atol=1e-12
+    )
+
+
+def test_subpixel_bilinear_shift_conserves_flux_away_from_the_edges():
+    img = _scene()
+    out = apply_dcr(img, np.array([0.37, -0.81]))
+    assert out.sum() == pytest.approx(img.sum(), rel=1e-12)
+    # bilinear: the mean of a pixel and its neighbour for a half-pixel shift
+    half = apply_dcr(img, np.array([0.0, 0.5]))
+    np.testing.assert_allclose(half[:, 1:], (img[:, 1:] + img[:, :-1]) / 2, atol=1e-12)
+
+
+def test_split_pairs_average_two_shifts_or_use_their_mean():
+    img = _scene()
+    far = np.array([[0.0, 0.0], [0.0, 1.0]])
+    np.testing.assert_allclose(
+        apply_dcr(img, far), (img + apply_dcr(img, np.array([0.0, 1.0]))) / 2, atol=1e-12
+    )
+    near = np.array([[0.30, 0.10], [0.34, 0.12]])  # closer than 0.1 px in both components
+    np.testing.assert_allclose(apply_dcr(img, near), apply_dcr(img, near.mean(axis=0)), atol=1e-12)
+    # not LSST's buggy form, which shifts by the mean of each member's dy and dx
+    buggy = apply_dcr(img, np.array([near[0].mean(), near[1].mean()]))
+    assert np.abs(apply_dcr(img, near) - buggy).max() > 1e-3
+
+
+def test_forward_model_with_no_refraction_is_the_sum_of_the_sub_filters():
+    rng = np.random.default_rng(0)
+    models = rng.uniform(0, 10, (3, 20, 22))
+    np.testing.assert_allclose(
+        forward_model(models, np.zeros((3, 2)), accelerate=3.0), models.sum(axis=0), atol=1e-12
+    )
+    shifts = np.array([[1.0, 0.0], [0.0, 0.0], [-1.0, 0.0]])
+    ref = models.mean(axis=0)
+    expected = sum(apply_dcr((m - ref) * 3 + ref, s) for m, s in zip(models, shifts, strict=True))
+    np.testing.assert_allclose(forward_model(models, shifts), expected, atol=1e-12)
