@@ -14,7 +14,15 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["apply_dcr", "condition_model", "dcr_gain", "forward_model"]
+__all__ = [
+    "apply_dcr",
+    "clamp_iteration",
+    "condition_model",
+    "dcr_gain",
+    "dcr_nimage",
+    "forward_model",
+    "opening_structure",
+]
 
 
 def dcr_gain(
@@ -105,4 +113,58 @@ def forward_model(
     for model, shift in zip(stack, np.asarray(shifts, dtype=np.float64), strict=True):
         amplified = (model - ref) * accelerate + ref if accelerate != 1 else model
         out += apply_dcr(amplified, shift, order=order, split_threshold=split_threshold)
+    return out
+
+
+def dcr_nimage(
+    masks: np.ndarray, shifts: np.ndarray, *, bad_bits: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sub-filter input counts and DCR weights (LSST calculateNImage, algorithms.md 4.5).
+
+    ``masks`` (V, Y, X) int masks of the visits (alt masks applied), ``shifts`` (V, N, 2) their
+    unsplit DCR shifts. Each visit's good-pixel weight (no ``bad_bits``) is shifted back by the
+    inverse DCR of sub-filter k (bilinear); ``n_image_k`` sums its rounded values and the
+    weight sum its values. Where any sub-filter's weight sum is <= 1 both are zero; elsewhere
+    the DCR weight is 1 / weight sum. Returns ``(n_image (N, Y, X) int32, weights (N, Y, X))``.
+    """
+    m = np.asarray(masks)
+    sh = np.asarray(shifts, dtype=np.float64)
+    if m.ndim != 3 or sh.shape[:1] != m.shape[:1] or sh.shape[2:] != (2,):
+        raise ValueError(
+            f"dcr_nimage: masks (V, Y, X) and shifts (V, N, 2) needed, got {m.shape} and {sh.shape}"
+        )
+    n_sub = sh.shape[1]
+    n_image = np.zeros((n_sub, *m.shape[1:]), np.int32)
+    total = np.zeros((n_sub, *m.shape[1:]), np.float64)
+    for mask, visit_shifts in zip(m, sh, strict=True):
+        good = ((mask & bad_bits) == 0).astype(np.float64)
+        for k in range(n_sub):
+            w = apply_dcr(good, visit_shifts[k], inverse=True)
+            n_image[k] += np.rint(w).astype(np.int32)
+            total[k] += w
+    ok = np.all(total > 1.0, axis=0)
+    weights = np.where(ok, 1.0 / np.where(ok, total, 1.0), 0.0)
+    n_image[:, ~ok] = 0
+    return n_image, weights
+
+
+def opening_structure(width: int) -> np.ndarray:
+    """The 3x3 cross dilated to radius ``width`` (a diamond; 5x5 for width 2)."""
+    return ndimage.iterate_structure(ndimage.generate_binary_structure(2, 1), width)
+
+
+def clamp_iteration(new: np.ndarray, old: np.ndarray, *, clamp: float, width: int) -> np.ndarray:
+    """regularizeModelIter: limit a sub-filter's change in one iteration to a factor ``clamp``.
+
+    Pixels above |old| clamp or below old / clamp are set to that bound, after the flags are
+    cleaned of isolated pixels by a binary opening with :func:`opening_structure` (``width``).
+    """
+    out = np.array(new, dtype=np.float64)
+    structure = opening_structure(width)
+    hi = np.abs(old) * clamp
+    lo = old / clamp
+    high = ndimage.binary_opening(out > hi, structure=structure)
+    low = ndimage.binary_opening(out < lo, structure=structure)
+    out[high] = hi[high]
+    out[low] = lo[low]
     return out

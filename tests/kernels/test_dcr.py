@@ -4,7 +4,15 @@ written out by hand."""
 import numpy as np
 import pytest
 
-from coaddx.kernels.dcr import apply_dcr, condition_model, dcr_gain, forward_model
+from coaddx.kernels.dcr import (
+    apply_dcr,
+    clamp_iteration,
+    condition_model,
+    dcr_gain,
+    dcr_nimage,
+    forward_model,
+    opening_structure,
+)
 
 
 def test_gain_is_the_base_gain_until_three_metrics():
@@ -98,3 +106,51 @@ def test_forward_model_with_no_refraction_is_the_sum_of_the_sub_filters():
     ref = models.mean(axis=0)
     expected = sum(apply_dcr((m - ref) * 3 + ref, s) for m, s in zip(models, shifts, strict=True))
     np.testing.assert_allclose(forward_model(models, shifts), expected, atol=1e-12)
+
+
+def test_nimage_without_refraction_counts_good_inputs_in_every_sub_filter():
+    rng = np.random.default_rng(1)
+    masks = np.where(rng.random((5, 12, 14)) < 0.2, 1, 0).astype(np.int32)
+    masks[:, 0, 0] = 1  # nobody good here: a pixel with weight sum 0
+    n_image, weights = dcr_nimage(masks, np.zeros((5, 3, 2)), bad_bits=1)
+    good = (masks == 0).sum(axis=0)
+    expected = np.where(good > 1, good, 0)
+    for k in range(3):
+        np.testing.assert_array_equal(n_image[k], expected)
+        np.testing.assert_allclose(weights[k], np.where(good > 1, 1.0 / np.maximum(good, 1), 0))
+
+
+def test_nimage_follows_the_inverse_shift():
+    masks = np.zeros((3, 10, 10), np.int32)
+    masks[:, :, 5:] = 1  # the right half is bad in every visit
+    shifts = np.zeros((3, 2, 2))
+    shifts[:, 1] = [0.0, 2.0]  # sub-filter 1 is refracted by +2 px in x
+    n_image, weights = dcr_nimage(masks, shifts, bad_bits=1)
+    # sub-filter 1's weight moves 2 px left (columns 3-4 lose it); a pixel that any sub-filter
+    # lacks counts for none of them
+    for k in range(2):
+        assert (n_image[k][:, :3] == 3).all() and (n_image[k][:, 3:] == 0).all()
+        np.testing.assert_allclose(weights[k][:, :3], 1 / 3)
+        assert (weights[k][:, 3:] == 0).all()
+
+
+def test_clamp_iteration_bounds_coherent_changes_and_ignores_isolated_pixels():
+    old = np.full((15, 15), 10.0)
+    new = old.copy()
+    new[3:9, 3:9] = 50.0  # a 6x6 patch far above 2 x old: clamped to 20
+    new[12, 12] = 50.0  # one isolated pixel: the opening removes its flag
+    new[1:6, 9:14] = 1.0  # a 5x5 patch below old / 2: exactly one diamond fits
+    out = clamp_iteration(new, old, clamp=2.0, width=2)
+    # an opening keeps the union of the diamonds (radius 2) that fit inside a flagged region:
+    # for the 6x6 patch, those centred on its inner 2x2 pixels
+    yy, xx = np.mgrid[0:15, 0:15]
+    kept = np.zeros((15, 15), bool)
+    for cy in (5, 6):
+        for cx in (5, 6):
+            kept |= np.abs(yy - cy) + np.abs(xx - cx) <= 2
+    np.testing.assert_array_equal(out[3:9, 3:9], np.where(kept, 20.0, 50.0)[3:9, 3:9])
+    assert out[12, 12] == 50.0  # isolated: not clamped
+    # the 5x5 patch below old / 2: only the diamond centred on it is raised to old / 2
+    diamond = np.abs(yy - 3) + np.abs(xx - 11) <= 2
+    np.testing.assert_array_equal(out[1:6, 9:14], np.where(diamond, 5.0, 1.0)[1:6, 9:14])
+    assert opening_structure(2).sum() == 13  # the 5x5 diamond
