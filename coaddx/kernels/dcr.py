@@ -22,6 +22,7 @@ __all__ = [
     "dcr_nimage",
     "forward_model",
     "opening_structure",
+    "regularize_frequency",
 ]
 
 
@@ -153,6 +154,15 @@ def opening_structure(width: int) -> np.ndarray:
     return ndimage.iterate_structure(ndimage.generate_binary_structure(2, 1), width)
 
 
+def _clamp(value: np.ndarray, lo: np.ndarray, hi: np.ndarray, structure: np.ndarray) -> None:
+    """Set the pixels above ``hi`` (below ``lo``) to that bound, in place, where the flags
+    survive a binary opening with ``structure`` (isolated pixels are left alone)."""
+    high = ndimage.binary_opening(value > hi, structure=structure)
+    low = ndimage.binary_opening(value < lo, structure=structure)
+    value[high] = hi[high]
+    value[low] = lo[low]
+
+
 def clamp_iteration(new: np.ndarray, old: np.ndarray, *, clamp: float, width: int) -> np.ndarray:
     """regularizeModelIter: limit a sub-filter's change in one iteration to a factor ``clamp``.
 
@@ -160,11 +170,45 @@ def clamp_iteration(new: np.ndarray, old: np.ndarray, *, clamp: float, width: in
     cleaned of isolated pixels by a binary opening with :func:`opening_structure` (``width``).
     """
     out = np.array(new, dtype=np.float64)
-    structure = opening_structure(width)
-    hi = np.abs(old) * clamp
-    lo = old / clamp
-    high = ndimage.binary_opening(out > hi, structure=structure)
-    low = ndimage.binary_opening(out < lo, structure=structure)
-    out[high] = hi[high]
-    out[low] = lo[low]
+    _clamp(out, old / clamp, np.abs(old) * clamp, opening_structure(width))
     return out
+
+
+def regularize_frequency(
+    new: np.ndarray,
+    old: np.ndarray,
+    noise_pixels: np.ndarray,
+    *,
+    max_diff: float,
+    width: int,
+    shrink: int = 5,
+) -> np.ndarray:
+    """regularizeModelFreq (algorithms.md 4.6 step 4): each sub-filter becomes a smooth colour
+    ratio times the old mean image.
+
+    ``new`` and ``old`` are (N, Y, X) sub-filter models after and before the update;
+    ``noise_pixels`` (Y, X) marks the pixels whose spread gives the noise (no bad or DETECTED
+    bit), of which those ``shrink`` px inside the border are used. The reference is the mean of
+    the old models (NaN or <= 0 set to 0; nothing changes when no pixel is positive); every
+    model is clamped within a factor ``max_diff`` (sqrt(regularizeModelFrequency)) of the
+    smoothed reference, smoothed itself (Gaussian sigma ``width``), divided by the smoothed
+    reference and sharpened (unsharp mask, sigma width/3, amount 3).
+    """
+    models = np.array(new, dtype=np.float64)
+    ref = np.mean(np.asarray(old, dtype=np.float64), axis=0)
+    ref = np.where(np.isfinite(ref) & (ref > 0), ref, 0.0)
+    if not np.any(ref > 0):
+        return models
+    inner = np.zeros(noise_pixels.shape, bool)
+    inner[shrink : inner.shape[0] - shrink, shrink : inner.shape[1] - shrink] = True
+    sample = models[0][inner & noise_pixels]
+    noise = float(np.std(sample)) / (2 * width) if sample.size else 0.0
+    smooth_ref = ndimage.gaussian_filter(ref, width, mode="constant") + 3 * noise
+    structure = opening_structure(width)
+    for model in models:
+        _clamp(model, smooth_ref / max_diff, smooth_ref * max_diff, structure)
+        smooth = ndimage.gaussian_filter(model, width, mode="constant") + 3 * noise
+        rel = smooth / smooth_ref
+        rel = rel + 3 * (rel - ndimage.gaussian_filter(rel, width / 3))
+        model[...] = rel * ref
+    return models

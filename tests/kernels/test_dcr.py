@@ -12,6 +12,7 @@ from coaddx.kernels.dcr import (
     dcr_nimage,
     forward_model,
     opening_structure,
+    regularize_frequency,
 )
 
 
@@ -154,3 +155,30 @@ def test_clamp_iteration_bounds_coherent_changes_and_ignores_isolated_pixels():
     diamond = np.abs(yy - 3) + np.abs(xx - 11) <= 2
     np.testing.assert_array_equal(out[1:6, 9:14], np.where(diamond, 5.0, 1.0)[1:6, 9:14])
     assert opening_structure(2).sum() == 13  # the 5x5 diamond
+
+
+def test_frequency_regularization_keeps_a_constant_colour_ratio():
+    old = np.full((3, 30, 32), 10.0)
+    new = np.stack([8.0 * np.ones((30, 32)), 10.0 * np.ones((30, 32)), 12.0 * np.ones((30, 32))])
+    noise = np.ones((30, 32), bool)
+    out = regularize_frequency(new, old, noise, max_diff=2.0, width=2)
+    # away from the zero-padded border the colour ratios 0.8, 1.0, 1.2 of the mean survive
+    np.testing.assert_allclose(out[:, 8:-8, 8:-8], new[:, 8:-8, 8:-8], rtol=1e-12)
+
+
+def test_frequency_regularization_smooths_a_single_sub_filter_spike():
+    rng = np.random.default_rng(4)
+    old = np.full((3, 30, 30), 10.0) + rng.normal(0, 0.01, (3, 30, 30))
+    new = old.copy()
+    new[1, 15, 15] = 30.0  # one pixel of one sub-filter tripled
+    out = regularize_frequency(new, old, np.ones((30, 30), bool), max_diff=2.0, width=2)
+    assert out[1, 15, 15] < 15.0  # spread out over the smoothing scale
+    assert np.abs(out[0, 2:-2, 2:-2] - new[0, 2:-2, 2:-2]).max() < 0.5
+
+
+def test_frequency_regularization_leaves_models_without_positive_reference():
+    new = np.ones((2, 10, 10))
+    out = regularize_frequency(
+        new, -np.ones((2, 10, 10)), np.ones((10, 10), bool), max_diff=2.0, width=2
+    )
+    np.testing.assert_array_equal(out, new)
