@@ -199,8 +199,9 @@ def regularize_frequency(
     ref = np.where(np.isfinite(ref) & (ref > 0), ref, 0.0)
     if not np.any(ref > 0):
         return models
-    inner = np.zeros(noise_pixels.shape, bool)
-    inner[shrink : inner.shape[0] - shrink, shrink : inner.shape[1] - shrink] = True
+    ny, nx = ref.shape
+    inner = np.zeros((ny, nx), bool)
+    inner[shrink : ny - shrink, shrink : nx - shrink] = True
     sample = models[0][inner & noise_pixels]
     noise = float(np.std(sample)) / (2 * width) if sample.size else 0.0
     smooth_ref = ndimage.gaussian_filter(ref, width, mode="constant") + 3 * noise
