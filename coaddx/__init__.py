@@ -10,7 +10,7 @@ MakePsfMatchedWarp              ``coaddx.warp.psf_matched`` (ModelPsfMatch)
 AssembleCoadd                   ``coaddx.coadd.assemble`` (``assemble``)
 CompareWarpAssembleCoadd        ``coaddx.coadd.compare_warp`` (``assemble_compare_warp``)
 ImagePsfMatch / SnapPsfMatch    ``coaddx.diffim`` (``subtract``, ``snap_subtract``)
-DcrAssembleCoadd                ``coaddx.dcr`` (in progress: ``DcrConfig``, ``dcr_shifts``)
+DcrAssembleCoadd                ``coaddx.dcr`` (``assemble_dcr``, ``dcr_template``)
 CalibrateTask                   ``coaddx.calibrate`` (to come)
 ==============================  ===========================================================
 """
@@ -22,6 +22,7 @@ from coaddx.coadd.assemble import assemble
 from coaddx.coadd.compare_warp.assemble import assemble_compare_warp
 from coaddx.coadd.compare_warp.config import CompareWarpConfig
 from coaddx.coadd.config import AssembleConfig, InterpConfig
+from coaddx.dcr.assemble import assemble_dcr, dcr_template
 from coaddx.dcr.config import DcrConfig
 from coaddx.diffim.config import PsfMatchConfig, snap_config
 from coaddx.diffim.subtract import Subtraction, snap_subtract, subtract
@@ -77,7 +78,9 @@ __all__ = [
     "assemble",
     "assemble_compare_warp",
     "check_store",
+    "assemble_dcr",
     "dcr_shifts",
+    "dcr_template",
     "export_fits",
     "from_lsst_config",
     "make_warps",

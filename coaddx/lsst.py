@@ -222,6 +222,8 @@ LSST_DCR_NAMES: dict[str, str] = {
     "imageInterpOrder": "image_interp_order",
     "accelerateModel": "accelerate_model",
     "doCalculatePsf": "do_calculate_psf",
+    "badMaskPlanes": "bad_mask_planes",
+    "subregionSize": "subregion_size",
 }
 
 

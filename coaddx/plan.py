@@ -26,9 +26,13 @@ from dataclasses import dataclass
 from coaddx.errors import ConfigError
 
 __all__ = [
+    "DCR_BYTES_PER_PIXEL_VISIT",
     "DETECT_BYTES_PER_PIXEL",
+    "DcrTile",
     "StackPlan",
+    "dcr_task_bytes",
     "detection_tile",
+    "plan_dcr_tiles",
     "plan_stack",
     "plan_warp_stack",
     "task_budget",
@@ -274,3 +278,86 @@ def warp_task_bytes(patch_shape: tuple[int, int], detector_shapes: list[tuple[in
     patch = int(patch_shape[0]) * int(patch_shape[1])
     detectors = sum(int(ny) * int(nx) for ny, nx in detector_shapes)
     return int(patch * WARP_PATCH_BYTES + detectors * WARP_DETECTOR_BYTES + WARP_FIXED_BYTES)
+
+
+#: Planned bytes per pixel-visit of a DCR update task: the visit's image (f4) and code (u1) as
+#: held, its float64 copy, forward model and residual, and one shifted residual (5 x 8 B).
+DCR_BYTES_PER_PIXEL_VISIT = 45
+#: ... and per pixel-sub-filter: the model with its halo, the step, the DCR weights, the new
+#: and old models and the regularisation's temporaries (10 x 8 B).
+DCR_BYTES_PER_PIXEL_SUBFILTER = 80
+
+
+@dataclass(frozen=True)
+class DcrTile:
+    """One DCR tile: its ``core`` and the regions (``(y0, y1, x0, x1)``, clipped to the patch)
+    its tasks read: ``update`` = core + the regularisation halo, ``image`` = update + the DCR
+    buffer (visits), ``model`` = update + twice the buffer, ``n_image`` = core + the buffer
+    (the DCR weights), ``weights`` = core + the model-weight filter radius."""
+
+    core: tuple[int, int, int, int]
+    update: tuple[int, int, int, int]
+    image: tuple[int, int, int, int]
+    model: tuple[int, int, int, int]
+    n_image: tuple[int, int, int, int]
+    weights: tuple[int, int, int, int]
+
+
+def _grow(
+    core: tuple[int, int, int, int], by: int, shape: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    y0, y1, x0, x1 = core
+    return (max(y0 - by, 0), min(y1 + by, shape[0]), max(x0 - by, 0), min(x1 + by, shape[1]))
+
+
+def plan_dcr_tiles(
+    shape: tuple[int, int],
+    tile: tuple[int, int],
+    *,
+    buffer: int,
+    halo: int,
+    weights_radius: int,
+) -> tuple[list[list[DcrTile]], tuple[int, int]]:
+    """The DCR tiles of a patch, as rows of tiles (row-major), and their size.
+
+    ``tile`` (rows, columns) is cut to the patch; ``buffer`` is the DCR buffer (largest shift
+    component, rounded up, plus one), ``halo`` the regularisation halo and ``weights_radius``
+    the model-weight filter's reach.
+    """
+    ny, nx = shape
+    ty, tx = (min(int(t), n) for t, n in zip(tile, shape, strict=True))
+    if ty < 1 or tx < 1:
+        raise ConfigError(f"DCR tiles must be at least 1 x 1 px, got {tile}")
+    rows = []
+    for y0 in range(0, ny, ty):
+        row = []
+        for x0 in range(0, nx, tx):
+            core = (y0, min(y0 + ty, ny), x0, min(x0 + tx, nx))
+            update = _grow(core, halo, shape)
+            row.append(
+                DcrTile(
+                    core=core,
+                    update=update,
+                    image=_grow(update, buffer, shape),
+                    model=_grow(update, 2 * buffer, shape),
+                    n_image=_grow(core, buffer, shape),
+                    weights=_grow(core, weights_radius, shape),
+                )
+            )
+        rows.append(row)
+    return rows, (ty, tx)
+
+
+def dcr_task_bytes(
+    n_visits: int, n_subfilters: int, tile: tuple[int, int], *, buffer: int, halo: int
+) -> int:
+    """Planned peak memory of one DCR update task (:data:`DCR_BYTES_PER_PIXEL_VISIT` per
+    pixel-visit of its image region, :data:`DCR_BYTES_PER_PIXEL_SUBFILTER` per pixel-sub-filter
+    of its model region)."""
+    py = tile[0] + 2 * (halo + 2 * buffer)
+    px = tile[1] + 2 * (halo + 2 * buffer)
+    pixels = py * px
+    return int(
+        pixels
+        * (n_visits * DCR_BYTES_PER_PIXEL_VISIT + n_subfilters * DCR_BYTES_PER_PIXEL_SUBFILTER)
+    )

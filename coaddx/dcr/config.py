@@ -33,7 +33,9 @@ class DcrConfig:
     ``split_subfilters``, ``split_threshold`` (px), ``regularize_model_iterations`` and
     ``regularize_model_frequency`` (0 disables), ``convergence_mask_planes``,
     ``regularization_width`` (px), ``image_interp_order`` (spline order of the shifts),
-    ``accelerate_model`` and ``do_calculate_psf``.
+    ``accelerate_model`` and ``do_calculate_psf``; ``bad_mask_planes`` (the andMask: NO_DATA,
+    BAD, SAT; CLIPPED deliberately not) and ``subregion_size`` (the tiles of the solve: they
+    set the work per task and the memory, not the result, which does not depend on them).
     """
 
     effective_wavelength: float
@@ -60,6 +62,8 @@ class DcrConfig:
     observatory: Observatory = LSST_SITE
     weather: Weather | None = None
     pixel_scale: float = 0.2
+    bad_mask_planes: tuple[str, ...] = ("NO_DATA", "BAD", "SAT")
+    subregion_size: tuple[int, int] = (512, 512)
 
     def __post_init__(self) -> None:
         lo, hi = WAVELENGTH_RANGE
@@ -112,6 +116,20 @@ class DcrConfig:
         check_number(self.accelerate_model, _CLS, "accelerate_model", 1.0)
         planes = plane_names(self.convergence_mask_planes, _CLS, "convergence_mask_planes")
         object.__setattr__(self, "convergence_mask_planes", planes)
+        bad = plane_names(self.bad_mask_planes, _CLS, "bad_mask_planes")
+        object.__setattr__(self, "bad_mask_planes", bad)
+        size: Any = self.subregion_size
+        if isinstance(size, int) and not isinstance(size, bool):
+            size = (size, size)
+        check(
+            isinstance(size, (tuple, list))
+            and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 16 for v in size),
+            _CLS,
+            "subregion_size",
+            f"must be two integers >= 16 (tile rows, columns), got {self.subregion_size!r}",
+        )
+        object.__setattr__(self, "subregion_size", (int(size[0]), int(size[1])))
         check(
             isinstance(self.observatory, Observatory),
             _CLS,
@@ -149,4 +167,6 @@ class DcrConfig:
         """Plain values, for provenance."""
         out = dataclasses.asdict(self)
         out["convergence_mask_planes"] = list(self.convergence_mask_planes)
+        out["bad_mask_planes"] = list(self.bad_mask_planes)
+        out["subregion_size"] = list(self.subregion_size)
         return out

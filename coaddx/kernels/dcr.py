@@ -182,6 +182,7 @@ def regularize_frequency(
     max_diff: float,
     width: int,
     shrink: int = 5,
+    noise: float | None = None,
 ) -> np.ndarray:
     """regularizeModelFreq (algorithms.md 4.6 step 4): each sub-filter becomes a smooth colour
     ratio times the old mean image.
@@ -199,11 +200,12 @@ def regularize_frequency(
     ref = np.where(np.isfinite(ref) & (ref > 0), ref, 0.0)
     if not np.any(ref > 0):
         return models
-    ny, nx = ref.shape
-    inner = np.zeros((ny, nx), bool)
-    inner[shrink : ny - shrink, shrink : nx - shrink] = True
-    sample = models[0][inner & noise_pixels]
-    noise = float(np.std(sample)) / (2 * width) if sample.size else 0.0
+    if noise is None:
+        ny, nx = ref.shape
+        inner = np.zeros((ny, nx), bool)
+        inner[shrink : ny - shrink, shrink : nx - shrink] = True
+        sample = models[0][inner & noise_pixels]
+        noise = float(np.std(sample)) / (2 * width) if sample.size else 0.0
     smooth_ref = ndimage.gaussian_filter(ref, width, mode="constant") + 3 * noise
     structure = opening_structure(width)
     for model in models:

@@ -17,6 +17,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.wcs import WCS
 
 from coaddx.errors import ConfigError
 
@@ -27,6 +30,7 @@ __all__ = [
     "dcr_shifts",
     "default_weather",
     "differential_refraction",
+    "image_parallactic_angle",
     "parallactic_angle",
     "refraction",
     "subfilter_edges",
@@ -224,3 +228,36 @@ def dcr_shifts(
         )
         return pair[:, :, None] * direction
     return ((amp[:, 0] + amp[:, 1]) / 2)[:, None] * direction
+
+
+def image_parallactic_angle(
+    parallactic_angle: float,
+    wcs: WCS | None = None,
+    *,
+    rotation_angle: float = 0.0,
+    x: float | None = None,
+    y: float | None = None,
+) -> float:
+    """The angle theta (degrees) of the direction to the zenith in an image's pixel frame:
+    a shift of amplitude ``a`` toward the zenith is ``(dy, dx) = (a cos theta, a sin theta)``.
+
+    Without ``wcs`` this is LSST's calculateImageParallacticAngle,
+    ``parallactic_angle - rotation_angle``, in the frame with north along +y and east along +x
+    at rotation 0. With a celestial ``wcs`` (a patch of a tract) the direction at position
+    angle ``parallactic_angle`` (east of north) is mapped through the WCS at pixel
+    (``x``, ``y``) (default: the reference pixel), so the patch's own orientation, flip and
+    rotation are taken into account and ``rotation_angle`` (the camera's) does not apply: the
+    warp is already on the patch grid. For an unflipped WCS rotated by ``r`` this equals the
+    CD-matrix formula of LSST's earlier calculateImageParallacticAngle, ``r - q``.
+    """
+    if wcs is None:
+        return float(parallactic_angle - rotation_angle)
+    x0, y0 = np.asarray(wcs.wcs.crpix, dtype=float) - 1.0
+    px = float(x0 if x is None else x)
+    py = float(y0 if y is None else y)
+    lon, lat = wcs.wcs_pix2world(np.array([[px, py]]), 0)[0]
+    centre = SkyCoord(lon, lat, unit="deg", frame="icrs")
+    step = 1.0 / 3600.0  # one arcsecond toward the zenith
+    moved = centre.directional_offset_by(parallactic_angle * u.deg, step * u.deg)
+    qx, qy = wcs.wcs_world2pix(np.array([[moved.ra.deg, moved.dec.deg]]), 0)[0]
+    return float(math.degrees(math.atan2(qx - px, qy - py)))
