@@ -38,7 +38,7 @@ from coaddx.model.refraction import (
 )
 from coaddx.plan import plan_dcr_tiles
 
-__all__ = ["assemble_dcr", "dcr_template"]
+__all__ = ["assemble_dcr", "dcr_template", "run_iterations"]
 
 #: ``progress(iteration, metric, gain)`` after every model update.
 Progress = Callable[[int, float, float], None]
@@ -65,7 +65,9 @@ def _metric(sums: np.ndarray) -> np.ndarray:
     return np.asarray(per_visit.mean(axis=-1))
 
 
-def _solve(solver: DcrSolver, config: DcrConfig, progress: Progress | None) -> dict[str, Any]:
+def run_iterations(
+    solver: DcrSolver, config: DcrConfig, progress: Progress | None
+) -> dict[str, Any]:
     """The loop control of 4.6 over the whole patch; returns the record for the attributes."""
     total, per_tile = solver.metric_sums()
     metrics, tile_metrics = [float(_metric(total))], [_metric(per_tile).tolist()]
@@ -197,7 +199,7 @@ def assemble_dcr(
         metric_region=(b, ny - b, b, nx - b),
         frequency_region=(5, ny - 5, 5, nx - 5),
     )
-    record = _solve(solver, config, progress)
+    record = run_iterations(solver, config, progress)
     return _dataset(direct, template, config, visits, solver, record, tile)
 
 

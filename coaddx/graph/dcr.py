@@ -317,13 +317,14 @@ def dcr_sum(
     images: da.Array, shifts: np.ndarray, *, depth: int, order: int, split_threshold: float
 ) -> da.Array:
     """Sub-filter images (N, Y, X) shifted by ``shifts`` ((N, 2) or (N, 2, 2)) and summed: a
-    forward model on the patch (zero outside it), with halos of ``depth`` px."""
+    forward model on the patch (``scipy.ndimage.shift`` at its edges), with halos of ``depth``
+    px (at least the largest shift component plus one)."""
     images = images.rechunk((images.shape[0], *images.chunksize[1:]))
     shifted = da.map_overlap(
         _shifted,
         images,
         depth={0: 0, 1: depth, 2: depth},
-        boundary=0.0,
+        boundary="none",  # the patch edge is scipy's: mode "constant", as the solve had it
         dtype=np.float64,
         shifts=np.asarray(shifts, np.float64),
         order=order,
