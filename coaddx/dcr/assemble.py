@@ -22,13 +22,16 @@ import numpy as np
 import xarray as xr
 
 from coaddx._version import __version__
+from coaddx.coadd.compare_warp.stages import compare_warp_stages
 from coaddx.dcr.config import DcrConfig
 from coaddx.dcr.inputs import DcrVisits, check_dcr_inputs, dcr_visits, frame_of, mask_bits
 from coaddx.errors import ConfigError, InputError
-from coaddx.graph.cube import as_dask_cube
+from coaddx.graph.artifacts import apply_alt_masks
+from coaddx.graph.cube import LazyArray, as_dask_cube
 from coaddx.graph.dcr import DcrSolver, dcr_sum, prepare_dcr_inputs
 from coaddx.kernels.dcr import dcr_gain
 from coaddx.kernels.dcr_tile import DcrTileOptions, regularization_halo
+from coaddx.model.masks import bitmask, merge_mask_planes
 from coaddx.model.refraction import (
     Observatory,
     Weather,
@@ -177,7 +180,7 @@ def assemble_dcr(
     chunks = (direct.sizes["visit"], *tile)
     inputs = prepare_dcr_inputs(
         as_dask_cube(direct["image"], chunks),
-        as_dask_cube(direct["mask"], chunks),
+        _masks(direct, template, config, chunks),
         as_dask_cube(template["image"].expand_dims("visit"), (1, *tile))[0],
         as_dask_cube(template["mask"].expand_dims("visit"), (1, *tile))[0],
         bad_bits=bits["bad"],
@@ -201,6 +204,35 @@ def assemble_dcr(
     )
     record = run_iterations(solver, config, progress)
     return _dataset(direct, template, config, visits, solver, record, tile)
+
+
+def _masks(
+    direct: xr.Dataset, template: xr.Dataset, config: DcrConfig, chunks: tuple[int, int, int]
+) -> LazyArray:
+    """The warps' masks, with CompareWarp's alternative masks when ``find_artifacts`` (4.5:
+    findArtifacts on the direct warps against the input coadd)."""
+    mask = as_dask_cube(direct["mask"], chunks)
+    if not config.find_artifacts:
+        return mask
+    cw = config.artifacts
+    planes = merge_mask_planes(direct.attrs["mask_planes"], ("CLIPPED", cw.streak_mask_name))
+    stages = compare_warp_stages(
+        direct.assign_attrs(mask_planes=planes),
+        direct.assign_attrs(mask_planes=planes),
+        cw,
+        template=template,
+    )
+    return apply_alt_masks(
+        mask,
+        stages.flag_cube,
+        stages.artifacts,
+        chunks=chunks,
+        clear=bitmask(planes, cw.assemble.bad_mask_planes, strict=False),
+        no_data=bitmask(planes, "NO_DATA"),
+        clipped=bitmask(planes, "CLIPPED"),
+        edge=bitmask(planes, "EDGE"),
+        streak=bitmask(planes, cw.streak_mask_name),
+    )
 
 
 def _dataset(

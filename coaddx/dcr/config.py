@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from coaddx.coadd.compare_warp.config import CompareWarpConfig
 from coaddx.model.refraction import LSST_SITE, WAVELENGTH_RANGE, Observatory, Weather
 from coaddx.validation import check, check_number, plane_names
 
@@ -35,7 +36,10 @@ class DcrConfig:
     ``regularization_width`` (px), ``image_interp_order`` (spline order of the shifts),
     ``accelerate_model`` and ``do_calculate_psf``; ``bad_mask_planes`` (the andMask: NO_DATA,
     BAD, SAT; CLIPPED deliberately not) and ``subregion_size`` (the tiles of the solve: they
-    set the work per task and the memory, not the result, which does not depend on them).
+    set the work per task and the memory, not the result, which does not depend on them);
+    ``find_artifacts`` and ``artifacts`` (CompareWarp's findArtifacts on the direct warps with
+    the input coadd as its template, 4.5: its NO_DATA spans are rejected, its CLIPPED spans
+    deliberately not).
     """
 
     effective_wavelength: float
@@ -64,6 +68,8 @@ class DcrConfig:
     pixel_scale: float = 0.2
     bad_mask_planes: tuple[str, ...] = ("NO_DATA", "BAD", "SAT")
     subregion_size: tuple[int, int] = (512, 512)
+    find_artifacts: bool = True
+    artifacts: CompareWarpConfig = dataclasses.field(default_factory=CompareWarpConfig)
 
     def __post_init__(self) -> None:
         lo, hi = WAVELENGTH_RANGE
@@ -99,6 +105,7 @@ class DcrConfig:
             "use_model_weights",
             "split_subfilters",
             "do_calculate_psf",
+            "find_artifacts",
         ):
             value = getattr(self, name)
             check(isinstance(value, bool), _CLS, name, f"must be True or False, got {value!r}")
@@ -137,6 +144,12 @@ class DcrConfig:
             f"must be a coaddx.Observatory, got {self.observatory!r}",
         )
         check(
+            isinstance(self.artifacts, CompareWarpConfig),
+            _CLS,
+            "artifacts",
+            f"must be a coaddx.CompareWarpConfig, got {type(self.artifacts).__name__}",
+        )
+        check(
             self.weather is None or isinstance(self.weather, Weather),
             _CLS,
             "weather",
@@ -169,4 +182,5 @@ class DcrConfig:
         out["convergence_mask_planes"] = list(self.convergence_mask_planes)
         out["bad_mask_planes"] = list(self.bad_mask_planes)
         out["subregion_size"] = list(self.subregion_size)
+        out["artifacts"] = self.artifacts.to_dict()
         return out

@@ -103,6 +103,7 @@ def dcr_scene(
             "mask": (dims, masks),
             "elevation": ("visit", elev),
             "parallactic_angle": ("visit", q),
+            "psf_fwhm": ("visit", np.full(n_visits, sigma * 2 * np.sqrt(2 * np.log(2)))),
         },
         coords={"visit": np.arange(n_visits), **coords},
         attrs=attrs,

@@ -233,3 +233,18 @@ def test_recovers_the_colours_of_bright_stars():
     err = np.abs(np.subtract(got, want))
     print(f"bluest-reddest fraction: max error {err.max():.3f}, truth spread {np.ptp(want):.2f}")
     assert err.max() < 0.12 and np.corrcoef(got, want)[0, 1] > 0.97
+
+
+def test_artifact_masks_reject_the_no_data_spans(scene):
+    """findArtifacts on the direct warps against the template (4.5): where the template has no
+    data the difference is NaN, the span becomes NO_DATA and no visit counts there."""
+    t = scene.template.copy(deep=True)
+    t["image"][30:40, 30:40] = np.nan
+    cfg = _config(max_num_iter=1, min_num_iter=1)
+    found = coaddx.assemble_dcr(scene.direct, t, cfg)
+    plain = coaddx.assemble_dcr(
+        scene.direct, t, _config(max_num_iter=1, min_num_iter=1, find_artifacts=False)
+    )
+    assert (found["n_image"].values[:, 32:38, 32:38] == 0).all()
+    assert (plain["n_image"].values[:, 32:38, 32:38] == 6).all()
+    np.testing.assert_array_equal(found["n_image"][:, :20], plain["n_image"][:, :20])

@@ -27,7 +27,15 @@ from coaddx.coadd.compare_warp.inputs import CompareWarpInputs, compare_warp_inp
 from coaddx.errors import ConfigError
 from coaddx.graph import artifacts as ga
 from coaddx.graph import detect as gd
-from coaddx.graph.cube import LAYERS, LazyArray, constant, rechunked, stack_visits, visit_slice
+from coaddx.graph.cube import (
+    LAYERS,
+    LazyArray,
+    as_dask_cube,
+    constant,
+    rechunked,
+    stack_visits,
+    visit_slice,
+)
 from coaddx.graph.scale_variance import scale_variance_factor
 from coaddx.kernels.detect import n_grow
 from coaddx.model.masks import bitmask
@@ -62,10 +70,19 @@ def _unchanged(name: str, arrays: tuple[LazyArray, ...]) -> tuple[LazyArray, ...
     return arrays
 
 
-def _template(inp: CompareWarpInputs, config: CompareWarpConfig) -> tuple[LazyArray, ...]:
-    """The template planes in detection tiles, and its bright footprints."""
-    template = assemble(inp.matched, config.template.replace(subregion_size=inp.tile))
-    image, variance = (template[v].data for v in ("image", "variance"))
+def _template(
+    inp: CompareWarpInputs, config: CompareWarpConfig, given: xr.Dataset | None
+) -> tuple[LazyArray, ...]:
+    """The template planes in detection tiles (``given``, else the static-sky model of the
+    PSF-matched warps), and its bright footprints."""
+    if given is None:
+        template = assemble(inp.matched, config.template.replace(subregion_size=inp.tile))
+        image, variance = (template[v].data for v in ("image", "variance"))
+    else:
+        image, variance = (
+            as_dask_cube(given[v].expand_dims("visit"), (1, *inp.tile))[0]
+            for v in ("image", "variance")
+        )
     cfg = config.detect_template
     footprints = gd.template_footprints(
         image,
@@ -168,20 +185,24 @@ def compare_warp_stages(
     config: CompareWarpConfig | None = None,
     *,
     stage: Stage | None = None,
+    template: xr.Dataset | None = None,
 ) -> CompareWarpStages:
     """The lazy pieces of :func:`~coaddx.coadd.compare_warp.assemble.assemble_compare_warp`,
     stage by stage (:data:`STAGES`).
 
     ``stage(name, arrays)``, when given, sees the arrays of each stage in order and returns the
     ones the next stages are built on (``lambda name, a: dask.persist(*a)`` computes the work
-    stage by stage). Arguments as :func:`~coaddx.coadd.compare_warp.assemble.assemble_compare_warp`.
+    stage by stage). ``template``, when given (a coadd on the same grid with ``image`` and
+    ``variance``), replaces the static-sky model: DcrAssembleCoadd finds its artifacts with
+    the input coadd and the direct warps (algorithms.md 4.5). Other arguments as
+    :func:`~coaddx.coadd.compare_warp.assemble.assemble_compare_warp`.
     """
     config = config if config is not None else CompareWarpConfig()
     if not isinstance(config, CompareWarpConfig):
         raise ConfigError(f"config must be a CompareWarpConfig, got {type(config).__name__}")
     stage = stage or _unchanged
     inp = compare_warp_inputs(direct, psf_matched, config)
-    *template, footprints = stage("template", _template(inp, config))
+    *template, footprints = stage("template", _template(inp, config, template))
     index = [inp.index(v) for v in direct["visit"].values]
     scales = stage("scale variance", tuple(_variance_scale(inp, i, config) for i in index))
     flags = stage(
