@@ -202,13 +202,13 @@ def compare_warp_stages(
         raise ConfigError(f"config must be a CompareWarpConfig, got {type(config).__name__}")
     stage = stage or _unchanged
     inp = compare_warp_inputs(direct, psf_matched, config)
-    *template, footprints = stage("template", _template(inp, config, template))
+    *planes, footprints = stage("template", _template(inp, config, template))
     index = [inp.index(v) for v in direct["visit"].values]
     scales = stage("scale variance", tuple(_variance_scale(inp, i, config) for i in index))
     flags = stage(
         "detection",
         tuple(
-            _detect_visit(inp, i, (template[0], template[1]), s, config)
+            _detect_visit(inp, i, (planes[0], planes[1]), s, config)
             for i, s in zip(index, scales, strict=True)
         ),
     )
@@ -217,7 +217,7 @@ def compare_warp_stages(
     return CompareWarpStages(
         config=config,
         inputs=inp,
-        template=(template[0], template[1]),
+        template=(planes[0], planes[1]),
         template_footprints=footprints,
         variance_scale=tuple(scales),
         flags=tuple(flags),
