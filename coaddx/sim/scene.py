@@ -22,6 +22,7 @@ from scipy.spatial import cKDTree
 from coaddx.constants import AB_ZERO_NJY, FWHM_TO_SIGMA, MOFFAT_BETA
 from coaddx.errors import ConfigError
 from coaddx.model.skymap import Patch, Tract, make_tan_wcs
+from coaddx.sim.chromatic import AIRMASS_RANGE, ALPHA_RANGE, DcrSpec, visit_shifts
 from coaddx.sim.render import moffat_alpha
 
 PIXEL_SCALE = 0.2  # arcsec per pixel
@@ -56,6 +57,8 @@ class Visit:
     transients: np.ndarray  # (n, 3) x_patch, y_patch, flux nJy
     streaks: np.ndarray  # (n, 6) xa, ya, xb, yb (patch), width FWHM px, peak nJy/px
     crs: np.ndarray  # (n, 7) x0, y0, x1, y1 (patch), energy counts, masked, detector
+    dcr_theta: float | None = None  # DCR mode: direction to the zenith in the patch frame, deg
+    dcr_shift: np.ndarray | None = None  # DCR mode: (n_bins, 2) dy, dx patch px per fine bin
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class Scene:
     galaxies: dict[str, np.ndarray]
     variable: tuple[float, float]
     visits: tuple[Visit, ...] = field(default=())
+    dcr: DcrSpec | None = None  # DCR mode: the band's fine bins (stars carry "alpha")
 
 
 def seeded_rng(seed: int, *key: int) -> np.random.Generator:
@@ -195,15 +199,27 @@ def visit_detectors(
     return tuple(dets), [float(dx), float(dy), rotation]
 
 
-def visit_conditions(rng: np.random.Generator, n: int, band: str) -> list[dict[str, Any]]:
-    """Per-visit observing conditions: mjd, airmass, seeing, zero point, sky, noise."""
+def visit_conditions(
+    rng: np.random.Generator, n: int, band: str, dcr_rng: np.random.Generator | None = None
+) -> list[dict[str, Any]]:
+    """Per-visit observing conditions: mjd, airmass, seeing, zero point, sky, noise.
+
+    With ``dcr_rng`` (DCR mode) the airmass is uniform in :data:`AIRMASS_RANGE` and the
+    parallactic angle uniform in [-180, 180) degrees, both drawn from ``dcr_rng`` (``rng``
+    draws exactly as without it), and ``elevation`` = degrees(arcsin(1 / airmass)) (a
+    plane-parallel atmosphere) is added.
+    """
     mjd = 60000.0 + np.sort(rng.uniform(0.0, 400.0, n))
     airmass = 1.0 / np.cos(np.radians(rng.uniform(0.0, 55.0, n)))
+    if dcr_rng is not None:
+        airmass = dcr_rng.uniform(*AIRMASS_RANGE, n)
     fwhm = np.clip(rng.lognormal(math.log(4.0), 0.15, n) * airmass**0.6, 3.5, 6.0)
     zero_point = 32.1 - 0.12 * (airmass - 1.0) - rng.exponential(0.05, n) + rng.normal(0.0, 0.02, n)
     calib = 10.0 ** (-0.4 * (zero_point - AB_ZERO_NJY))
     sky = rng.uniform(600.0, 2500.0, n)
     parangle = rng.uniform(-90.0, 90.0, n)
+    if dcr_rng is not None:
+        parangle = dcr_rng.uniform(-180.0, 180.0, n)
     out = []
     for i in range(n):
         noise = math.sqrt(sky[i] / GAIN + READ_NOISE**2) * calib[i]
@@ -225,6 +241,8 @@ def visit_conditions(rng: np.random.Generator, n: int, band: str) -> list[dict[s
                 "saturation": FULL_WELL,
             }
         )
+        if dcr_rng is not None:
+            out[-1]["elevation"] = math.degrees(math.asin(1.0 / airmass[i]))
     return out
 
 
@@ -385,15 +403,20 @@ def plan_scene(
     band: str,
     n_stars: int | None,
     n_galaxies: int | None,
+    dcr: DcrSpec | None = None,
 ) -> Scene:
-    """Draw the whole scene (catalogue, camera, visits) from ``seed``."""
+    """Draw the whole scene (catalogue, camera, visits) from ``seed``.
+
+    With ``dcr`` the DCR draws (airmass, parallactic angle, star colours) come from their own
+    generators, so everything else is drawn exactly as without it.
+    """
     rng = seeded_rng(seed, 0)
     tract, patch = make_patch(shape)
     ny, nx = shape
     det_shape = (math.ceil(1.04 * ny), math.ceil(0.52 * nx))
     gap = max(6, round(0.012 * nx))
     bad = bad_columns(seeded_rng(seed, 0, 1), det_shape)
-    conds = visit_conditions(rng, n_visits, band)
+    conds = visit_conditions(rng, n_visits, band, None if dcr is None else seeded_rng(seed, 4))
     placed = [visit_detectors(rng, patch, det_shape, gap) for _ in range(n_visits)]
     dets = [p[0] for p in placed]
     feet = np.concatenate([det_footprint(d, det_shape) for ds in dets for d in ds])
@@ -421,6 +444,11 @@ def plan_scene(
     visits = []
     for i, cond in enumerate(conds):
         crs = draw_crs(seeded_rng(seed, 3, i), dets[i], det_shape)
+        theta, shift = None, None
+        if dcr is not None:
+            theta, shift = visit_shifts(
+                dcr, cond["elevation"], cond["parallactic_angle"], patch.tract_wcs, PIXEL_SCALE
+            )
         meta = {
             **cond,
             "n_detectors": len(dets[i]),
@@ -429,10 +457,25 @@ def plan_scene(
             "psf": psf,
         }
         visits.append(
-            Visit(i, FIRST_VISIT + i, meta, dets[i], float(var_flux[i]), trans[i], streaks[i], crs)
+            Visit(
+                i,
+                FIRST_VISIT + i,
+                meta,
+                dets[i],
+                float(var_flux[i]),
+                trans[i],
+                streaks[i],
+                crs,
+                theta,
+                shift,
+            )
         )
     stars["saturated"] = stars["flux"] >= min(sat_fluxes)  # in one visit at least
-    return Scene(tract, patch, psf, band, det_shape, bad, stars, galaxies, variable, tuple(visits))
+    if dcr is not None:
+        stars["alpha"] = seeded_rng(seed, 5).uniform(*ALPHA_RANGE, stars["x"].size)
+    return Scene(
+        tract, patch, psf, band, det_shape, bad, stars, galaxies, variable, tuple(visits), dcr
+    )
 
 
 def bad_columns(rng: np.random.Generator, det_shape: tuple[int, int]) -> np.ndarray:

@@ -45,6 +45,7 @@ from coaddx.errors import ConfigError, StoreError
 from coaddx.io.zarr.warp_store import WarpStore
 from coaddx.model.masks import mask_planes as default_mask_planes
 from coaddx.model.skymap import Patch, Tract, wcs_to_header_string
+from coaddx.sim.chromatic import make_dcr_spec
 from coaddx.sim.render import moffat_alpha
 from coaddx.sim.scene import PIXEL_SCALE, Scene, plan_scene, without_artifacts
 from coaddx.sim.truth import truth_tables
@@ -139,7 +140,8 @@ class Simulation:
         Per-visit metadata (also ``truth/visits.ecsv``): visit, mjd, band, airmass,
         parallactic_angle, exptime, psf_fwhm (px), photo_calib (nJy/count), zero_point (AB
         mag of 1 count), sky_level (nJy/px), sky_counts, noise_sigma (sky-only nJy/px),
-        detectors, dithers, variable_flux and artifact counts.
+        detectors, dithers, variable_flux and artifact counts; with ``dcr=True`` also
+        elevation and theta (degrees).
 
     Truth tables are ECSV files under ``truth`` (:meth:`read_truth`); positions are given as
     sky (``ra``, ``dec``), tract pixels (``x``, ``y``: the store's coordinates) and
@@ -228,11 +230,14 @@ def _write_visits(
 ) -> list[Path]:
 
     patch, planes = scene.patch, default_mask_planes()
+    simulation: dict[str, Any] = {"seed": seed, "psf": scene.psf, "band": scene.band}
+    if scene.dcr is not None:
+        simulation["dcr"] = scene.dcr.attrs()
     attrs = {
         "tract": scene.tract.tract_id,
         "patch_index": patch.index,
         "pixel_scale": PIXEL_SCALE,
-        "simulation": {"seed": seed, "psf": scene.psf, "band": scene.band},
+        "simulation": simulation,
     }
     store = WarpStore.for_patch(
         tmp / "warps.zarr", patch, warp_type="direct", mask_planes=planes, chunk=512, attrs=attrs
@@ -276,6 +281,10 @@ def simulate(
     workers: int | None = None,
     progress: Callable[[int, int], None] | bool | None = None,
     overwrite: bool = False,
+    dcr: bool = False,
+    effective_wavelength: float | None = None,
+    bandwidth: float | None = None,
+    n_subfilters: int = 3,
 ) -> Simulation:
     """Simulate ``n_visits`` exposures of one patch with known truth.
 
@@ -310,6 +319,26 @@ def simulate(
         Called after each visit is written; True prints to stderr.
     overwrite : bool
         Replace an existing non-empty ``out``.
+    dcr : bool
+        Differential chromatic refraction (:mod:`coaddx.sim.chromatic`): airmass uniform in
+        1.0-2.0 (``elevation`` = degrees(arcsin(1/airmass))), parallactic angle uniform in
+        [-180, 180) degrees, stars with power-law spectra ``f_lambda ~ (lambda /
+        effective_wavelength) ** alpha``, ``alpha`` uniform in [-4, 4] (galaxies, the variable
+        star and transients flat), every source rendered as fine wavelength bins, each shifted
+        along the direction to the zenith by its refraction (LSST_SITE, default weather). The
+        calexps carry the same sky shift (positions are shifted on the sky, then mapped into
+        each detector). The visit records, calexp headers and ``truth/visits`` get
+        ``elevation``; ``truth/visits`` also the zenith direction ``theta`` in the patch
+        frame; ``truth/sources`` the slope ``alpha`` and the true sub-filter fluxes
+        ``flux_sub0`` .. ``flux_sub{n_subfilters-1}`` (nJy, bluest first, summing to
+        ``flux``). Every warp and calexp mask gets DETECTED where the noiseless source image
+        exceeds 2 x the sky sigma, grown by 2 px. The store's ``simulation`` attribute and
+        ``simulation.json`` record the band, the observatory and the weather (None: default).
+    effective_wavelength, bandwidth : float
+        The band (nm), required with ``dcr=True``.
+    n_subfilters : int
+        Sub-filters of the truth fluxes (4.3 of algorithms.md; the rendering uses at least
+        4 fine bins per sub-filter).
 
     Returns
     -------
@@ -322,9 +351,10 @@ def simulate(
     """
     shape = (int(shape[0]), int(shape[1]))
     _check_args(n_visits, shape, psf, workers)
+    dcr_spec = make_dcr_spec(dcr, effective_wavelength, bandwidth, n_subfilters)
     workers = int(workers or os.cpu_count() or 1)
     out = Path(out)
-    scene = plan_scene(int(seed), int(n_visits), shape, psf, band, n_stars, n_galaxies)
+    scene = plan_scene(int(seed), int(n_visits), shape, psf, band, n_stars, n_galaxies, dcr_spec)
     if not artifacts:
         scene = without_artifacts(scene)
     tmp = _prepare_output(out, overwrite)
@@ -343,6 +373,8 @@ def simulate(
             "n_galaxies": n_galaxies,
             "band": band,
         }
+        if dcr_spec is not None:
+            params["dcr"] = dcr_spec.attrs()
         (tmp / "simulation.json").write_text(json.dumps(params, indent=1))
         paths = _write_visits(scene, tmp, int(seed), workers, calexps, _progress_callback(progress))
         _consolidate(tmp / "truth" / "artifacts.zarr")

@@ -14,6 +14,7 @@ from scipy.spatial import cKDTree
 
 from coaddx.constants import AB_ZERO_NJY
 from coaddx.model.skymap import Patch
+from coaddx.sim.chromatic import subfilter_fractions
 from coaddx.sim.scene import Scene
 
 __all__ = ["truth_tables"]
@@ -44,7 +45,7 @@ def _sources_table(scene: Scene) -> Table:
     flux = np.r_[st["flux"], gal["flux"]]
     ny, nx = scene.patch.shape
     dist = cKDTree(np.c_[x, y]).query(np.c_[x, y], k=2)[0][:, 1]
-    return Table(
+    table = Table(
         {
             "id": np.arange(ns + ng),
             "type": np.r_[["star"] * ns, ["galaxy"] * ng],
@@ -60,6 +61,13 @@ def _sources_table(scene: Scene) -> Table:
             "neighbor_dist": dist,
         }
     )
+    if scene.dcr is not None:  # stars coloured, galaxies flat
+        alpha = np.r_[st["alpha"], np.zeros(ng)]
+        table["alpha"] = alpha
+        sub = flux[:, None] * subfilter_fractions(scene.dcr, alpha)
+        for k in range(scene.dcr.n_subfilters):
+            table[f"flux_sub{k}"] = sub[:, k]
+    return table
 
 
 def truth_tables(scene: Scene) -> dict[str, Table]:
@@ -107,6 +115,9 @@ def truth_tables(scene: Scene) -> dict[str, Table]:
         "pa": "deg",
         "neighbor_dist": "pix",
     }
+    if scene.dcr is not None:
+        units.update({f"flux_sub{k}": "nJy" for k in range(scene.dcr.n_subfilters)})
+        units.update({k: "deg" for k in ("elevation", "parallactic_angle", "theta")})
     out = {
         "sources": _sources_table(scene),
         "variable": var,
@@ -151,4 +162,7 @@ def _visits_table(scene: Scene) -> Table:
     rows["n_transients"] = [len(v.transients) for v in scene.visits]
     rows["n_streaks"] = [len(v.streaks) for v in scene.visits]
     rows["n_cosmic_rays"] = [len(v.crs) for v in scene.visits]
+    if scene.dcr is not None:
+        rows["elevation"] = [v.meta["elevation"] for v in scene.visits]
+        rows["theta"] = [v.dcr_theta for v in scene.visits]
     return Table(rows)

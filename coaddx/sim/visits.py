@@ -18,6 +18,7 @@ from coaddx.constants import FWHM_TO_SIGMA, MOFFAT_BETA
 from coaddx.io.fits.exposure import write_calexp
 from coaddx.kernels.interp import interpolate_over_defects
 from coaddx.model.psf import psf_image as model_psf_image
+from coaddx.sim.chromatic import band_fractions, detected_mask
 from coaddx.sim.render import (
     add_gaussians,
     add_points,
@@ -72,6 +73,21 @@ class _Frame:
     cr_detector: int | None  # only this detector's cosmic rays (calexps)
 
 
+def _chromatic(
+    scene: Scene, v: Visit, x: np.ndarray, y: np.ndarray, flux: np.ndarray, alpha: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DCR mode: each source split into the fine wavelength bins of the band, each bin
+    offset in the patch frame by its refraction (:mod:`coaddx.sim.chromatic`)."""
+    assert scene.dcr is not None and v.dcr_shift is not None
+    frac = band_fractions(scene.dcr, alpha)  # (n, n_bins)
+    dy, dx = v.dcr_shift[:, 0], v.dcr_shift[:, 1]
+    return (
+        (x[:, None] + dx[None, :]).ravel(),
+        (y[:, None] + dy[None, :]).ravel(),
+        (flux[:, None] * frac).ravel(),
+    )
+
+
 def _render_sources(
     model: np.ndarray, art: np.ndarray, scene: Scene, v: Visit, frame: _Frame
 ) -> None:
@@ -81,8 +97,21 @@ def _render_sources(
     px = np.r_[st["x"], scene.variable[0], tr[:, 0]]
     py = np.r_[st["y"], scene.variable[1], tr[:, 1]]
     flux = np.r_[st["flux"], v.variable_flux, tr[:, 2]] / calib
-    add_points(model, *apply_h(frame.to_frame, px, py), flux, fwhm, scene.psf, eps, MOFFAT_BETA)
     gal = scene.galaxies
+    if scene.dcr is not None:  # stars coloured, the rest flat (alpha = 0)
+        alpha = np.r_[st["alpha"], np.zeros(1 + len(tr))]
+        px, py, flux = _chromatic(scene, v, px, py, flux, alpha)
+        n_bins = scene.dcr.n_bins
+        gal = {k: np.repeat(val, n_bins) for k, val in gal.items()}
+        gal["x"], gal["y"], gal["flux"] = _chromatic(
+            scene,
+            v,
+            scene.galaxies["x"],
+            scene.galaxies["y"],
+            scene.galaxies["flux"],
+            np.zeros(scene.galaxies["x"].size),
+        )
+    add_points(model, *apply_h(frame.to_frame, px, py), flux, fwhm, scene.psf, eps, MOFFAT_BETA)
     gx, gy = apply_h(frame.to_frame, gal["x"], gal["y"])
     jac = jacobian_h(frame.to_frame, gal["x"], gal["y"])
     add_gaussians(
@@ -150,10 +179,11 @@ def _render(
     model = np.zeros(frame.shape, dtype=np.float32)
     art = np.zeros(frame.shape, dtype=np.uint8)
     _render_sources(model, art, scene, v, frame)
-    _render_artifacts(model, art, v, frame)
-    code = _coverage_code(scene, frame)
     sky = v.meta["sky_counts"]
     sky_sigma = math.sqrt(sky / GAIN + READ_NOISE**2)
+    detected = None if scene.dcr is None else detected_mask(model, sky_sigma)
+    _render_artifacts(model, art, v, frame)
+    code = _coverage_code(scene, frame)
     bad_and_saturate(model, code, sky, FULL_WELL, 30.0 * sky_sigma)
     image = rng.standard_normal(frame.shape, dtype=np.float32)
     noise(model, image, sky, READ_NOISE**2, GAIN)
@@ -175,6 +205,9 @@ def _render(
     image, model, mask = _isr_interpolate(
         image, model, mask, bit["BAD"], bit["NO_DATA"], bit["SAT"], np.int32(1 << planes["INTRP"])
     )
+    if detected is not None:  # DCR mode: a stand-in for the calexp's detection mask
+        detected &= (mask & bit["NO_DATA"]) == 0
+        mask[detected] |= np.int32(1 << planes["DETECTED"])
     return image, model, mask, art
 
 
@@ -233,7 +266,8 @@ def _calexp_metadata(v: Visit, det: Detector) -> dict[str, Any]:
         "read_noise",
         "saturation",
     )
-    return {"visit": v.visit, "detector": det.id, **{k: v.meta[k] for k in keys}}
+    extra = tuple(k for k in ("elevation",) if k in v.meta)  # DCR mode
+    return {"visit": v.visit, "detector": det.id, **{k: v.meta[k] for k in keys + extra}}
 
 
 def render_visit(
