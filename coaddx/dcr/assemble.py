@@ -187,6 +187,7 @@ def assemble_dcr(
         metric_bits=bits["metric"],
         template_bad_bits=bits["template_bad"],
         detected_bit=bits["detected"],
+        weight_bits=bits["weights"],
         tile=tile,
     )
     ny, nx = shape

@@ -171,8 +171,10 @@ def dcr_visits(direct: xr.Dataset, config: DcrConfig) -> DcrVisits:
 
 
 def mask_bits(direct: xr.Dataset, template: xr.Dataset, config: DcrConfig) -> dict[str, int]:
-    """The andMask and convergence bits of the warps and the template's bad and DETECTED
-    bits; ``InputError`` when a plane the solve needs is missing."""
+    """The andMask and convergence bits of the warps, and the template's bad bits, DETECTED
+    (the noise estimates' cut, literally DETECTED as in LSST, algorithms.md 9.8) and
+    convergence bits (the model weights'); ``InputError`` when a plane the solve needs is
+    missing."""
     planes, t_planes = direct.attrs["mask_planes"], template.attrs["mask_planes"]
     metric = bitmask(planes, config.convergence_mask_planes, strict=False)
     if config.use_convergence and metric == 0:
@@ -181,8 +183,9 @@ def mask_bits(direct: xr.Dataset, template: xr.Dataset, config: DcrConfig) -> di
             f"{list(config.convergence_mask_planes)} (DETECTED: the calexps' detections); the "
             "convergence metric is computed on them"
         )
-    detected = bitmask(t_planes, "DETECTED", strict=False)
-    if detected == 0:
+    detected = bitmask(t_planes, "DETECTED", strict=False)  # the noise cut: LSST's literal
+    weights = bitmask(t_planes, config.convergence_mask_planes, strict=False)
+    if detected == 0 or (config.use_model_weights and weights == 0):
         raise InputError(
             "the template has no DETECTED mask plane: DcrAssembleCoadd's model weights and noise "
             "estimates need the template's detections"
@@ -192,4 +195,5 @@ def mask_bits(direct: xr.Dataset, template: xr.Dataset, config: DcrConfig) -> di
         "metric": metric,
         "template_bad": bitmask(t_planes, config.bad_mask_planes, strict=False),
         "detected": detected,
+        "weights": weights,
     }

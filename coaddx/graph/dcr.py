@@ -60,7 +60,7 @@ class DcrInputs:
     code: da.Array  # (V, Y, X) uint8: GOOD | METRIC
     template: da.Array  # (Y, X) float64, 0 where not finite
     quiet: da.Array  # (Y, X) bool: template pixel with no bad or DETECTED bit
-    detected: da.Array  # (Y, X) bool: template DETECTED
+    detected: da.Array  # (Y, X) bool: template pixels with a convergence plane (model weights)
 
 
 def _code(image: np.ndarray, mask: np.ndarray, bad: int, metric: int) -> np.ndarray:
@@ -78,10 +78,12 @@ def prepare_dcr_inputs(
     metric_bits: int,
     template_bad_bits: int,
     detected_bit: int,
+    weight_bits: int,
     tile: tuple[int, int],
 ) -> DcrInputs:
     """The visits' image (bad or non-finite pixels at 0) and code, and the template's image,
-    quiet and DETECTED pixels, rechunked to ``tile`` and persisted."""
+    quiet pixels (no bad or ``detected_bit``: the noise estimates) and model-weight pixels
+    (``weight_bits``, the convergence planes), rechunked to ``tile`` and persisted."""
     chunks = (image.shape[0], *tile)
     image = image.rechunk(chunks)
     mask = mask.rechunk(chunks)
@@ -91,7 +93,7 @@ def prepare_dcr_inputs(
     t_mask = template_mask.rechunk(tile)
     template = da.where(da.isfinite(t_image), t_image, 0.0)
     quiet = (t_mask & (template_bad_bits | detected_bit)) == 0
-    detected = (t_mask & detected_bit) != 0
+    detected = (t_mask & weight_bits) != 0
     persisted = dask.persist(clean, code, template, quiet, detected)
     return DcrInputs(*persisted)
 
