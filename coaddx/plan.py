@@ -30,6 +30,7 @@ __all__ = [
     "DETECT_BYTES_PER_PIXEL",
     "DcrTile",
     "StackPlan",
+    "dcr_held_bytes",
     "dcr_task_bytes",
     "detection_tile",
     "plan_dcr_tiles",
@@ -360,4 +361,37 @@ def dcr_task_bytes(
     return int(
         pixels
         * (n_visits * DCR_BYTES_PER_PIXEL_VISIT + n_subfilters * DCR_BYTES_PER_PIXEL_SUBFILTER)
+    )
+
+
+#: Held for the whole DCR solve, per pixel-visit: the prepared image (f4) and code (u1).
+DCR_HELD_BYTES_PER_PIXEL_VISIT = 5
+#: ... and per pixel-sub-filter: the model and the next one (2 x 8 B), the persisted
+#: un-regularised updates over the tiles with their halos (8 B times the overlap), the DCR
+#: weights (8 B) and the n_image (4 B); per pixel the template, its quiet and model-weight
+#: pixels and the model weights (8 + 1 + 1 + 8 B).
+DCR_HELD_BYTES_PER_PIXEL_SUBFILTER = 28
+DCR_HELD_BYTES_PER_PIXEL = 18
+
+
+def dcr_held_bytes(
+    n_visits: int,
+    n_subfilters: int,
+    shape: tuple[int, int],
+    tile: tuple[int, int],
+    *,
+    halo: int,
+) -> int:
+    """What a DCR solve keeps in (cluster) memory between passes: the prepared visits, the
+    models, the updates over the haloed tiles and the per-pixel planes (see the constants)."""
+    pixels = shape[0] * shape[1]
+    overlap = ((tile[0] + 2 * halo) * (tile[1] + 2 * halo)) / (tile[0] * tile[1])
+    per_sub = DCR_HELD_BYTES_PER_PIXEL_SUBFILTER + 8 * min(overlap, 4.0)
+    return int(
+        pixels
+        * (
+            n_visits * DCR_HELD_BYTES_PER_PIXEL_VISIT
+            + n_subfilters * per_sub
+            + DCR_HELD_BYTES_PER_PIXEL
+        )
     )

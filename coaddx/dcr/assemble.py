@@ -39,11 +39,12 @@ from coaddx.model.refraction import (
     image_parallactic_angle,
     subfilter_edges,
 )
-from coaddx.plan import plan_dcr_tiles
+from coaddx.plan import dcr_held_bytes, dcr_task_bytes, plan_dcr_tiles
 
 __all__ = ["assemble_dcr", "dcr_template", "run_iterations"]
 
-#: ``progress(iteration, metric, gain)`` after every model update.
+#: ``progress(iteration, metric, gain)``: iteration 0 (gain 0) with the initial model's metric
+#: once the inputs are prepared, then after every model update.
 Progress = Callable[[int, float, float], None]
 
 
@@ -75,6 +76,8 @@ def run_iterations(
     total, per_tile = solver.metric_sums()
     metrics, tile_metrics = [float(_metric(total))], [_metric(per_tile).tolist()]
     gains: list[float] = []
+    if progress is not None:
+        progress(0, metrics[0], 0.0)
     base = config.gain
     check, iteration, reason = 1.0, 0, "converged"
     while check > config.convergence_threshold or iteration <= config.min_iterations:
@@ -146,7 +149,8 @@ def assemble_dcr(
     config : DcrConfig
         ``effective_wavelength`` and ``bandwidth`` are required.
     progress : callable, optional
-        ``progress(iteration, metric, gain)`` after every model update.
+        ``progress(iteration, metric, gain)``: ``(0, initial metric, 0.0)`` once the inputs
+        are prepared, then after every model update.
 
     Returns
     -------
@@ -204,6 +208,18 @@ def assemble_dcr(
         frequency_region=(5, ny - 5, 5, nx - 5),
     )
     record = run_iterations(solver, config, progress)
+    record["plan"] = {
+        "tile": list(tile),
+        "n_tiles": sum(len(row) for row in tiles),
+        "buffer": b,
+        "halo": halo,
+        "task_bytes": dcr_task_bytes(
+            direct.sizes["visit"], config.n_subfilters, tile, buffer=b, halo=halo
+        ),
+        "held_bytes": dcr_held_bytes(
+            direct.sizes["visit"], config.n_subfilters, shape, tile, halo=halo
+        ),
+    }
     return _dataset(direct, template, config, visits, solver, record, tile)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numba
 import numpy as np
 from scipy import ndimage
 
@@ -65,7 +66,36 @@ def condition_model(new: np.ndarray, old: np.ndarray, *, gain: float) -> np.ndar
     return (gain * new + old) / (1 + gain)
 
 
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _bilinear_shift(image, dy, dx):  # pragma: no cover - numba
+    """scipy.ndimage.shift(image, (dy, dx), order=1, mode="constant"): output (i, j) is the
+    bilinear interpolation of the input at (i - dy, j - dx), zero where that point lies
+    outside [0, ny - 1] x [0, nx - 1]. One fractional offset for the whole image."""
+    ny, nx = image.shape
+    out = np.zeros((ny, nx), np.float64)
+    for i in range(ny):
+        y = i - dy
+        if y < 0.0 or y > ny - 1:
+            continue
+        y0 = int(np.floor(y))
+        fy = y - y0
+        y1 = min(y0 + 1, ny - 1)
+        for j in range(nx):
+            x = j - dx
+            if x < 0.0 or x > nx - 1:
+                continue
+            x0 = int(np.floor(x))
+            fx = x - x0
+            x1 = min(x0 + 1, nx - 1)
+            top = (1.0 - fx) * image[y0, x0] + fx * image[y0, x1]
+            bottom = (1.0 - fx) * image[y1, x0] + fx * image[y1, x1]
+            out[i, j] = (1.0 - fy) * top + fy * bottom
+    return out
+
+
 def _shift(image: np.ndarray, shift: np.ndarray, order: int) -> np.ndarray:
+    if order == 1 and image.ndim == 2:
+        return _bilinear_shift(image, float(shift[0]), float(shift[1]))
     data = ndimage.spline_filter(image, order=order) if order > 1 else image
     return ndimage.shift(data, shift, order=order, prefilter=False, mode="constant", cval=0.0)
 

@@ -3,6 +3,7 @@ written out by hand."""
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from coaddx.kernels.dcr import (
     apply_dcr,
@@ -182,3 +183,14 @@ def test_frequency_regularization_leaves_models_without_positive_reference():
         new, -np.ones((2, 10, 10)), np.ones((10, 10), bool), max_diff=2.0, width=2
     )
     np.testing.assert_array_equal(out, new)
+
+
+def test_bilinear_shift_is_scipys_constant_mode():
+    """The numba bilinear shift behind apply_dcr(order=1) against scipy.ndimage.shift (order 1,
+    mode "constant", no prefilter): integer, half and random shifts, odd shapes, 1-px images."""
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        image = rng.normal(size=(int(rng.integers(1, 30)), int(rng.integers(1, 30))))
+        shift = rng.choice([rng.uniform(-6, 6), float(rng.integers(-3, 4)), 0.0, 0.5, -0.5], 2)
+        want = ndimage.shift(image, shift, order=1, mode="constant", prefilter=False)
+        np.testing.assert_allclose(apply_dcr(image, shift), want, rtol=0, atol=1e-12)
