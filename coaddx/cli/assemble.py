@@ -1,4 +1,5 @@
-"""``coaddx assemble``: stack a warp store into a coadd (AssembleCoadd, CompareWarp)."""
+"""``coaddx assemble``: stack a warp store into a coadd (AssembleCoadd, CompareWarp,
+DcrAssembleCoadd)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import dask
 import xarray as xr
 
+from coaddx.cli.assemble_dcr import add_dcr_flags, run_dcr
 from coaddx.cli.client import (
     add_runtime_flags,
     fitted_budget,
@@ -70,13 +72,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--method",
-        choices=("assemble", "compare-warp"),
+        choices=("assemble", "compare-warp", "dcr"),
         default="assemble",
         help="assemble: AssembleCoadd of --warp-type warps; compare-warp: CompareWarp "
         "artifact rejection with LSST's defaults, reading the direct and psf_matched "
         "groups (only --subregion-size and --no-interp apply; writes epoch_count and "
-        "artifact_mask too)",
+        "artifact_mask too); dcr: DcrAssembleCoadd of the direct warps (needs "
+        "--effective-wavelength and --bandwidth; --subregion-size sets its tiles)",
     )
+    add_dcr_flags(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing coadd store")
     add_runtime_flags(p)
     p.set_defaults(assemble_config=config, assemble_warp_type=warp_type)
@@ -112,6 +116,8 @@ def _plan(coadd: xr.Dataset, ny: int, nx: int) -> StackPlan:
 
 def run(args: argparse.Namespace) -> int:
     flags: ConfigFlags = args.assemble_config
+    if args.method == "dcr":
+        return run_dcr(args, subregion_size=flags.values(args).get("subregion_size"))
     config = flags.build(args)
     open_kwargs = args.assemble_warp_type.values(args)
     stages = Stages()

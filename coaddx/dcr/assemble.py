@@ -160,9 +160,10 @@ def assemble_dcr(
         ``subfilter``, ``wavelength_low``, ``wavelength_high`` (nm); ``coadd`` (their sum) and
         ``template`` (the input coadd image) over ``(y, x)``; per visit ``elevation``,
         ``parallactic_angle``, ``zenith_angle_in_patch`` and ``dcr_shift`` (visit, subfilter,
-        axis). Attributes: ``config``, ``convergence`` (patch-wide metric before and after
-        every update), ``convergence_per_tile``, ``gains``, ``n_iterations``, ``stop``, what
-        :func:`dcr_template` needs (``dcr``) and ``provenance``.
+        axis: dy, dx; pixels). Attributes: ``config``, ``convergence`` (patch-wide metric
+        before and after every update), ``convergence_per_tile``, ``gains``,
+        ``n_iterations``, ``stop``, ``plan``, what :func:`dcr_template` needs (``dcr``) and
+        ``provenance``.
 
     The iterations are computed here (each gain depends on the metrics so far); the output
     planes are dask arrays over the persisted model.
@@ -291,7 +292,6 @@ def _dataset(
         },
         coords=coords,
     )
-    ds = ds.assign_coords(axis=("axis", ["dy", "dx"]))
     obs = config.observatory
     ds.attrs.update(
         {
