@@ -29,6 +29,7 @@ from coaddx.model.masks import check_mask_planes
 
 __all__ = [
     "AB_ZERO_NJY",
+    "OBSERVING_FIELDS",
     "Exposure",
     "boundary_pixels",
     "nJy_per_count",
@@ -70,6 +71,9 @@ class Exposure:
     visit, detector, band, mjd, exptime, airmass, parallactic_angle, psf_fwhm
         Visit metadata; ``exptime`` in seconds, ``parallactic_angle`` in degrees, ``psf_fwhm``
         in pixels; NaN where unknown.
+    elevation, rotation_angle, temperature, pressure, humidity
+        Boresight altitude and sky rotation angle (degrees), air temperature (C), pressure (Pa)
+        and relative humidity (%), for DCR; NaN where unknown.
     metadata : dict
         Anything else read from the headers (zero point, gain, layout, ...).
     path : pathlib.Path, optional
@@ -100,6 +104,11 @@ class Exposure:
     psf_fwhm: float = math.nan
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    elevation: float = math.nan
+    rotation_angle: float = math.nan
+    temperature: float = math.nan
+    pressure: float = math.nan
+    humidity: float = math.nan
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -248,6 +257,21 @@ def _check_psf(psf: Any, where: str) -> np.ndarray:
     return psf / total
 
 
+#: The float observing fields of an Exposure (NaN where unknown).
+OBSERVING_FIELDS = (
+    "mjd",
+    "exptime",
+    "airmass",
+    "parallactic_angle",
+    "psf_fwhm",
+    "elevation",
+    "rotation_angle",
+    "temperature",
+    "pressure",
+    "humidity",
+)
+
+
 def _coerce_metadata(exp: Exposure, where: str) -> None:
     set_ = object.__setattr__
     for name in ("visit", "detector"):
@@ -257,7 +281,7 @@ def _coerce_metadata(exp: Exposure, where: str) -> None:
         except (TypeError, ValueError):
             raise InputError(f"{where}: {name} = {value!r} is not an integer") from None
     set_(exp, "band", str(exp.band).strip())
-    for name in ("mjd", "exptime", "airmass", "parallactic_angle", "psf_fwhm"):
+    for name in OBSERVING_FIELDS:
         value = getattr(exp, name)
         try:
             set_(exp, name, math.nan if value is None else float(value))

@@ -25,7 +25,19 @@ from coaddx.warp.weights import visit_weight_stats
 __all__ = ["VISIT_FIELDS", "visit_metadata", "warp_visit"]
 
 #: Per-visit metadata taken from the visit's first exposure.
-VISIT_FIELDS = ("band", "mjd", "exptime", "airmass", "parallactic_angle", "psf_fwhm")
+VISIT_FIELDS = (
+    "band",
+    "mjd",
+    "exptime",
+    "airmass",
+    "parallactic_angle",
+    "psf_fwhm",
+    "elevation",
+    "rotation_angle",
+    "temperature",
+    "pressure",
+    "humidity",
+)
 
 _Warped = tuple[Box, np.ndarray, np.ndarray, np.ndarray]
 

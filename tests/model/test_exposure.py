@@ -588,3 +588,74 @@ def test_real_decam_siblings_and_coaddx_round_trip(real_data, tmp_path):
     assert got.metadata["zero_point"] == original.metadata["zero_point"]
     with pytest.raises(MaskPlaneError):
         replace(original, mask_planes={"BAD": 0})  # the SAT/NO_DATA bits would be unnamed
+
+
+# -- DCR observing fields (issue 12) -------------------------------------------------------------
+
+DCR_FIELDS = {
+    "elevation": 41.5,
+    "rotation_angle": -12.25,
+    "temperature": 8.5,
+    "pressure": 74010.0,
+    "humidity": 22.0,
+}
+
+
+def test_dcr_fields_round_trip_through_the_coaddx_layout(tmp_path, exposure):
+    src = replace(exposure, **DCR_FIELDS)
+    path = write_exposure(src, tmp_path / "calexp.fits")
+    with fits.open(path) as hdul:
+        head = hdul[0].header
+        assert head["BORE-ALT"] == 41.5 and head["ROTANGLE"] == -12.25
+        assert head["AIRTEMP"] == 8.5 and head["AIRPRESS"] == 74010.0 and head["HUMIDITY"] == 22
+    got = read_exposure(path)
+    for name, value in DCR_FIELDS.items():
+        assert getattr(got, name) == value, name
+        assert name not in got.metadata
+    assert math.isnan(read_exposure(write_exposure(exposure, tmp_path / "b.fits")).elevation)
+
+
+def test_dcr_fields_from_lsst_visitinfo_keywords(tmp_path, celestial_wcs):
+    hdus = _lsst_hdus(
+        celestial_wcs,
+        primary={
+            "EXPID": 5,
+            "DETECTOR": 1,
+            "FILTER": "g",
+            "HIERARCH BORE-ALT": 63.0,
+            "HIERARCH BORE-ROTANG": 45.0,
+            "AIRTEMP": 11.0,
+            "AIRPRESS": 74100.0,
+            "HUMIDITY": 35.0,
+        },
+    )
+    hdus.writeto(tmp_path / "lsst.fits")
+    exp = read_exposure(tmp_path / "lsst.fits")
+    assert (exp.elevation, exp.rotation_angle) == (63.0, 45.0)
+    assert (exp.temperature, exp.pressure, exp.humidity) == (11.0, 74100.0, 35.0)
+    alt = _lsst_hdus(
+        celestial_wcs,
+        primary={"EXPID": 6, "DETECTOR": 1, "FILTER": "g", "ALTITUDE": 50.0, "ROTANGLE": 3.0},
+    )
+    alt.writeto(tmp_path / "alt.fits")
+    exp = read_exposure(tmp_path / "alt.fits")
+    assert (exp.elevation, exp.rotation_angle) == (50.0, 3.0) and math.isnan(exp.pressure)
+
+
+@pytest.mark.realdata
+def test_real_decam_dcr_fields(real_data):
+    """Elevation 90 - ZD, weather from OUTTEMP / PRESSURE (Torr) / HUMIDITY, and the
+    parallactic angle from HA, DEC and OBS-LAT against astropy's position angle of the zenith
+    (at hour angle 0, declination = latitude) seen from the target."""
+    for path in _cp_images(real_data, "testcase6"):
+        exp = read_exposure(path)
+        head = fits.getheader(path, 0)
+        assert exp.elevation == pytest.approx(90.0 - head["ZD"])
+        assert 1 / math.sin(math.radians(exp.elevation)) == pytest.approx(exp.airmass, abs=0.02)
+        assert exp.temperature == head["OUTTEMP"] and exp.humidity == head["HUMIDITY"]
+        assert exp.pressure == pytest.approx(head["PRESSURE"] * 133.322368)
+        ha = SkyCoord(head["HA"], head["DEC"], unit=("hourangle", "deg"))
+        target = SkyCoord(-ha.ra.deg, ha.dec.deg, unit="deg")  # RA = LST - HA, LST = 0
+        zenith = SkyCoord(0.0, head["OBS-LAT"], unit="deg")
+        want = (target.position_angle(zenith).deg + 180.0) % 360.0 - 180.0
+        assert exp.parallactic_angle == pytest.approx(want, abs=1e-6)

@@ -1,5 +1,7 @@
 """make_warps end to end: simulated calexps and real DECam cutouts, store semantics."""
 
+from dataclasses import replace
+
 import dask
 import numpy as np
 import pytest
@@ -218,3 +220,25 @@ def test_real_decam_masked_pixels_are_excluded(real_data, tmp_path):
     np.testing.assert_allclose(coadd["image"].values[sel], brute[sel], rtol=1e-5, atol=1e-3)
     np.testing.assert_array_equal(coadd["n_image"].values[sel], ok.sum(0)[sel])
     assert (coadd["mask"].values[sel] & bit["REJECTED"]).all()
+
+
+def test_dcr_observing_fields_travel_from_calexp_headers_to_the_store(sim, tmp_path):
+    """elevation, rotation_angle and the weather of each visit's calexp headers come out of
+    open_warps as per-visit variables (what assemble_dcr reads)."""
+    paths = []
+    for i, path in enumerate(p for p in sim.calexps if read_exposure(p).detector == 0):
+        exp = read_exposure(path)
+        fields = {
+            "elevation": 40.0 + i,
+            "rotation_angle": 5.0 * i,
+            "temperature": 10.0 + i,
+            "pressure": 74000.0 + 10 * i,
+            "humidity": 20.0 + i,
+        }
+        paths.append(write_exposure(replace(exp, **fields), tmp_path / f"c{i}.fits"))
+    make_warps(paths, sim.patch, tmp_path / "w.zarr")
+    ds = coaddx.open_warps(tmp_path / "w.zarr")
+    by_visit = {int(read_exposure(p).visit): read_exposure(p) for p in paths}
+    for name in ("elevation", "rotation_angle", "temperature", "pressure", "humidity"):
+        got = {int(v): float(x) for v, x in zip(ds["visit"].values, ds[name].values, strict=True)}
+        assert got == {v: getattr(e, name) for v, e in by_visit.items()}, name

@@ -226,7 +226,7 @@ def _cp_metadata(
         "mjd": header_float(header_card("MJD-OBS", *heads)),
         "exptime": header_float(header_card("EXPTIME", *heads)),
         "airmass": header_float(header_card("AIRMASS", *heads)),
-        "parallactic_angle": math.nan,
+        **_decam_observing(heads),
         "psf_fwhm": header_float(
             header_card(
                 "FWHM",
@@ -257,6 +257,49 @@ def _cp_metadata(
         "background_subtracted": False,
     }
     return fields, {k: v for k, v in meta.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def _sexagesimal(value: Any) -> float:
+    """'-02:15:10.880' -> -2.25302 (the unit of the first field); a number as it is."""
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value or "").strip()
+    if not text:
+        return math.nan
+    sign = -1.0 if text.startswith("-") else 1.0
+    try:
+        parts = [abs(float(p)) for p in text.lstrip("+-").split(":")]
+    except ValueError:
+        return math.nan
+    return sign * sum(p / 60.0**i for i, p in enumerate(parts))
+
+
+#: DECam CTIO latitude (degrees), when OBS-LAT is absent.
+CTIO_LATITUDE = -30.16606
+TORR_TO_PA = 133.322368
+
+
+def _decam_observing(heads: tuple[Any, ...]) -> dict[str, float]:
+    """DCR observing fields of a DECam CP header: elevation 90 - ZD; the parallactic angle
+    q = atan2(sin H, tan(lat) cos(dec) - sin(dec) cos H) from HA, DEC and OBS-LAT; OUTTEMP
+    (C), PRESSURE (Torr -> Pa) and HUMIDITY (%)."""
+    zd = header_float(header_card("ZD", *heads))
+    hour = _sexagesimal(header_card("HA", *heads))
+    dec = _sexagesimal(header_card("DEC", *heads, default=header_card("TELDEC", *heads)))
+    lat = header_float(header_card("OBS-LAT", *heads, default=CTIO_LATITUDE))
+    q = math.nan
+    if all(math.isfinite(v) for v in (hour, dec, lat)):
+        h, d, phi = math.radians(15.0 * hour), math.radians(dec), math.radians(lat)
+        q = math.degrees(
+            math.atan2(math.sin(h), math.tan(phi) * math.cos(d) - math.sin(d) * math.cos(h))
+        )
+    return {
+        "parallactic_angle": q,
+        "elevation": 90.0 - zd if math.isfinite(zd) else math.nan,
+        "temperature": header_float(header_card("OUTTEMP", *heads)),
+        "pressure": header_float(header_card("PRESSURE", *heads)) * TORR_TO_PA,
+        "humidity": header_float(header_card("HUMIDITY", *heads)),
+    }
 
 
 def _cp_gain(heads: tuple[fits.Header, ...]) -> float:

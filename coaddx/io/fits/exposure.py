@@ -3,7 +3,8 @@
 Layout written by :func:`write_calexp` and :func:`write_exposure`::
 
     HDU 0 (primary)   VISIT, DETECTOR, BAND, MJD-OBS, EXPTIME, AIRMASS, PARANGLE, PHOTCALIB,
-                      PSFFWHM (+ MAGZERO, SKYLEVEL, GAIN, RDNOISE, SATURATE, HIERARCH extras)
+                      PSFFWHM, BORE-ALT, ROTANGLE, AIRTEMP, AIRPRESS, HUMIDITY (+ MAGZERO,
+                      SKYLEVEL, GAIN, RDNOISE, SATURATE, HIERARCH extras)
     HDU 1 IMAGE       float32, celestial WCS in the header
     HDU 2 MASK        int32, MP_<PLANE> = bit keywords
     HDU 3 VARIANCE    float32, IMAGE units squared
@@ -90,6 +91,11 @@ CALEXP_KEYWORDS: dict[str, str] = {
     "exptime": "EXPTIME",
     "airmass": "AIRMASS",
     "parallactic_angle": "PARANGLE",
+    "elevation": "BORE-ALT",
+    "rotation_angle": "ROTANGLE",
+    "temperature": "AIRTEMP",
+    "pressure": "AIRPRESS",
+    "humidity": "HUMIDITY",
     "photo_calib": "PHOTCALIB",
     "psf_fwhm": "PSFFWHM",
     "zero_point": "MAGZERO",
@@ -411,6 +417,11 @@ _FIELDS = (
     "airmass",
     "parallactic_angle",
     "psf_fwhm",
+    "elevation",
+    "rotation_angle",
+    "temperature",
+    "pressure",
+    "humidity",
 )
 
 
@@ -446,6 +457,26 @@ def _read_coaddx(hdul: fits.HDUList, path: Path, *, photo_calib: float | None) -
 _NJY_UNITS = ("njy", "nanojansky")
 
 
+def _first_float(heads: tuple[Any, ...], *keys: str) -> float:
+    for key in keys:
+        value = header_float(header_card(key, *heads))
+        if math.isfinite(value):
+            return value
+    return math.nan
+
+
+def lsst_observing(heads: tuple[Any, ...]) -> dict[str, float]:
+    """The DCR observing fields from LSST's afw VisitInfo keywords (BORE-ALT, BORE-ROTANG,
+    AIRTEMP, AIRPRESS, HUMIDITY; also ELEVATION / ALTITUDE and ROTANGLE), NaN where absent."""
+    return {
+        "elevation": _first_float(heads, "BORE-ALT", "ELEVATION", "ALTITUDE"),
+        "rotation_angle": _first_float(heads, "BORE-ROTANG", "ROTANGLE"),
+        "temperature": _first_float(heads, "AIRTEMP"),
+        "pressure": _first_float(heads, "AIRPRESS"),
+        "humidity": _first_float(heads, "HUMIDITY"),
+    }
+
+
 def _read_lsst(hdul: fits.HDUList, path: Path, *, photo_calib: float | None) -> Exposure:
     primary, image_header = hdul[0].header, hdul[1].header
     planes = mask_planes_from_header(hdul[2].header)
@@ -471,6 +502,7 @@ def _read_lsst(hdul: fits.HDUList, path: Path, *, photo_calib: float | None) -> 
             header_card("AIRMASS", *heads, default=header_card("BORE-AIRMASS", *heads))
         ),
         "parallactic_angle": header_float(header_card("PARANGLE", *heads)),
+        **lsst_observing(heads),
         "psf_fwhm": header_float(
             header_card("PSFFWHM", *heads, default=header_card("FWHM", *heads))
         ),
