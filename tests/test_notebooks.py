@@ -79,3 +79,16 @@ def test_compare_warp_notebook_runs(tmp_path, monkeypatch):
     ):
         assert (out / png).stat().st_size > 10_000
     assert seconds < MAX_SECONDS
+
+
+def test_dcr_notebook_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    book, seconds = _execute("dcr.ipynb", tmp_path)
+    print(f"dcr.ipynb: {seconds:.1f} s")
+    text = _outputs(book)
+    assert "updates (" in text and "blue star (slope -" in text and "red star (slope +" in text
+    ratio = float(text.split("(DCR template), ratio ")[1].split()[0])
+    assert ratio < 1.0  # the DCR template leaves less over the stars than the plain coadd
+    for png in ("subfilters.png", "residuals.png"):
+        assert (tmp_path / "dcr-out" / png).stat().st_size > 20_000
+    assert seconds < MAX_SECONDS
