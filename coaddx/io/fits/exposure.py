@@ -55,6 +55,7 @@ from coaddx.io.fits.decam import (
 from coaddx.io.fits.util import (
     header_card,
     header_float,
+    lsst_observing,
     image_shape,
     int_card,
     open_fits,
@@ -455,26 +456,6 @@ def _read_coaddx(hdul: fits.HDUList, path: Path, *, photo_calib: float | None) -
 # -- LSST layout -------------------------------------------------------------------------------
 
 _NJY_UNITS = ("njy", "nanojansky")
-
-
-def _first_float(heads: tuple[Any, ...], *keys: str) -> float:
-    for key in keys:
-        value = header_float(header_card(key, *heads))
-        if math.isfinite(value):
-            return value
-    return math.nan
-
-
-def lsst_observing(heads: tuple[Any, ...]) -> dict[str, float]:
-    """The DCR observing fields from LSST's afw VisitInfo keywords (BORE-ALT, BORE-ROTANG,
-    AIRTEMP, AIRPRESS, HUMIDITY; also ELEVATION / ALTITUDE and ROTANGLE), NaN where absent."""
-    return {
-        "elevation": _first_float(heads, "BORE-ALT", "ELEVATION", "ALTITUDE"),
-        "rotation_angle": _first_float(heads, "BORE-ROTANG", "ROTANGLE"),
-        "temperature": _first_float(heads, "AIRTEMP"),
-        "pressure": _first_float(heads, "AIRPRESS"),
-        "humidity": _first_float(heads, "HUMIDITY"),
-    }
 
 
 def _read_lsst(hdul: fits.HDUList, path: Path, *, photo_calib: float | None) -> Exposure:

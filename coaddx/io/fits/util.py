@@ -16,10 +16,12 @@ from astropy.wcs import WCS, FITSFixedWarning
 from coaddx.errors import InputError
 
 __all__ = [
+    "first_float",
     "header_card",
     "header_float",
     "image_shape",
     "int_card",
+    "lsst_observing",
     "open_fits",
     "read_layer",
     "wcs_from_header",
@@ -95,3 +97,24 @@ def int_card(keys: tuple[str, ...], headers: tuple[Mapping[str, Any], ...]) -> i
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             return int(value)
     return 0
+
+
+def first_float(heads: tuple[Any, ...], *keys: str) -> float:
+    """The first finite float among ``keys`` in ``heads`` (NaN if none)."""
+    for key in keys:
+        value = header_float(header_card(key, *heads))
+        if math.isfinite(value):
+            return value
+    return math.nan
+
+
+def lsst_observing(heads: tuple[Any, ...]) -> dict[str, float]:
+    """The DCR observing fields from LSST's afw VisitInfo keywords (BORE-ALT, BORE-ROTANG,
+    AIRTEMP, AIRPRESS, HUMIDITY; also ELEVATION / ALTITUDE and ROTANGLE), NaN where absent."""
+    return {
+        "elevation": first_float(heads, "BORE-ALT", "ELEVATION", "ALTITUDE"),
+        "rotation_angle": first_float(heads, "BORE-ROTANG", "ROTANGLE"),
+        "temperature": first_float(heads, "AIRTEMP"),
+        "pressure": first_float(heads, "AIRPRESS"),
+        "humidity": first_float(heads, "HUMIDITY"),
+    }
