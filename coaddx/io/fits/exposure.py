@@ -55,9 +55,9 @@ from coaddx.io.fits.decam import (
 from coaddx.io.fits.util import (
     header_card,
     header_float,
-    lsst_observing,
     image_shape,
     int_card,
+    lsst_observing,
     open_fits,
     read_layer,
     wcs_from_header,
