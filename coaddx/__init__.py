@@ -34,6 +34,7 @@ from coaddx.errors import (
     SchemaError,
     StoreError,
 )
+from coaddx.io.catalog import read_reference_catalog
 from coaddx.io.export import export_fits
 from coaddx.io.fits.exposure import read_exposure, write_exposure
 from coaddx.io.zarr.coadd_store import open_coadd, write_coadd
@@ -88,6 +89,7 @@ __all__ = [
     "open_coadd",
     "open_warps",
     "read_exposure",
+    "read_reference_catalog",
     "simulate",
     "snap_config",
     "snap_subtract",
