@@ -83,11 +83,11 @@ def test_proper_motions_move_stars_to_the_exposure_epoch(tmp_path):
 def test_bad_catalogues_raise_clear_errors(tmp_path):
     t = _table()
     t.write(tmp_path / "ref.fits")
-    with pytest.raises(coaddx.InputError, match="no column 'gmag'.*phot_g_mean_mag"):
+    with pytest.raises(coaddx.InputError, match=r"no column 'gmag'.*phot_g_mean_mag"):
         read_reference_catalog(tmp_path / "ref.fits", mag="gmag")
     t["bad"] = t["ra"] * u.mag
     t.write(tmp_path / "bad.fits")
-    with pytest.raises(coaddx.InputError, match="'bad'.*not convertible to deg"):
+    with pytest.raises(coaddx.InputError, match=r"'bad'.*not convertible to deg"):
         read_reference_catalog(tmp_path / "bad.fits", ra="bad")
     with pytest.raises(coaddx.InputError, match="no reference catalogue"):
         read_reference_catalog(tmp_path / "missing.fits")
