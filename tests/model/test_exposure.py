@@ -644,7 +644,7 @@ def test_dcr_fields_from_lsst_visitinfo_keywords(tmp_path, celestial_wcs):
 
 @pytest.mark.realdata
 def test_real_decam_dcr_fields(real_data):
-    """Elevation 90 - ZD, weather from OUTTEMP / PRESSURE (Torr) / HUMIDITY, and the
+    """Elevation 90 - ZD, weather from OUTTEMP / PRESSURE (hPa) / HUMIDITY, and the
     parallactic angle from HA, DEC and OBS-LAT against astropy's position angle of the zenith
     (at hour angle 0, declination = latitude) seen from the target."""
     for path in _cp_images(real_data, "testcase6"):
@@ -653,7 +653,7 @@ def test_real_decam_dcr_fields(real_data):
         assert exp.elevation == pytest.approx(90.0 - head["ZD"])
         assert 1 / math.sin(math.radians(exp.elevation)) == pytest.approx(exp.airmass, abs=0.02)
         assert exp.temperature == head["OUTTEMP"] and exp.humidity == head["HUMIDITY"]
-        assert exp.pressure == pytest.approx(head["PRESSURE"] * 133.322368)
+        assert exp.pressure == pytest.approx(head["PRESSURE"] * 100.0)  # "[Torr]" is hPa
         ha = SkyCoord(head["HA"], head["DEC"], unit=("hourangle", "deg"))
         target = SkyCoord(-ha.ra.deg, ha.dec.deg, unit="deg")  # RA = LST - HA, LST = 0
         zenith = SkyCoord(0.0, head["OBS-LAT"], unit="deg")

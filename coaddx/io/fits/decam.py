@@ -276,29 +276,71 @@ def _sexagesimal(value: Any) -> float:
 
 #: DECam CTIO latitude (degrees), when OBS-LAT is absent.
 CTIO_LATITUDE = -30.16606
-TORR_TO_PA = 133.322368
+#: Pa per pressure unit named in a DECam header comment. DECam writes ``PRESSURE`` in hPa
+#: (mbar) under a ``[Torr]`` comment: 777 "Torr" would be 1036 hPa, above sea-level pressure,
+#: while CTIO at 2215 m has about 776 hPa; LSST's astro_metadata_translator reads it as hPa
+#: too. So Torr / mmHg, and no unit at all, mean hPa here.
+DECAM_PRESSURE_UNITS_PA = {
+    "torr": 100.0,
+    "mmhg": 100.0,
+    "mbar": 100.0,
+    "millibar": 100.0,
+    "hpa": 100.0,
+    "kpa": 1000.0,
+    "pa": 1.0,
+}
+
+
+def _pressure_pa(heads: tuple[Any, ...]) -> float:
+    """Barometric pressure in Pa from ``PRESSURE`` or ``OUTPRESS`` in the unit its comment
+    names (:data:`DECAM_PRESSURE_UNITS_PA`; hPa when it names none); NaN for another unit."""
+    for key in ("PRESSURE", "OUTPRESS"):
+        for header in heads:
+            value = header_float(header.get(key))
+            if not math.isfinite(value):
+                continue
+            comments = getattr(header, "comments", None)
+            comment = str(comments[key]) if comments is not None else ""
+            match = re.match(r"\s*\[([^\]]*)\]", comment)
+            words = [match.group(1)] if match else re.findall(r"[A-Za-z]+", comment)
+            for word in words:
+                factor = DECAM_PRESSURE_UNITS_PA.get(word.strip().lower())
+                if factor is not None:
+                    return value * factor
+            return math.nan if match else value * 100.0
+    return math.nan
+
+
+def _parallactic_angle(heads: tuple[Any, ...]) -> float:
+    """``PARANGLE`` when the header has it, else q = atan2(sin H, tan(lat) cos(dec) -
+    sin(dec) cos H) in degrees from HA (hours), DEC and OBS-LAT (CTIO when absent)."""
+    stored = header_float(header_card("PARANGLE", *heads))
+    if math.isfinite(stored):
+        return stored
+    hour = _sexagesimal(header_card("HA", *heads))
+    dec = _sexagesimal(header_card("DEC", *heads, default=header_card("TELDEC", *heads)))
+    lat = header_float(header_card("OBS-LAT", *heads, default=CTIO_LATITUDE))
+    if not all(math.isfinite(v) for v in (hour, dec, lat)):
+        return math.nan
+    h, d, phi = math.radians(15.0 * hour), math.radians(dec), math.radians(lat)
+    return math.degrees(
+        math.atan2(math.sin(h), math.tan(phi) * math.cos(d) - math.sin(d) * math.cos(h))
+    )
 
 
 def _decam_observing(heads: tuple[Any, ...]) -> dict[str, float]:
     """DCR observing fields of a DECam CP header: elevation 90 - ZD; the parallactic angle
-    q = atan2(sin H, tan(lat) cos(dec) - sin(dec) cos H) from HA, DEC and OBS-LAT; OUTTEMP
-    (C), PRESSURE (Torr -> Pa) and HUMIDITY (%)."""
+    (:func:`_parallactic_angle`); OUTTEMP (C); PRESSURE or OUTPRESS (:func:`_pressure_pa`);
+    HUMIDITY or OUTHUM (%). NaN for what the header lacks."""
     zd = header_float(header_card("ZD", *heads))
-    hour = _sexagesimal(header_card("HA", *heads))
-    dec = _sexagesimal(header_card("DEC", *heads, default=header_card("TELDEC", *heads)))
-    lat = header_float(header_card("OBS-LAT", *heads, default=CTIO_LATITUDE))
-    q = math.nan
-    if all(math.isfinite(v) for v in (hour, dec, lat)):
-        h, d, phi = math.radians(15.0 * hour), math.radians(dec), math.radians(lat)
-        q = math.degrees(
-            math.atan2(math.sin(h), math.tan(phi) * math.cos(d) - math.sin(d) * math.cos(h))
-        )
     return {
-        "parallactic_angle": q,
+        "parallactic_angle": _parallactic_angle(heads),
         "elevation": 90.0 - zd if math.isfinite(zd) else math.nan,
         "temperature": header_float(header_card("OUTTEMP", *heads)),
-        "pressure": header_float(header_card("PRESSURE", *heads)) * TORR_TO_PA,
-        "humidity": header_float(header_card("HUMIDITY", *heads)),
+        "pressure": _pressure_pa(heads),
+        "humidity": header_float(
+            header_card("HUMIDITY", *heads, default=header_card("OUTHUM", *heads))
+        ),
     }
 
 

@@ -105,6 +105,12 @@ CALEXP_KEYWORDS: dict[str, str] = {
     "read_noise": "RDNOISE",
     "saturation": "SATURATE",
 }
+#: Keywords also read (never written); a :data:`CALEXP_KEYWORDS` one wins over its alias.
+CALEXP_READ_ALIASES: dict[str, str] = {
+    "BORE-ROTANG": "rotation_angle",
+    "ELEVATION": "elevation",
+    "ALTITUDE": "elevation",
+}
 _REQUIRED = ("visit", "detector", "band")
 _INT_KEYS = ("visit", "detector")
 _HIERARCH = "HIERARCH COADDX "
@@ -233,13 +239,16 @@ def write_calexp(
 def _metadata_from_header(header: fits.Header) -> dict[str, Any]:
     keyword_to_name = {v: k for k, v in CALEXP_KEYWORDS.items()}
     out: dict[str, Any] = {}
+    aliased: dict[str, Any] = {}
     for card in header.cards:
         key = card.keyword
         if key in keyword_to_name:
             out[keyword_to_name[key]] = card.value
+        elif key in CALEXP_READ_ALIASES:
+            aliased.setdefault(CALEXP_READ_ALIASES[key], card.value)
         elif key.startswith("COADDX "):
             out[key[len("COADDX ") :].lower()] = card.value
-    return out
+    return {**aliased, **out}
 
 
 def _calexp_parts(hdul: fits.HDUList, path: Path) -> dict[str, Any]:
@@ -274,9 +283,6 @@ def read_calexp(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     with open_fits(path) as hdul:
         return _calexp_parts(hdul, path)
-
-
-# -- shared helpers ----------------------------------------------------------------------------
 
 
 # -- dispatch ----------------------------------------------------------------------------------
