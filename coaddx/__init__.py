@@ -11,13 +11,15 @@ AssembleCoadd                   ``coaddx.coadd.assemble`` (``assemble``)
 CompareWarpAssembleCoadd        ``coaddx.coadd.compare_warp`` (``assemble_compare_warp``)
 ImagePsfMatch / SnapPsfMatch    ``coaddx.diffim`` (``subtract``, ``snap_subtract``)
 DcrAssembleCoadd                ``coaddx.dcr`` (``assemble_dcr``, ``dcr_template``)
-CalibrateTask                   ``coaddx.calibrate`` (to come)
+CalibrateTask                   ``coaddx.calibrate`` (in progress: ``calibrate``)
 ==============================  ===========================================================
 """
 
 from __future__ import annotations
 
 from coaddx._version import __version__
+from coaddx.calibrate.calibrate import Calibration, calibrate
+from coaddx.calibrate.config import CalibrateConfig
 from coaddx.coadd.assemble import assemble
 from coaddx.coadd.compare_warp.assemble import assemble_compare_warp
 from coaddx.coadd.compare_warp.config import CompareWarpConfig
@@ -27,6 +29,7 @@ from coaddx.dcr.config import DcrConfig
 from coaddx.diffim.config import PsfMatchConfig, snap_config
 from coaddx.diffim.subtract import Subtraction, snap_subtract, subtract
 from coaddx.errors import (
+    CalibrationError,
     CoaddxError,
     ConfigError,
     InputError,
@@ -53,6 +56,9 @@ __all__ = [
     "LSST_SITE",
     "AssembleConfig",
     "Box",
+    "CalibrateConfig",
+    "Calibration",
+    "CalibrationError",
     "CoaddxError",
     "CompareWarpConfig",
     "ConfigError",
@@ -79,6 +85,7 @@ __all__ = [
     "assemble",
     "assemble_compare_warp",
     "assemble_dcr",
+    "calibrate",
     "check_store",
     "dcr_shifts",
     "dcr_template",

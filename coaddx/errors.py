@@ -7,6 +7,7 @@ one type. Messages name the file, visit, variable or config field at fault and w
 from __future__ import annotations
 
 __all__ = [
+    "CalibrationError",
     "CoaddxError",
     "ConfigError",
     "InputError",
@@ -41,3 +42,8 @@ class MaskPlaneError(InputError, KeyError):
 
 class StoreError(CoaddxError, OSError):
     """A Zarr store is missing, empty, corrupt, partially written or of the wrong kind."""
+
+
+class CalibrationError(CoaddxError, RuntimeError):
+    """An exposure could not be calibrated: too few matches, a fit whose scatter exceeds its
+    limit, no photometric stars (names the exposure and the figure)."""

@@ -1,0 +1,204 @@
+"""CalibrateTask on one exposure (algorithms.md 7): the astrometry pass, the main detection and
+measurement, the photometric zero point.
+
+:func:`calibrate` takes an Exposure and a reference catalogue and returns a
+:class:`Calibration`: the exposure with the fitted TAN-SIP WCS, the measured photometric
+calibration and its DETECTED plane (nothing else of the mask, and neither the image nor the
+variance, changes), the source table, and the astrometric and photometric results. A PHOTCALIB
+of the input is not used: fluxes are measured in image units and the zero point is what is
+being measured. Failures of required steps raise :class:`~coaddx.errors.CalibrationError`
+naming the exposure and the figure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+
+from coaddx.calibrate.astrometry import AstrometryResult, fit_astrometry
+from coaddx.calibrate.config import CalibrateConfig
+from coaddx.calibrate.sources import measure_sources
+from coaddx.constants import FWHM_TO_SIGMA
+from coaddx.errors import CalibrationError, ConfigError, InputError
+from coaddx.kernels.photocal import ZeroPoint, zero_point
+from coaddx.model.catalog import ReferenceCatalog
+from coaddx.model.exposure import Exposure, nJy_per_count
+
+__all__ = ["Calibration", "Photometry", "calibrate", "overlapping"]
+
+_MAG_PER_LN = 2.5 / math.log(10.0)  # 1.0857: magnitude error per relative flux error
+
+
+@dataclass(frozen=True)
+class Photometry:
+    """The zero point (AB mag of one image count), its formal error (the error of the mean, as
+    LSST), the stars kept and the resulting ``photo_calib`` (nJy per count)."""
+
+    zero_point: float
+    zero_point_err: float
+    n_stars: int
+    photo_calib: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """:func:`calibrate`'s result (see the module docstring)."""
+
+    exposure: Exposure
+    sources: Any  # astropy Table
+    astrometry: AstrometryResult | None
+    photometry: Photometry | None
+
+
+def overlapping(
+    exposure: Exposure, reference: ReferenceCatalog, *, margin_pix: float
+) -> ReferenceCatalog:
+    """The reference stars that fall on the exposure (its header WCS) or within ``margin_pix``
+    of it, at the exposure's epoch; ``CalibrationError`` when none do."""
+    ref = reference.at_epoch(exposure.mjd)
+    ny, nx = exposure.shape
+    with np.errstate(invalid="ignore"):
+        x, y = exposure.wcs.all_world2pix(ref.ra, ref.dec, 0, quiet=True)
+    keep = np.isfinite(x) & np.isfinite(y)
+    keep &= (x > -margin_pix) & (x < nx - 1 + margin_pix)
+    keep &= (y > -margin_pix) & (y < ny - 1 + margin_pix)
+    if not keep.any():
+        raise CalibrationError(
+            f"{exposure.where}: none of the {len(ref)} stars of {ref.source} falls on the "
+            f"exposure (its header WCS, with a {margin_pix:g} px margin)"
+        )
+    return ref.select(keep)
+
+
+def _clean(sources: Any) -> np.ndarray:
+    return ~(sources["flag_saturated"] | sources["flag_edge"] | sources["flag_bad"])
+
+
+def _astrometry(
+    exposure: Exposure, ref: ReferenceCatalog, config: CalibrateConfig
+) -> AstrometryResult:
+    measured = measure_sources(
+        exposure, threshold=config.astrometry_threshold, aperture_radius=config.aperture_radius
+    )
+    s = measured.sources[_clean(measured.sources)]
+    return fit_astrometry(
+        np.asarray(s["x"], np.float64),
+        np.asarray(s["y"], np.float64),
+        ref.ra,
+        ref.dec,
+        exposure.wcs,
+        exposure.shape,
+        config,
+        ref_mag=ref.mag,
+        flux=np.asarray(s["flux"], np.float64),
+        where=exposure.where,
+    )
+
+
+def _photometry(
+    sources: Any, ref: ReferenceCatalog, scale_arcsec: float, config: CalibrateConfig, where: str
+) -> tuple[ZeroPoint, np.ndarray, np.ndarray]:
+    """getZeroPoint of the isolated, unresolved, unflagged S/N >= min_snr stars matched to the
+    reference; returns the result, the source indices and the reference indices used."""
+    flux = np.asarray(sources["flux"], np.float64)
+    err = np.asarray(sources["flux_err"], np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = flux / err
+    usable = _clean(sources) & np.asarray(sources["unresolved"]) & (snr >= config.min_snr)
+    usable &= np.asarray(sources["neighbour_dist"]) > config.min_separation_pix
+    idx = np.flatnonzero(usable)
+    if idx.size == 0:
+        raise CalibrationError(
+            f"{where}: no photometric star (isolated, unresolved, S/N >= "
+            f"{config.min_snr}, unflagged) among {len(sources)} sources"
+        )
+    cat = SkyCoord(ref.ra * u.deg, ref.dec * u.deg)
+    src = SkyCoord(np.asarray(sources["ra"])[idx] * u.deg, np.asarray(sources["dec"])[idx] * u.deg)
+    j, sep, _ = src.match_to_catalog_sky(cat)
+    ok = sep.arcsec < config.match_radius_pix * scale_arcsec
+    idx, j = idx[ok], j[ok]
+    if idx.size == 0:
+        raise CalibrationError(f"{where}: no photometric star matches {ref.source}")
+    inst = -2.5 * np.log10(flux[idx])
+    inst_err = np.hypot(_MAG_PER_LN * err[idx] / flux[idx], config.mag_err_floor)
+    if config.reference_weights == "catalog" and ref.mag_err is not None:
+        inst_err = np.hypot(inst_err, np.nan_to_num(ref.mag_err[j]))
+    zp = zero_point(
+        ref.mag[j],
+        inst,
+        inst_err,
+        n_sigma=config.n_sigma,
+        sigma_max=config.sigma_max,
+        n_iter=config.n_iter,
+        use_median=config.use_median,
+    )
+    return zp, idx[zp.good], j[zp.good]
+
+
+def calibrate(
+    exposure: Exposure, reference_catalog: ReferenceCatalog, config: CalibrateConfig | None = None
+) -> Calibration:
+    """Calibrate one exposure against a reference catalogue (see the module docstring)."""
+    config = config if config is not None else CalibrateConfig()
+    if not isinstance(config, CalibrateConfig):
+        raise ConfigError(f"config must be a CalibrateConfig, got {type(config).__name__}")
+    if not isinstance(exposure, Exposure):
+        raise InputError(f"calibrate needs a coaddx.Exposure, got {type(exposure).__name__}")
+    ref = overlapping(exposure, reference_catalog, margin_pix=config.max_offset_pix)
+    astro: AstrometryResult | None = None
+    wcs = exposure.wcs
+    if config.do_astrometry:
+        try:
+            astro = _astrometry(exposure, ref, config)
+            wcs = astro.wcs
+        except CalibrationError:
+            if config.require_astrometry:
+                raise
+    fitted = replace(exposure, wcs=wcs)
+    fwhm = exposure.psf_fwhm if math.isfinite(exposure.psf_fwhm) else float("nan")
+    grow = config.n_sigma_to_grow * fwhm * FWHM_TO_SIGMA if math.isfinite(fwhm) else 0.0
+    measured = measure_sources(
+        fitted,
+        threshold=config.detection_threshold,
+        aperture_radius=config.aperture_radius,
+        grow=grow,
+    )
+    sources = measured.sources
+    n = len(sources)
+    sources["used_astrometry"] = np.zeros(n, bool)
+    sources["used_photometry"] = np.zeros(n, bool)
+    if astro is not None and n:
+        cat = SkyCoord(ref.ra[astro.matches[:, 1]] * u.deg, ref.dec[astro.matches[:, 1]] * u.deg)
+        src = SkyCoord(np.asarray(sources["ra"]) * u.deg, np.asarray(sources["dec"]) * u.deg)
+        _, sep, _ = src.match_to_catalog_sky(cat)
+        scale = math.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0
+        sources["used_astrometry"] = sep.arcsec < 0.5 * scale
+    photometry: Photometry | None = None
+    photo_calib = exposure.photo_calib
+    metadata = dict(exposure.metadata)
+    if config.do_photo_cal:
+        scale = math.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0
+        try:
+            zp, used, _ = _photometry(sources, ref, scale, config, exposure.where)
+            photo_calib = nJy_per_count(zp.zp)
+            photometry = Photometry(zp.zp, zp.sigma, zp.ngood, photo_calib)
+            sources["used_photometry"][used] = True
+            if math.isfinite(exposure.exptime) and exposure.exptime > 0:
+                metadata["magzero"] = zp.zp - 2.5 * math.log10(exposure.exptime)
+            metadata["magzero_rms"] = zp.sigma
+            metadata["magzero_nobj"] = zp.ngood
+        except CalibrationError:
+            if config.require_photo_cal:
+                raise
+    planes = exposure.mask_planes
+    mask = exposure.mask.copy()
+    if "DETECTED" in planes:
+        bit = np.int32(1 << planes["DETECTED"])
+        mask = np.where(measured.footprints, mask | bit, mask & ~bit).astype(exposure.mask.dtype)
+    out = replace(fitted, mask=mask, photo_calib=photo_calib, metadata=metadata)
+    return Calibration(out, sources, astro, photometry)
