@@ -173,3 +173,24 @@ def test_worker_peak_stays_within_the_plan(tmp_path):
     assert peak.added > plan.task_bytes // 4  # the sampler saw the work
     assert peak.peak <= planned
     assert peak.spilled == 0 and mem_limit == limit
+
+
+def test_worker_memory_samples_each_in_process_worker():
+    """Workers of an in-process cluster share one module: each gets its own sampler (two
+    workers once overwrote one key and the second stop raised KeyError)."""
+    from distributed import Client, LocalCluster
+
+    from coaddx.runtime.cluster import _SAMPLERS, WorkerMemory
+
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        with WorkerMemory(client) as workers:
+            assert len([k for k in _SAMPLERS if k.startswith(workers.key)]) == 2
+            dask.compute(dask.delayed(sum)(range(1000)))
+    assert len(workers.peaks) == 2
+    assert all(p.peak >= p.baseline > 0 for p in workers.peaks.values())
+    assert not any(k.startswith(workers.key) for k in _SAMPLERS)

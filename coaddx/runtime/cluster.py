@@ -348,15 +348,20 @@ class _Sampler(threading.Thread):
             self.stop.wait(self.interval)
 
 
-def _start_sampler(key: str, interval: float) -> int:
+def _sampler_key(key: str, dask_worker: Any) -> str:
+    # one sampler per worker: workers of an in-process cluster share this module
+    return f"{key}-{getattr(dask_worker, 'address', '')}"
+
+
+def _start_sampler(key: str, interval: float, dask_worker: Any = None) -> int:
     sampler = _Sampler(interval)
-    _SAMPLERS[key] = sampler
+    _SAMPLERS[_sampler_key(key, dask_worker)] = sampler
     sampler.start()
     return os.getpid()
 
 
 def _stop_sampler(key: str, dask_worker: Any = None) -> tuple[int, int, int]:
-    sampler = _SAMPLERS.pop(key)
+    sampler = _SAMPLERS.pop(_sampler_key(key, dask_worker))
     sampler.stop.set()
     sampler.join()
     sampler.peak = max(sampler.peak, sampler._proc.memory_info().rss)
