@@ -11,7 +11,7 @@ AssembleCoadd                   ``coaddx.coadd.assemble`` (``assemble``)
 CompareWarpAssembleCoadd        ``coaddx.coadd.compare_warp`` (``assemble_compare_warp``)
 ImagePsfMatch / SnapPsfMatch    ``coaddx.diffim`` (``subtract``, ``snap_subtract``)
 DcrAssembleCoadd                ``coaddx.dcr`` (``assemble_dcr``, ``dcr_template``)
-CalibrateTask                   ``coaddx.calibrate`` (in progress: ``calibrate``)
+CalibrateTask                   ``coaddx.calibrate`` (``calibrate``, ``calibrate_exposures``)
 ==============================  ===========================================================
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 from coaddx._version import __version__
 from coaddx.calibrate.calibrate import Calibration, calibrate
 from coaddx.calibrate.config import CalibrateConfig
+from coaddx.calibrate.exposures import CalibrateResult, calibrate_exposures
 from coaddx.coadd.assemble import assemble
 from coaddx.coadd.compare_warp.assemble import assemble_compare_warp
 from coaddx.coadd.compare_warp.config import CompareWarpConfig
@@ -57,6 +58,7 @@ __all__ = [
     "AssembleConfig",
     "Box",
     "CalibrateConfig",
+    "CalibrateResult",
     "Calibration",
     "CalibrationError",
     "CoaddxError",
@@ -86,6 +88,7 @@ __all__ = [
     "assemble_compare_warp",
     "assemble_dcr",
     "calibrate",
+    "calibrate_exposures",
     "check_store",
     "dcr_shifts",
     "dcr_template",

@@ -281,6 +281,20 @@ def warp_task_bytes(patch_shape: tuple[int, int], detector_shapes: list[tuple[in
     return int(patch * WARP_PATCH_BYTES + detectors * WARP_DETECTOR_BYTES + WARP_FIXED_BYTES)
 
 
+#: Planned bytes per pixel of a calibration task (:func:`coaddx.calibrate_exposures`): the
+#: image, mask and variance read (12 B), sep's float64 image, error and background-subtracted
+#: copies (24 B), the background and its rms (8 B), the segmentation map (4 B), the new mask
+#: and its temporaries (12 B), the footprints and the big-endian copies astropy writes (16 B),
+#: with 20 B of slack for the two detections' transients.
+CALIBRATE_BYTES_PER_PIXEL = 96
+CALIBRATE_FIXED_BYTES = 64 * 2**20
+
+
+def calibrate_task_bytes(shape: tuple[int, int]) -> int:
+    """Planned peak bytes of one calibration task on an exposure of ``shape``."""
+    return int(int(shape[0]) * int(shape[1]) * CALIBRATE_BYTES_PER_PIXEL + CALIBRATE_FIXED_BYTES)
+
+
 #: Planned bytes per pixel-visit of a DCR update task: the visit's image (f4) and code (u1) as
 #: held, its float64 copy, forward model and residual, and one shifted residual (5 x 8 B).
 DCR_BYTES_PER_PIXEL_VISIT = 45

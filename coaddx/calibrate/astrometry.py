@@ -6,9 +6,10 @@ the SIP terms move stars by several pixels), so the reference stars are first pr
 the header WCS and the detections' offsets from them are voted on in a 2-D histogram, for a
 ladder of trial rotations about the image centre (LSST's matcher tolerates 250 px and
 1 degree). The best vote fixes the approximate shift and rotation; matches are then nearest
-neighbours within ``match_radius_pix`` (a k-d tree), and the WCS is fitted with astropy's
-``fit_wcs_from_points`` (TAN-SIP of order ``sip_order``), rejected at ``rejection_sigma`` and
-refitted, the matches being redone with each new WCS.
+neighbours within ``match_radius_pix`` (a k-d tree), and the WCS is fitted
+(:func:`~coaddx.calibrate.wcs_fit.fit_tan_sip`: TAN-SIP of order ``sip_order``, CRPIX at the
+image centre, by linear least squares), rejected at ``rejection_sigma`` and refitted, the
+matches being redone with each new WCS.
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from astropy import units as u
-from astropy.coordinates import SkyCoord
 from astropy.wcs import WCS
-from astropy.wcs.utils import fit_wcs_from_points
 from scipy.spatial import cKDTree
 
 from coaddx.calibrate.config import CalibrateConfig
+from coaddx.calibrate.wcs_fit import fit_tan_sip
 from coaddx.errors import CalibrationError
 
 __all__ = ["AstrometryResult", "fit_astrometry", "offset_search"]
@@ -160,6 +159,8 @@ def fit_astrometry(
             px, py = _affine(rx, ry, pairs, x, y)
     matches = _match(x, y, px, py, config.match_radius_pix)
     current, rms, used = wcs, math.inf, matches
+    crpix = ((nx + 1) / 2.0, (ny + 1) / 2.0)  # 1-based: the image centre
+    crval = tuple(float(c) for c in wcs.all_pix2world([[centre[0], centre[1]]], 0)[0])
     scale = math.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0
     iterations = 0
     for _ in range(config.fit_iterations):
@@ -169,17 +170,18 @@ def fit_astrometry(
         keep = np.ones(len(matches), bool)
         for _ in range(config.rejection_iterations + 1):
             m = matches[keep]
-            sky = SkyCoord(ref_ra[m[:, 1]] * u.deg, ref_dec[m[:, 1]] * u.deg)
             try:
-                current = fit_wcs_from_points(
-                    (x[m[:, 0]], y[m[:, 0]]),
-                    sky,
-                    proj_point="center",
-                    projection="TAN",
-                    sip_degree=config.sip_order if config.sip_order > 1 else None,
+                current = fit_tan_sip(
+                    x[m[:, 0]],
+                    y[m[:, 0]],
+                    ref_ra[m[:, 1]],
+                    ref_dec[m[:, 1]],
+                    crpix=crpix,
+                    crval=crval,
+                    order=config.sip_order,
                 )
-            except Exception as exc:  # astropy / scipy fit failures at the boundary
-                raise CalibrationError(f"{where}: the TAN-SIP fit failed: {exc}") from exc
+            except CalibrationError as exc:
+                raise CalibrationError(f"{where}: {exc}") from exc
             fx, fy = current.all_world2pix(ref_ra[matches[:, 1]], ref_dec[matches[:, 1]], 0)
             d = np.hypot(fx - x[matches[:, 0]], fy - y[matches[:, 0]])
             rms = float(np.sqrt(np.mean(d[keep] ** 2)))

@@ -13,7 +13,8 @@ naming the exposure and the figure.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from coaddx.kernels.photocal import ZeroPoint, zero_point
 from coaddx.model.catalog import ReferenceCatalog
 from coaddx.model.exposure import Exposure, nJy_per_count
 
-__all__ = ["Calibration", "Photometry", "calibrate", "overlapping"]
+__all__ = ["Calibration", "Photometry", "calibrate", "overlapping", "reference_near"]
 
 _MAG_PER_LN = 2.5 / math.log(10.0)  # 1.0857: magnitude error per relative flux error
 
@@ -53,6 +54,23 @@ class Calibration:
     sources: Any  # astropy Table
     astrometry: AstrometryResult | None
     photometry: Photometry | None
+    timings: dict[str, float] = field(default_factory=dict, compare=False)
+
+
+def reference_near(
+    reference: ReferenceCatalog, wcs: Any, shape: tuple[int, int], margin_pix: float
+) -> np.ndarray:
+    """Which reference stars fall on an image of ``shape`` with ``wcs``, or within
+    ``margin_pix`` of it (a boolean array)."""
+    ny, nx = shape
+    if len(reference) == 0:
+        return np.zeros(0, bool)
+    with np.errstate(invalid="ignore"):
+        x, y = wcs.all_world2pix(reference.ra, reference.dec, 0, quiet=True)
+    keep = np.isfinite(x) & np.isfinite(y)
+    keep &= (x > -margin_pix) & (x < nx - 1 + margin_pix)
+    keep &= (y > -margin_pix) & (y < ny - 1 + margin_pix)
+    return keep
 
 
 def overlapping(
@@ -61,12 +79,7 @@ def overlapping(
     """The reference stars that fall on the exposure (its header WCS) or within ``margin_pix``
     of it, at the exposure's epoch; ``CalibrationError`` when none do."""
     ref = reference.at_epoch(exposure.mjd)
-    ny, nx = exposure.shape
-    with np.errstate(invalid="ignore"):
-        x, y = exposure.wcs.all_world2pix(ref.ra, ref.dec, 0, quiet=True)
-    keep = np.isfinite(x) & np.isfinite(y)
-    keep &= (x > -margin_pix) & (x < nx - 1 + margin_pix)
-    keep &= (y > -margin_pix) & (y < ny - 1 + margin_pix)
+    keep = reference_near(ref, exposure.wcs, exposure.shape, margin_pix)
     if not keep.any():
         raise CalibrationError(
             f"{exposure.where}: none of the {len(ref)} stars of {ref.source} falls on the "
@@ -76,16 +89,39 @@ def overlapping(
 
 
 def _clean(sources: Any) -> np.ndarray:
+    """Photometric quality: no edge, saturated or bad pixel in the aperture."""
     return ~(sources["flag_saturated"] | sources["flag_edge"] | sources["flag_bad"])
 
 
+def _good_centroid(sources: Any) -> np.ndarray:
+    """Astrometric quality: off the edge, no saturated or bad pixel at the centre."""
+    bad = sources["flag_saturated_center"] | sources["flag_bad_center"]
+    return ~(bad | sources["flag_edge"])
+
+
 def _astrometry(
-    exposure: Exposure, ref: ReferenceCatalog, config: CalibrateConfig
+    exposure: Exposure, ref: ReferenceCatalog, config: CalibrateConfig, timings: dict[str, float]
 ) -> AstrometryResult:
-    measured = measure_sources(
-        exposure, threshold=config.astrometry_threshold, aperture_radius=config.aperture_radius
-    )
-    s = measured.sources[_clean(measured.sources)]
+    t0 = time.perf_counter()
+    s: Any = None
+    for threshold in (config.astrometry_threshold, config.astrometry_fallback_threshold):
+        measured = measure_sources(
+            exposure, threshold=threshold, aperture_radius=config.aperture_radius
+        )
+        s = measured.sources[_good_centroid(measured.sources)]
+        if len(s) >= config.astrometry_min_sources:
+            break
+    t1 = time.perf_counter()
+    timings["astrometry detection"] = t1 - t0
+    try:
+        return _fit(exposure, ref, config, s)
+    finally:
+        timings["astrometric fit"] = time.perf_counter() - t1
+
+
+def _fit(
+    exposure: Exposure, ref: ReferenceCatalog, config: CalibrateConfig, s: Any
+) -> AstrometryResult:
     return fit_astrometry(
         np.asarray(s["x"], np.float64),
         np.asarray(s["y"], np.float64),
@@ -149,12 +185,13 @@ def calibrate(
         raise ConfigError(f"config must be a CalibrateConfig, got {type(config).__name__}")
     if not isinstance(exposure, Exposure):
         raise InputError(f"calibrate needs a coaddx.Exposure, got {type(exposure).__name__}")
+    timings: dict[str, float] = {}
     ref = overlapping(exposure, reference_catalog, margin_pix=config.max_offset_pix)
     astro: AstrometryResult | None = None
     wcs = exposure.wcs
     if config.do_astrometry:
         try:
-            astro = _astrometry(exposure, ref, config)
+            astro = _astrometry(exposure, ref, config, timings)
             wcs = astro.wcs
         except CalibrationError:
             if config.require_astrometry:
@@ -162,6 +199,7 @@ def calibrate(
     fitted = replace(exposure, wcs=wcs)
     fwhm = exposure.psf_fwhm if math.isfinite(exposure.psf_fwhm) else float("nan")
     grow = config.n_sigma_to_grow * fwhm * FWHM_TO_SIGMA if math.isfinite(fwhm) else 0.0
+    t0 = time.perf_counter()
     measured = measure_sources(
         fitted,
         threshold=config.detection_threshold,
@@ -178,6 +216,8 @@ def calibrate(
         _, sep, _ = src.match_to_catalog_sky(cat)
         scale = math.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0
         sources["used_astrometry"] = sep.arcsec < 0.5 * scale
+    t1 = time.perf_counter()
+    timings["detection + measurement"] = t1 - t0
     photometry: Photometry | None = None
     photo_calib = exposure.photo_calib
     metadata = dict(exposure.metadata)
@@ -195,10 +235,11 @@ def calibrate(
         except CalibrationError:
             if config.require_photo_cal:
                 raise
+    timings["photometric calibration"] = time.perf_counter() - t1
     planes = exposure.mask_planes
     mask = exposure.mask.copy()
     if "DETECTED" in planes:
         bit = np.int32(1 << planes["DETECTED"])
         mask = np.where(measured.footprints, mask | bit, mask & ~bit).astype(exposure.mask.dtype)
     out = replace(fitted, mask=mask, photo_calib=photo_calib, metadata=metadata)
-    return Calibration(out, sources, astro, photometry)
+    return Calibration(out, sources, astro, photometry, timings)

@@ -27,7 +27,9 @@ class CalibrateConfig:
     Steps: ``do_astrometry`` / ``require_astrometry``, ``do_photo_cal`` /
     ``require_photo_cal`` (a required step that fails raises CalibrationError; an optional one
     keeps the input WCS / calibration). Astrometry pass: detection at
-    ``astrometry_threshold`` sigma; the offset search up to ``max_offset_pix`` px and
+    ``astrometry_threshold`` sigma, repeated at ``astrometry_fallback_threshold`` when it
+    gives fewer than ``astrometry_min_sources`` usable sources (a sparse field: not LSST's;
+    0 switches it off); the offset search up to ``max_offset_pix`` px and
     ``max_rotation_deg`` degrees; matches within ``match_radius_pix``; a TAN-SIP fit of order
     ``sip_order`` with ``fit_iterations`` fits, ``rejection_iterations`` rejections at
     ``rejection_sigma`` each, ``max_scatter_arcsec`` and ``max_mean_distance_arcsec`` limits,
@@ -43,6 +45,8 @@ class CalibrateConfig:
     do_photo_cal: bool = True
     require_photo_cal: bool = True
     astrometry_threshold: float = 50.0
+    astrometry_min_sources: int = 30
+    astrometry_fallback_threshold: float = 10.0
     match_radius_pix: float = 3.0
     max_offset_pix: float = 250.0
     max_rotation_deg: float = 1.0
@@ -77,6 +81,7 @@ class CalibrateConfig:
             check(isinstance(value, bool), _CLS, name, f"must be True or False, got {value!r}")
         for name in (
             "astrometry_threshold",
+            "astrometry_fallback_threshold",
             "match_radius_pix",
             "max_offset_pix",
             "max_rotation_deg",
@@ -99,6 +104,9 @@ class CalibrateConfig:
         check_number(self.fit_iterations, _CLS, "fit_iterations", 1, 100, integer=True)
         check_number(self.rejection_iterations, _CLS, "rejection_iterations", 0, 100, integer=True)
         check_number(self.min_matches, _CLS, "min_matches", 3, 10**6, integer=True)
+        check_number(
+            self.astrometry_min_sources, _CLS, "astrometry_min_sources", 0, 10**6, integer=True
+        )
         check_number(self.n_iter, _CLS, "n_iter", 1, 1000, integer=True)
         if self.sigma_max is not None:
             check_number(self.sigma_max, _CLS, "sigma_max", 0.0)

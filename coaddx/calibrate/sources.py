@@ -7,7 +7,10 @@ scalar ``err`` would make sep skip its matched filter and detect at several time
 threshold). Each source gets a windowed centroid, an aperture flux of ``aperture_radius`` px
 corrected to total with the PSF's curve of growth (a small uncorrected aperture is biased by
 ~0.1 mag), a concentration test against the PSF (unresolved or not), its nearest neighbour
-and flags for the image edge and for SAT, INTRP and bad pixels inside the aperture.
+and flags for the image edge and for SAT, INTRP and bad pixels inside the aperture (``flag_*``,
+which the photometry excludes: masked pixels are left out of the sums) and in the 3 x 3 pixels
+about the centroid (``flag_*_center``, which the astrometry excludes, as LSST's matcher
+source selector).
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from coaddx.model.masks import bitmask
 __all__ = ["Measured", "measure_sources", "psf_fraction"]
 
 _BAD = ("BAD", "NO_DATA", "CR", "SUSPECT")
+#: Radius (px) of the "center" flags: the 3 x 3 pixels about the centroid, as LSST's
+#: PixelFlags ``*Center`` flags.
+_CENTER = 1.5
 
 
 @dataclass(frozen=True)
@@ -108,10 +114,16 @@ def measure_sources(
     concentration = inner / np.where(flux != 0, flux, np.nan)
     psf_concentration = psf_fraction(psf, inner_r) / psf_fraction(psf, r)
 
-    def touches(bits: int) -> np.ndarray:
+    def touches(bits: int, radius: float = r) -> np.ndarray:
         hit = ((exposure.mask & bits) != 0).astype(np.float64)
-        found, _, _ = sep.sum_circle(np.ascontiguousarray(hit), x, y, r, subpix=1)
+        found, _, _ = sep.sum_circle(np.ascontiguousarray(hit), x, y, radius, subpix=1)
         return found > 0
+
+    sat_bits, bad_bits = (
+        bitmask(planes, ("SAT",), strict=False),
+        bitmask(planes, _BAD, strict=False),
+    )
+    interp_bits = bitmask(planes, ("INTRP",), strict=False)
 
     edge = (x < r) | (y < r) | (x > nx - 1 - r) | (y > ny - 1 - r)
     if x.size > 1:
@@ -136,12 +148,15 @@ def measure_sources(
             "unresolved": np.abs(concentration / psf_concentration - 1.0) < 0.1,
             "neighbour_dist": neighbour,
             "flag_edge": edge | ((aflag & sep.APER_TRUNC) != 0),
-            "flag_saturated": touches(bitmask(planes, ("SAT",), strict=False)),
-            "flag_interpolated": touches(bitmask(planes, ("INTRP",), strict=False)),
-            "flag_bad": touches(bitmask(planes, _BAD, strict=False)),
+            "flag_saturated": touches(sat_bits),
+            "flag_interpolated": touches(interp_bits),
+            "flag_bad": touches(bad_bits),
+            "flag_saturated_center": touches(sat_bits, _CENTER),
+            "flag_interpolated_center": touches(interp_bits, _CENTER),
+            "flag_bad_center": touches(bad_bits, _CENTER),
         }
     )
-    table.meta.update({"aperture_radius": r, "aperture_correction": correction, "psf_fwhm": fwhm})
+    table.meta.update({"APERRAD": r, "APCORR": correction, "PSFFWHM": fwhm})
     footprints = seg > 0
     if grow > 0 and footprints.any():
         k = math.ceil(grow)

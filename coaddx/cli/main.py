@@ -1,6 +1,6 @@
 """The ``coaddx`` command line: the parser and the dispatch. Each command lives in its own
-module (:mod:`coaddx.cli.simulate`, ``warp``, ``diff``, ``assemble``, ``demo``, ``export``);
-their flags are generated from the config dataclasses (:mod:`coaddx.cli.options`)."""
+module (:mod:`coaddx.cli.simulate`, ``calibrate``, ``warp``, ``diff``, ``assemble``, ``demo``,
+``export``); their flags are generated from the config dataclasses (:mod:`coaddx.cli.options`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import dask
 
 from coaddx._version import __version__
-from coaddx.cli import assemble, demo, diff, export, simulate, warp
+from coaddx.cli import assemble, calibrate, demo, diff, export, simulate, warp
 from coaddx.errors import CoaddxError
 from coaddx.runtime.malloc import tune_malloc
 
@@ -20,6 +20,7 @@ __all__ = ["COMMANDS", "main"]
 #: command -> the function that runs it (each module's ``run``), in the order of ``--help``.
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "simulate": simulate.run,
+    "calibrate": calibrate.run,
     "warp": warp.run,
     "diff": diff.run,
     "assemble": assemble.run,
@@ -27,7 +28,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "export-fits": export.run,
 }
 
-_PARSERS = (simulate, warp, diff, assemble, demo, export)
+_PARSERS = (simulate, calibrate, warp, diff, assemble, demo, export)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -41,8 +41,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("out", type=Path, help="output directory")
     sim_flags = add_sim_flags(p)
+    error_flags = add_config_flags(
+        p,
+        simulate,
+        ["wcs_error", "zero_point_error"],
+        helps={
+            "wcs_error": "shift the calexp header WCSs by this many arcsec (with a rotation "
+            "and scale error; for coaddx calibrate to remove)",
+            "zero_point_error": "perturb each calexp's PHOTCALIB by a normal draw of this many mag",
+        },
+    )
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
-    p.set_defaults(sim_flags=sim_flags)
+    p.set_defaults(sim_flags=sim_flags, sim_error_flags=error_flags)
     return p
 
 
@@ -51,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     sim = simulate(
         args.out,
         **args.sim_flags.values(args),
+        **args.sim_error_flags.values(args),
         progress=None if args.no_progress else progress_bar("simulate", "visits"),
     )
     ny, nx = sim.patch.shape
@@ -58,4 +69,6 @@ def run(args: argparse.Namespace) -> int:
         f"simulated {len(sim.visits)} visits of {ny} x {nx} in "
         f"{time.perf_counter() - t0:.1f} s -> {sim.out}"
     )
+    if any(args.sim_error_flags.values(args).values()):
+        print(f"reference catalogue of the true stars: {sim.refcat}")
     return 0

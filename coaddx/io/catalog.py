@@ -1,4 +1,5 @@
-"""Reading reference catalogues (FITS, ECSV, Parquet tables) for the calibration.
+"""Reading reference catalogues (FITS, ECSV, Parquet tables) for the calibration, and writing
+source catalogues (:func:`write_source_table`, FITS, atomically).
 
 Gaia-like column names by default (``ra``, ``dec`` in degrees, ``phot_g_mean_mag``), any names
 by argument. Columns with units (TUNIT, ECSV or Parquet metadata) are converted: angles to
@@ -11,6 +12,7 @@ mas/yr. The epoch is the argument, else a ``ref_epoch`` column (its first value)
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from astropy.table import Table
 from coaddx.errors import InputError
 from coaddx.model.catalog import ReferenceCatalog
 
-__all__ = ["read_reference_catalog"]
+__all__ = ["read_reference_catalog", "write_source_table"]
 
 _FORMATS = {
     ".fits": "fits",
@@ -113,3 +115,20 @@ def read_reference_catalog(
     if pm_dec is not None:
         kw["pm_dec"] = _column(table, pm_dec, pm, path, "proper motion in Dec")
     return ReferenceCatalog(**kw, epoch=_epoch(table, epoch), source=str(path))
+
+
+def write_source_table(table: Table, path: str | os.PathLike[str]) -> Path:
+    """Write a source catalogue as a FITS table, atomically: under a temporary name in the
+    same folder, renamed into place (an interrupted write leaves no partial file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        table.write(tmp, format="fits")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write the source catalogue: {exc}") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

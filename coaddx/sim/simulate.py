@@ -46,8 +46,9 @@ from coaddx.io.zarr.warp_store import WarpStore
 from coaddx.model.masks import mask_planes as default_mask_planes
 from coaddx.model.skymap import Patch, Tract, wcs_to_header_string
 from coaddx.sim.chromatic import make_dcr_spec
+from coaddx.sim.header_errors import HeaderError, draw_header_error
 from coaddx.sim.render import moffat_alpha
-from coaddx.sim.scene import PIXEL_SCALE, Scene, plan_scene, without_artifacts
+from coaddx.sim.scene import PIXEL_SCALE, Scene, plan_scene, seeded_rng, without_artifacts
 from coaddx.sim.truth import truth_tables
 from coaddx.sim.visits import ARTIFACT_BITS, T_Psf, psf_image, render_visit
 from coaddx.warp.weights import visit_weight_stats
@@ -179,6 +180,11 @@ class Simulation:
     def artifacts(self) -> Path:
         return self.truth / "artifacts.zarr"
 
+    @property
+    def refcat(self) -> Path:
+        """A reference catalogue of the true stars (``ra``, ``dec``, ``phot_g_mean_mag``)."""
+        return self.truth / "refcat.fits"
+
     def read_truth(self, name: str) -> Table:
         """One truth table: ``sources``, ``variable``, ``transients``, ``streaks``, ``visits``."""
         return Table.read(self.truth / f"{name}.ecsv", format="ascii.ecsv")
@@ -227,6 +233,7 @@ def _write_visits(
     workers: int,
     calexps: bool,
     progress: Callable[[int, int], None] | None,
+    errors: dict[tuple[int, int], HeaderError],
 ) -> list[Path]:
 
     patch, planes = scene.patch, default_mask_planes()
@@ -248,7 +255,8 @@ def _write_visits(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         queue: deque = deque()
         for v in scene.visits:
-            queue.append((v, pool.submit(render_visit, scene, v, seed, planes, calexp_dir)))
+            mine = {d: e for (i, d), e in errors.items() if i == v.index}
+            queue.append((v, pool.submit(render_visit, scene, v, seed, planes, calexp_dir, mine)))
             while len(queue) > workers or (queue and v is scene.visits[-1]):
                 done, future = queue.popleft()
                 (image, var, mask, art), written = future.result()
@@ -285,6 +293,8 @@ def simulate(
     effective_wavelength: float | None = None,
     bandwidth: float | None = None,
     n_subfilters: int = 3,
+    wcs_error: float = 0.0,
+    zero_point_error: float = 0.0,
 ) -> Simulation:
     """Simulate ``n_visits`` exposures of one patch with known truth.
 
@@ -339,6 +349,16 @@ def simulate(
     n_subfilters : int
         Sub-filters of the truth fluxes (4.3 of algorithms.md; the rendering uses at least
         4 fine bins per sub-filter).
+    wcs_error, zero_point_error : float
+        Errors written into the calexp headers for :func:`coaddx.calibrate` to remove
+        (:mod:`coaddx.sim.header_errors`): each header WCS shifted by ``wcs_error`` arcsec in
+        a random direction, rotated by up to ``0.05 * wcs_error`` degrees and scaled by up
+        to ``5e-4 * wcs_error``; each PHOTCALIB off by a normal draw of ``zero_point_error``
+        mag. The pixels and the truth are those of the same seed without them;
+        ``truth/calexp_errors.ecsv`` lists the draws. ``truth/refcat.fits`` (always
+        written) is a reference catalogue of the true stars: ``ra``, ``dec`` (deg) and
+        ``phot_g_mean_mag`` (AB mag in ``band``), as :func:`coaddx.read_reference_catalog`
+        reads by default.
 
     Returns
     -------
@@ -351,6 +371,9 @@ def simulate(
     """
     shape = (int(shape[0]), int(shape[1]))
     _check_args(n_visits, shape, psf, workers)
+    for name, value in (("wcs_error", wcs_error), ("zero_point_error", zero_point_error)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"simulate: {name} must be a finite number >= 0, got {value}")
     dcr_spec = make_dcr_spec(dcr, effective_wavelength, bandwidth, n_subfilters)
     workers = int(workers or os.cpu_count() or 1)
     out = Path(out)
@@ -360,8 +383,12 @@ def simulate(
     tmp = _prepare_output(out, overwrite)
     try:
         tables = truth_tables(scene)
+        errors = _header_errors(scene, int(seed), float(wcs_error), float(zero_point_error))
+        if errors:
+            tables["calexp_errors"] = _errors_table(errors, scene)
         for name, table in tables.items():
             table.write(tmp / "truth" / f"{name}.ecsv", format="ascii.ecsv")
+        reference_catalog(tables["sources"]).write(tmp / "truth" / "refcat.fits")
         params = {
             "n_visits": n_visits,
             "shape": list(shape),
@@ -372,11 +399,15 @@ def simulate(
             "n_stars": n_stars,
             "n_galaxies": n_galaxies,
             "band": band,
+            "wcs_error": wcs_error,
+            "zero_point_error": zero_point_error,
         }
         if dcr_spec is not None:
             params["dcr"] = dcr_spec.attrs()
         (tmp / "simulation.json").write_text(json.dumps(params, indent=1))
-        paths = _write_visits(scene, tmp, int(seed), workers, calexps, _progress_callback(progress))
+        paths = _write_visits(
+            scene, tmp, int(seed), workers, calexps, _progress_callback(progress), errors
+        )
         _consolidate(tmp / "truth" / "artifacts.zarr")
         _publish(tmp, out)
     finally:
@@ -393,6 +424,42 @@ def simulate(
         seed=int(seed),
         psf=psf,
     )
+
+
+def _header_errors(
+    scene: Scene, seed: int, wcs_error: float, zero_point_error: float
+) -> dict[tuple[int, int], HeaderError]:
+    """(visit index, detector id) -> the errors of its calexp header; empty without errors."""
+    if wcs_error == 0 and zero_point_error == 0:
+        return {}
+    return {
+        (v.index, d.id): draw_header_error(
+            seeded_rng(seed, 5, v.index, d.id), wcs_error, zero_point_error
+        )
+        for v in scene.visits
+        for d in v.detectors
+    }
+
+
+def _errors_table(errors: dict[tuple[int, int], HeaderError], scene: Scene) -> Table:
+    visits = [v.visit for v in scene.visits]
+    rows = [(visits[i], d, *e) for (i, d), e in sorted(errors.items())]
+    return Table(rows=rows, names=("visit", "detector", *HeaderError._fields))
+
+
+def reference_catalog(sources: Table) -> Table:
+    """The stars of a ``sources`` truth table as a Gaia-like reference catalogue."""
+    stars = sources[sources["type"] == "star"]
+    table = Table(
+        {
+            "ra": np.asarray(stars["ra"]),
+            "dec": np.asarray(stars["dec"]),
+            "phot_g_mean_mag": np.asarray(stars["mag"]),
+        }
+    )
+    table["ra"].unit = table["dec"].unit = "deg"
+    table["phot_g_mean_mag"].unit = "mag"
+    return table
 
 
 def _consolidate(path: Path) -> None:

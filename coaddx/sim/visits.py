@@ -8,6 +8,7 @@ artifacts, defects and noise model (:mod:`coaddx.sim.render` holds the numba ker
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,7 @@ from coaddx.io.fits.exposure import write_calexp
 from coaddx.kernels.interp import interpolate_over_defects
 from coaddx.model.psf import psf_image as model_psf_image
 from coaddx.sim.chromatic import band_fractions, detected_mask
+from coaddx.sim.header_errors import HeaderError, perturb_wcs
 from coaddx.sim.render import (
     add_gaussians,
     add_points,
@@ -271,8 +273,15 @@ def _calexp_metadata(v: Visit, det: Detector) -> dict[str, Any]:
 
 
 def render_visit(
-    scene: Scene, v: Visit, seed: int, planes: dict[str, int], calexp_dir: Path | None
+    scene: Scene,
+    v: Visit,
+    seed: int,
+    planes: dict[str, int],
+    calexp_dir: Path | None,
+    header_errors: Mapping[int, HeaderError] | None = None,
 ) -> tuple[tuple[np.ndarray, ...], list[Path]]:
+    """The visit's warp planes (image, variance, mask, artifacts) and its calexp paths; each
+    detector's header gets the ``header_errors`` of its id (:mod:`coaddx.sim.header_errors`)."""
     warp = _render(scene, v, _warp_frame(scene, v), seeded_rng(seed, 1, v.index), planes)
     paths = []
     if calexp_dir is not None:
@@ -282,15 +291,18 @@ def render_visit(
                 scene, v, _calexp_frame(scene, det), seeded_rng(seed, 2, v.index, det.id), planes
             )
             path = calexp_dir / f"calexp_{v.visit}_{det.id}.fits"
-            write_calexp(
-                path,
-                image,
-                mask,
-                var,
-                det.wcs,
-                mask_planes=planes,
-                metadata=_calexp_metadata(v, det),
-                psf=psf,
-            )
+            wcs, meta = det.wcs, _calexp_metadata(v, det)
+            err = (header_errors or {}).get(det.id)
+            if err is not None:
+                wcs = perturb_wcs(
+                    wcs,
+                    shift_arcsec=err.shift_arcsec,
+                    pa_deg=err.pa_deg,
+                    rotation_deg=err.rotation_deg,
+                    scale=err.scale,
+                )
+                meta["photo_calib"] *= 10.0 ** (0.4 * err.dmag)
+                meta["zero_point"] += err.dmag
+            write_calexp(path, image, mask, var, wcs, mask_planes=planes, metadata=meta, psf=psf)
             paths.append(path)
     return warp, paths
