@@ -160,7 +160,8 @@ def fit_astrometry(
     matches = _match(x, y, px, py, config.match_radius_pix)
     current, rms, used = wcs, math.inf, matches
     crpix = ((nx + 1) / 2.0, (ny + 1) / 2.0)  # 1-based: the image centre
-    crval = tuple(float(c) for c in wcs.all_pix2world([[centre[0], centre[1]]], 0)[0])
+    sky = wcs.all_pix2world([[centre[0], centre[1]]], 0)[0]
+    crval = (float(sky[0]), float(sky[1]))
     scale = math.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0
     iterations = 0
     for _ in range(config.fit_iterations):
