@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
-from astropy.wcs import WCS
+from astropy.wcs import WCS, Sip
 from astropy.wcs.utils import fit_wcs_from_points
 
 import coaddx
@@ -41,6 +41,24 @@ def _perturbed(wcs, *, shift_arcsec, rotation_deg, scale):
     out.wcs.cd = rot @ wcs.pixel_scale_matrix * (1 + scale)
     ra, dec = wcs.wcs.crval
     out.wcs.crval = [ra + shift_arcsec / 3600 / math.cos(math.radians(dec)), dec]
+    out.wcs.set()
+    return out
+
+
+def _with_sip(wcs, shape, corner_px):
+    """``wcs`` (TAN) with order-2 SIP terms that move the farthest corner by ``corner_px``."""
+    out = wcs.deepcopy()
+    out.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
+    a, b = np.zeros((3, 3)), np.zeros((3, 3))
+    a[2, 0], a[1, 1], a[0, 2] = 0.6, -0.4, 0.3
+    b[2, 0], b[1, 1], b[0, 2] = -0.2, 0.5, 0.7
+    ny, nx = shape
+    corners = np.array([[0, 0], [nx - 1, 0], [0, ny - 1], [nx - 1, ny - 1]], float)
+    offsets = corners - (np.asarray(wcs.wcs.crpix) - 1.0)
+    unit = Sip(a, b, None, None, out.wcs.crpix)
+    out.sip = unit
+    k = corner_px / np.hypot(*(out.sip_pix2foc(corners, 0) - offsets).T).max()
+    out.sip = Sip(a * k, b * k, None, None, out.wcs.crpix)
     out.wcs.set()
     return out
 
@@ -105,6 +123,21 @@ def test_wcs_and_zero_point_are_recovered(case):
     np.testing.assert_array_equal(cal.exposure.variance, perturbed.variance)
     assert cal.sources["used_photometry"].sum() == cal.photometry.n_stars
     assert cal.sources["used_astrometry"].sum() >= 0.8 * cal.astrometry.n_used
+
+
+def test_sip_distortion_of_5_px_is_recovered(case):
+    """The stars stay on their pixels, but their sky positions are those of a TAN-SIP WCS
+    whose distortion reaches 5 px at the corners; the header is the perturbed TAN WCS."""
+    exp, true, perturbed, ref = case
+    sip = _with_sip(true, exp.shape, 5.0)
+    x, y = true.all_world2pix(ref.ra, ref.dec, 0)
+    ref_sip = ReferenceCatalog(*sip.all_pix2world(x, y, 0), ref.mag, mag_err=ref.mag_err)
+    assert _sep(sip, true, exp.shape).max() > 0.9  # 5 px of 0.2"
+    cal = calibrate(perturbed, ref_sip)
+    s = _sep(cal.exposure.wcs, sip, exp.shape)
+    print(f'\nSIP: WCS vs truth rms {np.sqrt(np.mean(s**2)):.4f}", max {s.max():.4f}"')
+    assert np.sqrt(np.mean(s**2)) < 0.02 and s.max() < 0.05
+    assert cal.exposure.wcs.sip is not None
 
 
 def test_lsst_weights_reach_8_mmag(case):
