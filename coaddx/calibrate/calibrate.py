@@ -228,6 +228,10 @@ def calibrate(
             photo_calib = nJy_per_count(zp.zp)
             photometry = Photometry(zp.zp, zp.sigma, zp.ngood, photo_calib)
             sources["used_photometry"][used] = True
+            # zero_point (header MAGZERO of the coaddx layout, as the DECam reader's) is of
+            # one count, like photo_calib; LSST's MAGZERO is of one count per second
+            metadata["zero_point"] = zp.zp
+            metadata.pop("magzero", None)
             if math.isfinite(exposure.exptime) and exposure.exptime > 0:
                 metadata["magzero"] = zp.zp - 2.5 * math.log10(exposure.exptime)
             metadata["magzero_rms"] = zp.sigma

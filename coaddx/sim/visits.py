@@ -301,7 +301,7 @@ def render_visit(
                     rotation_deg=err.rotation_deg,
                     scale=err.scale,
                 )
-                meta["photo_calib"] *= 10.0 ** (0.4 * err.dmag)
+                meta["photo_calib"] *= 10.0 ** (-0.4 * err.dmag)  # zero point + dmag
                 meta["zero_point"] += err.dmag
             write_calexp(path, image, mask, var, wcs, mask_planes=planes, metadata=meta, psf=psf)
             paths.append(path)

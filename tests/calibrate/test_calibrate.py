@@ -9,12 +9,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
+from astropy.io import fits
 from astropy.wcs import WCS, Sip
 from astropy.wcs.utils import fit_wcs_from_points
 
 import coaddx
 from coaddx.calibrate.calibrate import calibrate
 from coaddx.calibrate.config import CalibrateConfig
+from coaddx.constants import AB_ZERO_NJY
 from coaddx.io.fits.exposure import read_exposure, write_exposure
 from coaddx.model.catalog import ReferenceCatalog
 
@@ -149,9 +151,18 @@ def test_lsst_weights_reach_8_mmag(case):
 def test_the_fitted_wcs_and_calibration_survive_a_round_trip(case, tmp_path):
     _, _, perturbed, ref = case
     cal = calibrate(perturbed, ref)
-    back = read_exposure(write_exposure(cal.exposure, tmp_path / "calibrated.fits"))
+    path = write_exposure(cal.exposure, tmp_path / "calibrated.fits")
+    back = read_exposure(path)
     assert _sep(back.wcs, cal.exposure.wcs, back.shape).max() < 1e-3
     assert back.photo_calib == pytest.approx(cal.exposure.photo_calib, rel=1e-12)
+    # the header's zero points agree with PHOTCALIB: MAGZERO of one count (as the DECam
+    # reader's), COADDX MAGZERO of one count per second (LSST's)
+    head = fits.getheader(path, 0)
+    assert head["PHOTCALIB"] == pytest.approx(cal.photometry.photo_calib, rel=1e-12)
+    zp = AB_ZERO_NJY - 2.5 * math.log10(head["PHOTCALIB"])
+    assert head["MAGZERO"] == pytest.approx(zp, abs=1e-9)
+    assert head["COADDX MAGZERO"] == pytest.approx(zp - 2.5 * math.log10(head["EXPTIME"]))
+    assert back.metadata["magzero_nobj"] == cal.photometry.n_stars
 
 
 def test_failures_are_clear_errors(case):
