@@ -141,8 +141,9 @@ def _photometry(
 ) -> tuple[ZeroPoint, np.ndarray, np.ndarray]:
     """getZeroPoint of the isolated, unresolved, unflagged S/N >= min_snr stars matched to the
     reference; returns the result, the source indices and the reference indices used."""
-    flux = np.asarray(sources["flux"], np.float64)
-    err = np.asarray(sources["flux_err"], np.float64)
+    column = "flux" if config.photometry_flux == "aperture" else "psf_flux"
+    flux = np.asarray(sources[column], np.float64)
+    err = np.asarray(sources[f"{column}_err"], np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = flux / err
     usable = _clean(sources) & np.asarray(sources["unresolved"]) & (snr >= config.min_snr)

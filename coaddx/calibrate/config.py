@@ -37,7 +37,8 @@ class CalibrateConfig:
     ``n_sigma_to_grow`` PSF sigmas, apertures of ``aperture_radius`` px corrected to total.
     Photometry: stars with S/N >= ``min_snr``, unresolved and isolated (``min_separation_pix``),
     getZeroPoint with ``n_sigma``, ``sigma_max``, ``n_iter``, ``use_median``, ``mag_err_floor``
-    and the ``reference_weights``.
+    and the ``reference_weights``, on the ``photometry_flux``: ``"aperture"`` (the aperture
+    flux corrected to total, LSST's calibration flux) or ``"psf"`` (the PSF flux).
     """
 
     do_astrometry: bool = True
@@ -68,6 +69,7 @@ class CalibrateConfig:
     use_median: bool = True
     mag_err_floor: float = 0.0
     reference_weights: Literal["catalog", "lsst"] = "catalog"
+    photometry_flux: Literal["aperture", "psf"] = "aperture"
 
     def __post_init__(self) -> None:
         for name in (
@@ -115,6 +117,13 @@ class CalibrateConfig:
             _CLS,
             "reference_weights",
             f"must be 'catalog' or 'lsst', got {self.reference_weights!r}",
+        )
+
+        check(
+            self.photometry_flux in ("aperture", "psf"),
+            _CLS,
+            "photometry_flux",
+            f"must be 'aperture' or 'psf', got {self.photometry_flux!r}",
         )
 
     def to_dict(self) -> dict[str, Any]:

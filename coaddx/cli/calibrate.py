@@ -64,6 +64,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
             "aperture_radius",
             "min_snr",
             "reference_weights",
+            "photometry_flux",
             "require_astrometry",
             "require_photo_cal",
         ],

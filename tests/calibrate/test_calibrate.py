@@ -148,6 +148,17 @@ def test_lsst_weights_reach_8_mmag(case):
     assert abs(2.5 * math.log10(cal.photometry.photo_calib / exp.photo_calib)) < 0.008
 
 
+def test_psf_fluxes_give_the_same_zero_point(case):
+    exp, _, perturbed, ref = case
+    cal = calibrate(perturbed, ref, CalibrateConfig(photometry_flux="psf"))
+    dzp = 2.5 * math.log10(cal.photometry.photo_calib / exp.photo_calib)
+    print(f"\nPSF fluxes: zero point off by {dzp * 1000:.2f} mmag ({cal.photometry.n_stars} stars)")
+    assert abs(dzp) < 0.005
+    used = np.asarray(cal.sources["used_photometry"])
+    ratio = np.asarray(cal.sources["psf_flux"])[used] / np.asarray(cal.sources["flux"])[used]
+    assert abs(np.median(ratio) - 1) < 0.005
+
+
 def test_the_fitted_wcs_and_calibration_survive_a_round_trip(case, tmp_path):
     _, _, perturbed, ref = case
     cal = calibrate(perturbed, ref)
@@ -180,3 +191,5 @@ def test_failures_are_clear_errors(case):
         calibrate(perturbed, ref, CalibrateConfig(min_snr=1e9))
     with pytest.raises(coaddx.ConfigError, match="reference_weights"):
         CalibrateConfig(reference_weights="median")
+    with pytest.raises(coaddx.ConfigError, match="photometry_flux"):
+        CalibrateConfig(photometry_flux="kron")
