@@ -8,8 +8,9 @@ with ``shape=(3938, 3938)`` (the patch), whose two-detector camera has detectors
 columns) of the patch), seed 7, Moffat PSFs (FWHM 3.5-6 px), the default artifacts (cosmic rays,
 streaks, transients, BAD columns), ``wcs_error=2.0`` (each header WCS shifted by 2", rotated by
 up to 0.1 degree and scaled by up to 1e-3) and ``zero_point_error=0.1`` (PHOTCALIB off by 0.1
-mag rms). Stars: 2,200 per 1024^2 patch pixels (``n_stars``), of which about 12 % are above
-the 5-sigma detection, giving ~2,000 detected stars per 4096 x 2048 detector; galaxies at
+mag rms). Stars: 1,750 per 1024^2 patch pixels (``n_stars``), of which about 14 % are above
+the 5-sigma detection, giving ~2,000 detected stars per 4096 x 2048 detector (printed: the
+sources whose nearest true source is a star within 0.5"); galaxies at
 simulate's default 500 per 1024^2. The smallest number of visits giving ``--exposures``
 calexps is simulated (about 20 % of the visits have one detector only) and the first
 ``--exposures`` calexps are used. The reference catalogue is the simulation's
@@ -75,7 +76,7 @@ from coaddx.sim.scene import plan_scene
 
 FULL_PATCH = (3938, 3938)  # -> detectors of 4096 x 2048
 QUICK_PATCH = (984, 984)  # -> detectors of 1024 x 512
-STARS_PER_MPIX = 2200  # per 1024^2 patch pixels
+STARS_PER_MPIX = 1750  # per 1024^2 patch pixels
 SEED = 7
 WCS_ERROR, ZP_ERROR = 2.0, 0.1  # arcsec, mag
 BAD_PLANES = ("BAD", "NO_DATA", "CR", "SUSPECT")  # what coaddx's detection masks
@@ -111,7 +112,8 @@ def make_inputs(out: Path, n: int, patch: tuple[int, int]) -> tuple[Path, list[P
     if marker.exists():
         meta = json.loads(marker.read_text())
         paths = [folder / p for p in meta["calexps"]]
-        if meta.get("version") == INPUT_VERSION and all(p.exists() for p in paths):
+        same = meta.get("version") == INPUT_VERSION and meta.get("n_stars") == n_stars
+        if same and all(p.exists() for p in paths):
             return folder, paths, meta
     print(
         f"simulating {visits} visits of a {patch[0]} x {patch[1]} patch ({n_stars} stars, "
@@ -404,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         stars = _stars_detected(s0, sim_dir, good[0]["out_dir"])
         print(
-            f'of which stars (nearest true source a star, within 0.5"): median {np.median(stars):.0f}'
+            'of which stars (nearest true source a star, within 0.5"): median '
+            f"{np.median(stars):.0f} ({stars.min()}-{stars.max()})"
         )
         acc = accuracy(sim_dir, s0)
         print(

@@ -44,6 +44,7 @@ from coaddx.io.fits.exposure import read_exposure, write_exposure
 from coaddx.io.zarr.coadd_store import open_coadd, write_coadd
 from coaddx.io.zarr.warp_store import IncompleteStoreWarning, WarpStore, check_store
 from coaddx.lsst import from_lsst_config
+from coaddx.model.catalog import ReferenceCatalog
 from coaddx.model.exposure import Exposure
 from coaddx.model.masks import mask_planes
 from coaddx.model.refraction import LSST_SITE, Observatory, Weather, dcr_shifts
@@ -74,6 +75,7 @@ __all__ = [
     "Observatory",
     "Patch",
     "PsfMatchConfig",
+    "ReferenceCatalog",
     "SchemaError",
     "Simulation",
     "StoreError",

@@ -61,15 +61,16 @@ def output_paths(source: Path, out_dir: Path) -> tuple[Path, Path]:
 
 
 def _calibrate_one(
-    source: str, ref: ReferenceCatalog, out_dir: str, config: CalibrateConfig
+    source: str, rows: np.ndarray, out_dir: str, config: CalibrateConfig, ref: ReferenceCatalog
 ) -> dict[str, Any]:
-    """The task: read, calibrate, write the source table then the exposure."""
+    """The task: read, calibrate against the ``rows`` of the shared ``ref``, write the source
+    table then the exposure."""
     path = Path(source)
     t0 = time.perf_counter()
     try:
         exposure = read_exposure(path)
         t1 = time.perf_counter()
-        cal = calibrate(exposure, ref, config)
+        cal = calibrate(exposure, ref.select(rows), config)
         t2 = time.perf_counter()
         out, table = output_paths(path, Path(out_dir))
         write_source_table(cal.sources, table)
@@ -163,7 +164,8 @@ def calibrate_exposures(
     ref = _reference(reference_catalog)
     todo = [p for p in sources if not outputs[p].exists()]
     margin = config.max_offset_pix + SELECTION_MARGIN_PIX
-    arguments = []
+    arguments: list[list[Any]] = []
+    near: list[np.ndarray] = []
     failed: dict[str, str] = {}
     for path in todo:
         try:
@@ -171,10 +173,15 @@ def calibrate_exposures(
         except CoaddxError as exc:
             failed[str(path)] = str(exc)
             continue
-        near = reference_near(ref, item.wcs, item.shape, margin)
-        arguments.append((item.name, ref.select(near), str(out_dir), config))
+        near.append(reference_near(ref, item.wcs, item.shape, margin))
+        arguments.append([item.name, None, str(out_dir), config])
+    # The rows near any exposure go into the graph once; each task gets its row numbers.
+    union = np.logical_or.reduce(near) if near else np.zeros(len(ref), bool)
+    number = np.cumsum(union) - 1
+    for args, rows in zip(arguments, near, strict=True):
+        args[1] = number[rows].astype(np.int64)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = run_visit_tasks(_calibrate_one, arguments, compute)
+    results = run_visit_tasks(_calibrate_one, arguments, compute, shared=(ref.select(union),))
     failed.update({r["input"]: r["error"] for r in results if "error" in r})
     good = tuple(r for r in results if "error" not in r)
     return CalibrateResult(out_dir, tuple(Path(r["output"]) for r in good), done, failed, good)
