@@ -1,0 +1,118 @@
+"""Faults: a worker process killed (SIGKILL) in the middle of make_warps, write_coadd and
+CompareWarp on a process LocalCluster. The scheduler reruns the lost tasks on the restarted
+worker; the output must equal an undisturbed run bit for bit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import coaddx
+
+pytestmark = pytest.mark.slow
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    return coaddx.simulate(root / "sim", n_visits=4, shape=(512, 512), seed=3, artifacts=True)
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def reference(sim, client, tmp_path_factory):
+    """The undisturbed run, on the same cluster (a process cluster's workers run with one
+    thread each, which can change the last float32 bit against an in-process run)."""
+    root = tmp_path_factory.mktemp("reference")
+    store = root / "warps.zarr"
+    coaddx.make_warps(sim.calexps, sim.patch, store, warp_types=("direct", "psf_matched"))
+    coadd = coaddx.write_coadd(coaddx.assemble(coaddx.open_warps(store)), root / "c.zarr")
+    direct = coaddx.open_warps(store)
+    matched = coaddx.open_warps(store, warp_type="psf_matched")
+    compare = coaddx.write_coadd(coaddx.assemble_compare_warp(direct, matched), root / "cw.zarr")
+    return store, coadd, compare
+
+
+def _kill_a_busy_worker(client) -> tuple[threading.Thread, list[str]]:
+    """A thread that SIGKILLs the process of the first worker seen running a task."""
+    pids = client.run(os.getpid)
+    killed: list[str] = []
+
+    def run() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            busy = [w for w, keys in client.processing().items() if keys and w in pids]
+            if busy:
+                time.sleep(0.1)
+                os.kill(pids[busy[0]], signal.SIGKILL)
+                killed.append(busy[0])
+                return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, killed
+
+
+def _assert_same(a: xr.Dataset, b: xr.Dataset, names) -> None:
+    for name in names:
+        x, y = a[name].values, b[name].values
+        assert x.shape == y.shape, name
+        assert x.dtype == y.dtype, name
+        if np.issubdtype(x.dtype, np.floating):
+            assert np.array_equal(x, y, equal_nan=True), name
+        else:
+            assert np.array_equal(x, y), name
+
+
+def test_worker_killed_in_make_warps(sim, reference, client, tmp_path):
+    store = tmp_path / "warps.zarr"
+    thread, killed = _kill_a_busy_worker(client)
+    result = coaddx.make_warps(sim.calexps, sim.patch, store, warp_types=("direct", "psf_matched"))
+    thread.join(5)
+    assert killed, "no worker was killed while busy"
+    assert not result.failed
+    for warp_type in ("direct", "psf_matched"):
+        got = coaddx.open_warps(store, warp_type=warp_type).sortby("visit")
+        want = coaddx.open_warps(reference[0], warp_type=warp_type).sortby("visit")
+        np.testing.assert_array_equal(got["visit"].values, want["visit"].values)
+        _assert_same(got, want, ("image", "variance", "mask"))
+
+
+def test_worker_killed_in_write_coadd(reference, client, tmp_path):
+    thread, killed = _kill_a_busy_worker(client)
+    path = coaddx.write_coadd(coaddx.assemble(coaddx.open_warps(reference[0])), tmp_path / "c.zarr")
+    thread.join(5)
+    assert killed, "no worker was killed while busy"
+    _assert_same(
+        coaddx.open_coadd(path), coaddx.open_coadd(reference[1]), ("image", "variance", "mask")
+    )
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_worker_killed_in_compare_warp(reference, client, tmp_path):
+    direct = coaddx.open_warps(reference[0])
+    matched = coaddx.open_warps(reference[0], warp_type="psf_matched")
+    thread, killed = _kill_a_busy_worker(client)
+    path = coaddx.write_coadd(coaddx.assemble_compare_warp(direct, matched), tmp_path / "cw.zarr")
+    thread.join(5)
+    assert killed, "no worker was killed while busy"
+    got, want = coaddx.open_coadd(path), coaddx.open_coadd(reference[2])
+    _assert_same(got, want, ("image", "variance", "mask", "artifact_mask"))
