@@ -38,8 +38,7 @@ def client():
 
 @pytest.fixture(scope="module")
 def reference(sim, client, tmp_path_factory):
-    """The undisturbed run, on the same cluster (a process cluster's workers run with one
-    thread each, which can change the last float32 bit against an in-process run)."""
+    """The undisturbed run, on the same cluster."""
     root = tmp_path_factory.mktemp("reference")
     store = root / "warps.zarr"
     coaddx.make_warps(sim.calexps, sim.patch, store, warp_types=("direct", "psf_matched"))
