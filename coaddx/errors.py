@@ -11,6 +11,7 @@ __all__ = [
     "CoaddxError",
     "ConfigError",
     "InputError",
+    "InputWarning",
     "MaskPlaneError",
     "SchemaError",
     "StoreError",
@@ -47,3 +48,8 @@ class StoreError(CoaddxError, OSError):
 class CalibrationError(CoaddxError, RuntimeError):
     """An exposure could not be calibrated: too few matches, a fit whose scatter exceeds its
     limit, no photometric stars (names the exposure and the figure)."""
+
+
+class InputWarning(UserWarning):
+    """Input data or a config are usable but suspect: a plane to remove that the data lack, a
+    pixel scale far from the patch's (names the file, plane or field; the step goes on)."""

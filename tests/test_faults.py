@@ -103,7 +103,7 @@ def test_worker_killed_in_write_coadd(reference, client, tmp_path):
     _assert_same(
         coaddx.open_coadd(path), coaddx.open_coadd(reference[1]), ("image", "variance", "mask")
     )
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not list(tmp_path.glob(".*tmp-*"))
 
 
 def test_worker_killed_in_compare_warp(reference, client, tmp_path):

@@ -53,9 +53,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     config = add_config_flags(
         p,
         WarpConfig,
-        ["kernel", "interp_length", "border"],
+        ["kernel", "interp_length", "border", "allow_mixed_bands"],
         choices={"kernel": KERNELS},
         helps={
+            "allow_mixed_bands": "stack visits of different bands into one store",
             "kernel": "warping kernel",
             "interp_length": "pixels between exact evaluations of the pixel mapping",
             "border": "select exposures overlapping the patch grown by this many pixels",

@@ -21,7 +21,7 @@ import xarray as xr
 
 from coaddx.coadd.config import AssembleConfig
 from coaddx.coadd.weights import cached_variance_meanclip, weight_statistic
-from coaddx.errors import ConfigError, InputError, SchemaError
+from coaddx.errors import ConfigError, InputError, InputWarning, SchemaError
 from coaddx.graph.cube import LAYERS, LazyArray, as_dask_cube
 from coaddx.graph.interp import interpolate_rows
 from coaddx.graph.stack import finish_coadd_mask, stack, weights_from_variance
@@ -84,10 +84,23 @@ def _known(names: tuple[str, ...], planes: Mapping[str, int], field: str) -> Non
         )
 
 
+def _missing_removed(names: tuple[str, ...], planes: Mapping[str, int]) -> None:
+    """removeMaskPlanes: a plane the data lack is skipped with an :class:`InputWarning` (LSST
+    logs it and goes on)."""
+    for name in names:
+        if name not in planes:
+            warnings.warn(
+                f"AssembleConfig.remove_mask_planes: the inputs have no mask plane {name!r} "
+                f"to remove (their planes: {', '.join(sorted(planes))}); skipped",
+                InputWarning,
+                stacklevel=4,
+            )
+
+
 def stack_bits(input_planes: Mapping[str, int], config: AssembleConfig) -> StackBits:
     """Resolve the andMask, propagation thresholds and the REJECTED/SENSOR_EDGE/CLIPPED map."""
     _known(config.bad_mask_planes, input_planes, "bad_mask_planes")
-    _known(config.remove_mask_planes, input_planes, "remove_mask_planes")
+    _missing_removed(config.remove_mask_planes, input_planes)
     _known(tuple(config.mask_propagation_thresholds), input_planes, "mask_propagation_thresholds")
     planes = merge_mask_planes(input_planes, COADD_PLANES)
     bad = bitmask(planes, config.bad_mask_planes, strict=False)

@@ -9,12 +9,20 @@ output's provenance. The field checks are :mod:`coaddx.validation`'s.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from coaddx.errors import ConfigError
-from coaddx.validation import check, plane_names
+from coaddx.model.masks import DEFAULT_MASK_PLANES
+from coaddx.validation import (
+    check,
+    check_bool,
+    check_number,
+    check_positive,
+    plane_names,
+)
 
 __all__ = ["AssembleConfig", "InterpConfig"]
 
@@ -24,7 +32,14 @@ STATISTICS = ("mean", "meanclip", "median")
 
 @dataclass(frozen=True, kw_only=True)
 class InterpConfig:
-    """InterpImageTask over NO_DATA (algorithms.md 1.4)."""
+    """InterpImageTask over NO_DATA (algorithms.md 1.4).
+
+    ``fallback_value_type`` chooses the value of edge runs: the MEDIAN, MEAN or MEANCLIP (3
+    sigma, 3 iterations: afw's StatisticsControl defaults) of the whole coadd image, or
+    ``fallback_user_value`` (USER). Unless ``negative_fallback_allowed``, a negative computed
+    fallback is raised to 0 and a negative USER value is refused (InterpImageConfig.validate).
+    ``plane`` must be a standard mask plane (:data:`coaddx.model.masks.DEFAULT_MASK_PLANES`).
+    """
 
     plane: str = "NO_DATA"
     fallback_value_type: Literal["MEDIAN", "MEAN", "MEANCLIP", "USER"] = "MEDIAN"
@@ -44,6 +59,25 @@ class InterpConfig:
             "InterpConfig",
             "plane",
             f"must be a plane name, got {self.plane!r}",
+        )
+        plane_names(self.plane, "InterpConfig", "plane", DEFAULT_MASK_PLANES)
+        check_number(self.fallback_user_value, "InterpConfig", "fallback_user_value", -math.inf)
+        check(
+            math.isfinite(self.fallback_user_value),
+            "InterpConfig",
+            "fallback_user_value",
+            f"must be finite, got {self.fallback_user_value!r}",
+        )
+        check_bool(self.negative_fallback_allowed, "InterpConfig", "negative_fallback_allowed")
+        check_bool(self.transpose, "InterpConfig", "transpose")
+        check(
+            self.negative_fallback_allowed
+            or self.fallback_value_type != "USER"
+            or self.fallback_user_value >= 0,
+            "InterpConfig",
+            "fallback_user_value",
+            f"the USER fallback {self.fallback_user_value!r} is negative but "
+            "negative_fallback_allowed is False (set it to True to allow it)",
         )
 
 
@@ -94,42 +128,43 @@ class AssembleConfig:
             f"must be one of {STATISTICS}, got {self.statistic!r}",
         )
         object.__setattr__(self, "statistic", stat)
-        check(
-            isinstance(self.sigma_clip, int | float) and 0 < self.sigma_clip < 1e6,
-            cls,
-            "sigma_clip",
-            f"must be a positive number, got {self.sigma_clip!r}",
-        )
-        check(
-            isinstance(self.clip_iter, int)
-            and not isinstance(self.clip_iter, bool)
-            and 1 <= self.clip_iter <= 100,
-            cls,
-            "clip_iter",
-            f"must be an integer in 1..100, got {self.clip_iter!r}",
-        )
-        object.__setattr__(
-            self, "bad_mask_planes", plane_names(self.bad_mask_planes, cls, "bad_mask_planes")
-        )
+        check_positive(self.sigma_clip, cls, "sigma_clip", 1e6)
+        check_number(self.clip_iter, cls, "clip_iter", 1, 100, integer=True)
+        planes = plane_names(self.bad_mask_planes, cls, "bad_mask_planes", DEFAULT_MASK_PLANES)
+        object.__setattr__(self, "bad_mask_planes", planes)
+        # removeMaskPlanes: any name; one the data lack is skipped with a warning (assemble)
         object.__setattr__(
             self,
             "remove_mask_planes",
             plane_names(self.remove_mask_planes, cls, "remove_mask_planes"),
         )
+        check_bool(self.calc_error_from_input_variance, cls, "calc_error_from_input_variance")
+        check_bool(self.calc_error_mosaic_mode, cls, "calc_error_mosaic_mode")
         check(
             not (self.calc_error_from_input_variance and self.calc_error_mosaic_mode),
             cls,
             "calc_error_mosaic_mode",
             "cannot be True together with calc_error_from_input_variance",
         )
-        thresholds = dict(self.mask_propagation_thresholds or {})
+        props = self.mask_propagation_thresholds or {}
+        check(
+            isinstance(props, Mapping),
+            cls,
+            "mask_propagation_thresholds",
+            f"expects a mapping plane -> fraction, got {props!r}",
+        )
+        thresholds = dict(props)
         for plane, t in thresholds.items():
             check(
-                isinstance(plane, str) and isinstance(t, int | float) and 0 <= t <= 1,
+                isinstance(plane, str)
+                and isinstance(t, int | float)
+                and not isinstance(t, bool)
+                and 0 <= t <= 1,
                 cls,
                 "mask_propagation_thresholds",
                 f"expects plane -> fraction in [0, 1], got {plane!r}: {t!r}",
             )
+        plane_names(tuple(thresholds), cls, "mask_propagation_thresholds", DEFAULT_MASK_PLANES)
         object.__setattr__(self, "mask_propagation_thresholds", thresholds)
         if self.interp is not None:
             check(
@@ -140,9 +175,13 @@ class AssembleConfig:
             )
         if self.subregion_size is not None:
             given: Any = self.subregion_size  # an int is accepted for both sides
-            size = (given, given) if isinstance(given, int) else tuple(given)
+            if isinstance(given, int):
+                size: tuple[Any, ...] = (given, given)
+            else:
+                size = tuple(given) if isinstance(given, tuple | list) else (given,)
             check(
-                len(size) == 2 and all(isinstance(s, int) and s >= 8 for s in size),
+                len(size) == 2
+                and all(isinstance(s, int) and not isinstance(s, bool) and s >= 8 for s in size),
                 cls,
                 "subregion_size",
                 f"must be None or two integers >= 8, got {self.subregion_size!r}",
@@ -169,12 +208,14 @@ class AssembleConfig:
         if unknown:
             raise ConfigError(f"AssembleConfig: unknown field(s) {sorted(unknown)}")
         if isinstance(data.get("interp"), Mapping):
-            data["interp"] = InterpConfig(**data["interp"])
-        for key in ("bad_mask_planes", "remove_mask_planes"):
-            if key in data:
+            interp = dict(data["interp"])
+            unknown = set(interp) - {f.name for f in dataclasses.fields(InterpConfig)}
+            if unknown:
+                raise ConfigError(f"AssembleConfig.interp: unknown field(s) {sorted(unknown)}")
+            data["interp"] = InterpConfig(**interp)
+        for key in ("bad_mask_planes", "remove_mask_planes", "subregion_size"):
+            if isinstance(data.get(key), list):
                 data[key] = tuple(data[key])
-        if data.get("subregion_size") is not None:
-            data["subregion_size"] = tuple(data["subregion_size"])
         return cls(**data)
 
     def replace(self, **changes: Any) -> AssembleConfig:

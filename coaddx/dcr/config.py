@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coaddx.coadd.compare_warp.config import CompareWarpConfig
+from coaddx.model.masks import DEFAULT_MASK_PLANES
 from coaddx.model.refraction import LSST_SITE, WAVELENGTH_RANGE, Observatory, Weather
 from coaddx.validation import check, check_number, plane_names
 
@@ -121,9 +122,11 @@ class DcrConfig:
         check_number(self.regularization_width, _CLS, "regularization_width", 1, 1000, integer=True)
         check_number(self.image_interp_order, _CLS, "image_interp_order", 1, 5, integer=True)
         check_number(self.accelerate_model, _CLS, "accelerate_model", 1.0)
-        planes = plane_names(self.convergence_mask_planes, _CLS, "convergence_mask_planes")
+        planes = plane_names(
+            self.convergence_mask_planes, _CLS, "convergence_mask_planes", DEFAULT_MASK_PLANES
+        )
         object.__setattr__(self, "convergence_mask_planes", planes)
-        bad = plane_names(self.bad_mask_planes, _CLS, "bad_mask_planes")
+        bad = plane_names(self.bad_mask_planes, _CLS, "bad_mask_planes", DEFAULT_MASK_PLANES)
         object.__setattr__(self, "bad_mask_planes", bad)
         size: Any = self.subregion_size
         if isinstance(size, int) and not isinstance(size, bool):

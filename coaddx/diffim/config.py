@@ -14,6 +14,15 @@ from typing import Any, Literal
 
 from coaddx.errors import ConfigError
 from coaddx.kernels.psfmatch.fit import FitOptions
+from coaddx.model.masks import DEFAULT_MASK_PLANES
+from coaddx.validation import (
+    check_bool,
+    check_choice,
+    check_number,
+    check_numbers,
+    check_positive,
+    plane_names,
+)
 
 __all__ = ["PsfMatchConfig", "snap_config"]
 
@@ -68,13 +77,12 @@ class PsfMatchConfig:
     region_size: int = 2048
 
     def __post_init__(self) -> None:
+        cls = "PsfMatchConfig"
+        check_choice(self.basis, cls, "basis", ("alard-lupton", "delta-function"))
+        for name in ("kernel_size", "kernel_size_min", "kernel_size_max"):
+            check_number(getattr(self, name), cls, name, 3, 1001, integer=True)
         _check(
-            self.basis in ("alard-lupton", "delta-function"),
-            "basis",
-            f"must be 'alard-lupton' or 'delta-function', got {self.basis!r}",
-        )
-        _check(
-            self.kernel_size % 2 == 1 and self.kernel_size >= 3,
+            self.kernel_size % 2 == 1,
             "kernel_size",
             f"must be odd and >= 3, got {self.kernel_size}",
         )
@@ -83,28 +91,58 @@ class PsfMatchConfig:
             "kernel_size_min",
             "must not exceed kernel_size_max",
         )
-        _check(
-            self.spatial_model in ("chebyshev1", "polynomial"),
-            "spatial_model",
-            f"must be 'chebyshev1' or 'polynomial', got {self.spatial_model!r}",
+        check_choice(self.spatial_model, cls, "spatial_model", ("chebyshev1", "polynomial"))
+        check_number(self.spatial_kernel_order, cls, "spatial_kernel_order", 0, 5, integer=True)
+        check_number(self.spatial_bg_order, cls, "spatial_bg_order", 0, 5, integer=True)
+        check_number(self.size_cell, cls, "size_cell", 32, 1 << 20, integer=True)
+        check_number(self.n_star_per_cell, cls, "n_star_per_cell", -1, 1 << 20, integer=True)
+        _check(self.n_star_per_cell != 0, "n_star_per_cell", "must be >= 1 or -1 (all)")
+        check_number(self.max_spatial_iterations, cls, "max_spatial_iterations", 1, 5, integer=True)
+        check_number(
+            self.n_principal_components, cls, "n_principal_components", 3, 1000, integer=True
         )
-        _check(0 <= self.spatial_kernel_order <= 5, "spatial_kernel_order", "must be in 0..5")
-        _check(0 <= self.spatial_bg_order <= 5, "spatial_bg_order", "must be in 0..5")
-        _check(self.size_cell >= 32, "size_cell", f"must be >= 32, got {self.size_cell}")
-        _check(
-            self.n_star_per_cell == -1 or self.n_star_per_cell >= 1,
-            "n_star_per_cell",
-            "must be >= 1 or -1 (all)",
-        )
-        _check(1 <= self.max_spatial_iterations <= 5, "max_spatial_iterations", "must be in 1..5")
-        _check(self.n_principal_components >= 3, "n_principal_components", "must be >= 3")
+        for name in (
+            "scale_by_fwhm",
+            "fit_for_background",
+            "single_kernel_clipping",
+            "kernel_sum_clipping",
+            "spatial_kernel_clipping",
+            "constant_variance_weighting",
+            "convolve_template",
+        ):
+            check_bool(getattr(self, name), cls, name)
+        if self.use_pca is not None:
+            check_bool(self.use_pca, cls, "use_pca")
+        planes = plane_names(self.bad_mask_planes, cls, "bad_mask_planes", DEFAULT_MASK_PLANES)
+        object.__setattr__(self, "bad_mask_planes", planes)
+        for name in ("candidate_residual_mean_max", "candidate_residual_std_max"):
+            check_number(getattr(self, name), cls, name, 0.0)
+        for name in ("max_ksum_sigma", "al_beta", "al_min_sig", "al_min_sig_deconv"):
+            check_positive(getattr(self, name), cls, name, 1e6)
+        check_number(self.al_n_gauss, cls, "al_n_gauss", 1, 20, integer=True)
+        degrees = check_numbers(self.al_degrees, cls, "al_degrees", 0, 20, integer=True)
+        sigmas = check_numbers(self.al_sigmas, cls, "al_sigmas", 1e-3, 1000.0)
+        object.__setattr__(self, "al_degrees", degrees)
+        object.__setattr__(self, "al_sigmas", sigmas)
         _check(
             len(self.al_degrees) == self.al_n_gauss == len(self.al_sigmas),
             "al_n_gauss",
             "al_degrees and al_sigmas need al_n_gauss entries",
         )
-        _check(self.detection_threshold >= 3, "detection_threshold", "must be >= 3")
-        _check(self.region_size >= 256, "region_size", "must be >= 256 pixels")
+        check_choice(
+            self.df_regularization,
+            cls,
+            "df_regularization",
+            ("centralDifference", "forwardDifference", None),
+        )
+        check_choice(self.df_stencil, cls, "df_stencil", (5, 9))
+        orders = check_numbers(self.df_orders, cls, "df_orders", 0, 2, integer=True)
+        object.__setattr__(self, "df_orders", orders)
+        check_number(self.df_border_penalty, cls, "df_border_penalty", 0.0)
+        check_number(self.df_lambda_value, cls, "df_lambda_value", 0.0)
+        check_number(self.detection_threshold, cls, "detection_threshold", 3.0)
+        check_positive(self.fp_grow_kernel_scaling, cls, "fp_grow_kernel_scaling", 1000.0)
+        check_number(self.region_size, cls, "region_size", 256, 1 << 20, integer=True)
 
     @property
     def pca(self) -> bool:

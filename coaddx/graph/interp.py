@@ -25,8 +25,8 @@ def _fallback_chunk(
     elif kind == "MEAN":
         finite = image[np.isfinite(image)]
         value = float(finite.mean()) if finite.size else float("nan")
-    elif kind == "MEANCLIP":
-        value = meanclip_1d(image)
+    elif kind == "MEANCLIP":  # afw's default StatisticsControl: 3 sigma, 3 iterations
+        value = meanclip_1d(image, sigma_clip=3.0, clip_iter=3)
     else:
         value = float(user_value)
     if not negative_allowed and np.isfinite(value):

@@ -10,14 +10,19 @@ Layout written by :func:`export_fits`::
     HDU 4 N_IMAGE     int32 (when the store has ``n_image``; further 2-D planes likewise)
 
 The file is written without gathering the coadd in one process: the headers are written and
-the file sized first (every HDU's data offset is then known), and each chunk of each plane is
-read from the Zarr store and written into its place through a memory map by its own dask task
-(on a cluster, the workers write into the shared file system). Everything goes to a temporary
-file beside ``out`` that is renamed into place only when complete.
+the file's blocks reserved first (every HDU's data offset is then known, and a full disk is
+found before any pixel is read), and each chunk of each plane is read from the Zarr store and
+written into its place with ``pwrite`` by its own dask task (on a cluster, the workers write into
+the shared file system). No memory map of the output is made: a full disk under a map kills the
+process with SIGBUS, where a write raises. Everything goes to a temporary file beside ``out``
+that is renamed into place only when complete; on any failure (a full disk: ``StoreError``
+naming ``out``) or interrupt it is removed and a previous ``out`` is left as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -32,8 +37,8 @@ import xarray as xr
 from astropy.io import fits
 
 from coaddx._version import __version__
-from coaddx.errors import SchemaError, StoreError
-from coaddx.io.zarr.coadd_store import open_coadd
+from coaddx.errors import CoaddxError, SchemaError, StoreError
+from coaddx.io.zarr.coadd_store import open_coadd, write_failure
 from coaddx.model.masks import mask_planes_to_header
 from coaddx.model.skymap import shift_wcs, wcs_from_header_string
 
@@ -60,13 +65,30 @@ class _FitsLayer:
     dtype: str
     shape: tuple[int, int]
 
-    def __setitem__(self, key: Any, value: np.ndarray) -> None:
-        mm = np.memmap(self.path, dtype=self.dtype, mode="r+", offset=self.offset, shape=self.shape)
+    def __setitem__(self, key: tuple[slice, slice], value: np.ndarray) -> None:
+        (r0, r1, rstep), (c0, c1, cstep) = (
+            k.indices(n) for k, n in zip(key, self.shape, strict=True)
+        )
+        if rstep != 1 or cstep != 1:
+            raise ValueError(f"{self.path}: a strided region {key} cannot be written")
+        data = np.ascontiguousarray(value, dtype=self.dtype).reshape(r1 - r0, c1 - c0)
+        width, item = self.shape[1], data.itemsize
+        fd = os.open(self.path, os.O_WRONLY)  # never O_CREAT: a late task cannot recreate it
         try:
-            mm[key] = value
-            mm.flush()
+            if c0 == 0 and c1 == width:  # whole rows: one contiguous run
+                _pwrite_all(fd, data, self.offset + r0 * width * item)
+            else:
+                for i, row in enumerate(data):
+                    _pwrite_all(fd, row, self.offset + ((r0 + i) * width + c0) * item)
         finally:
-            del mm
+            os.close(fd)
+
+
+def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
+    view = data.data.cast("B")  # data is C-contiguous
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 def _primary(ds: xr.Dataset, source: Path) -> fits.Header:
@@ -144,10 +166,12 @@ def _padded(nbytes: int) -> int:
 def _preallocate(
     path: Path, headers: Sequence[fits.Header], dtypes: Sequence[str | None], shape: tuple[int, int]
 ) -> list[int]:
-    """Write every header and size the file; return the data offset of each HDU."""
+    """Write every header, size the file and reserve its blocks; return the data offset of
+    each HDU."""
     offsets, pos = [], 0
     data_bytes = shape[0] * shape[1] * 4
-    with path.open("wb") as fh:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with os.fdopen(fd, "wb") as fh:
         for header, dtype in zip(headers, dtypes, strict=True):
             text = header.tostring(endcard=True, padding=True).encode("ascii")
             fh.seek(pos)
@@ -156,8 +180,30 @@ def _preallocate(
             offsets.append(pos)
             if dtype is not None:
                 pos += _padded(data_bytes)
-        fh.truncate(pos)  # a sparse file of zeros: FITS pads data areas with zeros
+        fh.truncate(pos)  # zeros: FITS pads data areas with zeros
+        fh.flush()
+        _reserve(fh.fileno(), pos)
     return offsets
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the file's blocks now, so a full disk raises here and not mid-export."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:
+        return
+    try:
+        fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL):
+            raise
+
+
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _planes(ds: xr.Dataset, source: Path) -> list[str]:
@@ -185,12 +231,19 @@ def export_fits(
     coadd : path-like
         A coadd store written by :func:`coaddx.write_coadd`.
     out : path-like
-        The FITS file to write (atomically: a temporary file renamed into place).
+        The FITS file to write (atomically: a temporary file renamed into place; on a failure
+        or an interrupt it is removed and a previous ``out`` is unchanged).
     overwrite : bool
         Replace an existing ``out``.
     compute : callable, optional
         Runs the delayed write (e.g. on a cluster with a progress bar); default
         ``dask.compute``. Every chunk is read and written by its own task.
+
+    Raises
+    ------
+    StoreError
+        ``out`` exists (and not ``overwrite``), or cannot be written (a full disk, an
+        unwritable folder): the message names ``out`` and the reason.
 
     Returns
     -------
@@ -222,9 +275,10 @@ def export_fits(
         )
         for v in names
     ]
-    out.parent.mkdir(parents=True, exist_ok=True)
+    existed = out.exists()
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         offsets = _preallocate(tmp, headers, [None] + [FITS_LAYERS[v][1] for v in names], shape)
         sources = [_as_dask(ds[v], FITS_LAYERS[v][1]) for v in names]
         targets = [
@@ -233,9 +287,14 @@ def export_fits(
         ]
         delayed = da.store(sources, targets, lock=False, compute=False)  # type: ignore[arg-type]
         (compute or dask.compute)(delayed)
+        _sync(tmp)
         os.replace(tmp, out)
+    except CoaddxError:
+        raise
+    except OSError as exc:
+        raise write_failure(out, exc, existed=existed) from exc
     finally:
-        if tmp.exists():
+        with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return out
 

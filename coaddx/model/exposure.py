@@ -277,9 +277,15 @@ def _coerce_metadata(exp: Exposure, where: str) -> None:
     for name in ("visit", "detector"):
         value = getattr(exp, name)
         try:
-            set_(exp, name, int(value))
-        except (TypeError, ValueError):
-            raise InputError(f"{where}: {name} = {value!r} is not an integer") from None
+            number = int(value)
+            integral = not isinstance(value, bool | np.bool_) and (
+                isinstance(value, int | np.integer | str) or float(value) == number
+            )
+        except (TypeError, ValueError, OverflowError):
+            integral = False
+        if not integral:  # 1000.7 is not truncated, True is not visit 1
+            raise InputError(f"{where}: {name} = {value!r} is not an integer")
+        set_(exp, name, number)
     set_(exp, "band", str(exp.band).strip())
     for name in OBSERVING_FIELDS:
         value = getattr(exp, name)

@@ -6,10 +6,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-import numpy as np
-
-from coaddx.errors import ConfigError
 from coaddx.kernels.warp import KERNELS
+from coaddx.model.masks import DEFAULT_MASK_PLANES
+from coaddx.validation import (
+    check,
+    check_bool,
+    check_choice,
+    check_number,
+    check_numbers,
+    check_positive,
+    plane_names,
+)
 
 __all__ = ["ModelPsfMatchConfig", "WarpConfig"]
 
@@ -42,33 +49,32 @@ class ModelPsfMatchConfig:
     kernel_norm_penalty: float = 5e-4
 
     def __post_init__(self) -> None:
-        if not self.model_psf_fwhm > 0:
-            raise ConfigError(
-                f"ModelPsfMatchConfig.model_psf_fwhm must be > 0, got {self.model_psf_fwhm}"
-            )
-        if self.kernel_size % 2 != 1:
-            raise ConfigError(
-                f"ModelPsfMatchConfig.kernel_size must be odd, got {self.kernel_size}"
-            )
-        if not 1.0 <= self.auto_pad_psf_to <= 2.0:
-            raise ConfigError("ModelPsfMatchConfig.auto_pad_psf_to must be in 1.0..2.0")
-        if len(self.al_sigmas) != len(self.al_degrees):
-            raise ConfigError("ModelPsfMatchConfig.al_sigmas and al_degrees need equal lengths")
-        if self.kernel_sum_fit not in ("constrained", "lsst"):
-            raise ConfigError(
-                "ModelPsfMatchConfig.kernel_sum_fit must be 'constrained' or "
-                f"'lsst', got {self.kernel_sum_fit!r}"
-            )
-        if not (np.isfinite(self.kernel_norm_penalty) and self.kernel_norm_penalty >= 0):
-            raise ConfigError(
-                "ModelPsfMatchConfig.kernel_norm_penalty must be finite and >= 0, "
-                f"got {self.kernel_norm_penalty}"
-            )
+        cls = "ModelPsfMatchConfig"
+        check_positive(self.model_psf_fwhm, cls, "model_psf_fwhm", 1000.0)
+        check_number(self.kernel_size, cls, "kernel_size", 3, 1001, integer=True)
+        check(self.kernel_size % 2 == 1, cls, "kernel_size", f"must be odd, got {self.kernel_size}")
+        check_number(self.auto_pad_psf_to, cls, "auto_pad_psf_to", 1.0, 2.0)
+        sigmas = check_numbers(self.al_sigmas, cls, "al_sigmas", 1e-3, 1000.0)
+        degrees = check_numbers(self.al_degrees, cls, "al_degrees", 0, 20, integer=True)
+        check(
+            len(sigmas) == len(degrees) and len(sigmas) > 0,
+            cls,
+            "al_sigmas",
+            "al_sigmas and al_degrees need equal, non-zero lengths",
+        )
+        object.__setattr__(self, "al_sigmas", sigmas)
+        object.__setattr__(self, "al_degrees", degrees)
+        check_choice(self.kernel_sum_fit, cls, "kernel_sum_fit", ("constrained", "lsst"))
+        check_number(self.kernel_norm_penalty, cls, "kernel_norm_penalty", 0.0, 1e6)
 
 
 @dataclass(frozen=True, kw_only=True)
 class WarpConfig:
     """MakeDirectWarp configuration (LSST defaults, algorithms.md 5.1-5.2).
+
+    Every field is checked on construction (:class:`~coaddx.errors.ConfigError` naming it):
+    numbers are numbers (never bools), ``grow_full_mask_planes`` names standard planes
+    (:data:`coaddx.model.masks.DEFAULT_MASK_PLANES`, the planes of a warp store).
 
     Parameters
     ----------
@@ -85,6 +91,10 @@ class WarpConfig:
         (MakeDirectWarp ``border``).
     calibrate : bool
         Multiply image by the exposure's nJy-per-count calibration and variance by its square.
+    allow_mixed_bands : bool
+        Accept visits of different bands in one :func:`~coaddx.make_warps` call (one store);
+        by default that is an InputError naming the files and their bands, as a coadd mixes
+        no bands (the detectors of one visit must always agree).
     """
 
     kernel: str = "lanczos3"
@@ -92,17 +102,19 @@ class WarpConfig:
     grow_full_mask_planes: tuple[str, ...] = ("EDGE",)
     border: int = 256
     calibrate: bool = True
+    allow_mixed_bands: bool = False
 
     def __post_init__(self) -> None:
-        if self.kernel not in KERNELS:
-            raise ConfigError(f"WarpConfig.kernel must be one of {KERNELS}, got {self.kernel!r}")
-        if not isinstance(self.interp_length, int) or self.interp_length < 0:
-            raise ConfigError(
-                f"WarpConfig.interp_length must be an integer >= 0, got {self.interp_length!r}"
-            )
-        if not isinstance(self.border, int) or self.border < 0:
-            raise ConfigError(f"WarpConfig.border must be an integer >= 0, got {self.border!r}")
-        object.__setattr__(self, "grow_full_mask_planes", tuple(self.grow_full_mask_planes))
+        cls = "WarpConfig"
+        check_choice(self.kernel, cls, "kernel", KERNELS)
+        check_number(self.interp_length, cls, "interp_length", 0, 1 << 16, integer=True)
+        check_number(self.border, cls, "border", 0, 1 << 20, integer=True)
+        check_bool(self.calibrate, cls, "calibrate")
+        check_bool(self.allow_mixed_bands, cls, "allow_mixed_bands")
+        planes = plane_names(
+            self.grow_full_mask_planes, cls, "grow_full_mask_planes", DEFAULT_MASK_PLANES
+        )
+        object.__setattr__(self, "grow_full_mask_planes", planes)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -72,18 +72,30 @@ def _remap_mask(
 def _source_planes(
     exposure: Exposure, config: WarpConfig, planes: dict[str, int], no_data_bit: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The exposure's image, variance (nJy when calibrating) and mask in ``planes``, with
-    non-finite pixels zeroed and marked NO_DATA (NaNs would spread over a Lanczos footprint)."""
+    """The exposure's image, variance (nJy when calibrating) and mask in ``planes``, with the
+    pixels that hold no usable data left out (zeroed and marked NO_DATA: NaNs would spread over
+    a Lanczos footprint): a non-finite image or variance value, or a variance <= 0, which is
+    also flagged BAD (LSST's IsrTask.maskNegativeVariance). No usable pixel at all is an
+    InputError naming the exposure."""
     if config.calibrate:
         src_image, src_variance = calibrated_layers(exposure)
     else:
         src_image, src_variance = exposure.image, exposure.variance
     mask = _remap_mask(exposure.mask, exposure.mask_planes, planes, exposure.where)
-    missing = ~(np.isfinite(src_image) & np.isfinite(src_variance))
+    with np.errstate(invalid="ignore"):
+        nonpositive = src_variance <= 0
+    missing = ~(np.isfinite(src_image) & np.isfinite(src_variance)) | nonpositive
+    if missing.all():
+        raise InputError(
+            f"{exposure.where}: the exposure has no finite pixel (no pixel with a finite image "
+            "value and a finite variance > 0); nothing to warp"
+        )
     if missing.any():
         src_image = np.where(missing, np.float32(0), src_image)
         src_variance = np.where(missing, np.float32(0), src_variance)
         mask = mask | np.where(missing, np.int32(no_data_bit), np.int32(0))
+        if nonpositive.any():
+            mask = mask | np.where(nonpositive, np.int32(bitmask(planes, "BAD")), np.int32(0))
     return src_image, src_variance, mask
 
 
@@ -95,7 +107,13 @@ def warp_exposure_box(
 ) -> tuple[Box, np.ndarray, np.ndarray, np.ndarray] | None:
     """Warp one exposure onto the part of the patch it can reach: ``(box, image, variance,
     mask)`` with arrays of ``box.shape`` (patch-array box), NaN / NaN / NO_DATA where the
-    kernel leaves the exposure; None if the exposure misses the patch."""
+    kernel leaves the exposure; None if the exposure misses the patch.
+
+    Source pixels with a non-finite image or variance, or a variance <= 0 (then also BAD, as
+    LSST's ISR flags them), are left out as NO_DATA; an exposure without one usable pixel raises
+    :class:`~coaddx.errors.InputError` naming it (in :func:`~coaddx.make_warps` the visit fails
+    with that message).
+    """
     config = config or WarpConfig()
     planes = planes or merge_mask_planes(mask_planes(), exposure.mask_planes)
     no_data_bit = bitmask(planes, "NO_DATA")

@@ -19,7 +19,7 @@ from typing import Any
 
 from coaddx.errors import ConfigError, StoreError
 from coaddx.graph.warp import run_visit_tasks
-from coaddx.io.zarr.warp_store import WarpStore
+from coaddx.io.zarr.warp_store import WarpStore, check_store
 from coaddx.model.exposure import Exposure
 from coaddx.model.geometry import exposure_overlaps
 from coaddx.model.masks import mask_planes, merge_mask_planes
@@ -27,7 +27,7 @@ from coaddx.model.skymap import Patch
 from coaddx.settings import store_chunk
 from coaddx.warp.config import ModelPsfMatchConfig, WarpConfig
 from coaddx.warp.exposure import warp_exposure, warp_exposure_box
-from coaddx.warp.inputs import WarpInput, warp_inputs
+from coaddx.warp.inputs import WarpInput, check_selection, warp_inputs
 from coaddx.warp.visit import warp_visit
 
 __all__ = [
@@ -49,6 +49,8 @@ class WarpResult:
     reused: tuple[int, ...]
     not_overlapping: tuple[str, ...]
     failed: dict[int, str] = field(default_factory=dict)
+    #: committed visits found damaged (:func:`coaddx.check_store`) and rewritten in place
+    repaired: tuple[int, ...] = ()
 
 
 def open_warp_store(
@@ -96,6 +98,27 @@ def _by_visit(selected: Sequence[WarpInput]) -> dict[int, list[WarpInput]]:
     return by_visit
 
 
+def _damaged(
+    stores: Mapping[str, WarpStore], by_visit: Mapping[int, Any], deep: bool
+) -> dict[str, list[int]]:
+    """The committed visits of each store that :func:`check_store` finds damaged (to rewrite);
+    a :class:`StoreError` for damage that rewriting this run's visits cannot repair."""
+    out: dict[str, list[int]] = {}
+    for t, ws in stores.items():
+        report = check_store(ws.path, t, deep=deep)
+        fix = f"see 'coaddx check {ws.path}'; repair or delete the store"
+        if report.store_damage:
+            raise StoreError(f"{ws.where} is damaged: {report.store_damage[0]} ({fix})")
+        lost = [v for v in report.damaged_visits if v not in by_visit]
+        if lost:
+            raise StoreError(
+                f"{ws.where}: committed visit(s) {lost} are damaged and not among the "
+                f"exposures given, so they cannot be rewritten: give their exposures ({fix})"
+            )
+        out[t] = list(report.damaged_visits)
+    return out
+
+
 def make_warps(
     exposures: Iterable[str | os.PathLike[str] | Exposure],
     patch: Patch,
@@ -106,6 +129,7 @@ def make_warps(
     warp_types: Sequence[str] = ("direct",),
     psf_config: ModelPsfMatchConfig | None = None,
     compute: Callable[..., Any] | None = None,
+    deep_check: bool = False,
 ) -> WarpResult:
     """Warp every exposure that overlaps ``patch`` into the warp store, one task per visit.
 
@@ -119,14 +143,20 @@ def make_warps(
     store : path
         The patch warp store (created if absent, with ``coaddx.store-chunk`` chunks).
     reuse : bool
-        Skip visits already committed in the store and rewrite visits whose writing was
-        interrupted; with False, a visit already in the store is an error.
+        Skip visits already committed in the store, rewrite visits whose writing was
+        interrupted and rewrite, in place, committed visits that :func:`coaddx.check_store`
+        finds damaged (a missing or altered chunk file, an edited record); with False, a
+        visit already in the store is an error.
     warp_types : sequence of {"direct", "psf_matched"}
         With "psf_matched", each detector's warp is also matched to the model PSF
         (ModelPsfMatch, :class:`coaddx.ModelPsfMatchConfig`, 7.7 px double Gaussian)
         and written to the ``psf_matched`` group in the same task.
     compute : callable, optional
         Runs the tasks (``dask.compute`` by default; the CLI passes one with a progress bar).
+    deep_check : bool
+        With ``reuse``, read every chunk of the store and check its CRC before deciding what
+        to rewrite (``check_store(deep=True)``); by default only the metadata and the presence
+        of every chunk file are checked (chunks are checked as they are read anyway).
 
     Returns
     -------
@@ -135,6 +165,8 @@ def make_warps(
     config = config or WarpConfig()
     if not isinstance(patch, Patch):
         raise ConfigError(f"patch must be a coaddx.Patch, got {type(patch).__name__}")
+    if not isinstance(config, WarpConfig):
+        raise ConfigError(f"config must be a coaddx.WarpConfig, got {type(config).__name__}")
     store = Path(store)
     items = warp_inputs(exposures)
     selected = [
@@ -143,28 +175,31 @@ def make_warps(
         if exposure_overlaps(i.wcs, i.shape, patch.wcs, patch.shape, border=config.border)
     ]
     missing = tuple(i.name for i in items if i not in selected)
+    check_selection(selected, patch, config)
     types = _warp_types(warp_types)
     psf_config = psf_config or ModelPsfMatchConfig()
     planes = _store_planes(selected)
     stores = {t: open_warp_store(store, patch, planes, t, psf_config) for t in types}
     by_visit = _by_visit(selected)
-    done = {t: {int(r["visit"]) for r in ws.visits} for t, ws in stores.items()}
+    repair = _damaged(stores, by_visit, deep_check) if reuse else {t: [] for t in types}
+    done = {t: {int(r["visit"]) for r in ws.visits} - set(repair[t]) for t, ws in stores.items()}
     complete = set.intersection(*done.values())
     if complete & set(by_visit) and not reuse:
         raise StoreError(
             f"visit(s) {sorted(complete & set(by_visit))} are already in {store}; "
             "use reuse=True to skip them"
         )
-    todo = {t: [v for v in by_visit if v not in done[t]] for t in types}
-    visits = sorted(set().union(*todo.values()))
+    todo = {t: [v for v in by_visit if v not in done[t] and v not in repair[t]] for t in types}
+    visits = sorted(set().union(*todo.values(), *repair.values()))
     slots = {t: (stores[t].reserve(todo[t]) if todo[t] else {}) for t in types}
+    fixing = {t: (stores[t].reserve_repairs(repair[t]) if repair[t] else {}) for t in types}
     arguments = [
         (
             by_visit[v],
             patch,
             config,
             str(store),
-            {t: slots[t][v] for t in types if v in slots[t]},
+            {t: {**slots[t], **fixing[t]}[v] for t in types if v in slots[t] or v in fixing[t]},
             psf_config,
         )
         for v in visits
@@ -173,6 +208,8 @@ def make_warps(
     failed = {int(r["visit"]): r["error"] for r in results if "error" in r}
     for t in types:
         good = [r["records"][t] for r in results if "records" in r and t in r["records"]]
+        stores[t].commit_repairs([r for r in good if int(r["visit"]) in fixing[t]], fixing[t])
+        good = [r for r in good if int(r["visit"]) not in fixing[t]]
         stores[t].commit_in_order(good, slots[t])
         stores[t].add_provenance(
             {
@@ -183,4 +220,6 @@ def make_warps(
             }
         )
     written = tuple(int(r["visit"]) for r in results if "records" in r)
-    return WarpResult(store, written, tuple(sorted(complete & set(by_visit))), missing, failed)
+    repaired = tuple(sorted({v for t in types for v in fixing[t]} & set(written)))
+    reused = tuple(sorted(complete & set(by_visit)))
+    return WarpResult(store, written, reused, missing, failed, repaired)

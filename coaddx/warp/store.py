@@ -17,7 +17,8 @@ from typing import Literal
 import xarray as xr
 
 from coaddx.io.zarr import warps as io_warps
-from coaddx.io.zarr.warp_store import WarpStore, check_store
+from coaddx.io.zarr.integrity import inspect_group
+from coaddx.io.zarr.warp_store import WarpStore
 from coaddx.plan import plan_stack
 from coaddx.settings import memory_per_task, store_chunk
 from coaddx.warp.weights import visit_weight_stats
@@ -29,17 +30,15 @@ def stacking_chunks(
     path: str | os.PathLike[str], warp_type: str = "direct"
 ) -> dict[str, int] | Literal["storage"]:
     """Dask chunks of every committed visit over a square subregion, sized by
-    :func:`coaddx.plan.plan_stack` from ``coaddx.memory-per-task`` (headers only)."""
-    report = check_store(path, warp_type)
-    if not report.n_committed:
+    :func:`coaddx.plan.plan_stack` from ``coaddx.memory-per-task`` (headers only; a store
+    whose metadata disagree with its commit log raises :class:`~coaddx.errors.StoreError`)."""
+    state = inspect_group(path, warp_type)
+    state.raise_if_damaged()
+    n = len(state.records)
+    if not n:
         return "storage"  # nothing to plan: opening reports the empty store
-    plan = plan_stack(
-        report.n_committed,
-        report.shape,
-        budget_bytes=memory_per_task(),
-        storage_chunk=report.chunk[0],
-    )
-    return {"visit": report.n_committed, "y": plan.subregion[0], "x": plan.subregion[1]}
+    plan = plan_stack(n, state.shape, budget_bytes=memory_per_task(), storage_chunk=state.chunk[0])
+    return {"visit": n, "y": plan.subregion[0], "x": plan.subregion[1]}
 
 
 def open_warps(

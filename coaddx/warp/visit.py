@@ -118,7 +118,7 @@ def _write(
     psf_config: ModelPsfMatchConfig | None,
 ) -> dict[str, Any]:
     visit = items[0].visit
-    planes = stores["direct"].mask_planes
+    planes = next(iter(stores.values())).mask_planes  # the groups of one store share them
     no_data = bitmask(planes, "NO_DATA")
     exposures = [i.read() for i in items]
     pairs = [(e, warp_exposure_box(e, patch, config, planes)) for e in exposures]
@@ -131,11 +131,13 @@ def _write(
     if not np.isfinite(image).any():
         return {"visit": visit, "error": "no pixel of the visit lands on the patch"}
     meta = visit_metadata(exposures, items)
-    stats = visit_weight_stats(variance.astype(np.float32), mask.astype(np.int32), planes)
-    pixels = stores["direct"].write_slot_box(
-        slots["direct"], union.x0, union.y0, image, variance, mask, weight_stats=stats
-    )
-    records = {"direct": {"visit": visit, **meta, **pixels}}
+    records = {}
+    if "direct" in slots:  # absent when only the psf_matched warp is (re)written
+        stats = visit_weight_stats(variance.astype(np.float32), mask.astype(np.int32), planes)
+        pixels = stores["direct"].write_slot_box(
+            slots["direct"], union.x0, union.y0, image, variance, mask, weight_stats=stats
+        )
+        records["direct"] = {"visit": visit, **meta, **pixels}
     if "psf_matched" in slots:
         m_image, m_var, m_mask = _psf_matched(kept, patch, planes, psf_config)
         region = union.slices()

@@ -167,7 +167,8 @@ def _real(real_data, case):
 def _warp_stack(exposures, centre_pixel, shape, tmp_path):
     centre = exposures[0].wcs.pixel_to_world(*centre_pixel)
     patch = Patch.from_wcs(make_tan_wcs(centre, (shape[1] / 2, shape[0] / 2), 0.262), shape)
-    result = make_warps(exposures, patch, tmp_path / "w.zarr", config=WarpConfig(border=0))
+    config = WarpConfig(border=0, allow_mixed_bands=True)  # testcase3 has g, r and z visits
+    result = make_warps(exposures, patch, tmp_path / "w.zarr", config=config)
     assert len(result.written) == len(exposures) and not result.failed
     ds = coaddx.open_warps(tmp_path / "w.zarr")
     return patch, ds, coaddx.assemble(ds, coaddx.AssembleConfig(interp=None)).compute()

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from coaddx.coadd.config import AssembleConfig
-from coaddx.validation import check, check_number, plane_names
+from coaddx.model.masks import DEFAULT_MASK_PLANES
+from coaddx.validation import check, check_bool, check_choice, check_number, plane_names
 
 __all__ = [
     "CompareWarpConfig",
@@ -62,20 +63,14 @@ class DetectionConfig:
     def __post_init__(self) -> None:
         cls = "DetectionConfig"
         check_number(self.threshold_value, cls, "threshold_value", 1e-6)
-        check(
-            self.threshold_type == "pixel_stdev",
-            cls,
-            "threshold_type",
-            f"only 'pixel_stdev' is supported, got {self.threshold_type!r}",
-        )
-        check(
-            self.threshold_polarity in ("positive", "negative", "both"),
-            cls,
-            "threshold_polarity",
-            f"must be positive, negative or both, got {self.threshold_polarity!r}",
+        check_choice(self.threshold_type, cls, "threshold_type", ("pixel_stdev",))
+        check_choice(
+            self.threshold_polarity, cls, "threshold_polarity", ("positive", "negative", "both")
         )
         check_number(self.min_pixels, cls, "min_pixels", 1, 1_000_000, integer=True)
         check_number(self.n_sigma_to_grow, cls, "n_sigma_to_grow", 0, 100)
+        check_bool(self.isotropic_grow, cls, "isotropic_grow")
+        check_bool(self.re_estimate_background, cls, "re_estimate_background")
         if self.temp_local_background is not None:
             check_number(
                 self.temp_local_background, cls, "temp_local_background", 4, 1 << 16, integer=True
@@ -99,7 +94,8 @@ class ScaleVarianceConfig:
 
     def __post_init__(self) -> None:
         cls = "ScaleVarianceConfig"
-        object.__setattr__(self, "mask_planes", plane_names(self.mask_planes, cls, "mask_planes"))
+        planes = plane_names(self.mask_planes, cls, "mask_planes", DEFAULT_MASK_PLANES)
+        object.__setattr__(self, "mask_planes", planes)
         check_number(self.limit, cls, "limit", 1.0)
         check_number(self.bin_size, cls, "bin_size", 4, 1 << 16, integer=True)
 
@@ -253,17 +249,15 @@ class CompareWarpConfig:
             "do_prefilter_artifacts",
             "do_filter_morphological",
         ):
-            check(
-                isinstance(getattr(self, name), bool),
-                cls,
-                name,
-                f"must be True or False, got {getattr(self, name)!r}",
-            )
+            check_bool(getattr(self, name), cls, name)
         object.__setattr__(
             self,
             "prefilter_artifacts_mask_planes",
             plane_names(
-                self.prefilter_artifacts_mask_planes, cls, "prefilter_artifacts_mask_planes"
+                self.prefilter_artifacts_mask_planes,
+                cls,
+                "prefilter_artifacts_mask_planes",
+                DEFAULT_MASK_PLANES,
             ),
         )
         check(

@@ -220,8 +220,8 @@ def _cp_metadata(
     ]
     ccdname = str(header_card("EXTNAME", header) or header_card("DETPOS", *heads, default=""))
     fields = {
-        "visit": int_card(("EXPNUM",), heads),
-        "detector": int_card(("CCDNUM",), heads),
+        "visit": int_card(("EXPNUM",), heads, path),
+        "detector": int_card(("CCDNUM",), heads, path),
         "band": band,
         "mjd": header_float(header_card("MJD-OBS", *heads)),
         "exptime": header_float(header_card("EXPTIME", *heads)),

@@ -53,12 +53,15 @@ from coaddx.io.fits.decam import (
     read_decam_cp,
 )
 from coaddx.io.fits.util import (
+    check_wcs_values,
     header_card,
     header_float,
+    header_int,
     image_shape,
     int_card,
     lsst_observing,
     open_fits,
+    psf_to_write,
     read_layer,
     wcs_from_header,
 )
@@ -129,7 +132,7 @@ def _primary_header(metadata: Mapping[str, Any], path: Path) -> fits.Header:
         if not isinstance(value, str | int | float | bool):
             raise InputError(f"{path}: metadata {key!r} = {value!r} is not a FITS scalar")
         if key in _INT_KEYS:
-            value = int(value)
+            value = header_int(value, path, f"metadata {key!r}")
         keyword = CALEXP_KEYWORDS.get(key, _HIERARCH + key.upper())
         header[keyword if len(keyword) <= 8 else _hierarch(keyword)] = value
     return header
@@ -156,16 +159,6 @@ def _check_planes(
         mask.astype(np.int32, copy=False),
         variance.astype(np.float32, copy=False),
     )
-
-
-def _check_psf(psf: np.ndarray, path: Path) -> np.ndarray:
-    psf = np.asarray(psf, dtype=np.float64)
-    if psf.ndim != 2 or psf.shape[0] % 2 == 0 or psf.shape[1] % 2 == 0:
-        raise InputError(f"{path}: the PSF image must be 2-D with odd sides, got {psf.shape}")
-    total = psf.sum()
-    if not np.isfinite(total) or total <= 0:
-        raise InputError(f"{path}: the PSF image must have a finite positive sum, got {total}")
-    return (psf / total).astype(np.float32)
 
 
 def write_calexp(
@@ -211,6 +204,7 @@ def write_calexp(
     planes = check_mask_planes(mask_planes, where=f"{path} mask_planes")
     if not getattr(wcs, "has_celestial", False):
         raise InputError(f"{path}: write_calexp needs a celestial WCS")
+    check_wcs_values(wcs.celestial, path, "WCS to write")
     primary = fits.PrimaryHDU(header=_primary_header(metadata, path))
     image_header = wcs.celestial.to_header(relax=True)
     image_header["BUNIT"] = "count" if metadata.get("photo_calib") is not None else "nJy"
@@ -224,7 +218,7 @@ def write_calexp(
         fits.ImageHDU(variance, name="VARIANCE"),
     ]
     if psf is not None:
-        hdus.append(fits.ImageHDU(_check_psf(psf, path), name="PSF"))
+        hdus.append(fits.ImageHDU(psf_to_write(psf, path), name="PSF"))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
@@ -436,6 +430,8 @@ def _read_coaddx(hdul: fits.HDUList, path: Path, *, photo_calib: float | None) -
     parts = _calexp_parts(hdul, path)
     meta = dict(parts["metadata"])
     fields = {k: meta.pop(k) for k in _FIELDS if k in meta}
+    for key in _INT_KEYS:  # VISIT = 1000.7 is refused, never truncated
+        fields[key] = header_int(fields[key], path, CALEXP_KEYWORDS[key])
     stored = meta.pop("photo_calib", None)
     if photo_calib is None:
         # PHOTCALIB absent: nJy (design.md), unless BUNIT or FLUXMAG0 say otherwise
@@ -480,8 +476,8 @@ def _read_lsst(hdul: fits.HDUList, path: Path, *, photo_calib: float | None) -> 
         header_card("BAND", *heads) or str(header_card("FILTER", *heads, default="")).split(" ")[0]
     )
     fields: dict[str, Any] = {
-        "visit": int_card(("VISIT", "EXPID", "EXPNUM"), heads),
-        "detector": int_card(("DETECTOR", "CCDNUM", "DET-ID"), heads),
+        "visit": int_card(("VISIT", "EXPID", "EXPNUM"), heads, path),
+        "detector": int_card(("DETECTOR", "CCDNUM", "DET-ID"), heads, path),
         "band": band,
         "mjd": header_float(header_card("MJD-OBS", *heads, default=header_card("MJD-AVG", *heads))),
         "exptime": header_float(header_card("EXPTIME", *heads)),
@@ -594,5 +590,4 @@ def exposure_footprint(
     CCD of a multi-CCD DECam CP file); combine with :func:`sky_footprint` for the sky outline.
     Raises :class:`InputError` like the reader.
     """
-
     return read_exposure_geometry(path, ccdname=ccdname)

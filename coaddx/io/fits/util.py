@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,18 +12,22 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyError
 from astropy.wcs import WCS, FITSFixedWarning
 
 from coaddx.errors import InputError
 
 __all__ = [
+    "check_wcs_values",
     "first_float",
     "header_card",
     "header_float",
+    "header_int",
     "image_shape",
     "int_card",
     "lsst_observing",
     "open_fits",
+    "psf_to_write",
     "read_layer",
     "wcs_from_header",
 ]
@@ -49,8 +54,26 @@ def read_layer(hdu: Any, path: Path, what: str, dtype: type) -> np.ndarray:
     return np.asarray(data, dtype=np.dtype(dtype).newbyteorder("="))
 
 
+#: Keywords of the WCS cards (wcslib's, SIP's and TPV's) whose values must parse.
+_WCS_CARD = re.compile(r"(CRVAL|CRPIX|CDELT|CTYPE|CUNIT|CD\d_\d|PC\d_\d|PV\d_\d|A_|B_|AP_|BP_)")
+
+
 def wcs_from_header(header: fits.Header, path: Path, what: str) -> WCS:
-    """The celestial WCS of an image header (TAN, TAN-SIP, TPV, ...); InputError otherwise."""
+    """The celestial WCS of an image header (TAN, TAN-SIP, TPV, ...); InputError otherwise.
+
+    A WCS card whose value does not parse (``CRVAL1 = NAN``) is refused: astropy would
+    "fix" it by dropping the value, leaving a WCS at CRVAL 0 that misses every patch.
+    """
+    for card in header.cards:
+        if _WCS_CARD.match(card.keyword):
+            try:
+                card.value  # noqa: B018 - parsing the value is the check
+            except (VerifyError, ValueError) as exc:
+                raw = card.image[10:].split("/")[0].strip()
+                raise InputError(
+                    f"{path}: unreadable WCS in the {what} header: {card.keyword} = {raw} "
+                    "is not a value"
+                ) from exc
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FITSFixedWarning)
@@ -61,7 +84,7 @@ def wcs_from_header(header: fits.Header, path: Path, what: str) -> WCS:
         raise InputError(
             f"{path}: the {what} header has no celestial WCS (CTYPE {list(wcs.wcs.ctype)})"
         )
-    return wcs.celestial
+    return check_wcs_values(wcs.celestial, path, f"{what} header")
 
 
 def header_card(key: str, *headers: Mapping[str, Any], default: Any = None) -> Any:
@@ -91,12 +114,54 @@ def image_shape(header: Mapping[str, Any], path: Path, what: str) -> tuple[int, 
     return int(header["NAXIS2"]), int(header["NAXIS1"])
 
 
-def int_card(keys: tuple[str, ...], headers: tuple[Mapping[str, Any], ...]) -> int:
+def header_int(value: Any, path: Path, keyword: str) -> int:
+    """An integer header value (an int, an integral float such as ``1000.0`` or a string of
+    digits); anything else (``'abc'``, ``1000.7``, a bool) is an InputError naming the file and
+    the keyword, never truncated."""
+    if isinstance(value, bool | np.bool_):
+        raise InputError(f"{path}: {keyword} = {value!r} is not an integer")
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating) and math.isfinite(value) and value == int(value):
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("+-").isdigit():
+            return int(text)
+    raise InputError(f"{path}: {keyword} = {value!r} is not an integer")
+
+
+def int_card(keys: tuple[str, ...], headers: tuple[Mapping[str, Any], ...], path: Path) -> int:
+    """The first of ``keys`` present in ``headers`` as an integer (:func:`header_int`); 0 when
+    none is present."""
     for key in keys:
         value = header_card(key, *headers)
-        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-            return int(value)
+        if value is not None:
+            return header_int(value, path, key)
     return 0
+
+
+def check_wcs_values(wcs: WCS, path: Path | str, what: str) -> WCS:
+    """``wcs`` unless a CRVAL, CRPIX, CD / PC / CDELT or SIP / PV value is not finite: then an
+    InputError "unreadable WCS in the <what>" naming the file (a NaN WCS maps no pixel
+    anywhere, so the exposure would otherwise look like one that misses the patch)."""
+    w = wcs.wcs
+    values = {"CRVAL": w.crval, "CRPIX": w.crpix}
+    if w.has_cd():
+        values["CD"] = w.cd
+    else:
+        values["PC"], values["CDELT"] = w.pc, w.cdelt
+    if w.get_pv():
+        values["PV"] = np.array([v for *_, v in w.get_pv()], dtype=float)
+    if wcs.sip is not None:
+        values["SIP"] = np.concatenate([np.ravel(wcs.sip.a), np.ravel(wcs.sip.b)])
+    bad = [k for k, v in values.items() if not np.isfinite(np.asarray(v, dtype=float)).all()]
+    if bad:
+        raise InputError(
+            f"{path}: unreadable WCS in the {what}: non-finite {', '.join(bad)} "
+            f"(CRVAL {[float(v) for v in w.crval]})"
+        )
+    return wcs
 
 
 def first_float(heads: tuple[Any, ...], *keys: str) -> float:
@@ -118,3 +183,14 @@ def lsst_observing(heads: tuple[Any, ...]) -> dict[str, float]:
         "pressure": first_float(heads, "AIRPRESS"),
         "humidity": first_float(heads, "HUMIDITY"),
     }
+
+
+def psf_to_write(psf: np.ndarray, path: Path) -> np.ndarray:
+    """A PSF image to store: 2-D with odd sides and a finite positive sum, normalised, float32."""
+    psf = np.asarray(psf, dtype=np.float64)
+    if psf.ndim != 2 or psf.shape[0] % 2 == 0 or psf.shape[1] % 2 == 0:
+        raise InputError(f"{path}: the PSF image must be 2-D with odd sides, got {psf.shape}")
+    total = psf.sum()
+    if not np.isfinite(total) or total <= 0:
+        raise InputError(f"{path}: the PSF image must have a finite positive sum, got {total}")
+    return (psf / total).astype(np.float32)

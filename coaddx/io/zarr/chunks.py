@@ -7,13 +7,20 @@ with numcodecs, which releases the GIL, so dask threads decode in parallel). Thi
 handles the layouts coaddx itself writes — a local directory store, regular chunk grid,
 default "/" chunk keys, ``bytes`` (little endian) optionally followed by ``blosc`` — and
 :func:`region_reader` returns ``None`` for anything else, so callers fall back to zarr.
-Missing chunk files read as the fill value, as in zarr.
+Missing chunk files read as the fill value, as in zarr, unless the array's visits have chunk
+manifests (:mod:`coaddx.io.zarr.manifest`): then every chunk file is checked against its
+CRC-32C as it is read, and a missing, extra, altered or unreadable chunk raises
+:class:`~coaddx.errors.StoreError` naming the store, array, visit and chunk. Paths are
+resolved before each read, write or delete and refused when they leave the store's root.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import stat
 import sys
 import threading
 from collections.abc import Sequence
@@ -25,8 +32,16 @@ import numcodecs
 import numpy as np
 
 from coaddx.errors import StoreError
+from coaddx.io.zarr.manifest import UNCHECKED, ManifestIndex, chunk_crc, inside_root
 
-__all__ = ["LocalChunkArray", "LocalChunkWriter", "region_reader", "region_writer"]
+__all__ = [
+    "LocalChunkArray",
+    "LocalChunkWriter",
+    "clear_slot",
+    "move_slot",
+    "region_reader",
+    "region_writer",
+]
 
 
 def _fill(meta: dict[str, Any], dtype: np.dtype) -> Any:
@@ -36,9 +51,16 @@ def _fill(meta: dict[str, Any], dtype: np.dtype) -> Any:
     return dtype.type(value if value is not None else 0)
 
 
-def region_reader(array_path: str | Path) -> LocalChunkArray | None:
+def region_reader(
+    array_path: str | Path,
+    *,
+    root: str | Path | None = None,
+    manifests: ManifestIndex | None = None,
+) -> LocalChunkArray | None:
     """A :class:`LocalChunkArray` for the array at ``array_path``, or None if its layout is not
-    one this reader handles (the caller then uses zarr)."""
+    one this reader handles (the caller then uses zarr). ``root``: the store it belongs to
+    (no read leaves it; default the array itself); ``manifests``: the expected CRC of each
+    chunk of a (visit, y, x) array, checked as chunks are read."""
     path = Path(array_path)
     try:
         meta = json.loads((path / "zarr.json").read_text())
@@ -68,6 +90,8 @@ def region_reader(array_path: str | Path) -> LocalChunkArray | None:
         dtype,
         _fill(meta, dtype),
         len(codecs) == 2,
+        root=Path(root) if root is not None else path,
+        manifests=manifests,
     )
 
 
@@ -85,8 +109,14 @@ class LocalChunkArray:
         dtype: np.dtype,
         fill: Any,
         compressed: bool,
+        *,
+        root: Path | None = None,
+        manifests: ManifestIndex | None = None,
     ) -> None:
         self.path = str(path)
+        self.root = str(root if root is not None else path)
+        self.manifests = manifests
+        self._safe_dirs: set[str] = set()
         self.shape = shape
         self.chunks = chunks
         self.dtype = dtype
@@ -98,6 +128,7 @@ class LocalChunkArray:
         return (
             LocalChunkArray,
             (Path(self.path), self.shape, self.chunks, self.dtype, self.fill, self.compressed),
+            {"root": self.root, "manifests": self.manifests},
         )
 
     def _slices(self, key: Any) -> tuple[list[slice], tuple[int | slice, ...]]:
@@ -133,35 +164,118 @@ class LocalChunkArray:
             return dest
         return np.frombuffer(numcodecs.blosc.decompress(buf), dtype=self.dtype, count=n_items)
 
+    def _where(self, index: Sequence[int]) -> str:
+        """The store, array, visit and chunk of chunk ``index``, for error messages."""
+        name = Path(self.path).name
+        if self.ndim == 3 and self.manifests is not None:
+            slot = int(index[0])
+            entry = self.manifests.slots[slot] if slot < len(self.manifests.slots) else None
+            visit = f"visit {entry[0]}" if entry else f"slot {slot}"
+            return f"{self.manifests.store}: array {name!r}: {visit}, chunk {tuple(index[1:])}"
+        return f"{self.path}: chunk {tuple(index)}"
+
+    def _expected(self, index: Sequence[int]) -> int | None:
+        if self.manifests is None or self.ndim != 3:
+            return UNCHECKED
+        return self.manifests.expected(Path(self.path).name, int(index[0]), index[1:])
+
+    def _open(self, key: Path, index: Sequence[int]) -> int | None:
+        """A descriptor of chunk file ``key`` (None when absent), opened only inside the root."""
+        parent = str(key.parent)
+        if parent not in self._safe_dirs:
+            inside_root(self.root, parent)
+            self._safe_dirs.add(parent)
+        try:
+            fd = os.open(key, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:  # a symbolic link: followed only inside the root
+                raise StoreError(f"{self._where(index)}: cannot read {key}: {exc}") from exc
+            inside_root(self.root, key)
+            fd = os.open(key, os.O_RDONLY)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StoreError(f"{self._where(index)}: {key} is a directory, not a chunk file")
+        return fd
+
+    def _absent(self, index: Sequence[int], key: Path, expected: int | None) -> None:
+        if expected is not None and expected != UNCHECKED:
+            raise StoreError(
+                f"{self._where(index)}: chunk file {key} is missing (deleted?); the visit "
+                "is damaged: rewrite it (make_warps(reuse=True) or 'coaddx check')"
+            )
+
+    def _verify(self, index: Sequence[int], key: Path, data: Any, expected: int | None) -> None:
+        if expected == UNCHECKED:
+            return
+        if expected is None:
+            raise StoreError(
+                f"{self._where(index)}: chunk file {key} exists where the visit wrote none"
+            )
+        got = chunk_crc(data)
+        if got != expected:
+            raise StoreError(
+                f"{self._where(index)}: chunk file {key} fails its checksum (crc32c "
+                f"{got:08x}, written {expected:08x}): the visit is damaged, rewrite it"
+            )
+
     def _read_chunk(self, index: Sequence[int], dest: np.ndarray | None) -> np.ndarray | None:
         """Decode chunk ``index``; into ``dest`` (a whole-chunk contiguous view) when given.
         Returns the chunk array, or None when the chunk file does not exist (fill value)."""
         key = Path(self.path, "c", *(str(i) for i in index))
         n_items = int(np.prod(self.chunks))
-        if dest is not None and not self.compressed:
-            return self._read_into(key, dest)
-        try:
-            buf = key.read_bytes()
-        except FileNotFoundError:
+        expected = self._expected(index)
+        fd = self._open(key, index)
+        if fd is None:
+            self._absent(index, key, expected)
             return None
+        if dest is not None and not self.compressed:
+            return self._read_into(fd, key, index, dest, expected)
+        with os.fdopen(fd, "rb") as fh:
+            buf = fh.read()
+        self._verify(index, key, buf, expected)
         try:
             flat = self._decode(buf, n_items, dest)
         except Exception as exc:  # numcodecs raises RuntimeError/ValueError on corrupt data
-            raise StoreError(f"corrupt chunk {key}: {exc}") from exc
+            raise StoreError(f"corrupt chunk {key} ({self._where(index)}): {exc}") from exc
         if flat.size != n_items:
             raise StoreError(f"corrupt chunk {key}: {flat.size} values, expected {n_items}")
         return flat.reshape(self.chunks)
 
-    def _read_into(self, key: Path, dest: np.ndarray) -> np.ndarray | None:
+    def _read_into(
+        self, fd: int, key: Path, index: Sequence[int], dest: np.ndarray, expected: int | None
+    ) -> np.ndarray:
         """Read an uncompressed chunk file straight into ``dest`` (no intermediate copy)."""
-        try:
-            with key.open("rb", buffering=0) as fh:
-                got = fh.readinto(memoryview(dest).cast("B"))  # type: ignore[arg-type]
-        except FileNotFoundError:
-            return None
-        if got != dest.nbytes:
-            raise StoreError(f"corrupt chunk {key}: {got} bytes, expected {dest.nbytes}")
+        with os.fdopen(fd, "rb", buffering=0) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            got = fh.readinto(memoryview(dest).cast("B"))  # type: ignore[arg-type]
+        if got != dest.nbytes or size != dest.nbytes:
+            raise StoreError(
+                f"corrupt chunk {key} ({self._where(index)}): {size} bytes, expected {dest.nbytes}"
+            )
+        self._verify(index, key, dest, expected)
         return dest
+
+    def check_chunk(self, index: Sequence[int], *, read: bool) -> str | None:
+        """What is wrong with chunk ``index`` (None: nothing): its file is present where the
+        visit wrote it and absent where it did not, a file inside the store, and with
+        ``read`` its bytes match the manifest's CRC."""
+        key = Path(self.path, "c", *(str(i) for i in index))
+        try:
+            expected = self._expected(index)
+            fd = self._open(key, index)
+            if fd is None:
+                self._absent(index, key, expected)
+                return None
+            with os.fdopen(fd, "rb") as fh:
+                buf = fh.read() if read or expected is None else b""
+            if read or expected is None:
+                self._verify(index, key, buf, expected)
+        except StoreError as exc:
+            text, where = str(exc), self._where(index) + ": "
+            return text[len(where) :] if text.startswith(where) else text
+        return None
 
     def __getitem__(self, key: Any) -> np.ndarray:
         sl, squeeze = self._slices(key)
@@ -193,13 +307,40 @@ class LocalChunkArray:
 # -- writing ---------------------------------------------------------------------------------
 
 
-def region_writer(array_path: str | Path) -> LocalChunkWriter | None:
+def region_writer(
+    array_path: str | Path, *, root: str | Path | None = None
+) -> LocalChunkWriter | None:
     """A :class:`LocalChunkWriter` for a (visit, y, x) array with chunks (1, cy, cx) in the
-    layout :func:`region_reader` handles, or None (the caller then writes through zarr)."""
-    reader = region_reader(array_path)
+    layout :func:`region_reader` handles, or None (the caller then writes through zarr).
+    ``root``: the store it belongs to (no write leaves it)."""
+    reader = region_reader(array_path, root=root)
     if reader is None or reader.ndim != 3 or reader.chunks[0] != 1:
         return None
     return LocalChunkWriter(reader)
+
+
+def clear_slot(array_path: str | Path, index: int, root: str | Path) -> None:
+    """Delete the chunk files of slot ``index`` of a (visit, y, x) array (after checking that
+    the slot's folder lies inside the store ``root``)."""
+    slot = Path(array_path, "c", str(int(index)))
+    if not os.path.lexists(slot):
+        return
+    inside_root(root, slot.parent)
+    if slot.is_symlink():  # a link itself is removed, never what it points to
+        slot.unlink()
+        return
+    inside_root(root, slot)
+    shutil.rmtree(slot)
+
+
+def move_slot(array_path: str | Path, src: int, dst: int, root: str | Path) -> None:
+    """Move the chunk files of slot ``src`` to slot ``dst`` (whose files are deleted first),
+    byte for byte: the chunks keep the checksums they were written with."""
+    clear_slot(array_path, dst, root)
+    source = Path(array_path, "c", str(int(src)))
+    if os.path.lexists(source):
+        inside_root(root, source)
+        os.replace(source, Path(array_path, "c", str(int(dst))))
 
 
 class LocalChunkWriter:
@@ -209,6 +350,7 @@ class LocalChunkWriter:
     is compressed), written to a temporary file and renamed into place, so each is whole or
     absent; chunks equal to the fill value are not stored (zarr's ``write_empty_chunks=False``).
     Pixels outside the box take ``outside``; chunks entirely outside are encoded once.
+    :meth:`write_box` returns the CRC-32C of every chunk file written (None: not written).
     """
 
     def __init__(self, reader: LocalChunkArray) -> None:
@@ -227,10 +369,17 @@ class LocalChunkWriter:
         return bool((chunk == fill).all())
 
     def _put(self, key: Path, payload: bytes | None) -> None:
+        if os.path.lexists(key) and (key.is_symlink() or key.is_dir()):
+            inside_root(self.array.root, key)
+            if key.is_dir() and not key.is_symlink():
+                shutil.rmtree(key)
+            else:
+                key.unlink()
         if payload is None:
             key.unlink(missing_ok=True)
             return
         key.parent.mkdir(parents=True, exist_ok=True)
+        inside_root(self.array.root, key.parent)
         tmp = key.with_name(f".{key.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         with tmp.open("wb") as fh:
             fh.write(payload)
@@ -238,9 +387,9 @@ class LocalChunkWriter:
 
     def write_box(
         self, index: int, box: tuple[int, int, int, int], data: np.ndarray, outside: Any
-    ) -> None:
+    ) -> list[list[int | None]]:
         """Write slot ``index``: ``data`` over ``box`` = (x0, y0, x1, y1) (array pixels, inside
-        the plane), ``outside`` everywhere else."""
+        the plane), ``outside`` everywhere else. Returns the chunk CRCs, row by row."""
         _, ny, nx = self.array.shape
         _, cy, cx = self.array.chunks
         x0, y0, x1, y1 = box
@@ -250,8 +399,12 @@ class LocalChunkWriter:
             raise ValueError(f"box {box} is outside the {ny} x {nx} plane")
         blank = np.full((cy, cx), outside, dtype=self.array.dtype)
         blank_payload = None if self._is_fill(blank) else self._encode(blank)
+        blank_crc = None if blank_payload is None else chunk_crc(blank_payload)
         base = Path(self.array.path, "c", str(int(index)))
+        inside_root(self.array.root, base)
+        crcs: list[list[int | None]] = []
         for j in range(-(-ny // cy)):
+            row: list[int | None] = []
             for i in range(-(-nx // cx)):
                 key = base / str(j) / str(i)
                 a0, b0 = j * cy, i * cx
@@ -259,9 +412,14 @@ class LocalChunkWriter:
                 c0, c1 = max(x0, b0), min(x1, b0 + cx)
                 if r0 >= r1 or c0 >= c1:
                     self._put(key, blank_payload)
+                    row.append(blank_crc)
                     continue
                 chunk = blank.copy()
                 chunk[r0 - a0 : r1 - a0, c0 - b0 : c1 - b0] = data[
                     r0 - y0 : r1 - y0, c0 - x0 : c1 - x0
                 ]
-                self._put(key, None if self._is_fill(chunk) else self._encode(chunk))
+                payload = None if self._is_fill(chunk) else self._encode(chunk)
+                self._put(key, payload)
+                row.append(None if payload is None else chunk_crc(payload))
+            crcs.append(row)
+        return crcs

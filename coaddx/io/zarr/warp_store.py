@@ -19,16 +19,20 @@ log — and it leaves ``pending``. Readers only see committed visits, so an inte
 leaves a store that reads exactly as before and names the incomplete visit
 (:func:`check_store`); the next append reuses the slot.
 
+Integrity. Each chunk's CRC-32C is recorded as it is written and, at commit, kept in the
+visit's own manifest (:mod:`coaddx.io.zarr.manifest`); readers check every chunk as they read
+it and every open checks the metadata against the commit log (:mod:`coaddx.io.zarr.integrity`).
+Damaged visits can be rewritten in their slots (:meth:`WarpStore.reserve_repairs`). No path
+inside the store is deleted, written or read once it resolves outside the store's root.
+
 The store writes what it is given: the chunk size and the statistics come from the caller.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,10 +42,18 @@ import zarr
 from coaddx._version import __version__
 from coaddx.constants import STORE_CHUNK
 from coaddx.errors import InputError, SchemaError, StoreError
-from coaddx.io.zarr.chunks import region_writer
+from coaddx.io.zarr.chunks import LocalChunkWriter, clear_slot, move_slot, region_writer
+from coaddx.io.zarr.integrity import (
+    StoreReport,
+    check_same_grid,
+    check_store,
+    check_warp_type,
+    holds_visits,
+    read_patch,
+    warp_group,
+)
 from coaddx.io.zarr.layout import (
     LAYERS,
-    WARP_TYPES,
     checksum,
     codecs,
     jsonable,
@@ -49,8 +61,15 @@ from coaddx.io.zarr.layout import (
     open_root,
     patch_store_attrs,
 )
+from coaddx.io.zarr.manifest import (
+    commit_log,
+    inside_root,
+    manifest_since,
+    write_manifest,
+    write_manifest_group,
+)
 from coaddx.model.masks import bitmask, check_mask_planes
-from coaddx.model.skymap import Box, Patch, wcs_from_header_string, wcs_to_header_string
+from coaddx.model.skymap import Patch, wcs_to_header_string
 
 __all__ = [
     "IncompleteStoreWarning",
@@ -66,12 +85,9 @@ class IncompleteStoreWarning(UserWarning):
     """A store holds visits whose writing did not finish; they are ignored until rewritten."""
 
 
-def _check_warp_type(warp_type: str) -> None:
-    if warp_type not in WARP_TYPES:
-        raise SchemaError(f"warp_type must be one of {WARP_TYPES}, got {warp_type!r}")
-
-
-def _check_variance(visit: int, image: np.ndarray, variance: np.ndarray) -> None:
+def _check_variance(
+    visit: int | str, image: np.ndarray, variance: np.ndarray, *, warn: bool = True
+) -> None:
     with np.errstate(invalid="ignore"):
         bad = np.isfinite(image) & ~(variance >= 0)
     nbad = int(np.count_nonzero(bad))
@@ -81,7 +97,7 @@ def _check_variance(visit: int, image: np.ndarray, variance: np.ndarray) -> None
             f"visit {visit}: {nbad} pixel(s) have a finite image but a NaN or "
             f"negative variance (first at y={y}, x={x}); nothing was written"
         )
-    if not np.isfinite(image).any():
+    if warn and not np.isfinite(image).any():
         warnings.warn(
             f"visit {visit}: every image pixel is NaN; AssembleCoadd will skip it", stacklevel=3
         )
@@ -107,26 +123,50 @@ def _pixel_fields(
     return out
 
 
+#: The key of a write's result that carries its chunk CRCs to :meth:`WarpStore.commit` (kept
+#: in the visit's manifest, not in its commit record).
+CHUNKS = "chunks"
+
+
 class WarpStore:
     """Writer of one warp-type group of a patch store. Appends are sequential; rendering or
     warping of the visits can run in parallel before them, each writing its own slot."""
 
     def __init__(self, path: str | os.PathLike[str], warp_type: str = "direct") -> None:
-        _check_warp_type(warp_type)
+        check_warp_type(warp_type)
         self.path = Path(path)
         self.warp_type = warp_type
         root = open_root(self.path, "r+")
         if warp_type not in root:
             raise StoreError(f"{self.path} has no {warp_type!r} warps")
+        warp_group(self.path, warp_type)  # complete, or a StoreError saying what to do
         self.group = cast(zarr.Group, root[warp_type])
         planes = cast(Mapping[str, int], self.group.attrs["mask_planes"])
-        self.mask_planes = {str(k): int(v) for k, v in planes.items()}
+        self.mask_planes = check_mask_planes(planes, where=f"{self.where} mask_planes")
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}/{self.warp_type}"
 
     def _array(self, name: str) -> zarr.Array:
         return cast(zarr.Array, self.group[name])
 
     def _attr_list(self, key: str) -> list[dict[str, Any]]:
+        visits, pending = commit_log(dict(self.group.attrs), self.where)
+        if key == "visits":
+            return visits
+        if key == "pending":
+            return pending
         return list(cast(list[dict[str, Any]], self.group.attrs.get(key, [])))
+
+    def _writers(self) -> dict[str, LocalChunkWriter] | None:
+        writers = {
+            name: region_writer(self.path / self.warp_type / name, root=self.path)
+            for name in LAYERS
+        }
+        if any(w is None for w in writers.values()):
+            return None
+        return cast(dict[str, LocalChunkWriter], writers)
 
     @classmethod
     def create(
@@ -145,7 +185,7 @@ class WarpStore:
     ) -> WarpStore:
         """Create the ``warp_type`` group (and the patch store if needed) with no visits,
         stored in ``(1, chunk, chunk)`` chunks (clipped to the plane)."""
-        _check_warp_type(warp_type)
+        check_warp_type(warp_type)
         planes = check_mask_planes(mask_planes)
         ny, nx = (int(s) for s in shape)
         if ny <= 0 or nx <= 0:
@@ -174,8 +214,11 @@ class WarpStore:
             provenance=[],
             coaddx_version=__version__,
         )
-        group.attrs.update(meta)
-        return cls(path, warp_type)
+        group.attrs.update(meta)  # last: this makes the group complete
+        store = cls(path, warp_type)
+        if store._writers() is not None:
+            write_manifest_group(path / warp_type, 0)
+        return store
 
     @classmethod
     def for_patch(
@@ -189,18 +232,28 @@ class WarpStore:
         attrs: Mapping[str, Any] | None = None,
     ) -> WarpStore:
         """The ``warp_type`` group of the store of ``patch``: opened when it exists (its grid
-        must be the patch's), else created on the patch grid with :func:`patch_store_attrs`
-        (plus ``attrs``); ``mask_planes`` and ``chunk`` are used only when creating."""
+        must be the patch's: shape, tract box and WCS), else created on the patch grid with
+        :func:`patch_store_attrs` (plus ``attrs``); ``mask_planes`` and ``chunk`` are used
+        only when creating. A group left incomplete by a crash while it was created (it
+        holds no committed visit) is created again."""
         path = Path(path)
+        overwrite = False
         if (path / warp_type / "zarr.json").exists():
-            store = cls(path, warp_type)
-            have = store.shape
-            if have != patch.shape:
-                raise StoreError(
-                    f"{path}/{warp_type} holds {have[0]} x {have[1]} warps, the patch "
-                    f"is {patch.shape[0]} x {patch.shape[1]}"
-                )
-            return store
+            try:
+                store = cls(path, warp_type)
+            except StoreError:
+                if holds_visits(path, warp_type):
+                    raise
+                overwrite = True  # an interrupted create: nothing committed, start again
+            else:
+                have = store.shape
+                if have != patch.shape:
+                    raise StoreError(
+                        f"{path}/{warp_type} holds {have[0]} x {have[1]} warps, the patch "
+                        f"is {patch.shape[0]} x {patch.shape[1]}"
+                    )
+                check_same_grid(path, warp_type, dict(store.group.attrs), patch)
+                return store
         return cls.create(
             path,
             warp_type=warp_type,
@@ -211,6 +264,7 @@ class WarpStore:
             x=patch.x,
             y=patch.y,
             attrs=patch_store_attrs(patch, **(attrs or {})),
+            overwrite=overwrite,
         )
 
     @property
@@ -229,7 +283,7 @@ class WarpStore:
         """Remove any chunk files left in slot ``index`` by an interrupted write: zarr does not
         write chunks that equal the fill value, so a reused slot could otherwise show them."""
         for name in LAYERS:
-            shutil.rmtree(self.path / self.warp_type / name / "c" / str(index), ignore_errors=True)
+            clear_slot(self.path / self.warp_type / name, index, self.path)
 
     def _resize(self, n: int) -> None:
         for name in LAYERS:
@@ -247,13 +301,26 @@ class WarpStore:
             raise StoreError(f"visit(s) {again} are already in {self.path}/{self.warp_type}")
         start = len(committed)
         slots = {int(v): start + i for i, v in enumerate(visits)}
-        self._resize(start + len(slots))
         for index in slots.values():
             self._clear_slot(index)
+        self._resize(start + len(slots))
         self.group.attrs["pending"] = [
             {"visit": v, "index": i, "time": now()} for v, i in slots.items()
         ]
         return slots
+
+    def reserve_repairs(self, visits: Sequence[int]) -> dict[int, int]:
+        """The slots of committed (damaged) visits to rewrite in place: their chunk files are
+        deleted; each is repaired when :meth:`commit_repairs` records its new write (until
+        then it reads as damaged, as before). Returns visit -> slot index."""
+        slots = {int(r["visit"]): k for k, r in enumerate(self.visits)}
+        unknown = sorted(set(map(int, visits)) - set(slots))
+        if unknown:
+            raise StoreError(f"visit(s) {unknown} are not committed in {self.where}")
+        out = {int(v): slots[int(v)] for v in visits}
+        for index in out.values():
+            self._clear_slot(index)
+        return out
 
     def write_slot(
         self,
@@ -267,16 +334,28 @@ class WarpStore:
     ) -> dict[str, Any]:
         """Write one reserved slot (safe to call in parallel for different slots) and return
         the record fields that depend on the pixels: checksums, ``n_finite`` and, when given,
-        the caller's ``weight_stats`` (statistic key -> value).
+        the caller's ``weight_stats`` (statistic key -> value), plus the chunk CRCs that
+        :meth:`commit` keeps in the visit's manifest. A finite pixel with a NaN or negative
+        variance is refused (:class:`InputError`) before anything is written.
 
         ``data_region`` (rows, columns), if given, promises that every pixel outside it is
         NO_DATA (NaN image and variance): ``n_finite`` then counts only that region.
         """
         arrays = _planes_of(image, variance, mask)
-        for name, arr in arrays.items():
-            self._array(name)[index] = arr
+        _check_variance(f"slot {index}", arrays["image"], arrays["variance"], warn=False)
+        writers = self._writers()
+        crcs: dict[str, Any] | None = None
+        if writers is not None and all(a.shape == self.shape for a in arrays.values()):
+            ny, nx = self.shape
+            crcs = {
+                name: writers[name].write_box(index, (0, 0, nx, ny), arr, writers[name].array.fill)
+                for name, arr in arrays.items()
+            }
+        else:
+            for name, arr in arrays.items():
+                self._array(name)[index] = arr
         region = data_region if data_region is not None else (slice(None), slice(None))
-        return _pixel_fields(arrays, arrays["image"][region], weight_stats)
+        return {**_pixel_fields(arrays, arrays["image"][region], weight_stats), CHUNKS: crcs}
 
     def write_slot_box(
         self,
@@ -293,7 +372,8 @@ class WarpStore:
         every pixel outside the box is NO_DATA (NaN, NaN, the NO_DATA bit). Local stores in
         coaddx's layout are written chunk file by chunk file straight from the box (no
         full-plane copies: a warp usually covers part of the patch); others go through zarr.
-        The checksums are those of the box arrays; ``data_box`` is recorded beside them."""
+        The checksums are those of the box arrays; ``data_box`` is recorded beside them. A
+        finite pixel with a NaN or negative variance is refused before anything is written."""
         arrays = _planes_of(image, variance, mask)
         ny, nx = self.shape
         h, w = arrays["image"].shape
@@ -305,19 +385,57 @@ class WarpStore:
                 f"slot {index}: data box {box} of shapes "
                 f"{[a.shape for a in arrays.values()]} does not fit {ny} x {nx}"
             )
+        _check_variance(f"slot {index}", arrays["image"], arrays["variance"], warn=False)
         no_data = np.int32(bitmask(self.mask_planes, "NO_DATA"))
         outside = {"image": np.float32(np.nan), "variance": np.float32(np.nan), "mask": no_data}
-        writers = {name: region_writer(self.path / self.warp_type / name) for name in LAYERS}
-        if all(w is not None for w in writers.values()):
-            for name, arr in arrays.items():
-                writers[name].write_box(index, box, arr, outside[name])  # type: ignore[union-attr]
+        writers = self._writers()
+        crcs: dict[str, Any] | None = None
+        if writers is not None:
+            crcs = {
+                name: writers[name].write_box(index, box, arr, outside[name])
+                for name, arr in arrays.items()
+            }
         else:
             for name, arr in arrays.items():
                 full = np.full((ny, nx), outside[name], dtype=arr.dtype)
                 full[box[1] : box[3], box[0] : box[2]] = arr
                 self._array(name)[index] = full
         fields = _pixel_fields(arrays, arrays["image"], weight_stats)
-        return {"checksum": fields.pop("checksum"), "data_box": list(box), **fields}
+        return {"checksum": fields.pop("checksum"), "data_box": list(box), **fields, CHUNKS: crcs}
+
+    def _manifests(self, records: Sequence[dict[str, Any]], slots: Sequence[int]) -> None:
+        """Write the manifest of each record (with its chunk CRCs) before it is committed."""
+        group_path = self.path / self.warp_type
+        since = manifest_since(group_path)
+        if since is None and all(r.get(CHUNKS) for r in records) and records:
+            write_manifest_group(group_path, min(slots))  # an older store, checked from here
+            since = min(slots)
+        for record, slot in zip(records, slots, strict=True):
+            crcs = record.pop(CHUNKS, None)
+            if since is None or slot < since:
+                continue
+            if not crcs:
+                raise StoreError(
+                    f"{self.where}: visit {record['visit']} was written without chunk "
+                    "checksums (a layout coaddx does not write itself); cannot commit it"
+                )
+            arrays = self.group
+            write_manifest(
+                group_path,
+                int(record["visit"]),
+                slot,
+                shape=self.shape,
+                mask_planes=self.mask_planes,
+                arrays={
+                    name: {
+                        "dtype": str(np.dtype(str(cast(zarr.Array, arrays[name]).dtype))),
+                        "chunk_shape": list(cast(zarr.Array, arrays[name]).chunks[1:]),
+                        "crc": crcs[name],
+                    }
+                    for name in LAYERS
+                },
+                record=record,
+            )
 
     def commit(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Make reserved visits visible, in the order given (their slots must come first)."""
@@ -327,27 +445,54 @@ class WarpStore:
             visit = int(record["visit"])
             if pending.get(visit) != len(visits) + i:
                 raise StoreError(f"visit {visit} is not reserved at slot {len(visits) + i}")
+        done = [
+            {**jsonable({k: v for k, v in r.items() if k != CHUNKS}), CHUNKS: r.get(CHUNKS)}
+            for r in records
+        ]
+        self._manifests(done, [len(visits) + i for i in range(len(done))])
         left = [
             {"visit": v, "index": k}
             for v, k in pending.items()
             if v not in {int(r["visit"]) for r in records}
         ]
-        self.group.attrs.update({"visits": visits + [dict(r) for r in records], "pending": left})
+        self.group.attrs.update({"visits": visits + done, "pending": left})
+
+    def commit_repairs(
+        self, records: Sequence[Mapping[str, Any]], slots: Mapping[int, int]
+    ) -> None:
+        """Replace the records (and manifests) of visits rewritten in place in their
+        ``slots`` (from :meth:`reserve_repairs`)."""
+        visits = self.visits
+        done = [
+            {**jsonable({k: v for k, v in r.items() if k != CHUNKS}), CHUNKS: r.get(CHUNKS)}
+            for r in records
+        ]
+        at = [slots[int(r["visit"])] for r in done]
+        for record, slot in zip(done, at, strict=True):
+            if int(visits[slot]["visit"]) != int(record["visit"]):
+                raise StoreError(f"{self.where}: slot {slot} holds visit {visits[slot]['visit']}")
+        self._manifests(done, at)
+        for record, slot in zip(done, at, strict=True):
+            visits[slot] = record
+        self.group.attrs["visits"] = visits
 
     def commit_in_order(
         self, records: Sequence[Mapping[str, Any]], slots: Mapping[int, int]
     ) -> None:
         """Commit the visits whose slots (visit -> index, from :meth:`reserve`) were written,
         in slot order, and release the others. Slots must be committed in order, so when a
-        reserved visit is left out the visits after its slot are moved down (their slots are
-        rewritten from the store)."""
+        reserved visit is left out the visits after its slot are moved down (their chunk
+        files are moved, byte for byte)."""
         order = sorted(records, key=lambda r: slots[int(r["visit"])])
         start = len(self.visits)
         for k, record in enumerate(order):
             want, have = start + k, slots[int(record["visit"])]
             if want != have:  # close the gap left by a visit that was not written
                 for name in LAYERS:
-                    self._array(name)[want] = self._array(name)[have]
+                    if region_writer(self.path / self.warp_type / name) is not None:
+                        move_slot(self.path / self.warp_type / name, have, want, self.path)
+                    else:
+                        self._array(name)[want] = self._array(name)[have]
         if order:
             pending = [{"visit": int(r["visit"]), "index": start + k} for k, r in enumerate(order)]
             self.group.attrs["pending"] = pending
@@ -405,7 +550,8 @@ class WarpStore:
 
 def _new_group(path: Path, warp_type: str, overwrite: bool) -> zarr.Group:
     if path.exists() and not (path / "zarr.json").exists():
-        raise StoreError(f"{path} exists and is not a Zarr store; refusing to write into it")
+        if not path.is_dir() or any(path.iterdir()):
+            raise StoreError(f"{path} exists and is not a Zarr store; refusing to write into it")
     root = zarr.open_group(str(path), mode="a", zarr_format=3)
     meta: dict[str, Any] = dict(root.attrs)
     kind = meta.get("coaddx", {}).get("kind")
@@ -418,6 +564,7 @@ def _new_group(path: Path, warp_type: str, overwrite: bool) -> zarr.Group:
                 f"{path} already has {warp_type!r} warps (use append_visit, "
                 "or overwrite=True to replace them)"
             )
+        inside_root(path, path / warp_type)
         del root[warp_type]
     return root.create_group(warp_type)
 
@@ -442,78 +589,3 @@ def _create_layer(
 
 
 # -- reading -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StoreReport:
-    """What :func:`check_store` found in one warp-type group (``shape`` and ``chunk``: the
-    (rows, columns) of a visit's planes and of their storage chunks)."""
-
-    path: str
-    warp_type: str
-    n_committed: int
-    incomplete: tuple[int, ...]
-    shape: tuple[int, int] = (0, 0)
-    chunk: tuple[int, int] = (0, 0)
-
-    @property
-    def ok(self) -> bool:
-        return not self.incomplete
-
-
-def warp_group(path: Path, warp_type: str) -> zarr.Group:
-    """The ``warp_type`` group of the store at ``path``, opened read-only and checked to hold
-    the planes, coordinates and mask planes of a warp group."""
-    if not path.exists():
-        raise StoreError(f"no warp store at {path}")
-    root = open_root(path, "r")
-    _check_warp_type(warp_type)
-    if warp_type not in root:
-        have = sorted(root.group_keys())
-        raise StoreError(f"{path} has no {warp_type!r} warps (it has: {have or 'nothing'})")
-    group = cast(zarr.Group, root[warp_type])
-    missing = [n for n in (*LAYERS, "x", "y") if n not in group]
-    if missing or "mask_planes" not in group.attrs:
-        raise StoreError(
-            f"{path}/{warp_type} is not a complete warp group: missing "
-            f"{missing or ['mask_planes attribute']}"
-        )
-    return group
-
-
-def check_store(path: str | os.PathLike[str], warp_type: str = "direct") -> StoreReport:
-    """Report committed and incomplete visits of a warp group without reading pixels."""
-    path = Path(path)
-    group = warp_group(path, warp_type)
-    attrs = cast(dict[str, list[dict[str, Any]]], dict(group.attrs))
-    pending = tuple(int(p["visit"]) for p in attrs.get("pending", []))
-    image = cast(zarr.Array, group["image"])
-    return StoreReport(
-        str(path),
-        warp_type,
-        len(attrs.get("visits", [])),
-        pending,
-        (int(image.shape[1]), int(image.shape[2])),
-        (int(image.chunks[1]), int(image.chunks[2])),
-    )
-
-
-def read_patch(path: str | os.PathLike[str], warp_type: str = "direct") -> Patch:
-    """The patch grid of an existing warp store (its tract WCS and x/y coordinates)."""
-    try:
-        group = zarr.open_group(str(Path(path) / warp_type), mode="r")
-    except Exception as exc:
-        raise StoreError(f"no {warp_type!r} warps at {path}: {exc}") from exc
-    attrs: dict[str, Any] = dict(group.attrs)
-    wcs = attrs.get("wcs")
-    if not wcs:
-        raise StoreError(f"{path}/{warp_type} has no WCS; give the patch explicitly")
-    x, y = (np.asarray(cast(zarr.Array, group[n])[:]) for n in ("x", "y"))
-    box = Box(int(x[0]), int(y[0]), int(x[-1]) + 1, int(y[-1]) + 1)
-    inner = tuple(attrs.get("inner_bbox") or box.to_list())
-    return Patch(
-        outer_bbox=box,
-        inner_bbox=Box(*inner),
-        tract_wcs=wcs_from_header_string(wcs),
-        tract_id=int(attrs.get("tract", 0) or 0),
-    )

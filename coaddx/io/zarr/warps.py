@@ -24,8 +24,9 @@ import zarr
 from coaddx.errors import SchemaError, StoreError
 from coaddx.io.schema import validate_warps
 from coaddx.io.zarr.chunks import region_reader
+from coaddx.io.zarr.integrity import inspect_group
 from coaddx.io.zarr.layout import LAYERS
-from coaddx.io.zarr.warp_store import IncompleteStoreWarning, WarpStore, warp_group
+from coaddx.io.zarr.warp_store import IncompleteStoreWarning, WarpStore
 from coaddx.model.masks import check_mask_planes
 
 __all__ = ["VisitStatistics", "open_warps", "visit_variables", "write_warps"]
@@ -115,13 +116,15 @@ def open_warps(
         :class:`IncompleteStoreWarning`.
     """
     path = Path(path)
-    group = warp_group(path, warp_type)
+    state = inspect_group(path, warp_type)
+    state.raise_if_damaged()
+    group = state.group
     attrs: dict[str, Any] = dict(group.attrs)
-    records: list[dict[str, Any]] = list(attrs.get("visits", []))
+    records = state.records
     if not records:
         raise StoreError(f"{path}/{warp_type} holds no visits")
-    if attrs.get("pending"):
-        ids = [int(p["visit"]) for p in attrs["pending"]]
+    if state.pending:
+        ids = [int(p["visit"]) for p in state.pending]
         warnings.warn(
             f"{path}/{warp_type}: visit(s) {ids} were not completely written and are "
             "ignored; append them again to finish",
@@ -133,8 +136,9 @@ def open_warps(
     dchunks = _read_chunks(chunks, n, arrays["image"].chunks[1:])
     token = f"{path.resolve()}-{warp_type}-{n}-{records[-1].get('checksum', {})}"
     data = {}
+    index = state.index()
     for name, arr in arrays.items():
-        source = region_reader(path / warp_type / name) or arr
+        source = region_reader(path / warp_type / name, root=path, manifests=index) or arr
         lazy = da.from_array(
             source,
             chunks=dchunks,
