@@ -19,6 +19,7 @@ from typing import Any
 
 from coaddx.errors import ConfigError, StoreError
 from coaddx.graph.warp import run_visit_tasks
+from coaddx.io.zarr.lock import store_lock
 from coaddx.io.zarr.warp_store import WarpStore, check_store
 from coaddx.model.exposure import Exposure
 from coaddx.model.geometry import exposure_overlaps
@@ -178,47 +179,50 @@ def make_warps(
     check_selection(selected, patch, config)
     types = _warp_types(warp_types)
     psf_config = psf_config or ModelPsfMatchConfig()
-    planes = _store_planes(selected)
-    stores = {t: open_warp_store(store, patch, planes, t, psf_config) for t in types}
-    by_visit = _by_visit(selected)
-    repair = _damaged(stores, by_visit, deep_check) if reuse else {t: [] for t in types}
-    done = {t: {int(r["visit"]) for r in ws.visits} - set(repair[t]) for t, ws in stores.items()}
-    complete = set.intersection(*done.values())
-    if complete & set(by_visit) and not reuse:
-        raise StoreError(
-            f"visit(s) {sorted(complete & set(by_visit))} are already in {store}; "
-            "use reuse=True to skip them"
-        )
-    todo = {t: [v for v in by_visit if v not in done[t] and v not in repair[t]] for t in types}
-    visits = sorted(set().union(*todo.values(), *repair.values()))
-    slots = {t: (stores[t].reserve(todo[t]) if todo[t] else {}) for t in types}
-    fixing = {t: (stores[t].reserve_repairs(repair[t]) if repair[t] else {}) for t in types}
-    arguments = [
-        (
-            by_visit[v],
-            patch,
-            config,
-            str(store),
-            {t: {**slots[t], **fixing[t]}[v] for t in types if v in slots[t] or v in fixing[t]},
-            psf_config,
-        )
-        for v in visits
-    ]
-    results = run_visit_tasks(warp_visit, arguments, compute)
-    failed = {int(r["visit"]): r["error"] for r in results if "error" in r}
-    for t in types:
-        good = [r["records"][t] for r in results if "records" in r and t in r["records"]]
-        stores[t].commit_repairs([r for r in good if int(r["visit"]) in fixing[t]], fixing[t])
-        good = [r for r in good if int(r["visit"]) not in fixing[t]]
-        stores[t].commit_in_order(good, slots[t])
-        stores[t].add_provenance(
-            {
-                "operation": "make_warps",
-                "config": config.to_dict(),
-                "visits": [int(r["visit"]) for r in good],
-                "failed": failed,
-            }
-        )
+    with store_lock(store, "make_warps"):  # one writer at a time (io/zarr/lock.py)
+        planes = _store_planes(selected)
+        stores = {t: open_warp_store(store, patch, planes, t, psf_config) for t in types}
+        by_visit = _by_visit(selected)
+        repair = _damaged(stores, by_visit, deep_check) if reuse else {t: [] for t in types}
+        done = {
+            t: {int(r["visit"]) for r in ws.visits} - set(repair[t]) for t, ws in stores.items()
+        }
+        complete = set.intersection(*done.values())
+        if complete & set(by_visit) and not reuse:
+            raise StoreError(
+                f"visit(s) {sorted(complete & set(by_visit))} are already in {store}; "
+                "use reuse=True to skip them"
+            )
+        todo = {t: [v for v in by_visit if v not in done[t] and v not in repair[t]] for t in types}
+        visits = sorted(set().union(*todo.values(), *repair.values()))
+        slots = {t: (stores[t].reserve(todo[t]) if todo[t] else {}) for t in types}
+        fixing = {t: (stores[t].reserve_repairs(repair[t]) if repair[t] else {}) for t in types}
+        arguments = [
+            (
+                by_visit[v],
+                patch,
+                config,
+                str(store),
+                {t: {**slots[t], **fixing[t]}[v] for t in types if v in slots[t] or v in fixing[t]},
+                psf_config,
+            )
+            for v in visits
+        ]
+        results = run_visit_tasks(warp_visit, arguments, compute)
+        failed = {int(r["visit"]): r["error"] for r in results if "error" in r}
+        for t in types:
+            good = [r["records"][t] for r in results if "records" in r and t in r["records"]]
+            stores[t].commit_repairs([r for r in good if int(r["visit"]) in fixing[t]], fixing[t])
+            good = [r for r in good if int(r["visit"]) not in fixing[t]]
+            stores[t].commit_in_order(good, slots[t])
+            stores[t].add_provenance(
+                {
+                    "operation": "make_warps",
+                    "config": config.to_dict(),
+                    "visits": [int(r["visit"]) for r in good],
+                    "failed": failed,
+                }
+            )
     written = tuple(int(r["visit"]) for r in results if "records" in r)
     repaired = tuple(sorted({v for t in types for v in fixing[t]} & set(written)))
     reused = tuple(sorted(complete & set(by_visit)))

@@ -61,6 +61,7 @@ from coaddx.io.zarr.layout import (
     open_root,
     patch_store_attrs,
 )
+from coaddx.io.zarr.lock import store_lock
 from coaddx.io.zarr.manifest import (
     commit_log,
     inside_root,
@@ -530,10 +531,11 @@ class WarpStore:
             )
         arrays["mask"] = arrays["mask"].astype(np.int32, copy=False)
         _check_variance(visit, arrays["image"], arrays["variance"])
-        index = self.reserve([visit])[visit]
-        pixels = self.write_slot(index, *arrays.values(), weight_stats=weight_stats)
-        record = {"visit": visit, **{k: jsonable(v) for k, v in (metadata or {}).items()}}
-        self.commit([{**record, **pixels}])
+        with store_lock(self.path, "append_visit"):  # one writer at a time (lock.py)
+            index = self.reserve([visit])[visit]
+            pixels = self.write_slot(index, *arrays.values(), weight_stats=weight_stats)
+            record = {"visit": visit, **{k: jsonable(v) for k, v in (metadata or {}).items()}}
+            self.commit([{**record, **pixels}])
         return index
 
     def add_provenance(self, entry: Mapping[str, Any]) -> None:

@@ -26,6 +26,7 @@ from coaddx.io.schema import validate_warps
 from coaddx.io.zarr.chunks import region_reader
 from coaddx.io.zarr.integrity import inspect_group
 from coaddx.io.zarr.layout import LAYERS
+from coaddx.io.zarr.lock import store_lock
 from coaddx.io.zarr.warp_store import IncompleteStoreWarning, WarpStore
 from coaddx.model.masks import check_mask_planes
 
@@ -218,17 +219,20 @@ def write_warps(
     """
     validate_warps(dataset, where="write_warps")
     path = Path(path)
-    store = _store_for(dataset, path, warp_type, chunk)
-    per_visit = [k for k, v in dataset.data_vars.items() if v.dims == ("visit",)]
-    for i, visit in enumerate(dataset["visit"].values):
-        one = dataset.isel(visit=i)
-        meta = {str(k): one[k].values.item() for k in per_visit}
-        image, variance, mask = (one[v].values for v in LAYERS)
-        stats = None
-        if statistics is not None:
-            stats = statistics(
-                np.asarray(variance, dtype=np.float32), mask.astype(np.int32), store.mask_planes
-            )
-        store.append_visit(int(visit), image, variance, mask, meta, weight_stats=stats)
-    store.close({"operation": "write_warps", "visits": [int(v) for v in dataset["visit"].values]})
+    with store_lock(path, "write_warps"):  # one writer at a time (lock.py)
+        store = _store_for(dataset, path, warp_type, chunk)
+        per_visit = [k for k, v in dataset.data_vars.items() if v.dims == ("visit",)]
+        for i, visit in enumerate(dataset["visit"].values):
+            one = dataset.isel(visit=i)
+            meta = {str(k): one[k].values.item() for k in per_visit}
+            image, variance, mask = (one[v].values for v in LAYERS)
+            stats = None
+            if statistics is not None:
+                stats = statistics(
+                    np.asarray(variance, dtype=np.float32), mask.astype(np.int32), store.mask_planes
+                )
+            store.append_visit(int(visit), image, variance, mask, meta, weight_stats=stats)
+        store.close(
+            {"operation": "write_warps", "visits": [int(v) for v in dataset["visit"].values]}
+        )
     return store
