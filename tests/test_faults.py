@@ -115,3 +115,48 @@ def test_worker_killed_in_compare_warp(reference, client, tmp_path):
     assert killed, "no worker was killed while busy"
     got, want = coaddx.open_coadd(path), coaddx.open_coadd(reference[2])
     _assert_same(got, want, ("image", "variance", "mask", "artifact_mask"))
+
+
+def test_driver_killed_mid_run_keeps_the_visits_it_finished(sim, reference, tmp_path):
+    """The driver SIGKILLed after some visits' tasks ended, before any commit: the rerun
+    commits those visits without warping them again, redoes the others, and the store equals
+    an undisturbed one bit for bit. (Before, every visit of the run was redone.)"""
+    import subprocess
+    import sys
+
+    store = tmp_path / "warps.zarr"
+    script = (
+        "import dask, coaddx\n"
+        "from coaddx.io.zarr.warp_store import read_patch\n"
+        f"patch = read_patch({str(sim.warps)!r})\n"
+        "with dask.config.set(scheduler='synchronous'):\n"
+        f"    coaddx.make_warps({[str(p) for p in sim.calexps]!r}, patch, {str(store)!r},\n"
+        "                      warp_types=('direct', 'psf_matched'))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    written = store / "psf_matched" / "written"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if written.is_dir() and len(list(written.glob("*.json"))) >= 1:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL, "the driver ended before it could be killed"
+    with pytest.raises(coaddx.StoreError, match="holds no visits"):  # nothing committed
+        coaddx.open_warps(store)
+    with pytest.warns(RuntimeWarning, match="no longer running"):  # its lock is broken
+        result = coaddx.make_warps(
+            sim.calexps, sim.patch, store, warp_types=("direct", "psf_matched")
+        )
+    n = len(sim.visits)
+    assert len(result.recovered) >= 1
+    assert sorted(result.written + result.recovered) == sorted(int(v) for v in sim.visits["visit"])
+    assert len(result.written) == n - len(result.recovered)
+    for warp_type in ("direct", "psf_matched"):
+        got = coaddx.open_warps(store, warp_type=warp_type).sortby("visit")
+        want = coaddx.open_warps(reference[0], warp_type=warp_type).sortby("visit")
+        np.testing.assert_array_equal(got["visit"].values, want["visit"].values)
+        _assert_same(got, want, ("image", "variance", "mask"))
+    assert coaddx.check_store(store, deep=True).ok
+    assert not (store / "direct" / "written").exists()

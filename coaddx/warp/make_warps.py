@@ -20,6 +20,8 @@ from typing import Any
 from coaddx.errors import ConfigError, StoreError
 from coaddx.graph.warp import run_visit_tasks
 from coaddx.io.zarr.lock import store_lock
+from coaddx.io.zarr.manifest import commit_log
+from coaddx.io.zarr.recovery import clear_written, written_records
 from coaddx.io.zarr.warp_store import WarpStore, check_store
 from coaddx.model.exposure import Exposure
 from coaddx.model.geometry import exposure_overlaps
@@ -52,6 +54,21 @@ class WarpResult:
     failed: dict[int, str] = field(default_factory=dict)
     #: committed visits found damaged (:func:`coaddx.check_store`) and rewritten in place
     repaired: tuple[int, ...] = ()
+    #: visits an interrupted run had written whole but not committed, committed without
+    #: warping them again (:mod:`coaddx.io.zarr.recovery`)
+    recovered: tuple[int, ...] = ()
+
+
+def _recover(ws: WarpStore) -> list[int]:
+    """Commit the pending visits of an interrupted run whose chunks are all whole; release
+    the other pending slots (they are redone)."""
+    _, pending = commit_log(ws.group.attrs, ws.where)
+    slots = {int(p["visit"]): int(p["index"]) for p in pending}
+    found = written_records(ws.path, ws.warp_type, slots)
+    if slots:
+        ws.commit_in_order([r for _, r in found.values()], {v: s for v, (s, _) in found.items()})
+    clear_written(ws.path, ws.warp_type)
+    return sorted(found)
 
 
 def open_warp_store(
@@ -183,6 +200,7 @@ def make_warps(
         planes = _store_planes(selected)
         stores = {t: open_warp_store(store, patch, planes, t, psf_config) for t in types}
         by_visit = _by_visit(selected)
+        recovered = {t: _recover(ws) for t, ws in stores.items()} if reuse else {}
         repair = _damaged(stores, by_visit, deep_check) if reuse else {t: [] for t in types}
         done = {
             t: {int(r["visit"]) for r in ws.visits} - set(repair[t]) for t, ws in stores.items()
@@ -215,6 +233,7 @@ def make_warps(
             stores[t].commit_repairs([r for r in good if int(r["visit"]) in fixing[t]], fixing[t])
             good = [r for r in good if int(r["visit"]) not in fixing[t]]
             stores[t].commit_in_order(good, slots[t])
+            clear_written(stores[t].path, t)
             stores[t].add_provenance(
                 {
                     "operation": "make_warps",
@@ -225,5 +244,8 @@ def make_warps(
             )
     written = tuple(int(r["visit"]) for r in results if "records" in r)
     repaired = tuple(sorted({v for t in types for v in fixing[t]} & set(written)))
-    reused = tuple(sorted(complete & set(by_visit)))
-    return WarpResult(store, written, reused, missing, failed, repaired)
+    kept = set.intersection(*(set(v) for v in recovered.values())) if recovered else set()
+    reused = tuple(sorted(complete & set(by_visit) - kept))
+    return WarpResult(
+        store, written, reused, missing, failed, repaired, tuple(sorted(kept & set(by_visit)))
+    )

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from coaddx.errors import CoaddxError
+from coaddx.io.zarr.recovery import save_written
 from coaddx.io.zarr.warp_store import WarpStore
 from coaddx.model.exposure import Exposure
 from coaddx.model.masks import bitmask
@@ -148,6 +149,8 @@ def _write(
             slots["psf_matched"], m_image, m_var, m_mask, data_region=region, weight_stats=stats
         )
         records["psf_matched"] = {"visit": visit, **meta, **pixels}
+    for t, record in records.items():  # kept by the next run if the driver dies before commit
+        save_written(stores[t].path, t, slots[t], record)
     return {"visit": visit, "records": records}
 
 
