@@ -45,6 +45,7 @@ from coaddx.errors import ConfigError, StoreError
 from coaddx.io.zarr.warp_store import WarpStore
 from coaddx.model.masks import mask_planes as default_mask_planes
 from coaddx.model.skymap import Patch, Tract, wcs_to_header_string
+from coaddx.settings import store_chunk
 from coaddx.sim.chromatic import make_dcr_spec
 from coaddx.sim.header_errors import HeaderError, draw_header_error
 from coaddx.sim.render import moffat_alpha
@@ -247,7 +248,12 @@ def _write_visits(
         "simulation": simulation,
     }
     store = WarpStore.for_patch(
-        tmp / "warps.zarr", patch, warp_type="direct", mask_planes=planes, chunk=512, attrs=attrs
+        tmp / "warps.zarr",
+        patch,
+        warp_type="direct",
+        mask_planes=planes,
+        chunk=store_chunk(),
+        attrs=attrs,
     )
     art_arr = _create_artifacts(tmp / "truth" / "artifacts.zarr", scene)
     calexp_dir = tmp / "calexp" if calexps else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import dask
 import numpy as np
 import pytest
 import zarr
@@ -525,3 +526,11 @@ def test_simulate_defects_are_interpolated_like_isr(warps):
         f"{np.percentile(np.abs(z), 99):.2f}"
     )
     assert abs(np.median(z)) < 0.5 and np.percentile(np.abs(z), 99) < 5
+
+
+def test_the_store_chunk_setting_reaches_the_simulated_warp_store(tmp_path):
+    """coaddx.store-chunk had no effect on simulate's warp store (it was fixed at 512)."""
+    with dask.config.set({"coaddx.store-chunk": 128}):
+        sim = simulate(tmp_path / "s", n_visits=1, shape=(256, 256), calexps=False)
+    arr = zarr.open_group(str(sim.warps), mode="r")["direct"]["image"]
+    assert arr.chunks == (1, 128, 128)
