@@ -76,14 +76,23 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def _grid(source: Path) -> Patch:
     """The output grid: a warp store's, or a FITS header's WCS and NAXIS1/2."""
     if source.suffix.lower() in _HEADER_SUFFIXES and source.is_file():
-        header = (
-            fits.Header.fromtextfile(source)
-            if source.suffix in (".head", ".hdr")
-            else fits.getheader(source)
-        )
-        if "NAXIS1" not in header or "NAXIS2" not in header:
-            raise InputError(f"{source}: the grid header needs NAXIS1 and NAXIS2")
-        return Patch.from_wcs(WCS(header), (int(header["NAXIS2"]), int(header["NAXIS1"])))
+        try:
+            header = (
+                fits.Header.fromtextfile(source)
+                if source.suffix in (".head", ".hdr")
+                else fits.getheader(source)
+            )
+            if "NAXIS1" not in header or "NAXIS2" not in header:
+                raise InputError(f"{source}: the grid header needs NAXIS1 and NAXIS2")
+            shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+            wcs = WCS(header)
+        except InputError:
+            raise
+        except Exception as exc:  # astropy's errors for a file that is not a FITS header
+            raise InputError(
+                f"--grid-from {source}: not a readable FITS header with a WCS ({exc})"
+            ) from exc
+        return Patch.from_wcs(wcs, shape)
     return read_patch(source)
 
 
