@@ -17,6 +17,9 @@ _DEFAULTS = Path(__file__).with_name("_defaults.yaml")
 with _DEFAULTS.open() as fh:
     dask.config.update_defaults(yaml.safe_load(fh))
 dask.config.update_defaults({"coaddx": {"store-chunk": STORE_CHUNK}})
+# where the dashboards of the clusters coaddx starts listen (coaddx.runtime.security):
+# null = distributed.dashboard.address if set, else 127.0.0.1:8787 (this host only)
+dask.config.update_defaults({"coaddx": {"dashboard-address": None}})
 
 
 def memory_per_task() -> int:

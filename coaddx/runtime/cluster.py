@@ -1,4 +1,5 @@
-"""Cluster helpers: the only module that imports ``distributed`` (and ``dask_jobqueue``).
+"""Cluster helpers: with :mod:`coaddx.runtime.security` the only modules that import
+``distributed`` (and ``dask_jobqueue``).
 
 ``local()`` starts the default ``LocalCluster``. By measurement on the project machine the
 threaded worker (one process, one thread per core) is 2-4x faster than separate processes for
@@ -6,6 +7,11 @@ these I/O-bound reductions, because chunks never cross process boundaries; the d
 served either way. ``connect(address)`` joins an existing scheduler; ``connect("slurm")`` or
 ``connect("pbs")`` submits dask workers as batch jobs through dask-jobqueue and returns a
 :class:`ClusterConnection` that cancels them when closed.
+
+What listens where (``cluster/README.md``, "What is exposed"): a local cluster's scheduler,
+workers and dashboard bind to 127.0.0.1 unless asked otherwise (:func:`dashboard_address`); a
+batch cluster's scheduler must be reachable from the compute nodes, so it speaks TLS with
+per-run credentials (:func:`batch_security`) and its dashboard binds to 127.0.0.1 too.
 
 :class:`WorkerMemory` samples the resident memory of every worker process during a
 computation, so commands can report the measured peak per worker beside the planned one.
@@ -15,11 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import Any, Self
 
@@ -27,25 +36,53 @@ import dask
 import yaml
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from coaddx.errors import ConfigError
+from coaddx.errors import ConfigError, InputError
 from coaddx.runtime.malloc import tune_malloc
+from coaddx.runtime.security import (
+    DEFAULT_DASHBOARD_ADDRESS,
+    batch_security,
+    dashboard_address,
+    dashboard_link,
+    dashboard_tunnel,
+    write_worker_credentials,
+)
+from coaddx.runtime.shutdown import cancel_and_wait, close_quickly
 
 __all__ = [
+    "DEFAULT_DASHBOARD_ADDRESS",
     "JOBQUEUE_KINDS",
     "ClusterConnection",
     "WorkerMemory",
     "WorkerPeak",
+    "batch_security",
+    "cancel_and_wait",
+    "close_quickly",
     "compute_with_progress",
     "connect",
+    "dashboard_address",
+    "dashboard_link",
+    "dashboard_tunnel",
     "jobqueue_cluster",
     "jobqueue_config",
     "local",
     "performance_report",
     "worker_resources",
+    "write_worker_credentials",
 ]
 
 #: Batch systems ``connect`` can start workers on, with their dask-jobqueue class names.
 JOBQUEUE_KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
+
+
+#: :func:`dashboard_address` under a name the ``dashboard_address`` arguments do not hide.
+_resolve_dashboard = dashboard_address
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, Integral) or value < 1
+    ):
+        raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
 
 
 def local(
@@ -54,15 +91,22 @@ def local(
     *,
     processes: bool | None = None,
     dashboard: bool = True,
+    dashboard_address: str | int | None = None,
     **kwargs: Any,
 ):
     """Start a ``distributed.LocalCluster`` sized to the machine and return its ``Client``.
 
     With ``processes=None`` the ``coaddx.local-cluster`` config decides ("threads": one
     worker with a thread per core; "processes": one single-threaded worker per core).
+    The scheduler, the workers and the dashboard listen on 127.0.0.1 only; the dashboard's
+    address is ``dashboard_address`` or :func:`dashboard_address`'s default (``":8787"``
+    exposes it on every interface). ``dashboard=False`` starts none.
     """
     from distributed import Client, LocalCluster
 
+    _positive("n_workers", n_workers)
+    _positive("threads_per_worker", threads_per_worker)
+    address = _resolve_dashboard(dashboard_address) if dashboard else None
     cores = os.cpu_count() or 1
     if processes is None:
         mode = dask.config.get("coaddx.local-cluster")
@@ -77,11 +121,18 @@ def local(
     else:
         n_workers = n_workers or 1
         threads_per_worker = threads_per_worker or cores
+        # an in-process worker's HTTP server (metrics, health) otherwise binds every interface
+        kwargs.setdefault("worker_dashboard_address", "127.0.0.1:0")
+    if address is None:
+        # without a dashboard the scheduler still serves /health and /metrics: here only
+        kwargs["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0"} | dict(
+            kwargs.get("scheduler_kwargs") or {}
+        )
     cluster = LocalCluster(
         n_workers=n_workers,
         threads_per_worker=threads_per_worker,
         processes=processes,
-        dashboard_address=":8787" if dashboard else None,
+        dashboard_address=address,
         **kwargs,
     )
     return _with_malloc_tuning(Client(cluster))
@@ -126,17 +177,27 @@ class ClusterConnection:
 
     @property
     def dashboard_link(self) -> str:
-        return str(self.client.dashboard_link)
+        return dashboard_link(self.client) or str(self.client.dashboard_link)
 
     def job_script(self) -> str:
         """The batch script each worker job runs."""
         return str(self.cluster.job_script())
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Close the client, then the cluster (cancelling its jobs); with ``timeout``
+        (seconds) each waits at most that long (:func:`close_quickly`)."""
+        if timeout is not None:
+            close_quickly(self.client, self.cluster, timeout=timeout)
+            return
         try:
             self.client.close()
         finally:
-            self.cluster.close()
+            try:
+                self.cluster.close()
+            finally:
+                credentials = getattr(self.cluster, "coaddx_credentials", None)
+                if callable(credentials):
+                    credentials()
 
     def __enter__(self) -> Self:
         return self
@@ -184,13 +245,24 @@ def _jobqueue_class(kind: str) -> type:
 
 
 def jobqueue_cluster(
-    kind: str, *, config: str | os.PathLike[str] | None = None, **kwargs: Any
+    kind: str,
+    *,
+    config: str | os.PathLike[str] | None = None,
+    dashboard_address: str | int | None = None,
+    **kwargs: Any,
 ) -> Any:
     """Build (without scaling) a dask-jobqueue ``SLURMCluster`` or ``PBSCluster``.
 
     Settings come from, in increasing priority: dask-jobqueue's defaults, the user's dask
     config (``~/.config/dask/jobqueue.yaml``), the YAML file ``config`` (for example
     ``cluster/jobqueue.yaml``) and ``kwargs`` (``cores=``, ``memory=``, ``queue=``, ...).
+
+    The scheduler speaks TLS (``protocol="tls://"``) with :func:`batch_security` credentials
+    (``security=`` here or in the config, else per-run ones, whose worker copy is written
+    with mode 0600 to a private folder under ``shared-temp-directory``, default the current
+    directory, which the compute nodes must see, and removed when the cluster is closed).
+    Its dashboard listens on ``dashboard_address``, else the config's
+    ``scheduler-options: dashboard_address``, else :func:`dashboard_address` (127.0.0.1).
     """
     cls = _jobqueue_class(kind)
     options = {**(jobqueue_config(config, kind) if config is not None else {}), **kwargs}
@@ -200,10 +272,51 @@ def jobqueue_cluster(
                 f"no worker {key} for {kind}: pass {key}=..., a jobqueue config file "
                 f"(--jobqueue-config cluster/jobqueue.yaml) or copy it to ~/.config/dask/"
             )
+    protocol = str(options.get("protocol") or "tls://")
+    if protocol.rstrip(":/") != "tls":
+        raise ConfigError(f"batch clusters speak TLS (protocol tls://), got protocol {protocol!r}")
+    options["protocol"] = "tls://"
+    scheduler = dict(
+        options.get("scheduler_options")
+        or dask.config.get(f"jobqueue.{kind}.scheduler-options", None)
+        or {}
+    )
+    if dashboard_address is not None or "dashboard_address" not in scheduler:
+        scheduler["dashboard_address"] = _resolve_dashboard(dashboard_address)
+    options["scheduler_options"] = scheduler
+    shared = options.pop("shared_temp_directory", None) or dask.config.get(
+        f"jobqueue.{kind}.shared-temp-directory", None
+    )
+    security = batch_security(
+        options.pop("security", None) or dask.config.get(f"jobqueue.{kind}.security", None)
+    )
+    security, folder = write_worker_credentials(security, shared or os.getcwd())
     try:
-        return cls(**options)
+        cluster = cls(security=security, **options)
     except (ValueError, TypeError) as exc:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
         raise ConfigError(f"cannot configure the {kind} cluster: {exc}") from exc
+    except BaseException:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if folder is not None:
+        # removed when the cluster closes, else when it is collected or Python exits
+        remove = weakref.finalize(cluster, shutil.rmtree, folder, True)
+        cluster.coaddx_credentials = remove
+        cluster.close = _then(cluster.close, remove)
+    return cluster
+
+
+def _then(close: Callable[..., Any], after: Callable[[], Any]) -> Callable[..., Any]:
+    def closing(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return close(*args, **kwargs)
+        finally:
+            after()
+
+    return closing
 
 
 def connect(
@@ -214,6 +327,7 @@ def connect(
     config: str | os.PathLike[str] | None = None,
     job_script: bool = False,
     timeout: str = "10s",
+    security: Any = None,
     **kwargs: Any,
 ) -> Any:
     """Connect to a running scheduler, or start dask workers as Slurm / PBS jobs.
@@ -231,6 +345,9 @@ def connect(
         A dask-config YAML with a ``jobqueue:`` section (``cluster/jobqueue.yaml``).
     job_script : bool
         Print the batch script of one worker job before submitting.
+    security : distributed.Security or mapping, optional
+        TLS credentials: for an address, those of its scheduler (``tls://`` addresses); for a
+        batch system, instead of per-run ones (:func:`batch_security`).
     **kwargs
         Passed to the dask-jobqueue cluster class (``cores``, ``memory``, ``queue``, ...).
 
@@ -247,11 +364,13 @@ def connect(
                 f"jobs, adapt and jobqueue settings apply to "
                 f"{sorted(JOBQUEUE_KINDS)}, not to a scheduler address ({target})"
             )
-        return _connect_address(target, timeout)
+        return _connect_address(target, timeout, security)
     if jobs is not None and jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
     from distributed import Client
 
+    if security is not None:
+        kwargs["security"] = security
     cluster = jobqueue_cluster(target, config=config, **kwargs)
     try:
         if job_script:
@@ -262,27 +381,38 @@ def connect(
             cluster.scale(jobs=jobs or 1)
         client = _with_malloc_tuning(Client(cluster))
     except BaseException:
-        cluster.close()
+        close_quickly(None, cluster)
         raise
     conn = ClusterConnection(client, cluster)
     print(f"dask dashboard: {conn.dashboard_link}")
     return conn
 
 
-def _connect_address(address: str, timeout: str):
+def _connect_address(address: str, timeout: str, security: Any = None):
     from distributed import Client
 
+    if security is not None and not hasattr(security, "get_connection_args"):
+        security = batch_security(security)
     try:
-        return _with_malloc_tuning(Client(address, timeout=timeout))
+        return _with_malloc_tuning(Client(address, timeout=timeout, security=security))
     except OSError as exc:
         raise ConfigError(f"cannot reach the dask scheduler at {address}: {exc}") from exc
 
 
-def compute_with_progress(client: Any, obj: Any, *, show: bool = True) -> Any:
+def compute_with_progress(
+    client: Any,
+    obj: Any,
+    *,
+    show: bool = True,
+    on_failure: Callable[[Any], None] | None = None,
+) -> Any:
     """Compute ``obj`` (a dask collection, delayed, or a list of them) with a progress bar.
 
     On a ``client`` the bar is distributed's ``progress``; with ``client=None`` the work runs
-    on the local dask scheduler under ``dask.diagnostics.ProgressBar``.
+    on the local dask scheduler under ``dask.diagnostics.ProgressBar``. When the computation
+    fails or is interrupted (Ctrl-C), ``on_failure(futures)`` runs before the exception goes
+    on; by default :func:`cancel_and_wait`: the tasks are cancelled and the in-process workers
+    waited for, so that nothing of the computation runs on after it returns.
     """
     if client is None:
         from dask.diagnostics import ProgressBar
@@ -295,15 +425,20 @@ def compute_with_progress(client: Any, obj: Any, *, show: bool = True) -> Any:
     from distributed import progress
 
     futures = client.compute(obj)
-    if show:
-        progress(futures)
-        print()
-        # the scheduler's side of the bar only notices the bar closed at its next update
-        # (every 100 ms); closing the cluster before that logs a spurious CancelledError
-        time.sleep(0.25)
-    if isinstance(futures, list | tuple):
-        return client.gather(list(futures))
-    return futures.result()
+    try:
+        if show:
+            progress(futures)
+            print()
+            # the scheduler's side of the bar only notices the bar closed at its next update
+            # (every 100 ms); closing the cluster before that logs a spurious CancelledError
+            time.sleep(0.25)
+        if isinstance(futures, list | tuple):
+            return client.gather(list(futures))
+        return futures.result()
+    except BaseException:
+        # interrupted or failed: nothing of this computation may run on after we return
+        (on_failure or (lambda f: cancel_and_wait(client, f)))(futures)
+        raise
 
 
 @contextlib.contextmanager
@@ -316,7 +451,15 @@ def performance_report(path: str | os.PathLike[str] | None) -> Iterator[None]:
     from distributed import performance_report as report
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # refuse an unwritable path before the run, not after it
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existed = path.exists()
+        with open(path, "a"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as exc:
+        raise InputError(f"--report {path}: cannot write the report there ({exc})") from exc
     with report(filename=str(path)):
         yield
 
@@ -387,7 +530,8 @@ class WorkerPeak:
 class WorkerMemory:
     """Context manager sampling the RSS of every worker process of ``client`` (a thread in
     each worker, every ``interval`` seconds). After the block, ``peaks`` maps worker address
-    to :class:`WorkerPeak`. Workers that join during the block are not sampled."""
+    to :class:`WorkerPeak`. Workers that join during the block are not sampled; a block that
+    fails or is interrupted leaves ``peaks`` empty (its workers may be gone)."""
 
     def __init__(self, client: Any, interval: float = 0.02) -> None:
         self.client = client
@@ -402,6 +546,9 @@ class WorkerMemory:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            # failed or interrupted: the workers may be gone, and asking them would hang
+            return
         got = self.client.run(_stop_sampler, self.key, workers=self._workers, on_error="return")
         self.peaks = {
             addr: WorkerPeak(*value)

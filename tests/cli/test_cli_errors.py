@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import coaddx
+import coaddx.testing
 from coaddx.cli.main import main
 
 
@@ -24,3 +25,16 @@ def test_warp_grid_from_a_file_that_is_not_a_header(tmp_path, calexp, capsys, co
     assert "grid.fits" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "w.zarr").exists()
+
+
+def test_report_to_an_unwritable_path_is_refused_before_the_run(tmp_path, capsys):
+    store = tmp_path / "w.zarr"
+    coaddx.write_warps(coaddx.testing.random_warps(n_visits=2, shape=(32, 32)), store)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    out = tmp_path / "c.zarr"
+    args = ["assemble", str(store), str(out), "--report", str(blocker / "r.html")]
+    assert main([*args, "--no-progress", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--report" in err and "Traceback" not in err
+    assert not out.exists()
