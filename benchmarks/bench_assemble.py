@@ -126,6 +126,8 @@ def main(argv=None) -> int:
     work = n * ny * nx / 1e6
     threads = os.cpu_count() or 1
     plan = coaddx.assemble(warps).attrs["plan"]
+    checked = (path / "direct" / "chunk_manifests").is_dir()
+    print(f"chunk checksums in the store: {'yes' if checked else 'no (an older store)'}")
     print(
         f"cube: {n} visits x {ny} x {nx} = {work:.0f} Mpix-visits "
         f"({format_bytes(n * ny * nx * 12)}), store {path}"
@@ -144,6 +146,14 @@ def main(argv=None) -> int:
     for stat in ("mean", "meanclip", "median"):
         dt, mem, _ = _timed(lambda stat=stat: _coaddx(warps, stat), args.repeat)
         rows.append((f"coaddx {stat}", dt, work, mem))
+    # The cost of the chunk checksums (CRC-32C of every chunk as it is read): the same read
+    # and meanclip with the check off (coaddx.verify-chunks; a store written before the
+    # manifests is never checked, so this compares equal work only on a fresh store).
+    with dask.config.set({"coaddx.verify-chunks": False}):
+        dt, mem, _ = _timed(lambda: _read_once(warps), args.repeat)
+        rows.append(("read cube once, CRC off", dt, work, mem))
+        dt, mem, _ = _timed(lambda: _coaddx(warps, "meanclip"), args.repeat)
+        rows.append(("coaddx meanclip, CRC off", dt, work, mem))
 
     slab = warps.isel(y=slice(0, args.slab)).compute()
     image, variance, mask = (slab[v].values for v in ("image", "variance", "mask"))
@@ -185,6 +195,16 @@ def main(argv=None) -> int:
             None,
         ),
         ("mean time / read-once time", read / rate["coaddx mean"], None),
+        (
+            "CRC cost: read time, on / off",
+            rate["read cube once, CRC off"] / read,
+            None,
+        ),
+        (
+            "CRC cost: meanclip time, on / off",
+            rate["coaddx meanclip, CRC off"] / rate["coaddx meanclip"],
+            None,
+        ),
     ]
     for name, value, target in checks:
         goal = f"(target >= {target:g})" if target else ""

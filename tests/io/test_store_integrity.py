@@ -2,6 +2,7 @@
 checked against the commit log, ``check_store`` / ``coaddx check``, repairs by
 ``make_warps(reuse=True)``, symlinks, crashed creates and the store-chunk setting."""
 
+import errno
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ import zarr
 
 import coaddx
 from coaddx.cli.main import main
+from coaddx.io.zarr import chunks as chunk_io
 from coaddx.io.zarr.manifest import MANIFESTS
 from coaddx.io.zarr.warp_store import WarpStore, check_store
 from coaddx.model.skymap import Patch, shift_wcs
@@ -507,3 +509,39 @@ def test_a_crash_inside_create_is_recovered_by_the_next_make_warps(
         result = make_warps(sim.calexps, sim.patch, path, warp_types=("direct", "psf_matched"))
     assert len(result.written) == 3
     assert_same_store(good, path)
+
+
+def test_the_crc_check_can_be_switched_off_but_not_for_deep_checks(store):
+    """coaddx.verify-chunks=False skips the CRC of each read (for speed), not the checks of
+    missing chunks, and never the deep check."""
+    path, ds = store
+    _flip_one_bit(chunk(path, "variance", 1, 1, 2))
+    with dask.config.set({"coaddx.verify-chunks": False}):
+        back = coaddx.open_warps(path, chunks="storage")
+        assert back["variance"].values.shape == ds["variance"].shape  # read without a check
+        assert not check_store(path, deep=True).ok
+    with pytest.raises(coaddx.StoreError, match="fails its checksum"):
+        _ = coaddx.open_warps(path, chunks="storage")["variance"].values
+
+
+def test_a_full_disk_while_warping_fails_the_visits_clearly_and_leaves_no_temporary(
+    sim, tmp_path, monkeypatch
+):
+    real = chunk_io.os.replace
+
+    def full(src, dst):
+        if str(src).endswith(".tmp") and "/c/" in str(src):  # chunk files only
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(chunk_io.os, "replace", full)
+    store = tmp_path / "warps.zarr"
+    with dask.config.set(scheduler="sync"):
+        result = make_warps(sim.calexps, sim.patch, store)
+    assert not result.written and len(result.failed) == len(sim.visits)
+    assert all(
+        "the disk is full" in msg and "StoreError" not in msg for msg in result.failed.values()
+    )
+    assert not list(store.rglob("*.tmp"))
+    with pytest.raises(coaddx.StoreError, match="holds no visits"):
+        coaddx.open_warps(store)

@@ -28,11 +28,17 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
+import dask
 import numcodecs
 import numpy as np
 
 from coaddx.errors import StoreError
 from coaddx.io.zarr.manifest import UNCHECKED, ManifestIndex, chunk_crc, inside_root
+
+#: ``coaddx.verify-chunks``: check each chunk's CRC-32C as it is read (default True; False
+#: skips the CRC, not the checks of missing or foreign chunk files). A per-process setting:
+#: set ``DASK_COADDX__VERIFY_CHUNKS=false`` in the environment for worker processes.
+dask.config.update_defaults({"coaddx": {"verify-chunks": True}})
 
 __all__ = [
     "LocalChunkArray",
@@ -206,13 +212,17 @@ class LocalChunkArray:
                 "is damaged: rewrite it (make_warps(reuse=True) or 'coaddx check')"
             )
 
-    def _verify(self, index: Sequence[int], key: Path, data: Any, expected: int | None) -> None:
+    def _verify(
+        self, index: Sequence[int], key: Path, data: Any, expected: int | None, force: bool = False
+    ) -> None:
         if expected == UNCHECKED:
             return
         if expected is None:
             raise StoreError(
                 f"{self._where(index)}: chunk file {key} exists where the visit wrote none"
             )
+        if not force and not dask.config.get("coaddx.verify-chunks"):
+            return
         got = chunk_crc(data)
         if got != expected:
             raise StoreError(
@@ -271,7 +281,7 @@ class LocalChunkArray:
             with os.fdopen(fd, "rb") as fh:
                 buf = fh.read() if read or expected is None else b""
             if read or expected is None:
-                self._verify(index, key, buf, expected)
+                self._verify(index, key, buf, expected, force=True)
         except StoreError as exc:
             text, where = str(exc), self._where(index) + ": "
             return text[len(where) :] if text.startswith(where) else text
@@ -378,12 +388,25 @@ class LocalChunkWriter:
         if payload is None:
             key.unlink(missing_ok=True)
             return
-        key.parent.mkdir(parents=True, exist_ok=True)
-        inside_root(self.array.root, key.parent)
         tmp = key.with_name(f".{key.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with tmp.open("wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, key)
+        try:
+            key.parent.mkdir(parents=True, exist_ok=True)
+            inside_root(self.array.root, key.parent)
+            with tmp.open("wb") as fh:
+                fh.write(payload)
+            os.replace(tmp, key)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            reason = {
+                errno.ENOSPC: "the disk is full",
+                errno.EDQUOT: "the disk quota is exceeded",
+                errno.EROFS: "the file system is read-only",
+                errno.EACCES: "permission denied",
+            }.get(exc.errno or 0, str(exc))
+            raise StoreError(
+                f"cannot write chunk {key}: {reason}; the visit is not committed (the store "
+                "reads as before)"
+            ) from exc
 
     def write_box(
         self, index: int, box: tuple[int, int, int, int], data: np.ndarray, outside: Any
