@@ -545,3 +545,20 @@ def test_a_full_disk_while_warping_fails_the_visits_clearly_and_leaves_no_tempor
     assert not list(store.rglob("*.tmp"))
     with pytest.raises(coaddx.StoreError, match="holds no visits"):
         coaddx.open_warps(store)
+
+
+def test_a_full_disk_while_creating_the_store_is_a_store_error(sim, tmp_path, monkeypatch):
+    real = chunk_io.os.replace
+
+    def full(src, dst):
+        if "warps.zarr/" in str(dst):  # the store's own files (os is one module: filter)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(chunk_io.os, "replace", full)
+    store = tmp_path / "warps.zarr"
+    with pytest.raises(coaddx.StoreError, match="cannot create the warp store"):
+        make_warps(sim.calexps, sim.patch, store)
+    monkeypatch.setattr(chunk_io.os, "replace", real)
+    with dask.config.set(scheduler="sync"):  # the next run, with space, recreates it
+        assert len(make_warps(sim.calexps, sim.patch, store).written) == len(sim.visits)

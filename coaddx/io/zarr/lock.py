@@ -138,8 +138,14 @@ def _acquire(lock: Path, what: str, timeout: float) -> None:
             raise StoreError(f"cannot lock {lock.parent / lock.name[1:-5]}: {exc}") from exc
         owner = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
         tmp = lock / f"owner.json.{uuid.uuid4().hex[:8]}"
-        tmp.write_text(json.dumps({**owner, "what": what}))
-        os.replace(tmp, lock / "owner.json")
+        try:
+            tmp.write_text(json.dumps({**owner, "what": what}))
+            os.replace(tmp, lock / "owner.json")
+        except OSError as exc:  # a full disk: leave no lock behind
+            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                lock.rmdir()
+            raise StoreError(f"cannot lock {lock.parent / lock.name[1:-5]}: {exc}") from exc
         return
 
 

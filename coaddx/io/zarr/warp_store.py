@@ -255,18 +255,21 @@ class WarpStore:
                     )
                 check_same_grid(path, warp_type, dict(store.group.attrs), patch)
                 return store
-        return cls.create(
-            path,
-            warp_type=warp_type,
-            shape=patch.shape,
-            mask_planes=mask_planes,
-            chunk=chunk,
-            wcs=wcs_to_header_string(patch.tract_wcs),
-            x=patch.x,
-            y=patch.y,
-            attrs=patch_store_attrs(patch, **(attrs or {})),
-            overwrite=overwrite,
-        )
+        try:
+            return cls.create(
+                path,
+                warp_type=warp_type,
+                shape=patch.shape,
+                mask_planes=mask_planes,
+                chunk=chunk,
+                wcs=wcs_to_header_string(patch.tract_wcs),
+                x=patch.x,
+                y=patch.y,
+                attrs=patch_store_attrs(patch, **(attrs or {})),
+                overwrite=overwrite,
+            )
+        except OSError as exc:  # a full, read-only or unreachable disk (rerun recreates it)
+            raise StoreError(f"cannot create the warp store {path}/{warp_type}: {exc}") from exc
 
     @property
     def shape(self) -> tuple[int, int]:
