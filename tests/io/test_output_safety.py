@@ -406,12 +406,22 @@ def test_write_coadd_ctrl_c_while_threads_write(old, tmp_path, monkeypatch):
 
     monkeypatch.setattr(zarr.storage.LocalStore, "set", set_)
     monkeypatch.setattr(zarr.storage.LocalStore, "set_sync", set_sync)
-    with dask.config.set(scheduler="threads", num_workers=4), pytest.raises(KeyboardInterrupt):
-        coaddx.write_coadd(coadd_of(2), path, overwrite=True)
+    # Python's Ctrl-C handler, even when the tests were started with SIGINT ignored (as a
+    # shell does for background jobs, where Python then keeps SIG_IGN)
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_write(path)
+    finally:
+        signal.signal(signal.SIGINT, saved)
     time.sleep(2.0)  # writes still in flight would have finished by now
     assert len(done) < 36  # interrupted before the end
     assert digest(path) == before
     assert names(tmp_path) == ["c.zarr"]
+
+
+def _ctrl_c_write(path):
+    with dask.config.set(scheduler="threads", num_workers=4), pytest.raises(KeyboardInterrupt):
+        coaddx.write_coadd(coadd_of(2), path, overwrite=True)
 
 
 # --- 4. export_fits ----------------------------------------------------------------------------
