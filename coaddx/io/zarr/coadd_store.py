@@ -35,6 +35,7 @@ from zarr.storage import LocalStore
 from coaddx._version import __version__
 from coaddx.errors import CoaddxError, InputError, StoreError
 from coaddx.io.zarr.layout import codecs, jsonable
+from coaddx.io.zarr.lock import pid_alive
 
 __all__ = ["exchange_paths", "open_coadd", "write_coadd", "write_failure"]
 
@@ -135,13 +136,7 @@ def _owner_alive(tag: str) -> bool | str:
         return host
     if pid == os.getpid():
         return tag in _ACTIVE
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def _leftovers(path: Path) -> tuple[list[Path], list[Path]]:

@@ -39,7 +39,7 @@ import dask
 
 from coaddx.errors import StoreError
 
-__all__ = ["lock_path", "store_lock"]
+__all__ = ["lock_path", "pid_alive", "store_lock"]
 
 dask.config.update_defaults({"coaddx": {"store-lock-timeout": 86400}})
 
@@ -61,7 +61,8 @@ def _owner(lock: Path) -> dict[str, Any]:
         return {}
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -79,7 +80,7 @@ def _stale(owner: dict[str, Any], lock: Path) -> bool:
             return time.time() - lock.stat().st_mtime > 60
         except OSError:
             return False
-    return owner.get("host") == socket.gethostname() and not _alive(int(owner.get("pid", -1)))
+    return owner.get("host") == socket.gethostname() and not pid_alive(int(owner.get("pid", -1)))
 
 
 def _describe(owner: dict[str, Any]) -> str:
