@@ -1,15 +1,18 @@
 """Throughput of coaddx.kernels.stack.stack_block, in Mpix-visits/s (pixels x visits / second).
 
 Run ``python benchmarks/bench_kernels.py`` for a table per statistic and number of visits against
-``bottleneck.nanmedian`` and a numpy masked weighted mean; ``--threads 2`` adds the aggregate rate
-of two blocks stacked at once in two threads (the kernel releases the GIL). The ``StackBlock``
-class holds the same cases as asv ``time_*`` benchmarks.
+``bottleneck.nanmedian`` (one core), ``astropy.stats.sigma_clip`` + mean (the MEANCLIP peer, 3
+sigma, 2 iterations, median centre) and a numpy masked weighted mean; ``--threads 2`` adds the
+aggregate rate of two blocks stacked at once in two threads (the kernel releases the GIL), and
+the ratios of those rates to the peers. ``--statistics`` limits the table to some statistics. The
+``StackBlock`` class holds the same cases as asv ``time_*`` benchmarks.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -81,6 +84,17 @@ def bottleneck_median(image, variance, mask, weights):
     return bottleneck.nanmedian(image, axis=0)
 
 
+def astropy_clipped_mean(image, variance, mask, weights):
+    """astropy sigma_clip (3 sigma, 2 iterations, median centre) + mean of the good inputs."""
+    from astropy.stats import sigma_clip
+
+    x = np.ma.masked_array(image, mask=((mask & BAD_MASK) != 0) | ~np.isfinite(image))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clipped = sigma_clip(x, sigma=3.0, maxiters=2, axis=0, cenfunc="median", stdfunc="std")
+    return clipped.mean(axis=0)
+
+
 def masked_copy(image, mask):
     """NaN where the input is masked (what bottleneck.nanmedian needs; not timed)."""
     return np.where(mask & BAD_MASK == 0, image, np.float32(np.nan))
@@ -107,33 +121,44 @@ def rate(block, func, repeat, threads=1):
         return threads * work / best_seconds(run, repeat) / 1e6
 
 
-def warm_up():
+def warm_up(statistics=STATISTICS):
     """Compile (or load from the numba cache) every specialisation used below."""
     block = make_block(3, (4, 4))
-    for statistic in STATISTICS:
+    for statistic in statistics:
         stack_block(*block, statistic=statistic, **RULES)
 
 
-def table(visits, shape, repeat, threads, with_reference=True, dense=False):
-    warm_up()
-    header = ["V", *STATISTICS]
+def table(visits, shape, repeat, threads, with_reference=True, dense=False, stats=STATISTICS):
+    warm_up(stats)
+    header = ["V", *stats]
+    refs = []
     if with_reference:
-        header += ["np masked mean", "bn.nanmedian"]
+        refs = [("np masked mean", numpy_masked_mean, "mean")]
+        refs += [("bn.nanmedian", bottleneck_median, "median")]
+        refs += [("astropy clip", astropy_clipped_mean, "meanclip")]
+        refs = [r for r in refs if r[2] in stats]
+        header += [name for name, _, _ in refs]
     if threads > 1:
-        header += [f"{s} x{threads}" for s in STATISTICS]
+        header += [f"{s} x{threads}" for s in stats]
+    ratios = [f"{s} x{threads} / {name}" for name, _, s in refs]
+    header += [f"{s} / {name}" for name, _, s in refs] if threads == 1 else ratios
     masks = "dense random masks" if dense else "sparse warp-like masks"
     print(f"block (V, {shape[0]}, {shape[1]}) float32, {masks}, Mpix-visits/s, best of {repeat}")
     print(" | ".join(f"{h:>14s}" for h in header))
     for nvisit in visits:
         block = make_block(nvisit, shape, dense=dense)
-        row = [rate(block, _stacker(s), repeat) for s in STATISTICS]
-        if with_reference:
-            row.append(rate(block, numpy_masked_mean, repeat))
-            nan_block = (masked_copy(block[0], block[2]), *block[1:])
-            row.append(rate(nan_block, bottleneck_median, repeat))
+        own = {s: rate(block, _stacker(s), repeat) for s in stats}
+        row = list(own.values())
+        peer = {}
+        for _, func, stat in refs:
+            inputs = (masked_copy(block[0], block[2]), *block[1:]) if stat == "median" else block
+            peer[stat] = rate(inputs, func, repeat)
+            row.append(peer[stat])
         if threads > 1:
-            row += [rate(block, _stacker(s), repeat, threads) for s in STATISTICS]
-        print(" | ".join([f"{nvisit:>14d}"] + [f"{r:14.0f}" for r in row]), flush=True)
+            own = {s: rate(block, _stacker(s), repeat, threads) for s in stats}
+            row += list(own.values())
+        cells = [f"{r:14.0f}" for r in row] + [f"{own[s] / peer[s]:14.2f}" for _, _, s in refs]
+        print(" | ".join([f"{nvisit:>14d}", *cells]), flush=True)
 
 
 def _stacker(statistic):
@@ -162,9 +187,16 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--dense", action="store_true", help="uniformly scattered mask bits")
+    parser.add_argument("--statistics", nargs="+", choices=STATISTICS, default=list(STATISTICS))
     args = parser.parse_args(argv)
     table(
-        args.visits, tuple(args.shape), args.repeat, args.threads, not args.no_reference, args.dense
+        args.visits,
+        tuple(args.shape),
+        args.repeat,
+        args.threads,
+        not args.no_reference,
+        args.dense,
+        tuple(args.statistics),
     )
 
 

@@ -2,8 +2,11 @@
 
 Pure numpy + numba kernel (algorithms.md §1.1, §1.3, §2.2). One call stacks one block on one
 thread with the GIL released; dask supplies the parallelism. :func:`stack_block` checks the
-arrays, takes its settings as one :class:`~coaddx.kernels.stack.options.StackOptions` and drives
-the compiled passes over segments of the block viewed as (visit, pixel):
+arrays, takes its settings as one :class:`~coaddx.kernels.stack.options.StackOptions` and calls
+the compiled driver of its statistic (``mean_flat``, ``meanclip_flat``, ``median_flat``, and
+``*_select_flat`` above ``network_max_visits``), which runs the passes over segments of the block
+viewed as (visit, pixel). One driver per statistic keeps a first run's compile (empty numba
+cache) to what that statistic needs; every driver is ``cache=True`` and captures nothing.
 
 * ``"mean"`` (:mod:`.mean`): visit-outer passes over contiguous pixel segments with float64
   accumulators and a branch-free good-pixel test (runs near memory bandwidth).
@@ -25,19 +28,28 @@ import numba
 import numpy as np
 
 from coaddx.kernels._dispatch import register
+from coaddx.kernels.stack.clip import meanclip_finish
 from coaddx.kernels.stack.masks import finish_masks
 from coaddx.kernels.stack.mean import mean_segment
-from coaddx.kernels.stack.network import NO_NETWORK, sorting_network
+from coaddx.kernels.stack.network import sorting_network
 from coaddx.kernels.stack.options import (
     ERROR_MODES,
     MAX_VISITS,
     MEAN,
+    MEANCLIP,
     STATISTICS,
     StackOptions,
     readonly,
 )
-from coaddx.kernels.stack.scratch import JIT, NFACC, SDD, SV, SW, SW2, SWX
-from coaddx.kernels.stack.select import SELECT_TILE, sorted_segment
+from coaddx.kernels.stack.scratch import CNT, HIQR, JIT, NFACC, SDD, SV, SW, SW2, SWX, C
+from coaddx.kernels.stack.select import (
+    SELECT_TILE,
+    fill_clip_segment,
+    fill_segment,
+    median_finish,
+    network_window,
+    selection_window,
+)
 
 __all__ = ["ERROR_MODES", "STATISTICS", "StackOptions", "sorting_network", "stack_block"]
 
@@ -101,13 +113,22 @@ def stack_block(
     if vis.size == 0:
         outs[0][:], outs[1][:], outs[2][:], outs[3][:] = np.nan, np.nan, kernel.no_data_bit, 0
         return _planes(outs, ny, nx)
-    network = kernel.stat != MEAN and vis.size <= options.network_max_visits
-    ci, cj = sorting_network(vis.size) if network else NO_NETWORK
     seg, width = options.segments(vis.size, image.itemsize)
-    rows = 0 if kernel.stat == MEAN else vis.size
-    vals = np.empty((rows, seg), dtype=image.dtype)
-    buf = np.empty((rows, width) if network else (SELECT_TILE, rows), dtype=image.dtype)
-    stack_flat(*flat, w, vis, kernel, ci, cj, seg, vals, buf, *outs)
+    if kernel.stat == MEAN:
+        mean_flat(*flat, w, vis, kernel, seg, *outs)
+        return _planes(outs, ny, nx)
+    # one compiled driver per statistic and window method: a run compiles only what it uses
+    network = vis.size <= options.network_max_visits or vis.size == 1
+    vals = np.empty((vis.size, seg), dtype=image.dtype)
+    if network:
+        ci, cj = sorting_network(vis.size)
+        buf = np.empty((vis.size, width), dtype=image.dtype)
+        driver = meanclip_flat if kernel.stat == MEANCLIP else median_flat
+        driver(*flat, w, vis, kernel, ci, cj, seg, vals, buf, *outs)
+    else:
+        tile = np.empty((SELECT_TILE, vis.size), dtype=image.dtype)
+        driver = meanclip_select_flat if kernel.stat == MEANCLIP else median_select_flat
+        driver(*flat, w, vis, kernel, seg, vals, tile, *outs)
     return _planes(outs, ny, nx)
 
 
@@ -154,80 +175,169 @@ def _empty_outputs(npix):
     )
 
 
+# -- the compiled drivers, one per statistic (and window method) -----------------------------
+# Each drives the pixel segments of a flattened (visit, pixel) block; ``k`` is the
+# :class:`~coaddx.kernels.stack.options.KernelOptions` of the call. They share the segment
+# prologue (:func:`segment_scratch`, :func:`clear_segment`) and epilogue (:func:`segment_masks`).
+
+
 @numba.njit(**JIT)
-def stack_flat(
-    image, variance, mask, w, vis, k, ci, cj, seg, vals, buf, out_val, out_var, out_mask, out_n
+def segment_scratch(nbits, seg):  # pragma: no cover - numba
+    """The float64, int32 and rejected-weight scratch of one segment."""
+    return np.empty((NFACC, seg)), np.empty((4, seg), np.int32), np.empty((nbits, seg))
+
+
+@numba.njit(**JIT)
+def clear_segment(npix, facc, iacc, rej):  # pragma: no cover - numba
+    """Zero the sums of a segment (the clip sums are cleared per iteration)."""
+    for r in (SW, SWX, SW2, SDD, SV):
+        facc[r, :npix] = 0.0
+    iacc[:, :npix] = 0
+    rej[:, :npix] = 0.0
+
+
+@numba.njit(**JIT)
+def segment_masks(x0, x1, nvis, k, facc, iacc, rej, out_mask, out_n):  # pragma: no cover
+    """The output mask and n_image of a segment (:func:`.masks.finish_masks`)."""
+    finish_masks(
+        x0,
+        x1,
+        nvis,
+        k.clipped_bit,
+        k.no_data_bit,
+        facc[SW],
+        iacc,
+        rej,
+        k.pthr,
+        k.pbits,
+        k.mfrom,
+        k.mto,
+        out_mask,
+        out_n,
+    )
+
+
+@numba.njit(**JIT)
+def mean_flat(
+    image, variance, mask, w, vis, k, seg, out_val, out_var, out_mask, out_n
 ):  # pragma: no cover - numba
-    """Drive the pixel segments of a flattened (visit, pixel) block; ``k`` is the
-    :class:`~coaddx.kernels.stack.options.KernelOptions` of the call."""
-    npix = image.shape[1]
-    facc = np.empty((NFACC, seg))
-    iacc = np.empty((4, seg), np.int32)
-    rej = np.empty((k.pbits.size, seg))
-    for x0 in range(0, npix, seg):
-        x1 = min(npix, x0 + seg)
-        for r in (SW, SWX, SW2, SDD, SV):  # the clip sums are cleared per iteration
-            facc[r, : x1 - x0] = 0.0
-        iacc[:, : x1 - x0] = 0
-        rej[:, : x1 - x0] = 0.0
-        if k.stat == MEAN:
-            mean_segment(
-                image,
-                variance,
-                mask,
-                w,
-                vis,
-                x0,
-                x1,
-                k.err,
-                k.bad,
-                k.keep,
-                k.pbits,
-                facc,
-                iacc,
-                rej,
-                out_val,
-                out_var,
-            )
-        else:
-            sorted_segment(
-                image,
-                variance,
-                mask,
-                w,
-                vis,
-                x0,
-                x1,
-                k.stat,
-                k.err,
-                k.bad,
-                k.keep,
-                k.clip_iter,
-                k.sigma_clip,
-                k.pbits,
-                ci,
-                cj,
-                vals,
-                buf,
-                facc,
-                iacc,
-                rej,
-                out_val,
-                out_var,
-            )
-        finish_masks(
+    """ "mean": visit-outer passes over each segment (:func:`.mean.mean_segment`)."""
+    facc, iacc, rej = segment_scratch(k.pbits.size, seg)
+    for x0 in range(0, image.shape[1], seg):
+        x1 = min(image.shape[1], x0 + seg)
+        clear_segment(x1 - x0, facc, iacc, rej)
+        mean_segment(
+            image,
+            variance,
+            mask,
+            w,
+            vis,
             x0,
             x1,
-            vis.size,
-            k.clipped_bit,
-            k.no_data_bit,
-            facc[SW],
+            k.err,
+            k.bad,
+            k.keep,
+            k.pbits,
+            facc,
             iacc,
             rej,
-            k.pthr,
-            k.pbits,
-            k.mfrom,
-            k.mto,
-            out_mask,
-            out_n,
+            out_val,
+            out_var,
         )
+        segment_masks(x0, x1, vis.size, k, facc, iacc, rej, out_mask, out_n)
+
+
+@numba.njit(**JIT)
+def meanclip_flat(
+    image, variance, mask, w, vis, k, ci, cj, seg, vals, buf, out_val, out_var, out_mask, out_n
+):  # pragma: no cover - numba
+    """ "meanclip" with the sorting network (ci, cj) for the window of pass 0."""
+    facc, iacc, rej = segment_scratch(k.pbits.size, seg)
+    for x0 in range(0, image.shape[1], seg):
+        x1 = min(image.shape[1], x0 + seg)
+        clear_segment(x1 - x0, facc, iacc, rej)
+        fill_clip_segment(
+            image, mask, w, vis, x0, x1, k.bad, k.keep, k.pbits, vals, facc, iacc, rej
+        )
+        network_window(
+            vals, x1 - x0, k.sigma_clip, True, ci, cj, buf, iacc[CNT], facc[C], facc[HIQR]
+        )
+        meanclip_finish(
+            variance,
+            vals,
+            w,
+            vis,
+            x0,
+            x1 - x0,
+            k.err,
+            k.clip_iter,
+            k.sigma_clip,
+            facc,
+            iacc,
+            out_val,
+            out_var,
+        )
+        segment_masks(x0, x1, vis.size, k, facc, iacc, rej, out_mask, out_n)
+
+
+@numba.njit(**JIT)
+def median_flat(
+    image, variance, mask, w, vis, k, ci, cj, seg, vals, buf, out_val, out_var, out_mask, out_n
+):  # pragma: no cover - numba
+    """ "median" with the sorting network (ci, cj)."""
+    facc, iacc, rej = segment_scratch(k.pbits.size, seg)
+    for x0 in range(0, image.shape[1], seg):
+        x1 = min(image.shape[1], x0 + seg)
+        clear_segment(x1 - x0, facc, iacc, rej)
+        fill_segment(image, mask, w, vis, x0, x1, k.bad, k.keep, k.pbits, vals, facc, iacc, rej)
+        network_window(
+            vals, x1 - x0, k.sigma_clip, False, ci, cj, buf, iacc[CNT], facc[C], facc[HIQR]
+        )
+        median_finish(vals, w, x0, x1 - x0, facc, iacc, out_val, out_var)
+        segment_masks(x0, x1, vis.size, k, facc, iacc, rej, out_mask, out_n)
+
+
+@numba.njit(**JIT)
+def meanclip_select_flat(
+    image, variance, mask, w, vis, k, seg, vals, tile, out_val, out_var, out_mask, out_n
+):  # pragma: no cover - numba
+    """ "meanclip" with a per-pixel selection for the window (many visits)."""
+    facc, iacc, rej = segment_scratch(k.pbits.size, seg)
+    for x0 in range(0, image.shape[1], seg):
+        x1 = min(image.shape[1], x0 + seg)
+        clear_segment(x1 - x0, facc, iacc, rej)
+        fill_clip_segment(
+            image, mask, w, vis, x0, x1, k.bad, k.keep, k.pbits, vals, facc, iacc, rej
+        )
+        selection_window(vals, x1 - x0, k.sigma_clip, True, facc[C], facc[HIQR], tile)
+        meanclip_finish(
+            variance,
+            vals,
+            w,
+            vis,
+            x0,
+            x1 - x0,
+            k.err,
+            k.clip_iter,
+            k.sigma_clip,
+            facc,
+            iacc,
+            out_val,
+            out_var,
+        )
+        segment_masks(x0, x1, vis.size, k, facc, iacc, rej, out_mask, out_n)
+
+
+@numba.njit(**JIT)
+def median_select_flat(
+    image, variance, mask, w, vis, k, seg, vals, tile, out_val, out_var, out_mask, out_n
+):  # pragma: no cover - numba
+    """ "median" with a per-pixel selection (many visits)."""
+    facc, iacc, rej = segment_scratch(k.pbits.size, seg)
+    for x0 in range(0, image.shape[1], seg):
+        x1 = min(image.shape[1], x0 + seg)
+        clear_segment(x1 - x0, facc, iacc, rej)
+        fill_segment(image, mask, w, vis, x0, x1, k.bad, k.keep, k.pbits, vals, facc, iacc, rej)
+        selection_window(vals, x1 - x0, k.sigma_clip, False, facc[C], facc[HIQR], tile)
+        median_finish(vals, w, x0, x1 - x0, facc, iacc, out_val, out_var)
+        segment_masks(x0, x1, vis.size, k, facc, iacc, rej, out_mask, out_n)

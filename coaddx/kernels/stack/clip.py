@@ -40,6 +40,7 @@ __all__ = [
     "clip_pass",
     "clip_update",
     "clip_visit",
+    "clip_visit_sums",
     "exact_clip_moments",
     "meanclip_finish",
 ]
@@ -63,6 +64,21 @@ def clip_visit(row, var, wk, cv, npix, centre, half, sw, sw2, sd, sdd, sv, nkeep
         sdd[p] += wk * d * d if kept else 0.0
         t = cv * var[p]
         sv[p] += t if kept else 0.0
+        nkeep[p] += one if kept else zero
+
+
+@numba.njit(**JIT)
+def clip_visit_sums(row, wk, npix, centre, half, sw, sw2, sd, sdd, nkeep):
+    """:func:`clip_visit` without the error sum (the passes before the last)."""
+    one, zero = np.int32(1), np.int32(0)
+    for p in range(npix):
+        x = np.float64(row[p])
+        d = x - centre[p]
+        kept = abs(d) <= half[p]
+        sw[p] += wk if kept else 0.0
+        sw2[p] += wk * wk if kept else 0.0
+        sd[p] += wk * d if kept else 0.0
+        sdd[p] += wk * d * d if kept else 0.0
         nkeep[p] += one if kept else zero
 
 
@@ -130,14 +146,24 @@ def clip_pass(vals, variance, w, vis, x0, npix, err, facc, nkeep):
     nkeep[:npix] = 0
     for k in range(w.size):
         if err < 0 or err == ERROR_SAMPLE:
-            var, cv = vals[k], 0.0
-        else:
-            var, cv = variance[vis[k], x0 : x0 + npix], variance_coefficient(err, w[k])
+            clip_visit_sums(
+                vals[k],
+                w[k],
+                npix,
+                facc[C],
+                facc[H],
+                facc[CSW],
+                facc[CSW2],
+                facc[CSD],
+                facc[CSDD],
+                nkeep,
+            )
+            continue
         clip_visit(
             vals[k],
-            var,
+            variance[vis[k], x0 : x0 + npix],
             w[k],
-            cv,
+            variance_coefficient(err, w[k]),
             npix,
             facc[C],
             facc[H],
@@ -157,7 +183,8 @@ def meanclip_finish(
     """afw MEANCLIP: clip_iter non-cumulative clip passes, then the weighted mean of the kept
     set (the window of pass 0 is the median and IQR width of :func:`quartile_window`)."""
     nkeep = iacc[NCLIP]
-    facc[H, :npix] = facc[HIQR, :npix]
+    for p in range(npix):  # a loop, not a slice copy (no shape check to compile)
+        facc[H, p] = facc[HIQR, p]
     for it in range(clip_iter):
         if it > 0:
             clip_update(npix, sigma_clip, facc, nkeep, iacc[CNT])

@@ -14,14 +14,11 @@ import math
 import numba
 import numpy as np
 
-from coaddx.kernels.stack.clip import meanclip_finish
 from coaddx.kernels.stack.masks import reject_visit
 from coaddx.kernels.stack.network import sort_columns
-from coaddx.kernels.stack.options import MEANCLIP, MEDIAN
 from coaddx.kernels.stack.scratch import (
     CNT,
     COUNT_LOW,
-    HIQR,
     JIT,
     MU,
     NIMAGE_ONE,
@@ -40,6 +37,9 @@ from coaddx.kernels.stats import iqr_half_width, numpy_lerp, quantile_position
 __all__ = [
     "SELECT_TILE",
     "column_quantile",
+    "fill_clip_segment",
+    "fill_good",
+    "fill_segment",
     "fill_visit",
     "good_sdd",
     "median_finish",
@@ -48,7 +48,6 @@ __all__ = [
     "select_kth",
     "selected_quantile",
     "selection_window",
-    "sorted_segment",
 ]
 
 SELECT_TILE = 16  # pixels gathered at once for the per-pixel selection
@@ -82,33 +81,30 @@ def fill_visit(img, msk, wk, bad, keep, sw, sw2, swx, cnt, orm, ora, row):
 
 
 @numba.njit(**JIT)
-def sorted_segment(
-    image,
-    variance,
-    mask,
-    w,
-    vis,
-    x0,
-    x1,
-    stat,
-    err,
-    bad,
-    keep,
-    clip_iter,
-    sigma_clip,
-    pbits,
-    ci,
-    cj,
-    vals,
-    buf,
-    facc,
-    iacc,
-    rej,
-    out_val,
-    out_var,
-):
-    """ "median" or "meanclip" of a segment: fill, sort the columns, then finish the statistic."""
-    npix = x1 - x0
+def fill_good(img, msk, wk, bad, keep, sw, cnt, orm, ora, row):
+    """:func:`fill_visit` without Σw² and Σwx (what "meanclip" needs of the standard pass)."""
+    zero, fzero = np.int32(0), img.dtype.type(0)
+    row_or = zero
+    for p in range(img.size):
+        xi = img[p]
+        m0 = msk[p]
+        m = np.int32(m0 & keep)
+        good = (np.int32(m & bad) == zero) & (xi - xi == fzero)
+        sw[p] += wk if good else 0.0
+        counted = np.int32(m0 & bad) == zero  # n_image: before remove_bits, NaN or not
+        inc = (np.int32(1) if good else zero) + (NIMAGE_ONE if counted else zero)
+        cnt[p] += np.int32(inc)
+        orm[p] |= m if good else zero
+        ora[p] |= m
+        row[p] = xi if good else np.inf
+        row_or = np.int32(row_or | m)
+    return row_or
+
+
+@numba.njit(**JIT)
+def fill_segment(image, mask, w, vis, x0, x1, bad, keep, pbits, vals, facc, iacc, rej):
+    """Standard pass of "median" over a segment: the sums, the value copy and the rejected
+    weight of every visit."""
     for k in range(vis.size):
         v, wk = vis[k], w[k]
         img, msk = image[v, x0:x1], mask[v, x0:x1]
@@ -127,31 +123,18 @@ def sorted_segment(
             vals[k],
         )
         reject_visit(img, msk, wk, bad, keep, pbits, row_or, rej)
-    if ci.size == 0 and vis.size > 1:  # too many visits for a sorting network
-        selection_window(vals, npix, sigma_clip, stat == MEANCLIP, facc[C], facc[HIQR], buf)
-    else:
-        with_iqr = stat == MEANCLIP
-        network_window(
-            vals, npix, sigma_clip, with_iqr, ci, cj, buf, iacc[CNT], facc[C], facc[HIQR]
+
+
+@numba.njit(**JIT)
+def fill_clip_segment(image, mask, w, vis, x0, x1, bad, keep, pbits, vals, facc, iacc, rej):
+    """:func:`fill_segment` for "meanclip" (Σw, the counts, the masks and the value copy)."""
+    for k in range(vis.size):
+        v, wk = vis[k], w[k]
+        img, msk = image[v, x0:x1], mask[v, x0:x1]
+        row_or = fill_good(
+            img, msk, wk, bad, keep, facc[SW], iacc[CNT], iacc[ORM], iacc[ORA], vals[k]
         )
-    if stat == MEDIAN:
-        median_finish(vals, w, x0, npix, facc, iacc, out_val, out_var)
-    else:
-        meanclip_finish(
-            variance,
-            vals,
-            w,
-            vis,
-            x0,
-            npix,
-            err,
-            clip_iter,
-            sigma_clip,
-            facc,
-            iacc,
-            out_val,
-            out_var,
-        )
+        reject_visit(img, msk, wk, bad, keep, pbits, row_or, rej)
 
 
 @numba.njit(**JIT)
@@ -160,8 +143,10 @@ def network_window(vals, npix, sigma_clip, with_iqr, ci, cj, buf, cnt, centre, h
     width = buf.shape[1]
     for b0 in range(0, npix, width):
         b1 = min(npix, b0 + width)
-        for k in range(vals.shape[0]):
-            buf[k, : b1 - b0] = vals[k, b0:b1]
+        for k in range(vals.shape[0]):  # a loop, not a slice copy (no shape check to compile)
+            src, dst = vals[k], buf[k]
+            for p in range(b1 - b0):
+                dst[p] = src[b0 + p]
         sort_columns(buf, b1 - b0, ci, cj)
         quartile_window(buf, b1 - b0, sigma_clip, with_iqr, cnt[b0:b1], centre[b0:b1], hiqr[b0:b1])
 
