@@ -1,32 +1,45 @@
-"""Benchmark coaddx image differencing (ImagePsfMatch, Alard-Lupton) on a 4096 x 4096 pair.
+"""Benchmark coaddx image differencing (ImagePsfMatch, Alard-Lupton) beside HOTPANTS, same pair.
 
-    python benchmarks/bench_diffim.py [--size 4096] [--workers 1 2] [--repeat 1]
+    python benchmarks/bench_diffim.py [--size 4096] [--stars 6000] [--workers 2] [--repeat 1]
+        [--hotpants PATH | --build-hotpants DIR] [--convolution interpolated|exact]
 
 Input (built in memory, outside every timing): one star field (``--stars`` stars, 10 % of them
 bright, log-uniform fluxes, uniform positions with sub-pixel offsets spread bilinearly), seen
-through a Gaussian PSF of FWHM 3.0 px (template) and one of FWHM 4.5 px (science), each on sky
+through a Gaussian PSF of FWHM 3.8 px (template) and one of FWHM 5.6 px (science), each on sky
 noise (sigma 10) plus Poisson noise (gain 2), with the matching variance plane, on one TAN grid
-(so nothing is warped). ``--science-psf moffat`` makes the science PSF a Moffat (beta 3): its
-wings reach beyond the 21 px kernel, so LSST's single-kernel clipping (|mean z| > 0.25) then
-rejects most bright candidates (about 80 of 100) and the kernel stage does less work.
-``coaddx.subtract`` runs with LSST's ImagePsfMatch defaults (AL basis from the two FWHMs,
-spatial_kernel_order 2, spatial_bg_order 1, 2048 px convolution regions) except
-``size_cell = size // 10`` and ``n_star_per_cell = 1``, which gives about 100 kernel
-candidates, as HOTPANTS and the literature timings use.
+(so nothing is warped). ``--science-psf moffat`` makes the science PSF a Moffat (beta 3).
 
-Stages are timed by wrapping the functions ``coaddx.diffim`` calls (wall time):
+coaddx: ``coaddx.subtract`` with LSST's ImagePsfMatch defaults (AL basis from the two FWHMs:
+3 Gaussians of degrees 4, 2, 2, a 21 px kernel here; spatial_kernel_order 2) plus a fitted
+background of spatial_bg_order 1, ``size_cell = size // 10`` and ``n_star_per_cell = 3``
+(at most 300 kernel candidates).
 
-* detect:   candidate selection (``select_candidate_positions``: sep background + extraction);
-* kernel:   stamps and the kernel fit with LSST's rejection loop (``fit_psf_matching_kernel``);
-* convolve: the spatially varying convolution of image, variance (sum K^2 var) and mask over
-  dask tasks (``convolve_regions``);
-* rest:     what ``subtract`` does besides (calibration, difference planes, dtype casts).
+HOTPANTS (C, single-threaded), the same pair in the same run: its README's typical call adapted
+to these FWHMs and to the same model: the same three Gaussians (sigmas and degrees of the coaddx
+basis), kernel half width ``size // 2`` of the coaddx kernel, ``-ko 2 -bgo 1``, 10 x 10 stamps
+of 3 substamps (``-nss 3``, half width 1.5 x the kernel's), the template convolved (``-c t``)
+and the difference normalised to the science image (``-n i``, as coaddx's), the variance planes
+given as noise images (``-tni/-ini``, sigma). The binary: ``--hotpants PATH``, else the
+environment variable ``HOTPANTS``, else ``hotpants`` on PATH; ``--build-hotpants DIR`` builds it
+first with ``../shared/tools/hotpants/build.sh DIR`` (gcc and libcfitsio-dev). Without a binary
+the peer is skipped, with a message. The FITS files are written to a temporary directory before
+the timing; the timing is the wall time of the process (best of ``--repeat``), the difference is
+read back after it.
 
-Workers: the dask threaded scheduler with ``num_workers = n``. BLAS/OpenMP are pinned to one
-thread (environment, before numpy loads) so that ``n`` workers use ``n`` cores; only the
-convolution is split into tasks, the kernel solution is one serial task.
+Both differences are measured with one statistic, the robust standard deviation
+1.4826 x MAD (in counts), on the pixels valid in both: "sky" = pixels where the noise-free
+science and template carry less than 0.5 sky sigma of star light (pure noise: the
+difference-noise criterion), "all" = every valid pixel (includes the residuals of the stars:
+kernel quality), and D/sigma with sigma from coaddx's difference variance (the expected noise
+of a perfect match) for both.
 
-Anchors (published CPU wall times for one 4096 x 4096 pair, not re-measured here):
+Stages of coaddx are timed by wrapping the functions ``coaddx.diffim`` calls (wall time):
+detect (``select_candidate_positions``), kernel (``fit_psf_matching_kernel``), convolve
+(``convolve_regions``) and rest (what ``subtract`` does besides). Workers: the dask threaded
+scheduler with ``num_workers = n``; BLAS/OpenMP are pinned to one thread (environment, before
+numpy loads) so that ``n`` workers use ``n`` cores.
+
+Context, not used for any ratio: published CPU wall times for one 4096 x 4096 pair are
 HOTPANTS about 43 s and ZOGY about 37 s (the SFFT paper's comparison, Hu et al. 2022).
 """
 
@@ -38,27 +51,37 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse
+import importlib
+import shutil
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Self
 
 import dask
 import numpy as np
 from astropy import units as u
 from astropy.coordinates import SkyCoord
+from astropy.io import fits
 from scipy.signal import oaconvolve
 
-import coaddx.diffim.subtract as cdiffim
 from coaddx.diffim.config import PsfMatchConfig
+from coaddx.kernels.psfmatch.basis import alard_lupton_sigmas
 from coaddx.model.exposure import Exposure
 from coaddx.model.masks import mask_planes
 from coaddx.model.skymap import make_tan_wcs
 from coaddx.runtime.diagnostics import PeakMemory, format_bytes
 from coaddx.sim.simulate import psf_image
 
-FWHM_TEMPLATE, FWHM_SCIENCE = 3.0, 4.5  # px
+# the module (coaddx.diffim re-exports the function under the same name)
+cdiffim = importlib.import_module("coaddx.diffim.subtract")
+
+FWHM_TEMPLATE, FWHM_SCIENCE = 3.8, 5.6  # px
 SKY_SIGMA, GAIN = 10.0, 2.0  # counts, e-/count
-ANCHORS = {"HOTPANTS": 43.0, "ZOGY": 37.0}  # s for a 4096 x 4096 pair, CPU
+HOTPANTS_FILL = np.float32(1e-30)  # HOTPANTS's value on pixels it could not difference
+BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "shared/tools/hotpants/build.sh"
 STAGES = {
     "detect": "select_candidate_positions",
     "kernel": "fit_psf_matching_kernel",
@@ -88,11 +111,11 @@ def _star_field(rng: np.random.Generator, size: int, n_stars: int) -> np.ndarray
 
 def _observe(
     rng: np.random.Generator, field: np.ndarray, psf: np.ndarray, wcs: Any, fwhm: float
-) -> Exposure:
+) -> tuple[Exposure, np.ndarray]:
     model = oaconvolve(field, psf, mode="same")
     variance = SKY_SIGMA**2 + np.maximum(model, 0.0) / GAIN
     image = model + rng.normal(0.0, 1.0, model.shape) * np.sqrt(variance)
-    return Exposure(
+    exposure = Exposure(
         image.astype(np.float32),
         np.zeros(model.shape, np.int32),
         variance.astype(np.float32),
@@ -101,18 +124,23 @@ def _observe(
         psf=psf,
         psf_fwhm=fwhm,
     )
+    return exposure, model
 
 
 def make_pair(
     size: int, n_stars: int, seed: int = 1, science_psf: str = "gaussian"
-) -> tuple[Exposure, Exposure]:
-    """(template, science): one star field under two seeings, independent noise."""
+) -> tuple[Exposure, Exposure, np.ndarray]:
+    """(template, science, sky): one star field under two seeings, independent noise; ``sky``
+    marks the pixels where both noise-free images hold < 0.5 sky sigma of star light."""
     rng = np.random.default_rng(seed)
     field = _star_field(rng, size, n_stars)
     wcs = make_tan_wcs(SkyCoord(150.0 * u.deg, 2.0 * u.deg), ((size - 1) / 2, (size - 1) / 2), 0.2)
-    template = _observe(rng, field, psf_image(FWHM_TEMPLATE, "gaussian"), wcs, FWHM_TEMPLATE)
-    science = _observe(rng, field, psf_image(FWHM_SCIENCE, science_psf), wcs, FWHM_SCIENCE)
-    return template, science
+    psf_t = psf_image(FWHM_TEMPLATE, "gaussian")
+    psf_s = psf_image(FWHM_SCIENCE, science_psf)
+    template, model_t = _observe(rng, field, psf_t, wcs, FWHM_TEMPLATE)
+    science, model_s = _observe(rng, field, psf_s, wcs, FWHM_SCIENCE)
+    sky = (np.abs(model_t) < 0.5 * SKY_SIGMA) & (np.abs(model_s) < 0.5 * SKY_SIGMA)
+    return template, science, sky
 
 
 class _StageTimer:
@@ -164,37 +192,167 @@ def run_once(
     return times, cpu, result, mem.added
 
 
+# -- HOTPANTS ---------------------------------------------------------------------------------
+
+
+def find_hotpants(path: str | None, build_dir: str | None) -> tuple[str | None, str]:
+    """(binary or None, how it was found or why it is absent)."""
+    if build_dir is not None:
+        if not BUILD_SCRIPT.exists():
+            return None, f"--build-hotpants: {BUILD_SCRIPT} not found"
+        done = subprocess.run(
+            ["bash", str(BUILD_SCRIPT), build_dir], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            return None, f"building HOTPANTS failed: {done.stderr.strip()[-400:]}"
+        path = done.stdout.strip().splitlines()[-1]
+    for given, how in (
+        (path, "--hotpants"),
+        (os.environ.get("HOTPANTS"), "$HOTPANTS"),
+        (shutil.which("hotpants"), "PATH"),
+    ):
+        if given:
+            if os.access(given, os.X_OK) and Path(given).is_file():
+                return given, f"{given} (from {how})"
+            return None, f"{how} = {given!r} is not an executable file"
+    return None, (
+        "no binary (give --hotpants PATH, set HOTPANTS, or --build-hotpants DIR to build it "
+        f"with {BUILD_SCRIPT})"
+    )
+
+
+def hotpants_args(config: PsfMatchConfig, size: int) -> list[str]:
+    """The README's typical call, adapted to the FWHMs and the coaddx model (module docstring)."""
+    sigmas, ksize = alard_lupton_sigmas(
+        FWHM_TEMPLATE,
+        FWHM_SCIENCE,
+        n_gauss=config.al_n_gauss,
+        sigmas=config.al_sigmas,
+        beta=config.al_beta,
+        min_sig=config.al_min_sig,
+        min_sig_deconv=config.al_min_sig_deconv,
+        kernel_size=config.kernel_size,
+        size_min=config.kernel_size_min,
+        size_max=config.kernel_size_max,
+        scale_by_fwhm=config.scale_by_fwhm,
+    )
+    gauss = [
+        v for d, s in zip(config.al_degrees, sigmas, strict=True) for v in (str(d), f"{s:.4f}")
+    ]
+    half = ksize // 2
+    n_stamps = str(max(size // config.size_cell, 1))
+    return [
+        *("-tu 1e7 -iu 1e7 -tl -1e3 -il -1e3".split()),
+        *("-ng", str(len(sigmas)), *gauss),
+        *("-r", str(half), "-rss", str(int(1.5 * half))),
+        *("-ko", str(config.spatial_kernel_order), "-bgo", str(config.spatial_bg_order)),
+        *("-nsx", n_stamps, "-nsy", n_stamps, "-nss", "3"),
+        *("-c", "t", "-n", "i", "-v", "0"),
+    ]
+
+
+def run_hotpants(
+    binary: str, template: Exposure, science: Exposure, args: list[str], repeat: int
+) -> tuple[float, np.ndarray, fits.Header, str]:
+    """(best wall s, difference, its header, stderr tail): files written before the timing."""
+    with tempfile.TemporaryDirectory(prefix="bench_diffim_") as tmp:
+        d = Path(tmp)
+        for name, data in (
+            ("tmpl", template.image),
+            ("sci", science.image),
+            ("tmpl_sig", np.sqrt(template.variance)),
+            ("sci_sig", np.sqrt(science.variance)),
+        ):
+            fits.PrimaryHDU(np.asarray(data, np.float32)).writeto(d / f"{name}.fits")
+        cmd = [
+            binary,
+            *("-inim", str(d / "sci.fits"), "-tmplim", str(d / "tmpl.fits")),
+            *("-tni", str(d / "tmpl_sig.fits"), "-ini", str(d / "sci_sig.fits")),
+            *("-outim", str(d / "diff.fits")),
+            *args,
+        ]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+            wall = time.perf_counter() - t0
+            if done.returncode != 0:
+                raise RuntimeError(f"HOTPANTS failed ({done.returncode}): {done.stderr[-800:]}")
+            best = min(best, wall)
+        with fits.open(d / "diff.fits") as hdul:
+            diff = np.asarray(hdul[0].data, np.float32)
+            header = hdul[0].header.copy()
+    return best, diff, header, done.stderr[-400:]
+
+
+# -- noise and quality ------------------------------------------------------------------------
+
+
+def robust_std(values: np.ndarray) -> float:
+    """1.4826 x the median absolute deviation from the median."""
+    med = np.median(values)
+    return float(1.4826 * np.median(np.abs(values - med)))
+
+
+def noise_table(
+    diffs: dict[str, np.ndarray], sigma: np.ndarray, valid: np.ndarray, sky: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """Robust std of each difference on the common valid pixels: sky, all, D/sigma sky/all."""
+    out = {}
+    for name, d in diffs.items():
+        out[name] = {
+            "sky": robust_std(d[valid & sky]),
+            "all": robust_std(d[valid]),
+            "z_sky": robust_std((d / sigma)[valid & sky]),
+            "z_all": robust_std((d / sigma)[valid]),
+        }
+    return out
+
+
 def _quality(result: cdiffim.Subtraction, size: int) -> str:
-    z = result.difference.image / np.sqrt(result.difference.variance)
-    finite = np.isfinite(z)
-    z = z[finite]
     status = np.array(result.info.status)
     return (
         f"{len(result.candidates)} candidates, {int((status == 'good').sum())} used; kernel "
-        f"{result.kernel.size} px, sum {result.kernel.kernel_sum(size / 2, size / 2):.4f}; "
-        f"D/sigma: std {np.std(z[np.abs(z) < 5]):.3f} within 5 sigma, "
-        f"{100 * np.mean(np.abs(z) >= 5):.3f} % of the pixels beyond; NaN kernel border "
-        f"{100 * (1 - finite.mean()):.2f} %"
+        f"{result.kernel.size} px, sum {result.kernel.kernel_sum(size / 2, size / 2):.4f} at "
+        "the centre"
     )
+
+
+def _hotpants_quality(header: fits.Header) -> str:
+    keys = ("KSUM00", "SSSIG00", "SSSCAT00", "X2NRM00", "NSCALO00")
+    found = {k: header[k] for k in keys if k in header}
+    return ", ".join(f"{k} {v}" for k, v in found.items()) or "(no kernel keywords in the header)"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
-    parser.add_argument("--stars", type=int, default=20000)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeat", type=int, default=1, help="runs per worker count; best kept")
+    parser.add_argument("--stars", type=int, default=6000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[2])
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each; best kept")
     parser.add_argument("--science-psf", choices=("gaussian", "moffat"), default="gaussian")
+    parser.add_argument("--convolution", choices=("interpolated", "exact"), default=None)
+    parser.add_argument("--hotpants", default=None, help="HOTPANTS binary (else $HOTPANTS)")
+    parser.add_argument("--build-hotpants", metavar="DIR", default=None)
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
-    template, science = make_pair(args.size, args.stars, science_psf=args.science_psf)
+    template, science, sky = make_pair(args.size, args.stars, science_psf=args.science_psf)
     print(
         f"input: {args.size} x {args.size} pair, {args.stars} stars, FWHM {FWHM_TEMPLATE} "
         f"(gaussian) -> {FWHM_SCIENCE} px ({args.science_psf}), built in "
         f"{time.perf_counter() - t0:.1f} s (not timed); {os.cpu_count()} CPUs visible"
     )
-    config = PsfMatchConfig(size_cell=max(args.size // 10, 32), n_star_per_cell=1)
+    config = PsfMatchConfig(
+        size_cell=max(args.size // 10, 32),
+        n_star_per_cell=3,
+        fit_for_background=True,
+        spatial_kernel_order=2,
+        spatial_bg_order=1,
+    )
+    if args.convolution is not None:
+        config = config.replace(convolution=args.convolution)
     mpix = args.size * args.size / 1e6
     load_before = os.getloadavg()[0]
     rows: dict[int, Any] = {}
@@ -205,7 +363,8 @@ def main(argv: list[str] | None = None) -> None:
                 rows[n] = run
     for n, (_, _, result, added) in rows.items():
         print(
-            f"{n} worker(s): {_quality(result, args.size)}; peak memory added {format_bytes(added)}"
+            f"coaddx, {n} worker(s): {_quality(result, args.size)}; convolution "
+            f"{getattr(config, 'convolution', 'exact')}; peak memory added {format_bytes(added)}"
         )
     print(
         f"\nbest of {args.repeat}; wall seconds, Mpix/s from wall, process CPU seconds "
@@ -220,12 +379,45 @@ def main(argv: list[str] | None = None) -> None:
             for r in rows.values()
         )
         print(f"{stage:<10}{cells}")
-    print("\npublished CPU anchors for a 4096 x 4096 pair (not measured here):")
-    for name, seconds in ANCHORS.items():
-        ratios = ", ".join(f"{n} worker(s) {rows[n][0]['total'] / seconds:.2f}x" for n in rows)
-        print(f"  {name:<9}{seconds:>5.0f} s -> coaddx time / anchor: {ratios}")
-    if args.size != 4096:
-        print("  (size is not 4096: the ratios compare different amounts of work)")
+
+    binary, how = find_hotpants(args.hotpants, args.build_hotpants)
+    print(f"\nHOTPANTS: {how}")
+    if binary is None:
+        print("HOTPANTS absent: the peer is skipped (no ratio, no noise comparison)")
+        return
+    hp_args = hotpants_args(config, args.size)
+    print(f"HOTPANTS options: {' '.join(hp_args)}")
+    hp_wall, hp_diff, header, _ = run_hotpants(binary, template, science, hp_args, args.repeat)
+    print(f"HOTPANTS (1 thread), best of {args.repeat}: {hp_wall:.2f} s wall")
+    print(f"HOTPANTS kernel: {_hotpants_quality(header)}")
+    result = rows[args.workers[-1]][2]
+    ours = np.asarray(result.difference.image, np.float64)
+    theirs = hp_diff.astype(np.float64)
+    sigma = np.sqrt(np.asarray(result.difference.variance, np.float64))
+    half = result.kernel.size // 2
+    valid = (
+        np.isfinite(ours) & np.isfinite(sigma) & np.isfinite(theirs) & (hp_diff != HOTPANTS_FILL)
+    )
+    valid[: 2 * half], valid[-2 * half :], valid[:, : 2 * half], valid[:, -2 * half :] = (
+        False,
+    ) * 4
+    table = noise_table({"coaddx": ours, "HOTPANTS": theirs}, sigma, valid, sky)
+    print(
+        f"\ndifference noise, robust std (1.4826 MAD) on the {valid.mean() * 100:.1f} % of "
+        f"pixels valid in both ({(valid & sky).mean() * 100:.1f} % sky):"
+    )
+    print(f"{'':<10}{'sky, counts':>14}{'all, counts':>14}{'D/sigma sky':>14}{'D/sigma all':>14}")
+    for name, row in table.items():
+        print(
+            f"{name:<10}{row['sky']:>14.3f}{row['all']:>14.3f}{row['z_sky']:>14.4f}"
+            f"{row['z_all']:>14.4f}"
+        )
+    noise_ratio = table["coaddx"]["sky"] / table["HOTPANTS"]["sky"]
+    print(f"noise coaddx / HOTPANTS (sky): {noise_ratio:.4f} (target within 5 %)")
+    print("\nspeed: HOTPANTS wall / coaddx wall (same pair, same run):")
+    for n, r in rows.items():
+        ratio = hp_wall / r[0]["total"]
+        print(f"  {n} worker(s): {r[0]['total']:.2f} s vs {hp_wall:.2f} s -> {ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,263 @@
+"""MEANCLIP of one float32 plane for several bad-bit sets in fused passes (the warp step's
+per-visit weight statistics, :func:`coaddx.warp.weights.visit_weight_stats`).
+
+Each result is bit-identical to ``meanclip_1d(good_values(values, mask, bad), ...)`` (the rule
+of :mod:`coaddx.kernels.stats`), for up to three sets per call:
+
+* one pass over the plane gathers the pixels that are finite and good for at least one set into
+  a compact float32 buffer, with a byte saying which sets they belong to, and counts the high
+  16 bits of their order-preserving keys per membership class (one increment per pixel);
+* the exact "linear" quartiles of every set follow from those counts and one pass over the
+  buffer counting the low 16 bits of the few bins that hold the wanted ranks;
+* the clipping passes run over the buffer with the three sets' sums in registers, summed in
+  pixel order (so each equals the gathered computation) without branches; the squared
+  deviations are skipped on a set's last pass, where nothing reads them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from coaddx.kernels.stats import interpolate, iqr_half_width, next_half_width, quantile_position
+
+__all__ = ["MAX_SETS", "meanclip_sets"]
+
+#: Bad-bit sets handled by one fused call; :func:`meanclip_sets` takes more in groups.
+MAX_SETS = 3
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _key(u):  # pragma: no cover - numba
+    """Order-preserving unsigned key of a float32 bit pattern."""
+    return (~u) & np.uint32(0xFFFFFFFF) if u & np.uint32(0x80000000) else u | np.uint32(0x80000000)
+
+
+@numba.njit(nogil=True, cache=True)
+def _key_value(key):  # pragma: no cover - numba
+    u = key & np.uint32(0x7FFFFFFF) if key & np.uint32(0x80000000) else ~key & np.uint32(0xFFFFFFFF)
+    return np.array([u], dtype=np.uint32).view(np.float32)[0]
+
+
+@numba.njit(nogil=True, cache=True)
+def _gather_classes(values, mask, bads):  # pragma: no cover - numba
+    """(vals, cls, n, hist): the finite pixels good for any set, in pixel order, their set
+    bits, how many, and the high-16-bit key counts per class ``hist[class, top]``."""
+    ny, nx = values.shape
+    nk = bads.size
+    b0 = bads[0]
+    b1 = bads[1] if nk > 1 else np.int32(0)
+    b2 = bads[2] if nk > 2 else np.int32(0)
+    sets = np.uint8((1 << nk) - 1)  # absent sets get no bit
+    vals = np.empty(ny * nx, np.float32)
+    cls = np.empty(ny * nx, np.uint8)
+    hist = np.zeros((8, 65536), np.int64)
+    bits = values.view(np.uint32)
+    n = 0
+    for r in range(ny):
+        row_v, row_m, row_b = values[r], mask[r], bits[r]
+        for c in range(nx):
+            v = row_v[c]
+            if math.isfinite(v):
+                m = row_m[c]
+                cl = (
+                    np.uint8((m & b0) == 0)
+                    | (np.uint8((m & b1) == 0) << np.uint8(1))
+                    | (np.uint8((m & b2) == 0) << np.uint8(2))
+                ) & sets
+                if cl != 0:
+                    vals[n] = v
+                    cls[n] = cl
+                    hist[cl, _key(row_b[c]) >> np.uint32(16)] += 1
+                    n += 1
+    return vals, cls, n, hist
+
+
+@numba.njit(nogil=True, cache=True)
+def _quartiles(vals, cls, n_all, hist, nk):  # pragma: no cover - numba
+    """numpy "linear" (q1, median, q3) of every set's values and the sets' counts."""
+    q = np.full((nk, 3), np.nan)
+    n = np.zeros(nk, np.int64)
+    frac = np.empty((nk, 3))
+    ranks = np.zeros((nk, 6), np.int64)
+    top = np.zeros((nk, 6), np.int64)
+    rest = np.zeros((nk, 6), np.int64)
+    slot = np.full((nk, 65536), -1, np.int64)
+    hi = np.zeros(65536, np.int64)
+    n_slots = 0
+    for k in range(nk):
+        hi[:] = 0
+        for cl in range(1, 8):
+            if cl & (1 << k):
+                for b in range(65536):
+                    hi[b] += hist[cl, b]
+        n[k] = hi.sum()
+        if n[k] == 0:
+            continue
+        for r in range(3):
+            lo, hi_rank, ft = quantile_position(n[k], (0.25, 0.5, 0.75)[r])
+            ranks[k, 2 * r], ranks[k, 2 * r + 1], frac[k, r] = lo, hi_rank, ft
+        for r in range(6):
+            acc = 0
+            for b in range(65536):
+                if acc + hi[b] > ranks[k, r]:
+                    top[k, r] = b
+                    rest[k, r] = ranks[k, r] - acc
+                    break
+                acc += hi[b]
+            if slot[k, top[k, r]] < 0:
+                slot[k, top[k, r]] = n_slots
+                n_slots += 1
+    lo_hist = np.zeros((max(n_slots, 1), 65536), np.int64)
+    bits = vals[:n_all].view(np.uint32)
+    for i in range(n_all):
+        key = _key(bits[i])
+        t = key >> np.uint32(16)
+        cl = cls[i]
+        for k in range(nk):
+            if cl & (1 << k):
+                s = slot[k, t]
+                if s >= 0:
+                    lo_hist[s, key & np.uint32(0xFFFF)] += 1
+    got = np.empty(6)
+    for k in range(nk):
+        if n[k] == 0:
+            continue
+        for r in range(6):
+            s = slot[k, top[k, r]]
+            acc = 0
+            for b in range(65536):
+                if acc + lo_hist[s, b] > rest[k, r]:
+                    got[r] = _key_value((np.uint32(top[k, r]) << np.uint32(16)) | np.uint32(b))
+                    break
+                acc += lo_hist[s, b]
+        for r in range(3):
+            q[k, r] = interpolate(got[2 * r], got[2 * r + 1], frac[k, r])
+    return q, n
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _sum_pass(vals, cls, n, c0, h0, c1, h1, c2, h2):  # pragma: no cover - numba
+    """Sums and counts of |v - c_k| <= h_k over each set's values, in order (NaN h: none)."""
+    t0 = t1 = t2 = 0.0
+    n0 = n1 = n2 = 0
+    for i in range(n):
+        v = np.float64(vals[i])
+        cl = cls[i]
+        k0 = ((cl & 1) != 0) & (abs(v - c0) <= h0)
+        k1 = ((cl & 2) != 0) & (abs(v - c1) <= h1)
+        k2 = ((cl & 4) != 0) & (abs(v - c2) <= h2)
+        t0 += v if k0 else 0.0
+        t1 += v if k1 else 0.0
+        t2 += v if k2 else 0.0
+        n0 += k0
+        n1 += k1
+        n2 += k2
+    return t0, n0, t1, n1, t2, n2
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _ss_pass(vals, cls, n, c0, h0, m0, c1, h1, m1, c2, h2, m2):  # pragma: no cover - numba
+    """Sums of (v - m_k)^2 over the values each set keeps, in order."""
+    s0 = s1 = s2 = 0.0
+    for i in range(n):
+        v = np.float64(vals[i])
+        cl = cls[i]
+        d0 = (v - m0) * (v - m0)
+        d1 = (v - m1) * (v - m1)
+        d2 = (v - m2) * (v - m2)
+        s0 += d0 if ((cl & 1) != 0) & (abs(v - c0) <= h0) else 0.0
+        s1 += d1 if ((cl & 2) != 0) & (abs(v - c1) <= h1) else 0.0
+        s2 += d2 if ((cl & 4) != 0) & (abs(v - c2) <= h2) else 0.0
+    return s0, s1, s2
+
+
+@numba.njit(nogil=True, cache=True)
+def _meanclip_group(values, mask, bads, sigma_clip, clip_iter):  # pragma: no cover - numba
+    nk = bads.size
+    vals, cls, n_all, hist = _gather_classes(values, mask, bads)
+    q, n = _quartiles(vals, cls, n_all, hist, nk)
+    out = np.full(3, np.nan)
+    center = np.full(3, np.nan)
+    half = np.full(3, np.nan)
+    iqr_half = np.full(3, np.nan)
+    var = np.full(3, np.nan)
+    count = np.zeros(3, np.int64)
+    total = np.zeros(3)
+    mean = np.full(3, np.nan)
+    iters = np.zeros(3, np.int64)
+    done = np.ones(3, np.bool_)
+    for k in range(nk):
+        done[k] = n[k] == 0
+        center[k] = q[k, 1]
+        iqr_half[k] = iqr_half_width(sigma_clip[k], q[k, 2] - q[k, 0])
+        iters[k] = clip_iter[k]
+    for it in range(iters.max()):
+        for k in range(3):
+            if it >= iters[k]:
+                done[k] = True
+            if done[k]:
+                half[k] = np.nan
+            elif it == 0:
+                half[k] = iqr_half[k]
+            else:
+                half[k] = next_half_width(sigma_clip[k], iqr_half[k], n[k], count[k], var[k])
+        total[0], count[0], total[1], count[1], total[2], count[2] = _sum_pass(
+            vals, cls, n_all, center[0], half[0], center[1], half[1], center[2], half[2]
+        )
+        ss_half = np.full(3, np.nan)  # the squared deviations only where a later pass reads them
+        for k in range(3):
+            mean[k] = total[k] / count[k] if count[k] > 0 else np.nan
+            if not done[k] and count[k] > 1 and it + 1 < iters[k]:
+                ss_half[k] = half[k]
+        ss = np.zeros(3)
+        if np.isfinite(ss_half).any():
+            ss[0], ss[1], ss[2] = _ss_pass(
+                vals, cls, n_all, center[0], ss_half[0], mean[0], center[1], ss_half[1],
+                mean[1], center[2], ss_half[2], mean[2],
+            )  # fmt: skip
+        for k in range(3):
+            if done[k]:
+                continue
+            if count[k] == 0:
+                out[k] = np.nan
+                done[k] = True
+                continue
+            var[k] = ss[k] / (count[k] - 1) if count[k] > 1 else np.nan
+            center[k] = mean[k]
+            out[k] = mean[k]
+    return out[:nk]
+
+
+def meanclip_sets(
+    values: np.ndarray, mask: np.ndarray, params: list[tuple[int, float, int]]
+) -> list[float]:
+    """MEANCLIP of the finite ``values`` without any ``bad_mask`` bit, for every
+    ``(bad_mask, sigma_clip, clip_iter)`` of ``params`` (NaN where nothing is kept), each
+    bit-identical to :func:`coaddx.kernels.stats.meanclip_masked`. ``values``: a 2-d float32
+    array (a view is fine), ``mask`` of the same shape.
+
+    Examples
+    --------
+    >>> v = np.array([[1.0, 2.0, 3.0, 100.0]], np.float32)
+    >>> m = np.array([[0, 0, 0, 1]], np.int32)
+    >>> meanclip_sets(v, m, [(1, 3.0, 2), (0, 3.0, 2)])
+    [2.0, 2.0]
+    """
+    if values.dtype != np.float32 or values.ndim != 2 or values.shape != mask.shape:
+        raise ValueError("values must be a 2-d float32 array with a mask of the same shape")
+    mask = mask if mask.dtype == np.int32 else mask.astype(np.int32)
+    out: list[float] = []
+    for g in range(0, len(params), MAX_SETS):
+        group = params[g : g + MAX_SETS]
+        got = _meanclip_group(
+            values,
+            mask,
+            np.array([int(p[0]) for p in group], np.int32),
+            np.array([float(p[1]) for p in group], np.float64),
+            np.array([int(p[2]) for p in group], np.int64),
+        )
+        out.extend(float(v) for v in got)
+    return out
