@@ -1,0 +1,314 @@
+"""Epoch and property planes of a coadd: which visits went into each pixel, and when.
+
+Per-pixel reductions over the visit axis of a (V, Y, X) block, beside the stack's ``n_image``
+(algorithms.md 2.4; LSST's inputMap and property maps): the first, last and weight-mean MJD of
+the inputs used at a pixel, their weight-mean PSF FWHM, how many there are, and a bitmap of
+the contributing visits.
+
+"Used" is ``n_image``'s rule (:func:`coaddx.kernels.stack.stack_block`): visit v is used at a
+pixel when its weight is finite and > 0 (the stack drops the other visits entirely) and its
+mask, before ``remove_bits``, has no ``bad_mask`` bit (LSST's andMask; CompareWarp's artifacts
+arrive as the CLIPPED bit, which its final andMask holds, so they are not used). Then
+``n_used == n_image`` exactly. With ``image`` given, a NaN input is not used either (NPOINT's
+rule: what the weighted mean actually sums; ``n_image`` counts such NaN pixels). The per-pixel
+sigma clipping of MEANCLIP is not seen here: a visit clipped at a pixel still counts as used,
+as it does in ``n_image``.
+
+The bitmap has ``ceil(n_visits / 64)`` uint64 words per pixel (one for up to 64 visits): bit
+``v % 64`` of word ``v // 64`` is visit v (the visit's index in the store). The reduction is
+decomposable over chunks of visits (``epoch_chunk`` with the chunk's ``visit_offset``,
+``epoch_combine`` in any tree, ``epoch_finalize``), as ``coaddx.kernels.stack.reduce`` is.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numba
+import numpy as np
+
+from coaddx.errors import InputError
+
+__all__ = [
+    "EpochPlanes",
+    "EpochSums",
+    "bitmap_words",
+    "epoch_block",
+    "epoch_chunk",
+    "epoch_combine",
+    "epoch_finalize",
+    "unpack_visits",
+    "used_inputs",
+    "visit_counts",
+]
+
+
+class EpochSums(NamedTuple):
+    """Partial per-pixel sums over the used inputs of some visits; float64 (Y, X) unless noted."""
+
+    first_mjd: np.ndarray  # min MJD (+inf where none)
+    last_mjd: np.ndarray  # max MJD (-inf where none)
+    weight: np.ndarray  # Σw
+    weighted_mjd: np.ndarray  # Σw mjd
+    fwhm_weight: np.ndarray  # Σw over the used inputs with a finite FWHM
+    weighted_fwhm: np.ndarray  # Σw fwhm over those
+    n_used: np.ndarray  # int32, used inputs
+    visits: np.ndarray  # uint64 (W, Y, X), the bitmap of the used visits
+
+
+class EpochPlanes(NamedTuple):
+    """The epoch planes of a block: float64 (Y, X), NaN where no input is used, unless noted."""
+
+    first_mjd: np.ndarray
+    last_mjd: np.ndarray
+    mean_mjd: np.ndarray  # Σw mjd / Σw
+    mean_fwhm: np.ndarray  # Σw fwhm / Σw over the used inputs with a finite FWHM
+    n_used: np.ndarray  # int32 (== the stack's n_image without ``image``)
+    visits: np.ndarray  # uint64 (W, Y, X) bitmap
+
+
+def bitmap_words(n_visits: int) -> int:
+    """uint64 words per pixel of the visit bitmap of ``n_visits`` visits (at least one)."""
+    return max(1, -(-int(n_visits) // 64))
+
+
+def used_inputs(
+    mask: np.ndarray,
+    weights: np.ndarray,
+    *,
+    bad_mask: int,
+    image: np.ndarray | None = None,
+) -> np.ndarray:
+    """The (V, Y, X) bool "used" flags of the module docstring (numpy; the reference rule).
+
+    Examples
+    --------
+    >>> m = np.array([0, 1, 0], np.int32).reshape(3, 1, 1)
+    >>> used_inputs(m, [1.0, 1.0, 0.0], bad_mask=1).ravel().tolist()
+    [True, False, False]
+    """
+    mask = np.asarray(mask)
+    w = np.asarray(weights, np.float64).ravel()
+    if mask.ndim != 3 or w.size != mask.shape[0]:
+        raise InputError(f"mask must be (V, Y, X) with V = {w.size} weights, got {mask.shape}")
+    used = (mask.astype(np.int64) & int(bad_mask)) == 0
+    used &= (np.isfinite(w) & (w > 0))[:, None, None]
+    if image is not None:
+        used &= np.isfinite(image)
+    return used
+
+
+def epoch_chunk(
+    mask: np.ndarray,
+    weights: np.ndarray,
+    mjd: np.ndarray,
+    fwhm: np.ndarray,
+    *,
+    bad_mask: int,
+    image: np.ndarray | None = None,
+    visit_offset: int = 0,
+    n_visits: int | None = None,
+) -> EpochSums:
+    """Partial epoch sums of a (V, Y, X) chunk of visits (one compiled pass, no bool cube).
+
+    Parameters
+    ----------
+    mask : ndarray of shape (V, Y, X)
+        Integer mask planes (int32, as the stack takes them), before ``remove_bits``.
+    weights, mjd : (V,) arrays
+        The visits' coadd weights and MJDs (finite where the weight is).
+    fwhm : (V,) array or broadcastable to (V, Y, X)
+        The visits' PSF FWHM (a number per visit, or per pixel e.g. from the detector that
+        covers it); non-finite values leave the FWHM mean only.
+    bad_mask : int
+        The stack's andMask.
+    image : ndarray of shape (V, Y, X), optional
+        When given, NaN inputs are not used (NPOINT's rule instead of ``n_image``'s).
+    visit_offset : int
+        Index of the chunk's first visit in the store (its bit in the bitmap).
+    n_visits : int, optional
+        Visits in the store (the bitmap's size); default ``visit_offset + V``.
+
+    Examples
+    --------
+    >>> m = np.zeros((2, 1, 1), np.int32)
+    >>> s = epoch_chunk(m, [1.0, 3.0], [60000.0, 60004.0], [3.0, 4.0], bad_mask=1)
+    >>> p = epoch_finalize(s)
+    >>> float(p.first_mjd[0, 0]), float(p.mean_mjd[0, 0]), float(p.mean_fwhm[0, 0])
+    (60000.0, 60003.0, 3.75)
+    >>> int(p.visits[0, 0, 0]), int(p.n_used[0, 0])
+    (3, 2)
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 3 or mask.dtype.kind not in "iu":
+        raise InputError(f"mask must be an integer (V, Y, X) array, got {mask.dtype} {mask.shape}")
+    nv, ny, nx = mask.shape
+    w, t = (np.asarray(a, np.float64).ravel() for a in (weights, mjd))
+    if w.size != nv or t.size != nv:
+        raise InputError(f"weights and mjd need {nv} entries, got {w.size} and {t.size}")
+    try:
+        fw = np.asarray(fwhm, np.float64)
+        f = np.broadcast_to(fw[:, None, None] if fw.ndim == 1 else fw, mask.shape)
+    except ValueError as err:
+        raise InputError(f"fwhm must be (V,) or broadcast to {mask.shape}: {err}") from None
+    included = np.isfinite(w) & (w > 0)
+    if np.any(included & ~np.isfinite(t)):
+        raise InputError("mjd must be finite for every visit with a positive weight")
+    offset = int(visit_offset)
+    total = offset + nv if n_visits is None else int(n_visits)
+    if offset < 0 or total < offset + nv:
+        raise InputError(f"visits {offset}..{offset + nv - 1} do not fit a store of {total}")
+    img = np.broadcast_to(np.float32(0), mask.shape) if image is None else np.asarray(image)
+    if img.shape != mask.shape:
+        raise InputError(f"image has shape {img.shape}, mask {mask.shape}")
+    sums = _empty_sums(ny, nx, bitmap_words(total))
+    _accumulate(
+        mask,
+        np.int64(bad_mask),
+        img,
+        np.flatnonzero(included),
+        w,
+        t,
+        f,
+        offset,
+        *sums,
+    )
+    return sums
+
+
+def _empty_sums(ny: int, nx: int, words: int) -> EpochSums:
+    return EpochSums(
+        np.full((ny, nx), np.inf),
+        np.full((ny, nx), -np.inf),
+        np.zeros((ny, nx)),
+        np.zeros((ny, nx)),
+        np.zeros((ny, nx)),
+        np.zeros((ny, nx)),
+        np.zeros((ny, nx), np.int32),
+        np.zeros((words, ny, nx), np.uint64),
+    )
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _accumulate(
+    mask, bad, image, vis, w, t, f, offset, first, last, sw, swt, swf_w, swf, n, bits
+):  # pragma: no cover - numba
+    """Add every used input of the included visits ``vis`` to the sums, a row at a time: the
+    row's accumulators stay in cache while the visits stream past, and the pixel loop is
+    branch-free (selects), so it vectorises. ``image`` and ``f`` may be zero-strided views."""
+    ny, nx = mask.shape[1], mask.shape[2]
+    inf, zero64 = np.inf, np.uint64(0)
+    for y in range(ny):
+        r_first, r_last = first[y], last[y]
+        r_sw, r_swt, r_swf_w, r_swf, r_n = sw[y], swt[y], swf_w[y], swf[y], n[y]
+        for k in range(vis.size):
+            v = vis[k]
+            wk, tk = w[v], t[v]
+            wt = wk * tk
+            g = offset + v
+            r_bits = bits[g >> 6, y]
+            bit = np.uint64(1) << np.uint64(g & 63)
+            m_row, f_row, i_row = mask[v, y], f[v, y], image[v, y]
+            for x in range(nx):
+                val = i_row[x]
+                used = ((np.int64(m_row[x]) & bad) == 0) & (val - val == 0)
+                fk = f_row[x]
+                ok = used & (fk - fk == 0)
+                r_first[x] = min(r_first[x], tk if used else inf)
+                r_last[x] = max(r_last[x], tk if used else -inf)
+                r_sw[x] += wk if used else 0.0
+                r_swt[x] += wt if used else 0.0
+                r_swf_w[x] += wk if ok else 0.0
+                r_swf[x] += wk * fk if ok else 0.0
+                r_n[x] += np.int32(1) if used else np.int32(0)
+                r_bits[x] |= bit if used else zero64
+
+
+def epoch_combine(*partials: EpochSums) -> EpochSums:
+    """Merge the partial sums of disjoint sets of visits of one store (at least one)."""
+    if not partials:
+        raise InputError("epoch_combine needs at least one EpochSums")
+    words = {p.visits.shape[0] for p in partials}
+    if len(words) != 1:
+        raise InputError(f"partial sums have bitmaps of different sizes: {sorted(words)} words")
+    first = np.minimum.reduce([p.first_mjd for p in partials])
+    last = np.maximum.reduce([p.last_mjd for p in partials])
+    sw, swt, swf_w, swf, n = (
+        np.sum([getattr(p, name) for p in partials], axis=0)
+        for name in ("weight", "weighted_mjd", "fwhm_weight", "weighted_fwhm", "n_used")
+    )
+    visits = np.bitwise_or.reduce([p.visits for p in partials])
+    return EpochSums(first, last, sw, swt, swf_w, swf, n.astype(np.int32), visits)
+
+
+def epoch_finalize(sums: EpochSums) -> EpochPlanes:
+    """The epoch planes from their sums (NaN where no input is used)."""
+    none = sums.n_used == 0
+    return EpochPlanes(
+        np.where(none, np.nan, sums.first_mjd),
+        np.where(none, np.nan, sums.last_mjd),
+        _ratio(sums.weighted_mjd, sums.weight),
+        _ratio(sums.weighted_fwhm, sums.fwhm_weight),
+        sums.n_used.astype(np.int32),
+        sums.visits,
+    )
+
+
+def epoch_block(
+    mask: np.ndarray,
+    weights: np.ndarray,
+    mjd: np.ndarray,
+    fwhm: np.ndarray,
+    *,
+    bad_mask: int,
+    image: np.ndarray | None = None,
+    visit_offset: int = 0,
+    n_visits: int | None = None,
+) -> EpochPlanes:
+    """The epoch planes of one (V, Y, X) block: ``epoch_finalize(epoch_chunk(...))``."""
+    return epoch_finalize(
+        epoch_chunk(
+            mask,
+            weights,
+            mjd,
+            fwhm,
+            bad_mask=bad_mask,
+            image=image,
+            visit_offset=visit_offset,
+            n_visits=n_visits,
+        )
+    )
+
+
+def unpack_visits(visits: np.ndarray, n_visits: int) -> np.ndarray:
+    """The (n_visits, Y, X) bool "used" flags from a (W, Y, X) uint64 bitmap.
+
+    Examples
+    --------
+    >>> unpack_visits(np.array([[[5]]], np.uint64), 3).ravel().tolist()
+    [True, False, True]
+    """
+    words = np.asarray(visits, np.uint64)
+    if words.ndim != 3 or words.shape[0] < bitmap_words(n_visits):
+        raise InputError(
+            f"a bitmap of {n_visits} visits needs (W, Y, X) with W >= "
+            f"{bitmap_words(n_visits)}, got {words.shape}"
+        )
+    v = np.arange(int(n_visits))
+    shifts = (v & 63).astype(np.uint64)[:, None, None]
+    return ((words[v >> 6] >> shifts) & np.uint64(1)).astype(bool)
+
+
+def visit_counts(visits: np.ndarray) -> np.ndarray:
+    """Contributing visits per pixel (the popcount of the bitmap), int32 (Y, X)."""
+    words = np.asarray(visits, np.uint64)
+    count = np.zeros(words.shape[1:], np.int32)
+    for word in words:
+        for b in range(64):
+            count += ((word >> np.uint64(b)) & np.uint64(1)).astype(np.int32)
+    return count
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, NaN where den is 0 (no warning)."""
+    return np.divide(num, den, out=np.full(np.shape(num), np.nan), where=den != 0)
