@@ -17,8 +17,7 @@ import numpy as np
 from coaddx.coadd.compare_warp.config import CompareWarpConfig
 from coaddx.coadd.config import AssembleConfig
 from coaddx.coadd.weights import WeightStatistic, weight_statistic
-from coaddx.kernels.stats import meanclip_masked
-from coaddx.kernels.weight_stats import meanclip_sets
+from coaddx.kernels.stats import meanclip_masked, meanclip_masked_many
 from coaddx.model.masks import bitmask
 
 __all__ = ["WEIGHT_PRESETS", "visit_weight_stats"]
@@ -47,7 +46,7 @@ def visit_weight_stats(
     ]
     variance = np.asarray(variance)
     if variance.dtype == np.float32 and variance.ndim == 2:
-        values = meanclip_sets(variance, np.asarray(mask, dtype=np.int32), params)
+        values = meanclip_masked_many(variance, np.asarray(mask, dtype=np.int32), params)
     else:
         values = [
             meanclip_masked(variance, mask, bad, sigma_clip=sigma, clip_iter=iters)
