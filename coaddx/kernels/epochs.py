@@ -146,11 +146,19 @@ def epoch_chunk(
     w, t = (np.asarray(a, np.float64).ravel() for a in (weights, mjd))
     if w.size != nv or t.size != nv:
         raise InputError(f"weights and mjd need {nv} entries, got {w.size} and {t.size}")
-    try:
-        fw = np.asarray(fwhm, np.float64)
-        f = np.broadcast_to(fw[:, None, None] if fw.ndim == 1 else fw, mask.shape)
-    except ValueError as err:
-        raise InputError(f"fwhm must be (V,) or broadcast to {mask.shape}: {err}") from None
+    fw = np.asarray(fwhm, np.float64)
+    fv, fpix = (fw.ravel(), None) if fw.ndim == 1 else (np.zeros(nv), fw)
+    if fv.size != nv:
+        raise InputError(
+            f"fwhm must be (V,) = ({nv},) or broadcast to {mask.shape}, got {fw.shape}"
+        )
+    if fpix is not None:
+        try:
+            fpix = np.broadcast_to(fpix, mask.shape)
+        except ValueError:
+            raise InputError(
+                f"fwhm must be (V,) = ({nv},) or broadcast to {mask.shape}, got {fw.shape}"
+            ) from None
     included = np.isfinite(w) & (w > 0)
     if np.any(included & ~np.isfinite(t)):
         raise InputError("mjd must be finite for every visit with a positive weight")
@@ -158,8 +166,8 @@ def epoch_chunk(
     total = offset + nv if n_visits is None else int(n_visits)
     if offset < 0 or total < offset + nv:
         raise InputError(f"visits {offset}..{offset + nv - 1} do not fit a store of {total}")
-    img = np.broadcast_to(np.float32(0), mask.shape) if image is None else np.asarray(image)
-    if img.shape != mask.shape:
+    img = None if image is None else np.asarray(image)
+    if img is not None and img.shape != mask.shape:
         raise InputError(f"image has shape {img.shape}, mask {mask.shape}")
     sums = _empty_sums(ny, nx, bitmap_words(total))
     _accumulate(
@@ -169,7 +177,8 @@ def epoch_chunk(
         np.flatnonzero(included),
         w,
         t,
-        f,
+        fv,
+        fpix,
         offset,
         *sums,
     )
@@ -191,11 +200,14 @@ def _empty_sums(ny: int, nx: int, words: int) -> EpochSums:
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _accumulate(
-    mask, bad, image, vis, w, t, f, offset, first, last, sw, swt, swf_w, swf, n, bits
+    mask, bad, image, vis, w, t, fv, fpix, offset, first, last, sw, swt, swf_w, swf, n, bits
 ):  # pragma: no cover - numba
-    """Add every used input of the included visits ``vis`` to the sums, a row at a time: the
-    row's accumulators stay in cache while the visits stream past, and the pixel loop is
-    branch-free (selects), so it vectorises. ``image`` and ``f`` may be zero-strided views."""
+    """Add every used input of the included visits ``vis`` to the sums, a row at a time.
+
+    The row's accumulators stay in cache while the visits stream past, and the pixel loop is
+    branch-free (selects), so it vectorises. ``image`` None (no finiteness test) and ``fpix``
+    None (the per-visit FWHM ``fv``) are pruned at compile time: separate specialisations.
+    """
     ny, nx = mask.shape[1], mask.shape[2]
     inf, zero64 = np.inf, np.uint64(0)
     for y in range(ny):
@@ -203,16 +215,21 @@ def _accumulate(
         r_sw, r_swt, r_swf_w, r_swf, r_n = sw[y], swt[y], swf_w[y], swf[y], n[y]
         for k in range(vis.size):
             v = vis[k]
-            wk, tk = w[v], t[v]
+            wk, tk, fvk = w[v], t[v], fv[v]
             wt = wk * tk
             g = offset + v
             r_bits = bits[g >> 6, y]
             bit = np.uint64(1) << np.uint64(g & 63)
-            m_row, f_row, i_row = mask[v, y], f[v, y], image[v, y]
+            m_row = mask[v, y]
             for x in range(nx):
-                val = i_row[x]
-                used = ((np.int64(m_row[x]) & bad) == 0) & (val - val == 0)
-                fk = f_row[x]
+                used = (np.int64(m_row[x]) & bad) == 0
+                if image is not None:
+                    val = image[v, y, x]
+                    used = used & (val - val == 0)
+                if fpix is None:
+                    fk = fvk
+                else:
+                    fk = fpix[v, y, x]
                 ok = used & (fk - fk == 0)
                 r_first[x] = min(r_first[x], tk if used else inf)
                 r_last[x] = max(r_last[x], tk if used else -inf)

@@ -102,6 +102,10 @@ def test_per_pixel_fwhm_with_gaps() -> None:
     planes = epoch_block(mask, weights, mjd, fwhm, bad_mask=BAD)
     ref, n, used = brute_force(mask, weights, mjd, fwhm)
     check(planes, ref, n, used, 9)
+    columns = fwhm[:, :1, :]  # (V, 1, X): broadcast over the rows
+    planes = epoch_block(mask, weights, mjd, columns, bad_mask=BAD)
+    ref, n, used = brute_force(mask, weights, mjd, np.broadcast_to(columns, mask.shape))
+    check(planes, ref, n, used, 9)
 
 
 def test_n_used_is_the_stack_n_image() -> None:
