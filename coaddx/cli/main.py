@@ -23,7 +23,17 @@ from typing import Any
 import dask
 
 from coaddx._version import __version__
-from coaddx.cli import assemble, calibrate, check, demo, diff, export, simulate, warp
+from coaddx.cli import (
+    assemble,
+    calibrate,
+    check,
+    demo,
+    diff,
+    export,
+    precompile,
+    simulate,
+    warp,
+)
 from coaddx.cli.client import check_runtime_flags
 from coaddx.errors import CoaddxError
 from coaddx.runtime.malloc import tune_malloc
@@ -40,9 +50,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": demo.run,
     "export-fits": export.run,
     "check": check.run,
+    "precompile": precompile.run,
 }
 
-_PARSERS = (simulate, calibrate, warp, diff, assemble, demo, export, check)
+_PARSERS = (simulate, calibrate, warp, diff, assemble, demo, export, check, precompile)
 
 
 def parser() -> argparse.ArgumentParser:

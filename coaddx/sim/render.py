@@ -13,6 +13,7 @@ import math
 import numba as nb
 import numpy as np
 
+import coaddx.kernels  # noqa: F401  (sets up the kernel cache before the kernels below exist)
 from coaddx.constants import SIGMA_TO_FWHM
 from coaddx.model.psf import moffat_alpha
 
