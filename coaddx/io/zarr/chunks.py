@@ -57,16 +57,39 @@ def _fill(meta: dict[str, Any], dtype: np.dtype) -> Any:
     return dtype.type(value if value is not None else 0)
 
 
+#: blosc's shuffle names in Zarr metadata, as numcodecs numbers them.
+_SHUFFLES = {
+    "noshuffle": numcodecs.blosc.NOSHUFFLE,
+    "shuffle": numcodecs.blosc.SHUFFLE,
+    "bitshuffle": numcodecs.blosc.BITSHUFFLE,
+}
+#: Per-thread decode buffers for chunks read into another dtype (a 16-bit mask as int32).
+_SCRATCH = threading.local()
+
+
+def _blosc(codec: dict[str, Any]) -> tuple[str, int, int] | None:
+    """(cname, clevel, shuffle) of a blosc codec's metadata, None when not one we write."""
+    conf = codec.get("configuration", {})
+    shuffle = _SHUFFLES.get(str(conf.get("shuffle", "shuffle")))
+    cname = str(conf.get("cname", "lz4"))
+    if shuffle is None or cname not in numcodecs.blosc.list_compressors():
+        return None
+    return cname, int(conf.get("clevel", 1)), shuffle
+
+
 def region_reader(
     array_path: str | Path,
     *,
     root: str | Path | None = None,
     manifests: ManifestIndex | None = None,
+    dtype: Any = None,
 ) -> LocalChunkArray | None:
     """A :class:`LocalChunkArray` for the array at ``array_path``, or None if its layout is not
     one this reader handles (the caller then uses zarr). ``root``: the store it belongs to
     (no read leaves it; default the array itself); ``manifests``: the expected CRC of each
-    chunk of a (visit, y, x) array, checked as chunks are read."""
+    chunk of a (visit, y, x) array, checked as chunks are read; ``dtype``: the dtype reads
+    return (default the stored one; a wider integer type widens each chunk as it is
+    decoded, so a 16-bit mask reads as int32 without a pass over the whole block)."""
     path = Path(array_path)
     try:
         meta = json.loads((path / "zarr.json").read_text())
@@ -85,19 +108,27 @@ def region_reader(
         return None
     if len(codecs) > 2 or (len(codecs) == 2 and codecs[1].get("name") != "blosc"):
         return None
+    blosc = _blosc(codecs[1]) if len(codecs) == 2 else None
     try:
-        dtype = np.dtype(meta["data_type"])
+        stored = np.dtype(meta["data_type"])
+        out = stored if dtype is None else np.dtype(dtype)
     except TypeError:
+        return None
+    if out != stored and not (out.kind in "iu" and np.can_cast(stored, out, "safe")):
+        return None
+    if len(codecs) == 2 and blosc is None:
         return None
     return LocalChunkArray(
         path,
         tuple(meta["shape"]),
         tuple(meta["chunk_grid"]["configuration"]["chunk_shape"]),
-        dtype,
-        _fill(meta, dtype),
+        out,
+        _fill(meta, stored),
         len(codecs) == 2,
         root=Path(root) if root is not None else path,
         manifests=manifests,
+        stored=stored,
+        blosc=blosc,
     )
 
 
@@ -105,6 +136,8 @@ class LocalChunkArray:
     """Array-like view of a local Zarr v3 array whose ``__getitem__`` reads chunk files directly.
 
     Only basic slicing with steps of 1 is supported (what ``dask.array.from_array`` uses).
+    ``dtype`` is what reads return, ``stored`` the chunks' dtype (the same unless widened) and
+    ``blosc`` the (cname, clevel, shuffle) of compressed chunks (what the writer encodes with).
     """
 
     def __init__(
@@ -118,6 +151,8 @@ class LocalChunkArray:
         *,
         root: Path | None = None,
         manifests: ManifestIndex | None = None,
+        stored: np.dtype | None = None,
+        blosc: tuple[str, int, int] | None = None,
     ) -> None:
         self.path = str(path)
         self.root = str(root if root is not None else path)
@@ -129,12 +164,19 @@ class LocalChunkArray:
         self.ndim = len(shape)
         self.fill = fill
         self.compressed = compressed
+        self.stored = np.dtype(stored) if stored is not None else np.dtype(dtype)
+        self.blosc = blosc if blosc is not None else ("lz4", 1, numcodecs.blosc.SHUFFLE)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             LocalChunkArray,
             (Path(self.path), self.shape, self.chunks, self.dtype, self.fill, self.compressed),
-            {"root": self.root, "manifests": self.manifests},
+            {
+                "root": self.root,
+                "manifests": self.manifests,
+                "stored": self.stored,
+                "blosc": self.blosc,
+            },
         )
 
     def _slices(self, key: Any) -> tuple[list[slice], tuple[int | slice, ...]]:
@@ -162,13 +204,24 @@ class LocalChunkArray:
             squeeze.append(slice(None))
         return out, tuple(squeeze)
 
+    def _scratch(self, n_items: int) -> np.ndarray:
+        """This thread's decode buffer of ``n_items`` stored values (reused: a fresh buffer
+        per chunk would cost page faults and evict the cache)."""
+        key = (self.stored.str, n_items)
+        buf = getattr(_SCRATCH, "buffers", {}).get(key)
+        if buf is None:
+            buf = np.empty(n_items, dtype=self.stored)
+            _SCRATCH.buffers = {key: buf}
+        return buf
+
     def _decode(self, buf: bytes, n_items: int, dest: np.ndarray | None) -> np.ndarray:
+        """The chunk's stored values (in ``dest`` when given: a buffer of the stored dtype)."""
         if not self.compressed:
-            return np.frombuffer(buf, dtype=self.dtype, count=n_items)
+            return np.frombuffer(buf, dtype=self.stored)
         if dest is not None:
             numcodecs.blosc.decompress(buf, dest)
             return dest
-        return np.frombuffer(numcodecs.blosc.decompress(buf), dtype=self.dtype, count=n_items)
+        return np.frombuffer(numcodecs.blosc.decompress(buf), dtype=self.stored)
 
     def _where(self, index: Sequence[int]) -> str:
         """The store, array, visit and chunk of chunk ``index``, for error messages."""
@@ -240,18 +293,28 @@ class LocalChunkArray:
         if fd is None:
             self._absent(index, key, expected)
             return None
-        if dest is not None and not self.compressed:
+        same = self.stored == self.dtype
+        if dest is not None and not self.compressed and same:
             return self._read_into(fd, key, index, dest, expected)
         with os.fdopen(fd, "rb") as fh:
             buf = fh.read()
         self._verify(index, key, buf, expected)
+        into = None  # decode straight into dest, or into this thread's buffer to widen
+        if dest is not None and self.compressed and len(buf) >= 16:
+            into = dest.reshape(-1) if same else self._scratch(n_items)
+            if int.from_bytes(buf[4:8], "little") != into.nbytes:  # blosc's decoded size
+                into = None  # a corrupt or foreign chunk: decoded and refused below
         try:
-            flat = self._decode(buf, n_items, dest)
+            flat = self._decode(buf, n_items, into)
         except Exception as exc:  # numcodecs raises RuntimeError/ValueError on corrupt data
             raise StoreError(f"corrupt chunk {key} ({self._where(index)}): {exc}") from exc
         if flat.size != n_items:
             raise StoreError(f"corrupt chunk {key}: {flat.size} values, expected {n_items}")
-        return flat.reshape(self.chunks)
+        chunk = flat.reshape(self.chunks)
+        if dest is not None and not (same and into is not None):
+            np.copyto(dest, chunk)  # widened in place (the chunk is in this core's cache)
+            return dest
+        return chunk
 
     def _read_into(
         self, fd: int, key: Path, index: Sequence[int], dest: np.ndarray, expected: int | None
@@ -356,9 +419,10 @@ def move_slot(array_path: str | Path, src: int, dst: int, root: str | Path) -> N
 class LocalChunkWriter:
     """Writes one visit slot of a local Zarr v3 array chunk file by chunk, from a box of data.
 
-    Chunks are encoded as zarr would (``bytes``, then blosc lz4 + byte shuffle when the array
-    is compressed), written to a temporary file and renamed into place, so each is whole or
-    absent; chunks equal to the fill value are not stored (zarr's ``write_empty_chunks=False``).
+    Chunks are encoded as zarr would (``bytes``, then blosc with the array's cname, clevel
+    and shuffle when it is compressed), written to a temporary file and renamed into place,
+    so each is whole or absent; chunks equal to the fill value are not stored (zarr's
+    ``write_empty_chunks=False``).
     Pixels outside the box take ``outside``; chunks entirely outside are encoded once.
     :meth:`write_box` returns the CRC-32C of every chunk file written (None: not written).
     """
@@ -367,10 +431,11 @@ class LocalChunkWriter:
         self.array = reader
 
     def _encode(self, chunk: np.ndarray) -> bytes:
-        chunk = np.ascontiguousarray(chunk, dtype=self.array.dtype)
+        chunk = np.ascontiguousarray(chunk, dtype=self.array.stored)
         if not self.array.compressed:
             return chunk.tobytes()
-        return numcodecs.blosc.compress(chunk, b"lz4", 1, numcodecs.blosc.SHUFFLE)
+        cname, clevel, shuffle = self.array.blosc
+        return numcodecs.blosc.compress(chunk, cname.encode(), clevel, shuffle)
 
     def _is_fill(self, chunk: np.ndarray) -> bool:
         fill = self.array.fill
@@ -420,7 +485,7 @@ class LocalChunkWriter:
             raise ValueError(f"data of shape {data.shape} does not fill box {box}")
         if not (0 <= x0 <= x1 <= nx and 0 <= y0 <= y1 <= ny):
             raise ValueError(f"box {box} is outside the {ny} x {nx} plane")
-        blank = np.full((cy, cx), outside, dtype=self.array.dtype)
+        blank = np.full((cy, cx), outside, dtype=self.array.stored)
         blank_payload = None if self._is_fill(blank) else self._encode(blank)
         blank_crc = None if blank_payload is None else chunk_crc(blank_payload)
         base = Path(self.array.path, "c", str(int(index)))

@@ -24,7 +24,7 @@ import zarr
 
 from coaddx.errors import CoaddxError, SchemaError, StoreError
 from coaddx.io.zarr.chunks import region_reader
-from coaddx.io.zarr.layout import LAYERS, WARP_TYPES, open_root
+from coaddx.io.zarr.layout import LAYERS, MASK_DTYPES, WARP_TYPES, open_root
 from coaddx.io.zarr.manifest import (
     ManifestIndex,
     commit_log,
@@ -195,7 +195,8 @@ def _arrays(state: GroupState, n: int) -> dict[str, zarr.Array]:
         ny, nx = (int(cast(zarr.Array, state.group[c]).shape[0]) for c in ("y", "x"))
         for name, arr in arrays.items():
             dtype, shape, chunks = np.dtype(str(arr.dtype)), arr.shape, arr.chunks
-            if dtype != DTYPES[name] or len(shape) != 3 or tuple(shape[1:]) != (ny, nx):
+            allowed = MASK_DTYPES if name == "mask" else (DTYPES[name],)
+            if dtype not in allowed or len(shape) != 3 or tuple(shape[1:]) != (ny, nx):
                 raise StoreError(
                     f"is {dtype} {tuple(shape)}, expected {DTYPES[name]} (visit, {ny}, {nx})"
                 )

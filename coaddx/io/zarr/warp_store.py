@@ -7,7 +7,7 @@ Layout (design.md, "On-disk formats")::
                                        visits (the commit log), provenance, coaddx_version
         image    (visit, y, x) float32   chunks (1, C, C)
         variance (visit, y, x) float32
-        mask     (visit, y, x) int32
+        mask     (visit, y, x) uint16 (int32 when a plane's bit is >= 16, and before)
         x (x,), y (y,) int64             tract pixel coordinates of the outer box
 
 Atomicity. Zarr's local store writes every chunk to a temporary file and renames it, so a
@@ -31,7 +31,6 @@ The store writes what it is given: the chunk size and the statistics come from t
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -41,7 +40,7 @@ import zarr
 
 from coaddx._version import __version__
 from coaddx.constants import STORE_CHUNK
-from coaddx.errors import InputError, SchemaError, StoreError
+from coaddx.errors import SchemaError, StoreError
 from coaddx.io.zarr.chunks import LocalChunkWriter, clear_slot, move_slot, region_writer
 from coaddx.io.zarr.integrity import (
     StoreReport,
@@ -54,9 +53,9 @@ from coaddx.io.zarr.integrity import (
 )
 from coaddx.io.zarr.layout import (
     LAYERS,
-    checksum,
     codecs,
     jsonable,
+    mask_dtype,
     now,
     open_root,
     patch_store_attrs,
@@ -69,6 +68,7 @@ from coaddx.io.zarr.manifest import (
     write_manifest,
     write_manifest_group,
 )
+from coaddx.io.zarr.planes import check_mask_dtype, check_variance, pixel_fields, planes_of
 from coaddx.model.masks import bitmask, check_mask_planes
 from coaddx.model.skymap import Patch, wcs_to_header_string
 
@@ -84,44 +84,6 @@ __all__ = [
 
 class IncompleteStoreWarning(UserWarning):
     """A store holds visits whose writing did not finish; they are ignored until rewritten."""
-
-
-def _check_variance(
-    visit: int | str, image: np.ndarray, variance: np.ndarray, *, warn: bool = True
-) -> None:
-    with np.errstate(invalid="ignore"):
-        bad = np.isfinite(image) & ~(variance >= 0)
-    nbad = int(np.count_nonzero(bad))
-    if nbad:
-        y, x = np.argwhere(bad)[0]
-        raise InputError(
-            f"visit {visit}: {nbad} pixel(s) have a finite image but a NaN or "
-            f"negative variance (first at y={y}, x={x}); nothing was written"
-        )
-    if warn and not np.isfinite(image).any():
-        warnings.warn(
-            f"visit {visit}: every image pixel is NaN; AssembleCoadd will skip it", stacklevel=3
-        )
-
-
-def _planes_of(image: Any, variance: Any, mask: Any) -> dict[str, np.ndarray]:
-    return {
-        "image": np.asarray(image, dtype=np.float32),
-        "variance": np.asarray(variance, dtype=np.float32),
-        "mask": np.asarray(mask, dtype=np.int32),
-    }
-
-
-def _pixel_fields(
-    arrays: Mapping[str, np.ndarray],
-    finite: np.ndarray,
-    weight_stats: Mapping[str, float] | None,
-) -> dict[str, Any]:
-    out: dict[str, Any] = {"checksum": {k: checksum(v) for k, v in arrays.items()}}
-    if weight_stats is not None:
-        out["weight_stats"] = {str(k): float(v) for k, v in weight_stats.items()}
-    out["n_finite"] = int(np.isfinite(finite).sum())
-    return out
 
 
 #: The key of a write's result that carries its chunk CRCs to :meth:`WarpStore.commit` (kept
@@ -144,6 +106,7 @@ class WarpStore:
         self.group = cast(zarr.Group, root[warp_type])
         planes = cast(Mapping[str, int], self.group.attrs["mask_planes"])
         self.mask_planes = check_mask_planes(planes, where=f"{self.where} mask_planes")
+        self.mask_stored = check_mask_dtype(self._array("mask").dtype, self.mask_planes, self.where)
 
     @property
     def where(self) -> str:
@@ -196,7 +159,7 @@ class WarpStore:
         c = int(min(chunk, max(ny, nx)))
         for name, dtype, fill in (("image", "f4", np.nan), ("variance", "f4", np.nan)):
             _create_layer(group, name, (ny, nx), (min(c, ny), min(c, nx)), dtype, fill)
-        _create_layer(group, "mask", (ny, nx), (min(c, ny), min(c, nx)), "i4", 0)
+        _create_layer(group, "mask", (ny, nx), (min(c, ny), min(c, nx)), mask_dtype(planes), 0)
         for name, values, n in (("x", x, nx), ("y", y, ny)):
             coord = np.arange(n, dtype=np.int64) if values is None else np.asarray(values, np.int64)
             if coord.shape != (n,):
@@ -345,8 +308,8 @@ class WarpStore:
         ``data_region`` (rows, columns), if given, promises that every pixel outside it is
         NO_DATA (NaN image and variance): ``n_finite`` then counts only that region.
         """
-        arrays = _planes_of(image, variance, mask)
-        _check_variance(f"slot {index}", arrays["image"], arrays["variance"], warn=False)
+        arrays = planes_of(image, variance, mask, self.mask_stored, f"slot {index}")
+        check_variance(f"slot {index}", arrays["image"], arrays["variance"], warn=False)
         writers = self._writers()
         crcs: dict[str, Any] | None = None
         if writers is not None and all(a.shape == self.shape for a in arrays.values()):
@@ -359,7 +322,7 @@ class WarpStore:
             for name, arr in arrays.items():
                 self._array(name)[index] = arr
         region = data_region if data_region is not None else (slice(None), slice(None))
-        return {**_pixel_fields(arrays, arrays["image"][region], weight_stats), CHUNKS: crcs}
+        return {**pixel_fields(arrays, arrays["image"][region], weight_stats), CHUNKS: crcs}
 
     def write_slot_box(
         self,
@@ -378,7 +341,7 @@ class WarpStore:
         full-plane copies: a warp usually covers part of the patch); others go through zarr.
         The checksums are those of the box arrays; ``data_box`` is recorded beside them. A
         finite pixel with a NaN or negative variance is refused before anything is written."""
-        arrays = _planes_of(image, variance, mask)
+        arrays = planes_of(image, variance, mask, self.mask_stored, f"slot {index}")
         ny, nx = self.shape
         h, w = arrays["image"].shape
         box = (int(x0), int(y0), int(x0) + w, int(y0) + h)
@@ -389,7 +352,7 @@ class WarpStore:
                 f"slot {index}: data box {box} of shapes "
                 f"{[a.shape for a in arrays.values()]} does not fit {ny} x {nx}"
             )
-        _check_variance(f"slot {index}", arrays["image"], arrays["variance"], warn=False)
+        check_variance(f"slot {index}", arrays["image"], arrays["variance"], warn=False)
         no_data = np.int32(bitmask(self.mask_planes, "NO_DATA"))
         outside = {"image": np.float32(np.nan), "variance": np.float32(np.nan), "mask": no_data}
         writers = self._writers()
@@ -404,7 +367,7 @@ class WarpStore:
                 full = np.full((ny, nx), outside[name], dtype=arr.dtype)
                 full[box[1] : box[3], box[0] : box[2]] = arr
                 self._array(name)[index] = full
-        fields = _pixel_fields(arrays, arrays["image"], weight_stats)
+        fields = pixel_fields(arrays, arrays["image"], weight_stats)
         return {"checksum": fields.pop("checksum"), "data_box": list(box), **fields, CHUNKS: crcs}
 
     def _manifests(self, records: Sequence[dict[str, Any]], slots: Sequence[int]) -> None:
@@ -532,8 +495,10 @@ class WarpStore:
             raise SchemaError(
                 f"visit {visit}: mask must be an integer array, got {arrays['mask'].dtype}"
             )
-        arrays["mask"] = arrays["mask"].astype(np.int32, copy=False)
-        _check_variance(visit, arrays["image"], arrays["variance"])
+        check_variance(visit, arrays["image"], arrays["variance"])
+        arrays = planes_of(  # the mask checked to fit before a slot is reserved
+            arrays["image"], arrays["variance"], arrays["mask"], self.mask_stored, f"visit {visit}"
+        )
         with store_lock(self.path, "append_visit"):  # one writer at a time (lock.py)
             index = self.reserve([visit])[visit]
             pixels = self.write_slot(index, *arrays.values(), weight_stats=weight_stats)

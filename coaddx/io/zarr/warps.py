@@ -139,7 +139,10 @@ def open_warps(
     data = {}
     index = state.index()
     for name, arr in arrays.items():
-        source = region_reader(path / warp_type / name, root=path, manifests=index) or arr
+        # masks read as int32 whatever their stored dtype (uint16 since the mask planes fit)
+        want = np.dtype(np.int32) if name == "mask" else None
+        fast = region_reader(path / warp_type / name, root=path, manifests=index, dtype=want)
+        source = fast if fast is not None else arr
         lazy = da.from_array(
             source,
             chunks=dchunks,
@@ -150,6 +153,8 @@ def open_warps(
         )
         if lazy.shape[0] != n:
             lazy = lazy[:n]
+        if want is not None and lazy.dtype != want:
+            lazy = lazy.astype(want)
         data[name] = (("visit", "y", "x"), lazy)
     coords: dict[str, Any] = {
         "visit": ("visit", np.asarray([int(r["visit"]) for r in records], dtype=np.int64)),
