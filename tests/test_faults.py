@@ -75,10 +75,13 @@ def _assert_same(a: xr.Dataset, b: xr.Dataset, names) -> None:
         x, y = a[name].values, b[name].values
         assert x.shape == y.shape, name
         assert x.dtype == y.dtype, name
-        if np.issubdtype(x.dtype, np.floating):
-            assert np.array_equal(x, y, equal_nan=True), name
-        else:
-            assert np.array_equal(x, y), name
+        same = np.array_equal(x, y, equal_nan=np.issubdtype(x.dtype, np.floating))
+        if not same:  # say where: which visits, how many pixels, by how much
+            with np.errstate(invalid="ignore"):
+                diff = (x != y) & ~(np.isnan(x) & np.isnan(y)) if x.dtype.kind == "f" else x != y
+            bad = {int(a.visit[k]): int(diff[k].sum()) for k in range(x.shape[0]) if diff[k].any()}
+            top = float(np.nanmax(np.abs(x[diff].astype(float) - y[diff].astype(float))))
+            raise AssertionError(f"{name} differs: pixels per visit {bad}, largest {top:g}")
 
 
 def test_worker_killed_in_make_warps(sim, reference, client, tmp_path):

@@ -23,6 +23,7 @@ __all__ = [
     "Box",
     "Patch",
     "Tract",
+    "canonical_wcs",
     "make_tan_wcs",
     "shift_wcs",
     "wcs_from_header_string",
@@ -221,6 +222,13 @@ class Patch:
     index: tuple[int, int] = (0, 0)
     sequential: int = 0
 
+    def __post_init__(self) -> None:
+        # The WCS as its FITS header gives it back: astropy pickles a WCS through its header
+        # (13 significant digits, CD written as PC), so a patch sent to a dask worker or read
+        # back from a store would otherwise differ from this one in the last bits and warp
+        # 1e-12 px elsewhere (results then depended on the scheduler).
+        object.__setattr__(self, "tract_wcs", canonical_wcs(self.tract_wcs))
+
     @classmethod
     def from_wcs(cls, wcs: WCS, shape: tuple[int, int]) -> Patch:
         """A grid given by a celestial WCS and a ``(rows, columns)`` shape, like a SWarp header."""
@@ -257,6 +265,15 @@ class Patch:
     @property
     def y(self) -> np.ndarray:
         return np.arange(self.outer_bbox.y0, self.outer_bbox.y1, dtype=np.int64)
+
+
+def canonical_wcs(wcs: WCS) -> WCS:
+    """``wcs`` as it comes back from its FITS header (idempotent: pickling, copying or storing
+    the result gives it back bit for bit). A WCS with distortion lookup tables, which a header
+    does not carry, is returned as it is."""
+    if any(getattr(wcs, k, None) is not None for k in ("cpdis1", "cpdis2", "det2im1", "det2im2")):
+        return wcs
+    return wcs_from_header_string(wcs_to_header_string(wcs))
 
 
 def wcs_to_header_string(wcs: WCS) -> str:
