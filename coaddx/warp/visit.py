@@ -19,7 +19,7 @@ from coaddx.model.masks import bitmask
 from coaddx.model.skymap import Box, Patch
 from coaddx.warp.config import ModelPsfMatchConfig, WarpConfig
 from coaddx.warp.exposure import blank_layers, warp_exposure_box
-from coaddx.warp.inputs import WarpInput, file_crc32
+from coaddx.warp.inputs import WarpInput, file_crc32c
 from coaddx.warp.psf_matched import psf_match_warp, warped_psf
 from coaddx.warp.weights import visit_weight_stats
 
@@ -45,7 +45,7 @@ _Warped = tuple[Box, np.ndarray, np.ndarray, np.ndarray]
 
 def visit_metadata(exposures: Sequence[Exposure], items: Sequence[WarpInput]) -> dict[str, Any]:
     """The visit record's metadata: the first exposure's fields, the mean PSF FWHM, the
-    detectors and the input files with their CRC-32 (non-finite numbers as None)."""
+    detectors and the input files with their CRC-32C (non-finite numbers as None)."""
     first = exposures[0]
     meta: dict[str, Any] = {k: getattr(first, k) for k in VISIT_FIELDS}
     meta["photo_calib"] = float(first.photo_calib)
@@ -53,7 +53,7 @@ def visit_metadata(exposures: Sequence[Exposure], items: Sequence[WarpInput]) ->
     meta["psf_fwhm"] = float(np.mean(fwhm)) if fwhm else float("nan")
     meta["detectors"] = ",".join(str(e.detector) for e in exposures)
     meta["inputs"] = [
-        {"path": str(i.source), "crc32": file_crc32(i.source)}
+        {"path": str(i.source), "crc32c": file_crc32c(i.source)}
         if isinstance(i.source, Path)
         else {"path": i.name}
         for i in items
@@ -134,7 +134,9 @@ def _write(
     meta = visit_metadata(exposures, items)
     records = {}
     if "direct" in slots:  # absent when only the psf_matched warp is (re)written
-        stats = visit_weight_stats(variance.astype(np.float32), mask.astype(np.int32), planes)
+        stats = visit_weight_stats(
+            np.asarray(variance, np.float32), np.asarray(mask, np.int32), planes
+        )
         pixels = stores["direct"].write_slot_box(
             slots["direct"], union.x0, union.y0, image, variance, mask, weight_stats=stats
         )
