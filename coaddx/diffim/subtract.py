@@ -24,10 +24,11 @@ from coaddx.kernels.psfmatch.basis import (
     alard_lupton_basis,
     alard_lupton_sigmas,
     delta_function_basis,
+    monomials,
     regularization_matrix,
 )
 from coaddx.kernels.psfmatch.fit import CandidateStamp, FitInfo, fit_psf_matching_kernel
-from coaddx.kernels.psfmatch.solve import SpatialKernel
+from coaddx.kernels.psfmatch.solve import SpatialKernel, spatial_axis_values
 from coaddx.model.exposure import Exposure
 from coaddx.model.masks import bitmask, merge_mask_planes
 from coaddx.model.skymap import Patch
@@ -174,10 +175,8 @@ def subtract(
         When no usable kernel candidate remains (with the reasons), or the inputs disagree.
     """
     config = config or PsfMatchConfig()
-    science, template = (
-        science.calibrated(),
-        _on_science_grid(template.calibrated(), science.calibrated()),
-    )
+    science = _calibrated(science)
+    template = _on_science_grid(_calibrated(template), science)
     fwhm_t = fwhm_template if fwhm_template is not None else _fwhm(template)
     fwhm_s = fwhm_science if fwhm_science is not None else _fwhm(science)
     to_convolve, reference = (
@@ -219,13 +218,9 @@ def subtract(
         kernel,
         region=config.region_size,
         no_data=no_data,
+        method=config.convolution,
     )
-    yy, xx = np.ogrid[0:ny, 0:nx]  # broadcast: no full-size coordinate planes
-    bg = (
-        np.asarray(kernel.background(xx, yy), dtype=np.float64)
-        if config.fit_for_background
-        else 0.0
-    )
+    bg = _background_plane(kernel, (ny, nx)) if config.fit_for_background else 0.0
     if config.convolve_template:
         diff = reference.image - m_img - bg
         dvar = reference.variance + m_var
@@ -236,15 +231,15 @@ def subtract(
     dmask = reference.mask | m_mask
     matched = dataclasses.replace(
         to_convolve,
-        image=m_img.astype(np.float32),
-        variance=m_var.astype(np.float32),
+        image=m_img.astype(np.float32, copy=False),
+        variance=m_var.astype(np.float32, copy=False),
         mask=m_mask,
         mask_planes=planes,
     )
     difference = dataclasses.replace(
         science,
-        image=diff.astype(np.float32),
-        variance=dvar.astype(np.float32),
+        image=diff.astype(np.float32, copy=False),
+        variance=dvar.astype(np.float32, copy=False),
         mask=dmask,
         mask_planes=planes,
     )
@@ -254,6 +249,29 @@ def subtract(
 def snap_subtract(snap1: Exposure, snap2: Exposure, **kwargs: Any) -> Subtraction:
     """SnapPsfMatch: difference two snaps of one visit with the snap preset (6.7)."""
     return subtract(snap1, snap2, kwargs.pop("config", None) or snap_config(), **kwargs)
+
+
+def _background_plane(kernel: SpatialKernel, shape: tuple[int, int]) -> np.ndarray | float:
+    """``kernel.background`` on every pixel (float64), as a sum of outer products of the 1-D
+    spatial functions (one full plane, not one per term)."""
+    if kernel.bg_coeffs is None:
+        return 0.0
+    ny, nx = shape
+    x0, y0, x1, y1 = kernel.bbox
+    vx = spatial_axis_values(np.arange(nx), x0, x1, kernel.bg_order, kernel.model)
+    vy = spatial_axis_values(np.arange(ny), y0, y1, kernel.bg_order, kernel.model)
+    out = np.zeros(shape)
+    for c, (px, py) in zip(kernel.bg_coeffs, monomials(kernel.bg_order), strict=True):
+        out += np.multiply.outer(c * vy[py], vx[px])
+    return out
+
+
+def _calibrated(exp: Exposure) -> Exposure:
+    """``exp.calibrated()``, without the copies when it is in nJy already (photo_calib 1: the
+    same values; nothing here writes into the planes)."""
+    if float(exp.photo_calib) == 1.0:
+        return dataclasses.replace(exp, metadata=dict(exp.metadata))
+    return exp.calibrated()
 
 
 def _fwhm(exp: Exposure) -> float | None:
