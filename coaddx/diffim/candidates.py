@@ -9,6 +9,7 @@ import numpy as np
 
 from coaddx.diffim.config import PsfMatchConfig
 from coaddx.errors import InputError
+from coaddx.kernels.psfmatch.difference import bad_pixels
 from coaddx.model.exposure import Exposure
 from coaddx.model.masks import bitmask
 
@@ -57,16 +58,17 @@ def select_candidate_positions(
         )
     bad_s = bitmask(science.mask_planes, config.bad_mask_planes, strict=False)
     bad_t = bitmask(template.mask_planes, config.bad_mask_planes, strict=False)
-    bad = ((science.mask & bad_s) != 0) | ((template.mask & bad_t) != 0)
-    usable = ~bad & np.isfinite(science.image) & np.isfinite(template.image)
-    all_usable = bool(usable.all())
-    data, rms = _background(science.image, None if all_usable else usable)
+    codes, n_masked, n_unusable = bad_pixels(
+        science.mask, bad_s, template.mask, bad_t, science.image, template.image
+    )
+    usable = None if n_unusable == 0 else codes == 0
+    data, rms = _background(science.image, usable)
     try:
         objects = sep.extract(
             data,
             config.detection_threshold,
             err=rms,
-            mask=None if all_usable else ~usable,
+            mask=None if usable is None else ~usable,
             minarea=5,
             deblend_cont=1.0,
         )
@@ -78,7 +80,8 @@ def select_candidate_positions(
     xs, ys, flux = xs[inside], ys[inside], objects["flux"][inside]
     if xs.size == 0:
         return np.zeros((0, 2), dtype=int)
-    if bad.any():
+    if n_masked:
+        bad = (codes & 1) != 0
         # stamps touching a bad pixel are rejected: a summed-area table makes it one lookup each
         sat = np.pad(np.cumsum(np.cumsum(bad, 0, dtype=np.int32), 1), ((1, 0), (1, 0)))
         y0, y1, x0, x1 = ys - half, ys + half + 1, xs - half, xs + half + 1

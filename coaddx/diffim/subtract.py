@@ -24,11 +24,11 @@ from coaddx.kernels.psfmatch.basis import (
     alard_lupton_basis,
     alard_lupton_sigmas,
     delta_function_basis,
-    monomials,
     regularization_matrix,
 )
+from coaddx.kernels.psfmatch.difference import difference_planes
 from coaddx.kernels.psfmatch.fit import CandidateStamp, FitInfo, fit_psf_matching_kernel
-from coaddx.kernels.psfmatch.solve import SpatialKernel, spatial_axis_values
+from coaddx.kernels.psfmatch.solve import SpatialKernel
 from coaddx.model.exposure import Exposure
 from coaddx.model.masks import bitmask, merge_mask_planes
 from coaddx.model.skymap import Patch
@@ -220,15 +220,15 @@ def subtract(
         no_data=no_data,
         method=config.convolution,
     )
-    bg = _background_plane(kernel, (ny, nx)) if config.fit_for_background else 0.0
-    if config.convolve_template:
-        diff = reference.image - m_img - bg
-        dvar = reference.variance + m_var
-    else:
-        ksum = float(kernel.kernel_sum(nx / 2, ny / 2))
-        diff = -(reference.image - m_img - bg) / ksum
-        dvar = (reference.variance + m_var) / ksum**2
-    dmask = reference.mask | m_mask
+    scale = 1.0
+    if not config.convolve_template:
+        scale = -1.0 / float(kernel.kernel_sum(nx / 2, ny / 2))
+    diff, dvar, dmask = difference_planes(
+        (reference.image, reference.variance, reference.mask),
+        (m_img, m_var, m_mask),
+        kernel if config.fit_for_background else None,
+        scale=scale,
+    )
     matched = dataclasses.replace(
         to_convolve,
         image=m_img.astype(np.float32, copy=False),
@@ -238,8 +238,8 @@ def subtract(
     )
     difference = dataclasses.replace(
         science,
-        image=diff.astype(np.float32, copy=False),
-        variance=dvar.astype(np.float32, copy=False),
+        image=diff,
+        variance=dvar,
         mask=dmask,
         mask_planes=planes,
     )
@@ -249,21 +249,6 @@ def subtract(
 def snap_subtract(snap1: Exposure, snap2: Exposure, **kwargs: Any) -> Subtraction:
     """SnapPsfMatch: difference two snaps of one visit with the snap preset (6.7)."""
     return subtract(snap1, snap2, kwargs.pop("config", None) or snap_config(), **kwargs)
-
-
-def _background_plane(kernel: SpatialKernel, shape: tuple[int, int]) -> np.ndarray | float:
-    """``kernel.background`` on every pixel (float64), as a sum of outer products of the 1-D
-    spatial functions (one full plane, not one per term)."""
-    if kernel.bg_coeffs is None:
-        return 0.0
-    ny, nx = shape
-    x0, y0, x1, y1 = kernel.bbox
-    vx = spatial_axis_values(np.arange(nx), x0, x1, kernel.bg_order, kernel.model)
-    vy = spatial_axis_values(np.arange(ny), y0, y1, kernel.bg_order, kernel.model)
-    out = np.zeros(shape)
-    for c, (px, py) in zip(kernel.bg_coeffs, monomials(kernel.bg_order), strict=True):
-        out += np.multiply.outer(c * vy[py], vx[px])
-    return out
 
 
 def _calibrated(exp: Exposure) -> Exposure:
