@@ -104,6 +104,14 @@ class Scratch(Protocol):
     def read_values(self) -> np.ndarray: ...
 
 
+def _chunk(array: da.Array) -> Any:
+    """The one chunk of ``array`` as a Delayed of its key in the unoptimised graph: every task
+    handed it shares that one task (a dask array passed to ``dask.delayed`` is finalised and
+    optimised per call, so each would compute its own copy, the template once per visit)."""
+    (block,) = array.to_delayed(optimize_graph=False).ravel()
+    return block
+
+
 def _create(scratch: Scratch) -> np.ndarray:
     scratch.create()
     return np.zeros((), np.uint8)
@@ -177,8 +185,8 @@ def visit_flags(
         return dask.delayed(_missing_task, pure=True)(created, scratch=scratch, index=index)
     return dask.delayed(_visit_task, pure=True)(
         created,
-        *planes,
-        *template,
+        *(_chunk(p) for p in planes),
+        *(_chunk(t) for t in template),
         scratch=scratch,
         index=index,
         scale=scale,
@@ -245,7 +253,7 @@ def write_artifacts(
     written over its flags."""
     return dask.delayed(_artifacts_task, pure=True)(
         sums,
-        template_footprints,
+        None if template_footprints is None else _chunk(template_footprints),
         scratch=scratch,
         index=index,
         kernel_kwargs=kernel_kwargs,

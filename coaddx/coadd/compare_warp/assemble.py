@@ -41,7 +41,7 @@ from coaddx.coadd.compare_warp.config import CompareWarpConfig
 from coaddx.coadd.compare_warp.stages import CompareWarpStages, compare_warp_stages
 from coaddx.coadd.config import AssembleConfig
 from coaddx.graph.artifacts import apply_spans, set_where, spans_flag
-from coaddx.graph.cube import LAYERS, LazyArray, as_dask_cube, rechunked
+from coaddx.graph.cube import LAYERS, LazyArray, array_names, as_dask_cube, rechunked
 from coaddx.graph.stack import stack
 from coaddx.kernels.artifacts import SPAN_ARTIFACT, SPAN_STREAK
 from coaddx.model.masks import bitmask, merge_mask_planes
@@ -159,4 +159,5 @@ def compare_warp_coadd(stages: CompareWarpStages) -> xr.Dataset:
             "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         },
     )
+    scratch.bind(array_names(ds))  # write_coadd removes the scratch store when it is done
     return ds

@@ -10,11 +10,15 @@ not stored), written and read chunk file by chunk file
 plus one float64 value per visit.
 
 Lifetime: the directory (``coaddx-scratch-HOST-PID-XXXXXXXX.zarr`` in the folder the caller
-names) is made by :meth:`ScratchPlanes.create` (the first task of a run) and removed when the
-object that planned it is garbage-collected (the lazy result that holds its graph is
-dropped), at interpreter exit, or by :meth:`ScratchPlanes.remove`; copies sent to worker
-processes never remove it. A directory left by a process that died is removed by the next
-:class:`ScratchPlanes` made in the same folder. Nothing is written under a user's store.
+names) is made by :meth:`ScratchPlanes.create` (the first task of every computation of the
+graph, so a computation after a removal makes it again) and removed by
+:func:`release_scratch` of the output arrays it was bound to (:meth:`ScratchPlanes.bind`):
+:func:`coaddx.write_coadd` does that when its computation ends, whether it succeeded or
+failed. Otherwise it goes when the object that planned it is garbage-collected (the lazy
+result that holds its graph is dropped), at interpreter exit, or by
+:meth:`ScratchPlanes.remove`; copies sent to worker processes never remove it. A directory
+left by a process that died is removed by the next :class:`ScratchPlanes` made in the same
+folder. Nothing is written under a user's store.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import tempfile
 import threading
 import uuid
 import weakref
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +41,14 @@ from coaddx.io.zarr.chunks import LocalChunkArray, LocalChunkWriter, region_read
 from coaddx.io.zarr.layout import codecs
 from coaddx.io.zarr.lock import pid_alive
 
-__all__ = ["SCRATCH_PREFIX", "ScratchPlanes"]
+__all__ = ["SCRATCH_PREFIX", "ScratchPlanes", "release_scratch"]
 
 #: Name prefix of scratch directories (``coaddx-scratch-HOST-PID-XXXXXXXX.zarr``).
 SCRATCH_PREFIX = "coaddx-scratch-"
 _HOST = socket.gethostname().replace("-", "_")
 _LOCK = threading.Lock()
+#: Output array name (dask key prefix) -> the scratch store its computation reads.
+_BOUND: weakref.WeakValueDictionary[str, ScratchPlanes] = weakref.WeakValueDictionary()
 
 
 def _sweep(folder: Path) -> None:
@@ -168,11 +175,27 @@ class ScratchPlanes:
         except OSError as exc:
             raise StoreError(f"cannot read the scratch store {self.path}: {exc}") from exc
 
+    def bind(self, names: Iterable[str]) -> None:
+        """Remove this store when :func:`release_scratch` is given one of ``names`` (the
+        names of the lazy output arrays whose computation reads it)."""
+        for name in names:
+            _BOUND[name] = self
+
     def remove(self) -> None:
         """Delete the directory now (it is made again by :meth:`create`)."""
         with _LOCK:
             self._io_cache.clear()
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+def release_scratch(names: Iterable[str]) -> int:
+    """Remove the scratch stores bound to any of ``names`` (:meth:`ScratchPlanes.bind`): their
+    computation is over. A later computation of the same graph makes them again. Returns how
+    many were bound."""
+    found = {id(s): s for s in (_BOUND.get(n) for n in names) if s is not None}
+    for scratch in found.values():
+        scratch.remove()
+    return len(found)
 
 
 def _attach(
