@@ -9,8 +9,8 @@ from typing import Any
 
 from coaddx.cli.client import add_runtime_flags, open_client
 from coaddx.cli.summary import summary
+from coaddx.coadd.export import export_fits
 from coaddx.errors import CoaddxError
-from coaddx.io.export import export_fits
 from coaddx.runtime.cluster import compute_with_progress
 from coaddx.runtime.diagnostics import format_bytes
 
