@@ -272,3 +272,60 @@ def test_a_store_without_psf_products_stacks_and_names_what_is_missing(psf_coadd
         coaddx.coadd_psf(stacked, 60.0, 55.0)
     with pytest.raises(StoreError, match="no PSF products"):
         coaddx.coadd_psf_fwhm(stacked)
+
+
+def test_compare_warp_coadds_leave_out_visits_clipped_at_the_point(psf_coadd):
+    """A coadd with per-visit artifact masks (CompareWarp's): where visit 3 was CLIPPED, its
+    PSF is not in the CoaddPsf; elsewhere it is; where every covering visit was clipped, all
+    are used (LSST's rule)."""
+    _, coadd = psf_coadd
+    x, y = 60.0, 55.0  # covered by visits 1, 2 and 3
+    assert all(inside(v, x, y) for v in VISITS)
+    art = np.zeros((3, *PATCH), np.int32)
+    art[2, 50:60, 55:65] = 1  # visit 3 clipped around (60, 55)
+    clipped = coadd.assign(artifact_mask=(("visit", "y", "x"), art))
+    got = coaddx.coadd_psf(clipped, x, y)
+    ref = truth(x, y, got.shape, skip=(3,))
+    assert np.abs(got - ref).max() < 1e-3 * ref.max()
+    assert np.abs(got - truth(x, y, got.shape)).max() > 1e-2 * ref.max()  # it matters
+    far = coaddx.coadd_psf(clipped, 40.0, 40.0)
+    assert np.array_equal(far, coaddx.coadd_psf(coadd, 40.0, 40.0))
+    art[:, 50:60, 55:65] = 1  # all clipped: LSST's sum over all
+    every = coadd.assign(artifact_mask=(("visit", "y", "x"), art))
+    assert np.array_equal(coaddx.coadd_psf(every, x, y), coaddx.coadd_psf(coadd, x, y))
+
+
+def test_psf_matched_warps_carry_the_model_psf(tmp_path):
+    """PSF-matched warps: the products hold the model PSF (double Gaussian of 7.7 px) at every
+    node, the footprint shrunk by the matching kernel's half-width (its pixels there are
+    NO_DATA)."""
+    from coaddx.model.footprint import points_in_polygon
+    from coaddx.model.psf import model_psf
+
+    shape, crpix, theta, scale, sigma, _ = VISITS[2]
+    exposure = coaddx.Exposure(
+        image=np.zeros(shape, np.float32),
+        mask=np.zeros(shape, np.int32),
+        variance=np.ones(shape, np.float32),
+        wcs=tan_wcs(crpix, theta, scale),
+        mask_planes=mask_planes(),
+        psf=gaussian(sigma**2 * np.eye(2), (41, 41)),
+        visit=2,
+    )
+    patch = Patch.from_wcs(tan_wcs(PATCH_CRPIX, 0.0), PATCH)
+    store = tmp_path / "w.zarr"
+    coaddx.make_warps([exposure], patch, store, warp_types=("direct", "psf_matched"))
+    direct = coaddx.open_warps(store, "direct")
+    matched = coaddx.open_warps(store, "psf_matched")
+    model = model_psf(7.7)
+    images = matched["psf_images"].values[0]
+    c = (images.shape[-1] - model.shape[0]) // 2
+    for j in range(3):
+        for i in range(3):
+            np.testing.assert_allclose(images[j, i, c : c + 23, c : c + 23], model, atol=1e-7)
+    half = coaddx.ModelPsfMatchConfig().kernel_size // 2
+    (ny, nx) = shape
+    ex, ey = np.array([half - 0.5 - 0.05, nx / 2.0]), np.array([ny / 2.0, ny / 2.0])
+    px, py = to_patch(2, ex, ey)
+    assert points_in_polygon(px, py, direct["psf_polygon"].values[0]).all()
+    assert points_in_polygon(px, py, matched["psf_polygon"].values[0]).tolist() == [False, True]
