@@ -36,12 +36,7 @@ from astropy.io import fits
 
 from coaddx.errors import InputError, StoreError
 from coaddx.io.zarr.psf_products import PSF_VARIABLES
-from coaddx.kernels.coadd_psf import (
-    coadd_average_position,
-    coadd_psf_image,
-    interpolate_psf_grid,
-    psf_fwhm,
-)
+from coaddx.kernels.coadd_psf import coadd_average_position, coadd_psf_from_grids, psf_fwhm
 from coaddx.model.footprint import footprints_containing
 from coaddx.model.skymap import shift_wcs, wcs_from_header_string
 
@@ -173,8 +168,11 @@ class CoaddPsf:
         return bool(self.contributing(x, y).any())
 
     # -- the PSF -------------------------------------------------------------------------
-    def _input_psf(self, row: int, x: float, y: float) -> np.ndarray:
-        return interpolate_psf_grid(self.images[row], self.grid_x[row], self.grid_y[row], x, y)
+    def _sum(self, rows: np.ndarray, x: float, y: float) -> np.ndarray:
+        """The weighted sum of the inputs ``rows``' PSFs interpolated to (x, y)."""
+        return coadd_psf_from_grids(
+            self.images[rows], self.grid_x[rows], self.grid_y[rows], self.weight[rows], x, y
+        )
 
     def image(self, x: float | None = None, y: float | None = None) -> np.ndarray:
         """The CoaddPsf image at patch pixel (x, y) (default: :attr:`average_position`),
@@ -187,8 +185,7 @@ class CoaddPsf:
             raise InputError(
                 f"cannot compute the CoaddPsf at ({x}, {y}): no input image contains the point"
             )
-        psfs = [self._input_psf(int(r), x, y) for r in rows]
-        return coadd_psf_image(psfs, self.weight[rows])
+        return self._sum(rows, x, y)
 
     @property
     def average_position(self) -> tuple[float, float]:
@@ -216,8 +213,7 @@ class CoaddPsf:
         out = np.full(gx.shape, np.nan)
         for j, i in zip(*np.nonzero(use.any(axis=0)), strict=True):
             rows = np.flatnonzero(use[:, j, i])
-            psfs = [self._input_psf(int(r), gx[j, i], gy[j, i]) for r in rows]
-            out[j, i] = psf_fwhm(coadd_psf_image(psfs, self.weight[rows]))
+            out[j, i] = psf_fwhm(self._sum(rows, float(gx[j, i]), float(gy[j, i])))
         return out, cx, cy
 
 
