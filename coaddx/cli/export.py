@@ -23,7 +23,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="write a coadd store as LSST-style FITS",
         description="Write the IMAGE, MASK (MP_* keywords) and VARIANCE HDUs "
         "(and N_IMAGE) of a coadd store with its WCS, chunk by chunk from the "
-        "workers into a temporary file renamed into place.",
+        "workers into a temporary file renamed into place, then the PSF (CoaddPsf at the "
+        "patch centre) and PSF_FWHM HDUs when the coadd has PSF products.",
     )
     p.add_argument("coadd", type=Path, help="coadd store (.zarr)")
     p.add_argument("out", type=Path, help="FITS file to write")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from coaddx.coadd.psf import psf_hdus
-from coaddx.errors import StoreError
+from coaddx.errors import InputError, StoreError
 from coaddx.io import export as io_export
 from coaddx.io.zarr.coadd_store import open_coadd
 
@@ -41,6 +41,6 @@ def export_fits(
         raise StoreError(f"{out} exists; pass overwrite=True to replace it")
     try:
         extra = psf_hdus(open_coadd(coadd))
-    except StoreError:
-        extra = []  # no (or incomplete) PSF products, or no store: io's export says which
+    except (StoreError, InputError):
+        extra = []  # no (or incomplete) PSF products, no input of positive weight, no store
     return io_export.export_fits(coadd, out, overwrite=overwrite, compute=compute, extra_hdus=extra)

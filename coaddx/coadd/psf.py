@@ -289,14 +289,18 @@ def coadd_psf_fwhm(coadd: xr.Dataset, bin_size: int | None = None) -> xr.DataArr
 
 
 def psf_hdus(coadd: xr.Dataset) -> list[fits.ImageHDU]:
-    """The PSF HDUs of a FITS export: ``PSF`` (the CoaddPsf at the patch centre, with
-    ``PSF_X``/``PSF_Y`` the array position) and ``PSF_FWHM`` (the FWHM map, with a WCS of its
-    own grid when the coadd has one); none for a coadd without PSF products."""
+    """The PSF HDUs of a FITS export: ``PSF`` (the CoaddPsf at the patch centre, or at its
+    average position where no input covers the centre; ``PSF_X``/``PSF_Y``: the array
+    position) and ``PSF_FWHM`` (the FWHM map, with a WCS of its own grid when the coadd has
+    one); none for a coadd without PSF products."""
     if not all(name in coadd for name in PSF_VARIABLES):
         return []
     ny, nx = int(coadd.sizes["y"]), int(coadd.sizes["x"])
+    model = coadd.coadd_psf.model
     x, y = (nx - 1) / 2.0, (ny - 1) / 2.0
-    psf = fits.ImageHDU(coadd_psf(coadd, x, y).astype(np.float32), name="PSF")
+    if not model.covered(x, y):  # no input at the centre: CoaddPsf's average position
+        x, y = model.average_position
+    psf = fits.ImageHDU(model.image(x, y).astype(np.float32), name="PSF")
     psf.header["PSF_X"] = (x, "array column of the PSF position")
     psf.header["PSF_Y"] = (y, "array row of the PSF position")
     fmap = coadd_psf_fwhm(coadd)

@@ -329,3 +329,13 @@ def test_psf_matched_warps_carry_the_model_psf(tmp_path):
     px, py = to_patch(2, ex, ey)
     assert points_in_polygon(px, py, direct["psf_polygon"].values[0]).all()
     assert points_in_polygon(px, py, matched["psf_polygon"].values[0]).tolist() == [False, True]
+
+
+def test_fits_export_of_a_coadd_without_psf_products_has_no_psf_hdus(psf_coadd, tmp_path):
+    from astropy.io import fits
+
+    _, coadd = psf_coadd
+    bare = coadd.drop_vars([k for k in coadd.data_vars if str(k).startswith("psf_")])
+    path = coaddx.write_coadd(bare, tmp_path / "bare.zarr")
+    with fits.open(coaddx.export_fits(path, tmp_path / "bare.fits")) as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "IMAGE", "MASK", "VARIANCE", "N_IMAGE"]
