@@ -604,7 +604,7 @@ def _print_agreement(res: dict, fscalastro: str) -> None:
 
 BREAKDOWN = (
     "read FITS",
-    "input CRC32",
+    "input CRC32C",
     "source_grid (WCS map)",
     "warp_on_grid (kernel)",
     "weight stats",
