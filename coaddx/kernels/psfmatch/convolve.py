@@ -6,7 +6,7 @@ images, the reference); ``"blockwise"`` cuts the parent image into blocks of :da
 8 x 256 pixels, and within each block takes the kernel at the centre row, linear in x between
 its first and last column (afw's convolveWithInterpolation interpolates likewise; HOTPANTS
 holds the kernel constant over 21 x 21 blocks), and convolves image and variance (with the
-block-centre K²) by direct sums in one numba pass, ~4x less CPU than "exact" for a 21 px
+block-centre K²) by direct sums in one numba pass, ~5x less CPU than "exact" for a 21 px
 kernel. The blocks sit on the parent image's pixel grid, so tiles agree exactly with one
 whole-image convolution; masks and invalid pixels are the same in both methods. The error grows
 with the kernel's spatial gradient: for a fitted-like kernel (shares of the basis changing by
