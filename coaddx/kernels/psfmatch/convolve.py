@@ -115,14 +115,16 @@ def _sum_convolved(
 def _kernel_at(terms, fx, fy, col, bi, normalize, kern):  # pragma: no cover - numba
     """Σ_m fx[m, col] fy[m, bi] A_m into ``kern`` (divided by its sum with ``normalize``)."""
     n_m, k, _ = terms.shape
+    kern[:, :] = 0.0
+    for m in range(n_m):  # term by term: the (v, u) loops vectorise
+        w = fx[m, col] * fy[m, bi]
+        for v in range(k):
+            for u in range(k):
+                kern[v, u] += w * terms[m, v, u]
     total = 0.0
     for v in range(k):
         for u in range(k):
-            acc = 0.0
-            for m in range(n_m):
-                acc += fx[m, col] * fy[m, bi] * terms[m, v, u]
-            kern[v, u] = acc
-            total += acc
+            total += kern[v, u]
     if normalize:
         for v in range(k):
             for u in range(k):
