@@ -75,7 +75,7 @@ class PsfMatchConfig:
     fp_grow_kernel_scaling: float = 1.0
     convolve_template: bool = True
     region_size: int = 2048
-    #: "blockwise" (the kernel per 8 x 256 block, linear in x, direct sums; ~4x less CPU,
+    #: "blockwise" (the kernel per 8 x 256 block, linear in x, direct sums; ~5x less CPU,
     #: < 0.003 of the difference noise rms from "exact") or "exact" (the kernel evaluated at
     #: every pixel, as afw's convolve): :mod:`coaddx.kernels.psfmatch.convolve`. No LSST name.
     convolution: Literal["blockwise", "exact"] = "blockwise"

@@ -6,7 +6,7 @@ images, the reference); ``"blockwise"`` cuts the parent image into blocks of :da
 8 x 256 pixels, and within each block takes the kernel at the centre row, linear in x between
 its first and last column (afw's convolveWithInterpolation interpolates likewise; HOTPANTS
 holds the kernel constant over 21 x 21 blocks), and convolves image and variance (with the
-block-centre K²) by direct sums in one numba pass, ~4x less CPU than "exact" for a 21 px
+block-centre K²) by direct sums in one numba pass, ~5x less CPU than "exact" for a 21 px
 kernel. The blocks sit on the parent image's pixel grid, so tiles agree exactly with one
 whole-image convolution; masks and invalid pixels are the same in both methods. The error grows
 with the kernel's spatial gradient: for a fitted-like kernel (shares of the basis changing by
@@ -115,14 +115,16 @@ def _sum_convolved(
 def _kernel_at(terms, fx, fy, col, bi, normalize, kern):  # pragma: no cover - numba
     """Σ_m fx[m, col] fy[m, bi] A_m into ``kern`` (divided by its sum with ``normalize``)."""
     n_m, k, _ = terms.shape
+    kern[:, :] = 0.0
+    for m in range(n_m):  # term by term: the (v, u) loops vectorise
+        w = fx[m, col] * fy[m, bi]
+        for v in range(k):
+            for u in range(k):
+                kern[v, u] += w * terms[m, v, u]
     total = 0.0
     for v in range(k):
         for u in range(k):
-            acc = 0.0
-            for m in range(n_m):
-                acc += fx[m, col] * fy[m, bi] * terms[m, v, u]
-            kern[v, u] = acc
-            total += acc
+            total += kern[v, u]
     if normalize:
         for v in range(k):
             for u in range(k):
