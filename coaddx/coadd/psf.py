@@ -41,12 +41,18 @@ from coaddx.model.footprint import footprints_containing
 from coaddx.model.skymap import shift_wcs, wcs_from_header_string
 
 __all__ = [
+    "MAP_SIDE",
     "CoaddPsf",
     "coadd_psf",
     "coadd_psf_fwhm",
     "copy_psf_products",
     "psf_hdus",
 ]
+
+
+#: Boxes on the longer side of the default FWHM map (a 4k x 4k patch: 256 px boxes, about
+#: LSST's nside 4096 property-map pixels at 0.2"/px).
+MAP_SIDE = 16
 
 
 def copy_psf_products(warps: xr.Dataset, coadd: xr.Dataset) -> None:
@@ -258,7 +264,7 @@ def coadd_psf(coadd: xr.Dataset, x: float | None = None, y: float | None = None)
 
 def _bin(shape: tuple[int, int], bin_size: int | None) -> int:
     if bin_size is None:
-        return max(16, math.ceil(max(shape) / 32))
+        return max(16, math.ceil(max(shape) / MAP_SIDE))
     if int(bin_size) < 1:
         raise InputError(f"bin_size must be >= 1, got {bin_size}")
     return int(bin_size)
@@ -268,8 +274,8 @@ def coadd_psf_fwhm(coadd: xr.Dataset, bin_size: int | None = None) -> xr.DataArr
     """A low-resolution map of the CoaddPsf FWHM (pixels) over the patch.
 
     The FWHM (adaptive second moments) of :func:`coadd_psf` at the centre of every
-    ``bin_size`` x ``bin_size`` box of the patch (default: at most 32 boxes on the longer side,
-    16 px at least); NaN where no input covers the centre. Returns a DataArray over
+    ``bin_size`` x ``bin_size`` box of the patch (default: at most :data:`MAP_SIDE` boxes on
+    the longer side, 16 px at least); NaN where no input covers the centre. Returns a DataArray over
     (``y``, ``x``) whose coordinates are the box centres in the coadd's ``y``/``x``
     coordinates (tract pixels; array pixels when the coadd has none), with attributes
     ``bin_size`` and ``x0``/``y0`` (array pixel of the first centre).
