@@ -364,7 +364,7 @@ def run_coaddx(paths: list[Path], patch: Patch, store: Path) -> dict:
     timers.wrap(cinputs, "read_exposure", "read FITS")
     timers.wrap(cexposure, "source_grid", "source_grid (WCS map)")
     timers.wrap(cexposure, "warp_on_grid", "warp_on_grid (kernel)")
-    timers.wrap(cvisit, "file_crc32", "input CRC32")
+    timers.wrap(cvisit, "file_crc32c", "input CRC32C")
     timers.wrap(cvisit, "visit_weight_stats", "weight stats")
     timers.wrap(cstore.WarpStore, "write_slot_box", "write_slot_box (Zarr)")
     timers.wrap(cstore.WarpStore, "commit_in_order", "commit (main thread)")
@@ -604,7 +604,7 @@ def _print_agreement(res: dict, fscalastro: str) -> None:
 
 BREAKDOWN = (
     "read FITS",
-    "input CRC32",
+    "input CRC32C",
     "source_grid (WCS map)",
     "warp_on_grid (kernel)",
     "weight stats",

@@ -25,6 +25,8 @@ from coaddx.coadd.assemble import assemble
 from coaddx.coadd.compare_warp.assemble import assemble_compare_warp
 from coaddx.coadd.compare_warp.config import CompareWarpConfig
 from coaddx.coadd.config import AssembleConfig, InterpConfig
+from coaddx.coadd.export import export_fits
+from coaddx.coadd.psf import CoaddPsf, coadd_psf, coadd_psf_fwhm
 from coaddx.dcr.assemble import assemble_dcr, dcr_template
 from coaddx.dcr.config import DcrConfig
 from coaddx.diffim.config import PsfMatchConfig, snap_config
@@ -40,7 +42,6 @@ from coaddx.errors import (
     StoreError,
 )
 from coaddx.io.catalog import read_reference_catalog
-from coaddx.io.export import export_fits
 from coaddx.io.fits.exposure import read_exposure, write_exposure
 from coaddx.io.zarr.coadd_store import open_coadd, write_coadd
 from coaddx.io.zarr.warp_store import IncompleteStoreWarning, WarpStore, check_store
@@ -63,6 +64,7 @@ __all__ = [
     "CalibrateResult",
     "Calibration",
     "CalibrationError",
+    "CoaddPsf",
     "CoaddxError",
     "CompareWarpConfig",
     "ConfigError",
@@ -94,6 +96,8 @@ __all__ = [
     "calibrate",
     "calibrate_exposures",
     "check_store",
+    "coadd_psf",
+    "coadd_psf_fwhm",
     "dcr_shifts",
     "dcr_template",
     "export_fits",

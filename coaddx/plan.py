@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 
 from coaddx.errors import ConfigError
+from coaddx.kernels.weight_stats import histogram_bytes
 
 __all__ = [
     "DCR_BYTES_PER_PIXEL_VISIT",
@@ -71,8 +72,11 @@ KERNEL_LOAD_BYTES = 128 * 2**20
 #: patch pixel the composite planes (12 B) and their good-pixel test; per detector pixel its
 #: planes as read (12-18 B), its calibrated copy (8 B), its NO_DATA test and its warped box
 #: (12 B; the previous detector's box is still alive while the next one is warped); a fixed
-#: part for the weight statistics and the chunk encoder.
-WARP_PATCH_BYTES, WARP_DETECTOR_BYTES, WARP_FIXED_BYTES = 16, 44, 4 * 2**20
+#: part for the chunk encoder and the weight statistics' key histograms (their worst case,
+#: :func:`coaddx.kernels.weight_stats.histogram_bytes`; their compact copy of the composite
+#: variance, 5 B a patch pixel, fits in the patch part's slack).
+WARP_PATCH_BYTES, WARP_DETECTOR_BYTES = 16, 44
+WARP_FIXED_BYTES = 4 * 2**20 + histogram_bytes()
 
 
 @dataclass(frozen=True)

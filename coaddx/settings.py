@@ -11,7 +11,7 @@ from dask.utils import parse_bytes
 from coaddx.constants import STORE_CHUNK
 from coaddx.errors import ConfigError
 
-__all__ = ["memory_per_task", "store_chunk"]
+__all__ = ["memory_per_task", "scratch_dir", "store_chunk"]
 
 _DEFAULTS = Path(__file__).with_name("_defaults.yaml")
 with _DEFAULTS.open() as fh:
@@ -20,6 +20,8 @@ dask.config.update_defaults({"coaddx": {"store-chunk": STORE_CHUNK}})
 # where the dashboards of the clusters coaddx starts listen (coaddx.runtime.security):
 # null = distributed.dashboard.address if set, else 127.0.0.1:8787 (this host only)
 dask.config.update_defaults({"coaddx": {"dashboard-address": None}})
+# where runs keep per-visit scratch planes (CompareWarp): null = the system's temporary folder
+dask.config.update_defaults({"coaddx": {"scratch-dir": None}})
 
 
 def memory_per_task() -> int:
@@ -40,3 +42,10 @@ def store_chunk() -> int:
     if value < 16:
         raise ConfigError(f"coaddx.store-chunk must be >= 16 pixels, got {value}")
     return value
+
+
+def scratch_dir() -> Path | None:
+    """Folder of the per-visit scratch stores of a run (``coaddx.scratch-dir``; None: the
+    system's temporary folder). With a multi-host cluster it must be one every worker sees."""
+    value = dask.config.get("coaddx.scratch-dir", None)
+    return Path(value) if value else None

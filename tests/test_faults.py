@@ -96,6 +96,10 @@ def test_worker_killed_in_make_warps(sim, reference, client, tmp_path):
         want = coaddx.open_warps(reference[0], warp_type=warp_type).sortby("visit")
         np.testing.assert_array_equal(got["visit"].values, want["visit"].values)
         _assert_same(got, want, ("image", "variance", "mask"))
+        for v in want["visit"].values:  # the PSF products came through the recovery whole
+            g, w = (np.flatnonzero(ds["psf_visit"].values == v) for ds in (got, want))
+            for name in ("psf_images", "psf_polygon", "psf_grid_x", "psf_position"):
+                np.testing.assert_array_equal(got[name].values[g], want[name].values[w])
 
 
 def test_worker_killed_in_write_coadd(reference, client, tmp_path):
@@ -161,5 +165,9 @@ def test_driver_killed_mid_run_keeps_the_visits_it_finished(sim, reference, tmp_
         want = coaddx.open_warps(reference[0], warp_type=warp_type).sortby("visit")
         np.testing.assert_array_equal(got["visit"].values, want["visit"].values)
         _assert_same(got, want, ("image", "variance", "mask"))
+        for v in want["visit"].values:  # the PSF products came through the recovery whole
+            g, w = (np.flatnonzero(ds["psf_visit"].values == v) for ds in (got, want))
+            for name in ("psf_images", "psf_polygon", "psf_grid_x", "psf_position"):
+                np.testing.assert_array_equal(got[name].values[g], want[name].values[w])
     assert coaddx.check_store(store, deep=True).ok
     assert not (store / "direct" / "written").exists()

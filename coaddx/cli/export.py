@@ -9,8 +9,8 @@ from typing import Any
 
 from coaddx.cli.client import add_runtime_flags, open_client
 from coaddx.cli.summary import summary
+from coaddx.coadd.export import export_fits
 from coaddx.errors import CoaddxError
-from coaddx.io.export import export_fits
 from coaddx.runtime.cluster import compute_with_progress
 from coaddx.runtime.diagnostics import format_bytes
 
@@ -23,7 +23,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="write a coadd store as LSST-style FITS",
         description="Write the IMAGE, MASK (MP_* keywords) and VARIANCE HDUs "
         "(and N_IMAGE) of a coadd store with its WCS, chunk by chunk from the "
-        "workers into a temporary file renamed into place.",
+        "workers into a temporary file renamed into place, then the PSF (CoaddPsf at the "
+        "patch centre) and PSF_FWHM HDUs when the coadd has PSF products.",
     )
     p.add_argument("coadd", type=Path, help="coadd store (.zarr)")
     p.add_argument("out", type=Path, help="FITS file to write")

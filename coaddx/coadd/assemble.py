@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 
 from coaddx.coadd.config import AssembleConfig
+from coaddx.coadd.psf import copy_psf_products
 from coaddx.coadd.weights import cached_variance_meanclip, weight_statistic
 from coaddx.errors import ConfigError, InputError, InputWarning, SchemaError
 from coaddx.graph.cube import LAYERS, LazyArray, as_dask_cube
@@ -260,8 +261,9 @@ def assemble(
     -------
     xarray.Dataset
         Lazy ``image``, ``variance``, ``mask``, ``n_image`` over ``(y, x)``, ``weight`` over
-        ``visit``; attributes ``mask_planes``, ``wcs``, ``statistic``, ``config``, ``plan`` and
-        ``provenance``.
+        ``visit``, the warps' PSF products (``psf_*`` over ``psf_input``, when they have
+        them: :func:`coaddx.coadd_psf`); attributes ``mask_planes``, ``wcs``, ``statistic``,
+        ``config``, ``plan`` and ``provenance``.
 
     Examples
     --------
@@ -368,4 +370,5 @@ def coadd_dataset(
     for key in ("tract", "patch", "bbox"):
         if key in warps.attrs:
             ds.attrs[key] = warps.attrs[key]
+    copy_psf_products(warps, ds)  # the inputs' PSFs and footprints, for coaddx.coadd_psf
     return ds

@@ -9,23 +9,35 @@ import numpy as np
 
 from coaddx.diffim.config import PsfMatchConfig
 from coaddx.errors import InputError
+from coaddx.kernels.psfmatch.difference import bad_pixels
 from coaddx.model.exposure import Exposure
 from coaddx.model.masks import bitmask
 
 __all__ = ["select_candidate_positions"]
 
 
-def _background(image: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, float]:
+def _background(image: np.ndarray, usable: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """(image - sep background, global rms); ``usable`` None: every pixel is usable.
+
+    sep works in float32 internally: a float32 image is passed as it is (no float64 copy),
+    and the background is subtracted in place from that one copy.
+    """
     import sep
 
-    data = np.ascontiguousarray(np.where(usable, image, 0.0), dtype=np.float64)
+    if usable is None:
+        data = np.array(image, dtype=np.float32, order="C")
+    else:
+        data = np.ascontiguousarray(np.where(usable, image, 0.0), dtype=np.float32)
+    mask = None if usable is None else ~usable
     try:
-        bkg = sep.Background(data, mask=~usable, bw=64, bh=64)
-        return data - bkg.back(), float(bkg.globalrms)
+        bkg = sep.Background(data, mask=mask, bw=64, bh=64)
+        bkg.subfrom(data)
+        return data, float(bkg.globalrms)
     except Exception:
-        med = float(np.median(image[usable])) if usable.any() else 0.0
-        mad = float(np.median(np.abs(image[usable] - med))) * 1.4826 if usable.any() else 1.0
-        return data - med, mad
+        ok = np.ones(data.shape, bool) if usable is None else usable
+        med = float(np.median(image[ok])) if ok.any() else 0.0
+        mad = float(np.median(np.abs(image[ok] - med))) * 1.4826 if ok.any() else 1.0
+        return data - np.float32(med), mad
 
 
 def select_candidate_positions(
@@ -46,12 +58,19 @@ def select_candidate_positions(
         )
     bad_s = bitmask(science.mask_planes, config.bad_mask_planes, strict=False)
     bad_t = bitmask(template.mask_planes, config.bad_mask_planes, strict=False)
-    bad = ((science.mask & bad_s) != 0) | ((template.mask & bad_t) != 0)
-    usable = ~bad & np.isfinite(science.image) & np.isfinite(template.image)
+    codes, n_masked, n_unusable = bad_pixels(
+        science.mask, bad_s, template.mask, bad_t, science.image, template.image
+    )
+    usable = None if n_unusable == 0 else codes == 0
     data, rms = _background(science.image, usable)
     try:
         objects = sep.extract(
-            data, config.detection_threshold, err=rms, mask=~usable, minarea=5, deblend_cont=1.0
+            data,
+            config.detection_threshold,
+            err=rms,
+            mask=None if usable is None else ~usable,
+            minarea=5,
+            deblend_cont=1.0,
         )
     except Exception as exc:
         raise InputError(f"{science.where}: source detection failed: {exc}") from exc
@@ -61,12 +80,14 @@ def select_candidate_positions(
     xs, ys, flux = xs[inside], ys[inside], objects["flux"][inside]
     if xs.size == 0:
         return np.zeros((0, 2), dtype=int)
-    # stamps touching a bad pixel are rejected: a summed-area table makes it one lookup each
-    sat = np.pad(np.cumsum(np.cumsum(bad, 0), 1), ((1, 0), (1, 0)))
-    y0, y1, x0, x1 = ys - half, ys + half + 1, xs - half, xs + half + 1
-    nbad = sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
-    keep = nbad == 0
-    xs, ys, flux = xs[keep], ys[keep], flux[keep]
+    if n_masked:
+        bad = (codes & 1) != 0
+        # stamps touching a bad pixel are rejected: a summed-area table makes it one lookup each
+        sat = np.pad(np.cumsum(np.cumsum(bad, 0, dtype=np.int32), 1), ((1, 0), (1, 0)))
+        y0, y1, x0, x1 = ys - half, ys + half + 1, xs - half, xs + half + 1
+        nbad = sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
+        keep = nbad == 0
+        xs, ys, flux = xs[keep], ys[keep], flux[keep]
     cell = (ys // config.size_cell) * (nx // config.size_cell + 1) + xs // config.size_cell
     order = np.lexsort((-flux, cell))
     xs, ys, cell = xs[order], ys[order], cell[order]

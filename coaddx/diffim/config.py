@@ -75,6 +75,10 @@ class PsfMatchConfig:
     fp_grow_kernel_scaling: float = 1.0
     convolve_template: bool = True
     region_size: int = 2048
+    #: "blockwise" (the kernel per 8 x 256 block, linear in x, direct sums; ~5x less CPU,
+    #: < 0.003 of the difference noise rms from "exact") or "exact" (the kernel evaluated at
+    #: every pixel, as afw's convolve): :mod:`coaddx.kernels.psfmatch.convolve`. No LSST name.
+    convolution: Literal["blockwise", "exact"] = "blockwise"
 
     def __post_init__(self) -> None:
         cls = "PsfMatchConfig"
@@ -143,6 +147,7 @@ class PsfMatchConfig:
         check_number(self.detection_threshold, cls, "detection_threshold", 3.0)
         check_positive(self.fp_grow_kernel_scaling, cls, "fp_grow_kernel_scaling", 1000.0)
         check_number(self.region_size, cls, "region_size", 256, 1 << 20, integer=True)
+        check_choice(self.convolution, cls, "convolution", ("blockwise", "exact"))
 
     @property
     def pca(self) -> bool:

@@ -26,6 +26,7 @@ from coaddx.kernels.psfmatch.basis import (
     delta_function_basis,
     regularization_matrix,
 )
+from coaddx.kernels.psfmatch.difference import difference_planes
 from coaddx.kernels.psfmatch.fit import CandidateStamp, FitInfo, fit_psf_matching_kernel
 from coaddx.kernels.psfmatch.solve import SpatialKernel
 from coaddx.model.exposure import Exposure
@@ -174,10 +175,8 @@ def subtract(
         When no usable kernel candidate remains (with the reasons), or the inputs disagree.
     """
     config = config or PsfMatchConfig()
-    science, template = (
-        science.calibrated(),
-        _on_science_grid(template.calibrated(), science.calibrated()),
-    )
+    science = _calibrated(science)
+    template = _on_science_grid(_calibrated(template), science)
     fwhm_t = fwhm_template if fwhm_template is not None else _fwhm(template)
     fwhm_s = fwhm_science if fwhm_science is not None else _fwhm(science)
     to_convolve, reference = (
@@ -219,32 +218,28 @@ def subtract(
         kernel,
         region=config.region_size,
         no_data=no_data,
+        method=config.convolution,
     )
-    yy, xx = np.ogrid[0:ny, 0:nx]  # broadcast: no full-size coordinate planes
-    bg = (
-        np.asarray(kernel.background(xx, yy), dtype=np.float64)
-        if config.fit_for_background
-        else 0.0
+    scale = 1.0
+    if not config.convolve_template:
+        scale = -1.0 / float(kernel.kernel_sum(nx / 2, ny / 2))
+    diff, dvar, dmask = difference_planes(
+        (reference.image, reference.variance, reference.mask),
+        (m_img, m_var, m_mask),
+        kernel if config.fit_for_background else None,
+        scale=scale,
     )
-    if config.convolve_template:
-        diff = reference.image - m_img - bg
-        dvar = reference.variance + m_var
-    else:
-        ksum = float(kernel.kernel_sum(nx / 2, ny / 2))
-        diff = -(reference.image - m_img - bg) / ksum
-        dvar = (reference.variance + m_var) / ksum**2
-    dmask = reference.mask | m_mask
     matched = dataclasses.replace(
         to_convolve,
-        image=m_img.astype(np.float32),
-        variance=m_var.astype(np.float32),
+        image=m_img.astype(np.float32, copy=False),
+        variance=m_var.astype(np.float32, copy=False),
         mask=m_mask,
         mask_planes=planes,
     )
     difference = dataclasses.replace(
         science,
-        image=diff.astype(np.float32),
-        variance=dvar.astype(np.float32),
+        image=diff,
+        variance=dvar,
         mask=dmask,
         mask_planes=planes,
     )
@@ -254,6 +249,14 @@ def subtract(
 def snap_subtract(snap1: Exposure, snap2: Exposure, **kwargs: Any) -> Subtraction:
     """SnapPsfMatch: difference two snaps of one visit with the snap preset (6.7)."""
     return subtract(snap1, snap2, kwargs.pop("config", None) or snap_config(), **kwargs)
+
+
+def _calibrated(exp: Exposure) -> Exposure:
+    """``exp.calibrated()``, without the copies when it is in nJy already (photo_calib 1: the
+    same values; nothing here writes into the planes)."""
+    if float(exp.photo_calib) == 1.0:
+        return dataclasses.replace(exp, metadata=dict(exp.metadata))
+    return exp.calibrated()
 
 
 def _fwhm(exp: Exposure) -> float | None:

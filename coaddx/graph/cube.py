@@ -20,6 +20,7 @@ from coaddx.constants import LAYERS
 __all__ = [
     "LAYERS",
     "LazyArray",
+    "array_names",
     "as_dask_cube",
     "constant",
     "lazy_layers",
@@ -76,3 +77,8 @@ def stack_scalars(values: Sequence[da.Array]) -> da.Array:
 def constant(value: float) -> da.Array:
     """A 0-d dask array holding ``value``."""
     return da.from_array(np.asarray(value))
+
+
+def array_names(ds: xr.Dataset) -> list[str]:
+    """The names of the lazy (dask) arrays among the variables of ``ds``."""
+    return [str(v.data.name) for v in ds.variables.values() if isinstance(v.data, da.Array)]

@@ -8,6 +8,8 @@ Layout written by :func:`export_fits`::
     HDU 2 MASK        int32, MP_<PLANE> = bit keywords, same WCS
     HDU 3 VARIANCE    float32 nJy**2, same WCS
     HDU 4 N_IMAGE     int32 (when the store has ``n_image``; further 2-D planes likewise)
+    then              small image HDUs the caller computed (``extra_hdus``: the PSF and its
+                      FWHM map, :mod:`coaddx.coadd.export`), appended once the planes are in
 
 The file is written without gathering the coadd in one process: the headers are written and
 the file's blocks reserved first (every HDU's data offset is then known, and a full disk is
@@ -223,6 +225,7 @@ def export_fits(
     *,
     overwrite: bool = False,
     compute: Callable[[Any], Any] | None = None,
+    extra_hdus: Sequence[fits.ImageHDU] = (),
 ) -> Path:
     """Write a coadd store as an LSST-style multi-extension FITS file, region by region.
 
@@ -238,6 +241,8 @@ def export_fits(
     compute : callable, optional
         Runs the delayed write (e.g. on a cluster with a progress bar); default
         ``dask.compute``. Every chunk is read and written by its own task.
+    extra_hdus : sequence of astropy ImageHDU
+        Small HDUs appended after the planes (in memory; e.g. the PSF HDUs).
 
     Raises
     ------
@@ -287,6 +292,8 @@ def export_fits(
         ]
         delayed = da.store(sources, targets, lock=False, compute=False)  # type: ignore[arg-type]
         (compute or dask.compute)(delayed)
+        for hdu in extra_hdus:
+            fits.append(tmp, hdu.data, hdu.header)
         _sync(tmp)
         os.replace(tmp, out)
     except CoaddxError:

@@ -6,6 +6,12 @@ are labelled with 8-connectivity as afw's ``FootprintSet`` does: the prefilter
 epoch rule (:func:`max_outlier_epochs`, :func:`artifact_footprints`), the containment veto
 (:func:`drop_contained`), all of it for one visit (:func:`visit_artifacts`) and the
 alternative masks applied to its direct warp (:func:`apply_alt_masks`). Pure numpy/scipy.
+
+For the graph that does not hold every visit at once: one visit's whole plane detected on
+haloed tiles in one task (:func:`detect_plane`), its contribution to the epoch count, the
+PSF-matched ``n_image`` and the EDGE spans (:func:`visit_counts`), and the one byte per pixel
+the final stack needs of it (:func:`final_spans`: NO_DATA and EDGE spans, artifacts, streaks),
+applied through two 256-entry tables (:func:`alt_mask_tables`, :func:`apply_spans`).
 """
 
 from __future__ import annotations
@@ -20,26 +26,40 @@ from coaddx.kernels.detect import (
     DETECTED,
     EDGE_SPAN,
     EIGHT_CONNECTED,
+    GOOD,
     NAN_SPAN,
     PREFILTER_GOOD,
+    detect_tile,
     dilate,
 )
 from coaddx.kernels.streaks import streak_mask
 
 __all__ = [
     "ARTIFACT",
+    "SPAN_ARTIFACT",
+    "SPAN_BITS",
+    "SPAN_STREAK",
     "STREAK",
+    "alt_mask_tables",
     "apply_alt_masks",
+    "apply_spans",
     "artifact_footprints",
     "candidate_footprints",
+    "detect_plane",
     "drop_contained",
+    "final_spans",
     "kept_candidates",
     "max_outlier_epochs",
     "visit_artifacts",
+    "visit_counts",
 ]
 
 ARTIFACT = 1  # flags of :func:`visit_artifacts`' output
 STREAK = 2
+#: The bits of :func:`final_spans`: the detection flags' NO_DATA and EDGE spans, and these two.
+SPAN_ARTIFACT = 64
+SPAN_STREAK = 128
+SPAN_BITS = NAN_SPAN | EDGE_SPAN | SPAN_ARTIFACT | SPAN_STREAK
 
 
 def candidate_footprints(
@@ -172,6 +192,88 @@ def visit_artifacts(
     return out
 
 
+def detect_plane(
+    image: np.ndarray,
+    variance: np.ndarray,
+    mask: np.ndarray,
+    t_image: np.ndarray,
+    t_variance: np.ndarray,
+    variance_scale: float,
+    *,
+    tile: tuple[int, int],
+    **detect_kwargs: Any,
+) -> np.ndarray:
+    """One visit's packed flags over its whole plane: :func:`coaddx.kernels.detect.detect_tile`
+    on ``tile``-sized tiles, each read with a halo of ``grow + min_pixels - 1`` pixels (none
+    beyond the plane) and trimmed to its core, the variance times ``variance_scale`` (as
+    float32), exactly as the tiled graph does it."""
+    variance = variance * np.float32(variance_scale)
+    ny, nx = image.shape
+    depth = int(detect_kwargs["grow"]) + int(detect_kwargs["min_pixels"]) - 1
+    out = np.empty((ny, nx), np.uint8)
+    for y0 in range(0, ny, tile[0]):
+        y1 = min(y0 + tile[0], ny)
+        a0, a1 = max(y0 - depth, 0), min(y1 + depth, ny)
+        for x0 in range(0, nx, tile[1]):
+            x1 = min(x0 + tile[1], nx)
+            b0, b1 = max(x0 - depth, 0), min(x1 + depth, nx)
+            box = (slice(a0, a1), slice(b0, b1))
+            flags = detect_tile(
+                image[box], variance[box], mask[box], t_image[box], t_variance[box], **detect_kwargs
+            )
+            out[y0:y1, x0:x1] = flags[y0 - a0 : y0 - a0 + y1 - y0, x0 - b0 : x0 - b0 + x1 - x0]
+    return out
+
+
+def visit_counts(packed: np.ndarray, prefilter_ratio: float | None) -> np.ndarray:
+    """One visit's share of the sums over visits, ``(3, y, x)`` uint8: its kept candidates
+    (the epoch count), its GOOD pixels (the PSF-matched ``n_image``) and its EDGE spans."""
+    out = np.empty((3, *packed.shape), np.uint8)
+    out[0] = kept_candidates(packed, prefilter_ratio)
+    out[1] = (packed & GOOD) != 0
+    out[2] = (packed & EDGE_SPAN) != 0
+    return out
+
+
+def final_spans(packed: np.ndarray, art: np.ndarray) -> np.ndarray:
+    """What the final stack needs of one visit, one byte per pixel: the NO_DATA and EDGE spans
+    of its flags, :data:`SPAN_ARTIFACT` and :data:`SPAN_STREAK` (:data:`SPAN_BITS`)."""
+    out = packed & np.uint8(NAN_SPAN | EDGE_SPAN)
+    out |= np.where((art & ARTIFACT) != 0, np.uint8(SPAN_ARTIFACT), np.uint8(0))
+    out |= np.where((art & STREAK) != 0, np.uint8(SPAN_STREAK), np.uint8(0))
+    return out
+
+
+def alt_mask_tables(
+    *, clear: int, no_data: int, clipped: int, edge: int, streak: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """applyAltMaskPlanes as two tables over the 256 span bytes: the mask is ANDed with the
+    first (the bad-pixel bits cleared in NO_DATA spans) and ORed with the second."""
+    b = np.arange(256)
+    nan = (b & NAN_SPAN) != 0
+    keep = np.where(nan, np.int32(~clear), np.int32(-1)).astype(np.int32)
+    put = np.zeros(256, np.int32)
+    for cond, bit in (
+        (nan, no_data),
+        ((b & SPAN_ARTIFACT) != 0, clipped),
+        ((b & SPAN_STREAK) != 0, streak),
+        ((b & EDGE_SPAN) != 0, edge),
+    ):
+        put |= np.where(cond, np.int32(bit), np.int32(0))
+    return keep, put
+
+
+def apply_spans(
+    mask: np.ndarray, spans: np.ndarray, tables: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """``mask`` (int32) with the alternative masks of :func:`final_spans` bytes applied
+    (:func:`alt_mask_tables`)."""
+    keep, put = tables
+    out = np.bitwise_and(mask, keep[spans], dtype=np.int32)
+    out |= put[spans]
+    return out
+
+
 def apply_alt_masks(
     mask: np.ndarray,
     packed: np.ndarray,
@@ -185,13 +287,7 @@ def apply_alt_masks(
 ) -> np.ndarray:
     """applyAltMaskPlanes (algorithms.md 3.5): clear the bad-pixel bits inside the NO_DATA
     spans, then set NO_DATA, CLIPPED (artifacts), STREAK and EDGE on their spans."""
-    nan = (packed & NAN_SPAN) != 0
-    out = np.where(nan, mask & np.int32(~clear), mask).astype(np.int32)
-    for cond, bit in (
-        (nan, no_data),
-        ((art & ARTIFACT) != 0, clipped),
-        ((art & STREAK) != 0, streak),
-        ((packed & EDGE_SPAN) != 0, edge),
-    ):
-        out |= np.where(cond, np.int32(bit), np.int32(0))
-    return out
+    tables = alt_mask_tables(
+        clear=clear, no_data=no_data, clipped=clipped, edge=edge, streak=streak
+    )
+    return apply_spans(mask, final_spans(packed, art), tables)

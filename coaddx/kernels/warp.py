@@ -129,13 +129,16 @@ def warp_block(
     out_image = np.empty(src_x.shape, np.float32)
     out_variance = np.empty(src_x.shape, np.float32)
     out_mask = np.empty(src_x.shape, np.int32)
-    _WARP[code](
+    _warp(
         image,
         variance,
         mask,
         src_x,
         src_y,
         area,
+        code,
+        tap_footprint(code)[0],
+        _taps(code),
         tap_constants(code),
         int(grow_full_bits),
         int(no_data_bit),
@@ -237,201 +240,236 @@ def _row_masks(
         out[c] = bits
 
 
-def _make_warp(code: int):
-    """The pixel loop of one kernel: closure constants let numba unroll the taps."""
-    lo, ntap = tap_footprint(code)
-    separable = code != NEAREST  # nearest always takes the single-tap path
+# The loops below are module-level functions (no closures: numba's cache cannot keep a function
+# whose closure holds a dispatcher, and would recompile it in every process). The tap count is
+# the length of ``taps``, a tuple of that many zeros (one for nearest, whose pixels all take the
+# single-tap path): a constant of each compiled specialisation, so that LLVM unrolls the tap
+# loops and drops the unused paths as it would for literals.
 
-    @numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
-    def row_values(
+
+def _taps(code: int) -> tuple[int, ...]:
+    return (0,) if code == NEAREST else (0,) * tap_footprint(code)[1]
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
+def _row_values(
+    image, variance, xs, ys, areas, box, code, lo, taps, consts, wxs, wys, sumx, sumy, small,
+    out_image, out_variance,
+):  # fmt: skip  # pragma: no cover - numba
+    """Image and variance of one destination row (``lo``: the first tap offset, which
+    :func:`tap_footprint` ties to the tap count)."""
+    separable = len(taps) != 1  # nearest (one-entry taps) always takes the single-tap path
+    ntap = len(taps) if separable else 2
+    lo = 0 if ntap == 2 else 1 - ntap // 2  # a constant too (== the argument)
+    xlo, xhi, ylo, yhi = box
+    flat_image = image.reshape(-1)
+    flat_variance = variance.reshape(-1)
+    stride = np.uint64(image.shape[1])
+    for c in range(xs.size):
+        x = xs[c]
+        y = ys[c]
+        if not (x >= xlo and x < xhi and y >= ylo and y < yhi):
+            out_image[c] = np.nan
+            out_variance[c] = np.inf
+            continue
+        i = int(x)
+        j = int(y)
+        fx = x - i
+        fy = y - j
+        if separable and fx > 0.0 and fy > 0.0:
+            acc = 0.0
+            acc_v = 0.0
+            q = np.uint64(j + lo) * stride + np.uint64(i + lo)
+            for t in range(ntap):
+                part = 0.0
+                part_v = 0.0
+                for k in range(ntap):
+                    w = wxs[k, c]
+                    part += w * flat_image[q + np.uint64(k)]
+                    part_v += (w * w) * flat_variance[q + np.uint64(k)]
+                w = wys[t, c]
+                acc += w * part
+                acc_v += (w * w) * part_v
+                q += stride
+            ksum = sumx[c] * sumy[c]
+        else:
+            acc, acc_v, ksum = _pixel_general(
+                image, variance, i, j, fx, fy, code, lo, ntap, consts,
+                small[0], small[1], small[2], small[3],
+            )  # fmt: skip
+        scale = areas[c] / ksum
+        out_image[c] = acc * scale
+        out_variance[c] = acc_v * (scale * scale)
+
+
+@numba.njit(nogil=True, cache=True)
+def _buffers(shape, nx, lo, ntap):  # pragma: no cover - numba
+    """The computable box of source positions (0 <= floor(x) + lo and floor(x) + lo + ntap - 1
+    <= size - 1 on both axes), the mask tile summaries and the per-row weight buffers."""
+    sy, sx = shape
+    box = (float(-lo), float(sx - lo - ntap + 1), float(-lo), float(sy - lo - ntap + 1))
+    tiles = np.full((((sy - 1) >> _TILE_SHIFT) + 1, ((sx - 1) >> _TILE_SHIFT) + 1), -1, np.int8)
+    weights = np.empty((2, ntap, nx))
+    sums = np.empty((2, nx))
+    scratch = np.empty((5, nx))
+    small = np.empty((4, MAX_TAPS))
+    return box, tiles, weights, sums, scratch, small
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _warp_row(
+    image,
+    variance,
+    mask,
+    xs,
+    ys,
+    areas,
+    code,
+    lo,
+    taps,
+    consts,
+    grow_bits,
+    no_data_bit,
+    bufs,
+    r,
+    out_image,
+    out_variance,
+    out_mask,
+):  # pragma: no cover - numba
+    """Destination row ``r``: its tap weights, image, variance and mask."""
+    box, tiles, weights, sums, scratch, small = bufs
+    ntap = weights.shape[1]
+    if len(taps) != 1:  # separable kernels (nearest takes the single-tap path)
+        row_weights(xs, code, lo, ntap, consts, weights[0], sums[0], scratch)
+        row_weights(ys, code, lo, ntap, consts, weights[1], sums[1], scratch)
+    _row_values(
         image,
         variance,
         xs,
         ys,
         areas,
         box,
+        code,
+        lo,
+        taps,
         consts,
-        wxs,
-        wys,
-        sumx,
-        sumy,
+        weights[0],
+        weights[1],
+        sums[0],
+        sums[1],
         small,
-        out_image,
-        out_variance,
-    ):  # pragma: no cover - numba
-        xlo, xhi, ylo, yhi = box
-        flat_image = image.reshape(-1)
-        flat_variance = variance.reshape(-1)
-        stride = np.uint64(image.shape[1])
-        for c in range(xs.size):
-            x = xs[c]
-            y = ys[c]
-            if not (x >= xlo and x < xhi and y >= ylo and y < yhi):
-                out_image[c] = np.nan
-                out_variance[c] = np.inf
-                continue
-            i = int(x)
-            j = int(y)
-            fx = x - i
-            fy = y - j
-            if separable and fx > 0.0 and fy > 0.0:
-                acc = 0.0
-                acc_v = 0.0
-                q = np.uint64(j + lo) * stride + np.uint64(i + lo)
-                for t in range(ntap):
-                    part = 0.0
-                    part_v = 0.0
-                    for k in range(ntap):
-                        w = wxs[k, c]
-                        part += w * flat_image[q + np.uint64(k)]
-                        part_v += (w * w) * flat_variance[q + np.uint64(k)]
-                    w = wys[t, c]
-                    acc += w * part
-                    acc_v += (w * w) * part_v
-                    q += stride
-                ksum = sumx[c] * sumy[c]
-            else:
-                acc, acc_v, ksum = _pixel_general(
-                    image,
-                    variance,
-                    i,
-                    j,
-                    fx,
-                    fy,
-                    code,
-                    lo,
-                    ntap,
-                    consts,
-                    small[0],
-                    small[1],
-                    small[2],
-                    small[3],
-                )
-            scale = areas[c] / ksum
-            out_image[c] = acc * scale
-            out_variance[c] = acc_v * (scale * scale)
+        out_image[r],
+        out_variance[r],
+    )
+    _row_masks(mask, tiles, xs, ys, box, lo, ntap, grow_bits, no_data_bit, out_mask[r])
 
-    @numba.njit(nogil=True, cache=True, error_model="numpy")
-    def warp(
-        image,
-        variance,
-        mask,
-        src_x,
-        src_y,
-        area,
-        consts,
-        grow_bits,
-        no_data_bit,
-        out_image,
-        out_variance,
-        out_mask,
-    ):  # pragma: no cover - numba
-        sy, sx = image.shape
-        nx = src_x.shape[1]
-        # computable iff 0 <= floor(x) + lo and floor(x) + lo + ntap - 1 <= sx - 1
-        box = (float(-lo), float(sx - lo - ntap + 1), float(-lo), float(sy - lo - ntap + 1))
-        tiles = np.full((((sy - 1) >> _TILE_SHIFT) + 1, ((sx - 1) >> _TILE_SHIFT) + 1), -1, np.int8)
-        wxs = np.empty((ntap, nx))
-        wys = np.empty((ntap, nx))
-        sums = np.empty((2, nx))
-        scratch = np.empty((5, nx))
-        small = np.empty((4, MAX_TAPS))
-        for r in range(src_x.shape[0]):
-            if separable:
-                row_weights(src_x[r], code, lo, ntap, consts, wxs, sums[0], scratch)
-                row_weights(src_y[r], code, lo, ntap, consts, wys, sums[1], scratch)
-            row_values(
-                image,
-                variance,
-                src_x[r],
-                src_y[r],
-                area[r],
-                box,
-                consts,
-                wxs,
-                wys,
-                sums[0],
-                sums[1],
-                small,
-                out_image[r],
-                out_variance[r],
-            )
-            _row_masks(
-                mask, tiles, src_x[r], src_y[r], box, lo, ntap, grow_bits, no_data_bit, out_mask[r]
-            )
 
-    @numba.njit(nogil=True, cache=True, error_model="numpy")
-    def warp_grid(
-        image,
-        variance,
-        mask,
-        node_x,
-        node_y,
-        left_x,
-        t_x,
-        left_y,
-        t_y,
-        consts,
-        grow_bits,
-        no_data_bit,
-        out_image,
-        out_variance,
-        out_mask,
-    ):  # pragma: no cover
-        """As ``warp``, with the source coordinates and relative areas interpolated row by row
-        from the node grid (see :func:`warp_on_grid`) instead of read from full arrays."""
-        sy, sx = image.shape
-        ny, nx = out_image.shape
-        box = (float(-lo), float(sx - lo - ntap + 1), float(-lo), float(sy - lo - ntap + 1))
-        tiles = np.full((((sy - 1) >> _TILE_SHIFT) + 1, ((sx - 1) >> _TILE_SHIFT) + 1), -1, np.int8)
-        wxs = np.empty((ntap, nx))
-        wys = np.empty((ntap, nx))
-        sums = np.empty((2, nx))
-        scratch = np.empty((5, nx))
-        small = np.empty((4, MAX_TAPS))
-        # node rows interpolated along x once (x first, then y: the order of the reference)
-        rows_x = _lerp_rows(node_x, left_x, t_x)
-        rows_y = _lerp_rows(node_y, left_x, t_x)
-        prev_x = np.empty(nx + 1)
-        prev_y = np.empty(nx + 1)
-        cur_x = np.empty(nx + 1)
-        cur_y = np.empty(nx + 1)
-        area = np.empty(nx)
-        _lerp_row(rows_x, rows_y, left_y[0], t_y[0], prev_x, prev_y)
-        for r in range(ny):
-            _lerp_row(rows_x, rows_y, left_y[r + 1], t_y[r + 1], cur_x, cur_y)
-            for i in range(nx):
-                ax = cur_x[i + 1] - cur_x[i]
-                ay = cur_y[i + 1] - cur_y[i]
-                bx = cur_x[i + 1] - prev_x[i + 1]
-                by = cur_y[i + 1] - prev_y[i + 1]
-                area[i] = abs(ax * by - ay * bx)
-            xs = cur_x[1:]
-            ys = cur_y[1:]
-            if separable:
-                row_weights(xs, code, lo, ntap, consts, wxs, sums[0], scratch)
-                row_weights(ys, code, lo, ntap, consts, wys, sums[1], scratch)
-            row_values(
-                image,
-                variance,
-                xs,
-                ys,
-                area,
-                box,
-                consts,
-                wxs,
-                wys,
-                sums[0],
-                sums[1],
-                small,
-                out_image[r],
-                out_variance[r],
-            )
-            _row_masks(mask, tiles, xs, ys, box, lo, ntap, grow_bits, no_data_bit, out_mask[r])
-            prev_x, cur_x = cur_x, prev_x
-            prev_y, cur_y = cur_y, prev_y
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _warp(
+    image,
+    variance,
+    mask,
+    src_x,
+    src_y,
+    area,
+    code,
+    lo,
+    taps,
+    consts,
+    grow_bits,
+    no_data_bit,
+    out_image,
+    out_variance,
+    out_mask,
+):  # pragma: no cover - numba
+    ntap = len(taps) if len(taps) != 1 else 2
+    bufs = _buffers(image.shape, src_x.shape[1], lo, ntap)
+    for r in range(src_x.shape[0]):
+        _warp_row(
+            image,
+            variance,
+            mask,
+            src_x[r],
+            src_y[r],
+            area[r],
+            code,
+            lo,
+            taps,
+            consts,
+            grow_bits,
+            no_data_bit,
+            bufs,
+            r,
+            out_image,
+            out_variance,
+            out_mask,
+        )
 
-    return warp, warp_grid
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _warp_grid(
+    image,
+    variance,
+    mask,
+    node_x,
+    node_y,
+    left_x,
+    t_x,
+    left_y,
+    t_y,
+    code,
+    lo,
+    taps,
+    consts,
+    grow_bits,
+    no_data_bit,
+    out_image,
+    out_variance,
+    out_mask,
+):  # pragma: no cover - numba
+    """As ``_warp``, with the source coordinates and relative areas interpolated row by row
+    from the node grid (see :func:`warp_on_grid`) instead of read from full arrays."""
+    ntap = len(taps) if len(taps) != 1 else 2
+    ny, nx = out_image.shape
+    bufs = _buffers(image.shape, nx, lo, ntap)
+    # node rows interpolated along x once (x first, then y: the order of the reference)
+    rows_x = _lerp_rows(node_x, left_x, t_x)
+    rows_y = _lerp_rows(node_y, left_x, t_x)
+    prev_x = np.empty(nx + 1)
+    prev_y = np.empty(nx + 1)
+    cur_x = np.empty(nx + 1)
+    cur_y = np.empty(nx + 1)
+    area = np.empty(nx)
+    _lerp_row(rows_x, rows_y, left_y[0], t_y[0], prev_x, prev_y)
+    for r in range(ny):
+        _lerp_row(rows_x, rows_y, left_y[r + 1], t_y[r + 1], cur_x, cur_y)
+        for i in range(nx):
+            ax = cur_x[i + 1] - cur_x[i]
+            ay = cur_y[i + 1] - cur_y[i]
+            bx = cur_x[i + 1] - prev_x[i + 1]
+            by = cur_y[i + 1] - prev_y[i + 1]
+            area[i] = abs(ax * by - ay * bx)
+        _warp_row(
+            image,
+            variance,
+            mask,
+            cur_x[1:],
+            cur_y[1:],
+            area,
+            code,
+            lo,
+            taps,
+            consts,
+            grow_bits,
+            no_data_bit,
+            bufs,
+            r,
+            out_image,
+            out_variance,
+            out_mask,
+        )
+        prev_x, cur_x = cur_x, prev_x
+        prev_y, cur_y = cur_y, prev_y
 
 
 @numba.njit(nogil=True, cache=True)
@@ -450,11 +488,6 @@ def _lerp_row(rows_x, rows_y, k, t, out_x, out_y):  # pragma: no cover - numba
     for i in range(out_x.size):
         out_x[i] = rows_x[k, i] * (1.0 - t) + rows_x[k + 1, i] * t
         out_y[i] = rows_y[k, i] * (1.0 - t) + rows_y[k + 1, i] * t
-
-
-_KERNEL_LOOPS = {code: _make_warp(code) for code in KERNEL_CODES.values()}
-_WARP = {code: loops[0] for code, loops in _KERNEL_LOOPS.items()}
-_WARP_GRID = {code: loops[1] for code, loops in _KERNEL_LOOPS.items()}
 
 
 def lerp_weights(nodes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -515,7 +548,7 @@ def warp_on_grid(
     out_image = np.empty((ny, nx), np.float32)
     out_variance = np.empty((ny, nx), np.float32)
     out_mask = np.empty((ny, nx), np.int32)
-    _WARP_GRID[code](
+    _warp_grid(
         image,
         variance,
         mask,
@@ -525,6 +558,9 @@ def warp_on_grid(
         t_x,
         left_y,
         t_y,
+        code,
+        tap_footprint(code)[0],
+        _taps(code),
         tap_constants(code),
         int(grow_full_bits),
         int(no_data_bit),

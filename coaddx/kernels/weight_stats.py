@@ -23,10 +23,12 @@ import numpy as np
 
 from coaddx.kernels.stats import interpolate, iqr_half_width, next_half_width, quantile_position
 
-__all__ = ["MAX_SETS", "meanclip_sets"]
+__all__ = ["MAX_PIXELS", "MAX_SETS", "histogram_bytes", "meanclip_sets"]
 
 #: Bad-bit sets handled by one fused call; :func:`meanclip_sets` takes more in groups.
 MAX_SETS = 3
+#: Largest plane :func:`meanclip_sets` takes: its key histograms count in int32.
+MAX_PIXELS = 2**31 - 1
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -53,7 +55,7 @@ def _gather_classes(values, mask, bads):  # pragma: no cover - numba
     sets = np.uint8((1 << nk) - 1)  # absent sets get no bit
     vals = np.empty(ny * nx, np.float32)
     cls = np.empty(ny * nx, np.uint8)
-    hist = np.zeros((8, 65536), np.int64)
+    hist = np.zeros((7, 65536), np.int32)  # class 0 (no set) is never counted
     bits = values.view(np.uint32)
     n = 0
     for r in range(ny):
@@ -70,7 +72,7 @@ def _gather_classes(values, mask, bads):  # pragma: no cover - numba
                 if cl != 0:
                     vals[n] = v
                     cls[n] = cl
-                    hist[cl, _key(row_b[c]) >> np.uint32(16)] += 1
+                    hist[cl - 1, _key(row_b[c]) >> np.uint32(16)] += 1
                     n += 1
     return vals, cls, n, hist
 
@@ -84,15 +86,16 @@ def _quartiles(vals, cls, n_all, hist, nk):  # pragma: no cover - numba
     ranks = np.zeros((nk, 6), np.int64)
     top = np.zeros((nk, 6), np.int64)
     rest = np.zeros((nk, 6), np.int64)
-    slot = np.full((nk, 65536), -1, np.int64)
+    slot = np.full((nk, 65536), -1, np.int8)  # at most 6 * MAX_SETS slots
     hi = np.zeros(65536, np.int64)
+    wanted = np.zeros(65536, np.bool_)  # a bin holding a wanted rank of some set
     n_slots = 0
     for k in range(nk):
         hi[:] = 0
         for cl in range(1, 8):
             if cl & (1 << k):
                 for b in range(65536):
-                    hi[b] += hist[cl, b]
+                    hi[b] += hist[cl - 1, b]
         n[k] = hi.sum()
         if n[k] == 0:
             continue
@@ -109,12 +112,15 @@ def _quartiles(vals, cls, n_all, hist, nk):  # pragma: no cover - numba
                 acc += hi[b]
             if slot[k, top[k, r]] < 0:
                 slot[k, top[k, r]] = n_slots
+                wanted[top[k, r]] = True
                 n_slots += 1
-    lo_hist = np.zeros((max(n_slots, 1), 65536), np.int64)
+    lo_hist = np.zeros((max(n_slots, 1), 65536), np.int32)
     bits = vals[:n_all].view(np.uint32)
     for i in range(n_all):
         key = _key(bits[i])
         t = key >> np.uint32(16)
+        if not wanted[t]:
+            continue
         cl = cls[i]
         for k in range(nk):
             if cl & (1 << k):
@@ -231,6 +237,16 @@ def _meanclip_group(values, mask, bads, sigma_clip, clip_iter):  # pragma: no co
     return out[:nk]
 
 
+def histogram_bytes(n_sets: int = MAX_SETS) -> int:
+    """Peak bytes of :func:`meanclip_sets`' key histograms, whatever the plane (its compact
+    copy adds 5 bytes a pixel): the high-16-bit counts of the 7 membership classes (int32), one
+    set's merged counts (int64), the slot and wanted-bin maps and, at worst, one low-16-bit
+    count (int32) for each of the 6 ranks (2 per quartile) of every set."""
+    n_sets = min(int(n_sets), MAX_SETS)
+    bins = 65536
+    return bins * (7 * 4 + 8 + n_sets + 1 + 6 * n_sets * 4)
+
+
 def meanclip_sets(
     values: np.ndarray, mask: np.ndarray, params: list[tuple[int, float, int]]
 ) -> list[float]:
@@ -248,6 +264,8 @@ def meanclip_sets(
     """
     if values.dtype != np.float32 or values.ndim != 2 or values.shape != mask.shape:
         raise ValueError("values must be a 2-d float32 array with a mask of the same shape")
+    if values.size > MAX_PIXELS:
+        raise ValueError(f"meanclip_sets counts in int32: at most {MAX_PIXELS} pixels a plane")
     mask = mask if mask.dtype == np.int32 else mask.astype(np.int32)
     out: list[float] = []
     for g in range(0, len(params), MAX_SETS):

@@ -28,6 +28,9 @@ from astropy.wcs import WCS
 from coaddx.errors import InputError
 from coaddx.model.geometry import map_pixels
 
+#: Point x edge pairs evaluated at once by :func:`points_in_polygon`.
+_BLOCK = 1 << 18
+
 __all__ = [
     "detector_polygon",
     "footprints_containing",
@@ -126,14 +129,18 @@ def points_in_polygon(x: np.ndarray, y: np.ndarray, polygon: np.ndarray) -> np.n
     if cand.size == 0:
         return inside
     qx, qy = px.ravel()[cand], py.ravel()[cand]
+    xi, yi = poly[:, 0], poly[:, 1]
+    xj, yj = np.roll(xi, 1), np.roll(yi, 1)  # each vertex's predecessor: the edges
+    edges = np.flatnonzero(yi != yj)
+    xi, yi, xj, yj = xi[edges], yi[edges], xj[edges], yj[edges]
+    slope = (xj - xi) / (yj - yi)
     odd = np.zeros(cand.size, dtype=bool)
-    xj, yj = poly[-1]
-    for xi, yi in poly:
-        if yi != yj:
-            crosses = (yi > qy) != (yj > qy)
-            x_cross = xi + (qy - yi) * ((xj - xi) / (yj - yi))
-            odd ^= crosses & (qx < x_cross)
-        xj, yj = xi, yi
+    step = max(1, _BLOCK // max(1, edges.size))
+    for start in range(0, cand.size, step):  # blocks of points, all edges at once
+        bx, by = qx[start : start + step, None], qy[start : start + step, None]
+        crosses = (yi > by) != (yj > by)
+        x_cross = xi + (by - yi) * slope
+        odd[start : start + step] = (np.count_nonzero(crosses & (bx < x_cross), axis=1) % 2) == 1
     inside.ravel()[cand] = odd
     return inside
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import os
 import warnings
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 from astropy.io import fits
 from astropy.wcs import WCS
 
@@ -28,7 +28,7 @@ __all__ = [
     "MAX_SCALE_RATIO",
     "WarpInput",
     "check_selection",
-    "file_crc32",
+    "file_crc32c",
     "header_fields",
     "header_ids",
     "warp_inputs",
@@ -232,10 +232,11 @@ def check_selection(selected: Sequence[WarpInput], patch: Patch, config: WarpCon
     _check_scales(selected, patch)
 
 
-def file_crc32(path: Path) -> str:
-    """CRC-32 of a file's bytes, as 8 hex digits (the ``inputs`` of a visit record)."""
+def file_crc32c(path: Path) -> str:
+    """CRC-32C (Castagnoli, google-crc32c's hardware path) of a file's bytes, as 8 hex digits
+    (the ``inputs`` of a visit record)."""
     crc = 0
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
-            crc = zlib.crc32(block, crc)
+            crc = google_crc32c.extend(crc, block)
     return f"{crc & 0xFFFFFFFF:08x}"

@@ -11,16 +11,19 @@ from typing import Any
 
 import numpy as np
 
-from coaddx.errors import CoaddxError
+from coaddx.errors import CoaddxError, InputError
+from coaddx.io.zarr.psf_products import PSF_KEY, write_psf_products
 from coaddx.io.zarr.recovery import save_written
 from coaddx.io.zarr.warp_store import WarpStore
 from coaddx.model.exposure import Exposure
 from coaddx.model.masks import bitmask
+from coaddx.model.psf import model_psf
 from coaddx.model.skymap import Box, Patch
 from coaddx.warp.config import ModelPsfMatchConfig, WarpConfig
 from coaddx.warp.exposure import blank_layers, warp_exposure_box
-from coaddx.warp.inputs import WarpInput, file_crc32
+from coaddx.warp.inputs import WarpInput, file_crc32c
 from coaddx.warp.psf_matched import psf_match_warp, warped_psf
+from coaddx.warp.psf_products import visit_psf_products
 from coaddx.warp.weights import visit_weight_stats
 
 __all__ = ["VISIT_FIELDS", "visit_metadata", "warp_visit"]
@@ -45,7 +48,7 @@ _Warped = tuple[Box, np.ndarray, np.ndarray, np.ndarray]
 
 def visit_metadata(exposures: Sequence[Exposure], items: Sequence[WarpInput]) -> dict[str, Any]:
     """The visit record's metadata: the first exposure's fields, the mean PSF FWHM, the
-    detectors and the input files with their CRC-32 (non-finite numbers as None)."""
+    detectors and the input files with their CRC-32C (non-finite numbers as None)."""
     first = exposures[0]
     meta: dict[str, Any] = {k: getattr(first, k) for k in VISIT_FIELDS}
     meta["photo_calib"] = float(first.photo_calib)
@@ -53,7 +56,7 @@ def visit_metadata(exposures: Sequence[Exposure], items: Sequence[WarpInput]) ->
     meta["psf_fwhm"] = float(np.mean(fwhm)) if fwhm else float("nan")
     meta["detectors"] = ",".join(str(e.detector) for e in exposures)
     meta["inputs"] = [
-        {"path": str(i.source), "crc32": file_crc32(i.source)}
+        {"path": str(i.source), "crc32c": file_crc32c(i.source)}
         if isinstance(i.source, Path)
         else {"path": i.name}
         for i in items
@@ -110,6 +113,30 @@ def _psf_matched(
     return out
 
 
+def _psf_products(
+    warp_type: str,
+    exposures: Sequence[Exposure],
+    patch: Patch,
+    psf_config: ModelPsfMatchConfig | None,
+) -> dict[str, np.ndarray] | None:
+    """The visit's PSF products for ``warp_type`` (:mod:`coaddx.warp.psf_products`): the
+    calexp PSFs for direct warps, the model PSF (footprints shrunk by the matching kernel's
+    half-width) for PSF-matched ones; None when a detector has no PSF at all (the visit is
+    then written without PSF products, and a CoaddPsf over it names it as missing)."""
+    try:
+        if warp_type == "psf_matched":
+            cfg = psf_config or ModelPsfMatchConfig()
+            return visit_psf_products(
+                exposures,
+                patch,
+                model=model_psf(cfg.model_psf_fwhm),
+                shrink=float(cfg.kernel_size // 2),
+            )
+        return visit_psf_products(exposures, patch)
+    except InputError:
+        return None
+
+
 def _write(
     items: Sequence[WarpInput],
     patch: Patch,
@@ -134,7 +161,9 @@ def _write(
     meta = visit_metadata(exposures, items)
     records = {}
     if "direct" in slots:  # absent when only the psf_matched warp is (re)written
-        stats = visit_weight_stats(variance.astype(np.float32), mask.astype(np.int32), planes)
+        stats = visit_weight_stats(
+            np.asarray(variance, np.float32), np.asarray(mask, np.int32), planes
+        )
         pixels = stores["direct"].write_slot_box(
             slots["direct"], union.x0, union.y0, image, variance, mask, weight_stats=stats
         )
@@ -149,6 +178,10 @@ def _write(
             slots["psf_matched"], m_image, m_var, m_mask, data_region=region, weight_stats=stats
         )
         records["psf_matched"] = {"visit": visit, **meta, **pixels}
+    for t, record in records.items():  # the PSF products: written before the record is saved
+        products = _psf_products(t, [e for e, _ in kept], patch, psf_config)
+        if products is not None:
+            record[PSF_KEY] = write_psf_products(stores[t].path, t, visit, products)
     for t, record in records.items():  # kept by the next run if the driver dies before commit
         save_written(stores[t].path, t, slots[t], record)
     return {"visit": visit, "records": records}

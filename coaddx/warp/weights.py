@@ -17,7 +17,8 @@ import numpy as np
 from coaddx.coadd.compare_warp.config import CompareWarpConfig
 from coaddx.coadd.config import AssembleConfig
 from coaddx.coadd.weights import WeightStatistic, weight_statistic
-from coaddx.kernels.stats import meanclip_masked, meanclip_masked_many
+from coaddx.kernels.stats import meanclip_masked
+from coaddx.kernels.weight_stats import MAX_PIXELS, meanclip_sets
 from coaddx.model.masks import bitmask
 
 __all__ = ["WEIGHT_PRESETS", "visit_weight_stats"]
@@ -39,14 +40,14 @@ def visit_weight_stats(
     presets: Sequence[WeightStatistic] = WEIGHT_PRESETS,
 ) -> dict[str, float]:
     """MEANCLIP of one visit's variance plane for every preset, keyed by the preset's key
-    (shared passes over the pixels; each value equals its own ``meanclip_masked`` call)."""
+    (fused passes over the pixels; each value equals its own ``meanclip_masked`` call)."""
     params = [
         (bitmask(mask_planes, p.bad_mask_planes, strict=False), p.sigma_clip, p.clip_iter)
         for p in presets
     ]
     variance = np.asarray(variance)
-    if variance.dtype == np.float32 and variance.ndim == 2:
-        values = meanclip_masked_many(variance, np.asarray(mask, dtype=np.int32), params)
+    if variance.dtype == np.float32 and variance.ndim == 2 and variance.size <= MAX_PIXELS:
+        values = meanclip_sets(variance, np.asarray(mask, dtype=np.int32), params)
     else:
         values = [
             meanclip_masked(variance, mask, bad, sigma_clip=sigma, clip_iter=iters)

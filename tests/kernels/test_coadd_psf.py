@@ -222,3 +222,38 @@ def test_psf_fwhm_of_gaussians(sx: float, sy: float) -> None:
     assert psf_fwhm(img) == pytest.approx(
         2.0 * np.sqrt(2.0 * np.log(2.0)) * np.sqrt(sx * sy), rel=1e-6
     )
+
+
+def test_coadd_psf_from_grids_equals_interpolate_then_sum() -> None:
+    """The one-pass CoaddPsf of :class:`coaddx.CoaddPsf` against the reference path (each
+    input interpolated by interpolate_psf_grid, then coadd_psf_image), inside, between and
+    outside the grids."""
+    from coaddx.kernels.coadd_psf import coadd_psf_from_grids
+
+    rng = np.random.default_rng(2)
+    k = 4
+    images = rng.uniform(0.1, 1.0, (k, 3, 3, 9, 11))
+    images /= images.sum(axis=(3, 4), keepdims=True)
+    gx = np.sort(rng.uniform(0, 100, (k, 3)), axis=1)
+    gy = np.sort(rng.uniform(0, 100, (k, 3)), axis=1)
+    w = rng.uniform(0.5, 2.0, k)
+    for x, y in [(50.0, 50.0), (-10.0, 20.0), (120.0, 130.0), (gx[0, 1], gy[2, 2])]:
+        ref = coadd_psf_image(
+            [interpolate_psf_grid(images[i], gx[i], gy[i], x, y) for i in range(k)], w
+        )
+        got = coadd_psf_from_grids(images, gx, gy, w, x, y)
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-15)
+    one = coadd_psf_from_grids(images[:, :1, :1], gx[:, :1], gy[:, :1], w, 3.0, 4.0)
+    np.testing.assert_allclose(one, coadd_psf_image(list(images[:, 0, 0]), w), rtol=1e-12)
+    with pytest.raises(InputError, match="weights"):
+        coadd_psf_from_grids(images, gx, gy, np.r_[w[:3], 0.0], 1.0, 1.0)
+
+
+def test_psf_fwhm_is_adaptive_sigma_compiled() -> None:
+    """psf_fwhm's compiled moments against the numpy reference (kernels.moments)."""
+    from coaddx.constants import SIGMA_TO_FWHM
+    from coaddx.kernels.moments import adaptive_sigma
+    from coaddx.model.psf import psf_image
+
+    for img in (psf_image(4.5, "moffat"), gaussian(np.array([[4.0, 1.0], [1.0, 6.0]]), (35, 31))):
+        assert psf_fwhm(img) == pytest.approx(SIGMA_TO_FWHM * adaptive_sigma(img), rel=1e-9)

@@ -3,7 +3,7 @@ rejection loop and the spatially varying convolution."""
 
 import numpy as np
 import pytest
-from scipy.signal import convolve2d, fftconvolve
+from scipy.signal import correlate2d, fftconvolve
 
 from coaddx.kernels.psfmatch.basis import (
     alard_lupton_basis,
@@ -529,7 +529,10 @@ def test_solve_spatial_exact_for_noise_free_normal_equations(al_basis):
 # --------------------------------------------------------------------------- convolution
 
 
-def test_convolve_spatial_constant_kernel_matches_convolve2d():
+@pytest.mark.parametrize("method", ["exact", "blockwise"])
+def test_convolve_spatial_constant_kernel_matches_correlate2d(method):
+    """afw's convolve is a correlation with the kernel image (the kernel is not flipped); the
+    blockwise method is exact for a constant kernel."""
     rng = np.random.default_rng(5)
     image = rng.normal(10, 3, (60, 70))
     variance = rng.uniform(1, 2, image.shape)
@@ -537,12 +540,12 @@ def test_convolve_spatial_constant_kernel_matches_convolve2d():
     basis = kern[None] / kern.sum()
     spatial = SpatialKernel(basis, np.array([[2.0]]), None, 0, 0, "chebyshev1", (0, 0, 1, 1))
     out, var, mask = convolve_spatial(
-        image, variance, np.zeros(image.shape, np.int32), spatial, bad_bits=256
+        image, variance, np.zeros(image.shape, np.int32), spatial, bad_bits=256, method=method
     )
     inner = (slice(3, -3), slice(3, -3))
     k = 2.0 * basis[0]
-    np.testing.assert_allclose(out[inner], convolve2d(image, k, mode="valid"), rtol=1e-12)
-    np.testing.assert_allclose(var[inner], convolve2d(variance, k * k, mode="valid"), rtol=1e-12)
+    np.testing.assert_allclose(out[inner], correlate2d(image, k, mode="valid"), rtol=1e-12)
+    np.testing.assert_allclose(var[inner], correlate2d(variance, k * k, mode="valid"), rtol=1e-12)
     assert np.isnan(out[:3]).all() and np.isinf(var[:, -3:]).all()
     assert (mask[:3] == 256).all() and (mask[inner] == 0).all()
     assert out.dtype == np.float64
@@ -568,8 +571,8 @@ def test_convolve_spatial_varying_kernel_matches_direct_sums(al_basis, model):
         k = spatial.kernel_image(origin[0] + c, origin[1] + r)
         window = image[r - 10 : r + 11, c - 10 : c + 11].astype(np.float64)
         vwin = variance[r - 10 : r + 11, c - 10 : c + 11]
-        assert out[r, c] == pytest.approx((k[::-1, ::-1] * window).sum(), abs=1e-5)
-        assert var[r, c] == pytest.approx((k[::-1, ::-1] ** 2 * vwin).sum(), rel=1e-5)
+        assert out[r, c] == pytest.approx((k * window).sum(), abs=1e-5)  # afw: correlation
+        assert var[r, c] == pytest.approx((k**2 * vwin).sum(), rel=1e-5)
     assert out_mask[30, 35] == 8 and out_mask[50, 55] == 8 and out_mask[29, 45] == 0
 
 

@@ -25,6 +25,10 @@ Reference numbers and tolerances (measured values in brackets):
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
@@ -448,3 +452,37 @@ def test_warp_on_grid_is_bit_identical_to_full_coordinate_arrays(kernel, step):
     assert np.isfinite(ref[0]).mean() > 0.5
     for r, g in zip(ref, got, strict=True):
         np.testing.assert_array_equal(g, r)
+
+
+_CACHE_PROBE = """
+import json
+import numpy as np
+from coaddx.kernels import warp
+img = np.ones((16, 16), np.float32)
+msk = np.zeros((16, 16), np.int32)
+nodes = np.array([0, 4, 8])
+gy, gx = np.meshgrid(nodes + 2.3, nodes + 2.6, indexing="ij")
+yy, xx = np.indices((8, 8), dtype=float)
+for k in warp.KERNELS:
+    warp.warp_on_grid(img, img, msk, gx, gy, nodes, nodes, (8, 8), kernel=k)
+    warp.warp_block(img, img, msk, xx + 3.3, yy + 3.6, np.ones((8, 8)), kernel=k)
+print(json.dumps({f.__name__: [sum(f.stats.cache_hits.values()),
+                               sum(f.stats.cache_misses.values())]
+                  for f in (warp._warp, warp._warp_grid)}))
+"""
+
+
+def test_warp_loops_load_from_the_cache_in_a_new_process():
+    """warp_block's and warp_on_grid's loops are cached across processes: a second process
+    compiles nothing (the loops were closures over dispatchers, recompiled in every process)."""
+
+    def run() -> dict:
+        out = subprocess.run(
+            [sys.executable, "-c", _CACHE_PROBE], capture_output=True, text=True, check=True
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    run()  # fills the cache if this checkout has not yet
+    again = run()
+    # one specialisation per tap count (Lanczos-3: 6, Lanczos-4: 8, bilinear: 2, nearest: 1)
+    assert again == {"_warp": [4, 0], "_warp_grid": [4, 0]}

@@ -7,11 +7,14 @@ the containment veto, and the surviving ones are masked CLIPPED in that visit's 
 which is then stacked with a weighted MEAN. Everything is one lazy dask graph.
 
 Layout of the work (see docs/design-notes.md, "CompareWarp: tiles with halos, then one visit
-plane per labelling task"): difference and detection run on ``S x S`` tiles of one visit with a
-halo of ``grow + min_pixels - 1`` pixels (exact); the footprint rules label one visit's whole
-plane of packed one-byte flags, so footprints that cross tiles are whole whatever ``S`` is; the
-epoch count and the PSF-matched ``n_image`` are tree sums over visits; the final stack reads
-``(all visits, S, S)`` subregions as AssembleCoadd does. No task holds every visit of the patch.
+plane per labelling task"): one task per visit finds its ScaleVariance factor and detects its
+difference on ``S x S`` tiles with a halo of ``grow + min_pixels - 1`` pixels (exact), writing
+its packed one-byte flags to a scratch store; the footprint rules label one visit's whole
+plane of them, so footprints that cross tiles are whole whatever ``S`` is; the epoch count and
+the PSF-matched ``n_image`` are tree sums over visits; each visit's artifacts and spans go
+back to the scratch store as one byte per pixel, which the final stack reads with its
+``(all visits, S, S)`` subregions as AssembleCoadd does. No task holds every visit of the patch,
+and nothing held between tasks grows with the number of visits.
 
 The step composes named pieces: :mod:`~coaddx.coadd.compare_warp.config` (the configuration),
 :mod:`~coaddx.coadd.compare_warp.inputs` (checks and plans),
@@ -37,11 +40,10 @@ from coaddx.coadd.assemble import (
 from coaddx.coadd.compare_warp.config import CompareWarpConfig
 from coaddx.coadd.compare_warp.stages import CompareWarpStages, compare_warp_stages
 from coaddx.coadd.config import AssembleConfig
-from coaddx.graph.artifacts import any_visit_span, apply_alt_masks, flag_cube
-from coaddx.graph.cube import LAYERS, LazyArray, as_dask_cube, rechunked, stack_scalars
+from coaddx.graph.artifacts import apply_spans, set_where, spans_flag
+from coaddx.graph.cube import LAYERS, LazyArray, array_names, as_dask_cube, rechunked
 from coaddx.graph.stack import stack
-from coaddx.kernels.artifacts import ARTIFACT, STREAK
-from coaddx.kernels.detect import EDGE_SPAN
+from coaddx.kernels.artifacts import SPAN_ARTIFACT, SPAN_STREAK
 from coaddx.model.masks import bitmask, merge_mask_planes
 
 __all__ = ["assemble_compare_warp", "compare_warp_coadd", "final_stack"]
@@ -98,11 +100,10 @@ def final_stack(
     check_variance_layer(direct, bitmask(bits.planes, base.bad_mask_planes, strict=False))
     p = bits.planes
     image, variance, mask = (as_dask_cube(direct[v], chunks) for v in LAYERS)
-    mask = apply_alt_masks(
+    mask = apply_spans(
         mask,
-        stages.flag_cube,
-        stages.artifacts,
-        chunks=chunks,
+        stages.scratch,
+        stages.done,
         clear=bitmask(p, base.bad_mask_planes, strict=False),
         no_data=bitmask(p, "NO_DATA"),
         clipped=bitmask(p, "CLIPPED"),
@@ -122,12 +123,7 @@ def final_stack(
         **bits.kernel_kwargs(),
     )
     out = finish_layers(stacked, bits, cfg)
-    out["mask"] = any_visit_span(
-        out["mask"],
-        stages.flag_cube,
-        span=EDGE_SPAN,
-        bits=bitmask(p, ("SENSOR_EDGE", "INEXACT_PSF")),
-    )
+    out["mask"] = set_where(out["mask"], stages.edge, bitmask(p, ("SENSOR_EDGE", "INEXACT_PSF")))
     return out, weights, bits, cfg
 
 
@@ -141,13 +137,17 @@ def compare_warp_coadd(stages: CompareWarpStages) -> xr.Dataset:
     visit_chunks = (1, *inp.tile)
     ds["epoch_count"] = (("y", "x"), rechunked(stages.epoch_count, inp.tile))
     ds["psf_matched_n_image"] = (("y", "x"), rechunked(stages.n_image, inp.tile))
+    scratch, done = stages.scratch, stages.done
     ds["artifact_mask"] = (
         ("visit", "y", "x"),
-        flag_cube(stages.artifacts, ARTIFACT, visit_chunks),
+        spans_flag(scratch, done, visit_chunks, SPAN_ARTIFACT),
     )
     if config.do_filter_morphological:
-        ds["streak_mask"] = (("visit", "y", "x"), flag_cube(stages.artifacts, STREAK, visit_chunks))
-    ds["variance_scale"] = ("visit", stack_scalars(stages.variance_scale))
+        ds["streak_mask"] = (
+            ("visit", "y", "x"),
+            spans_flag(scratch, done, visit_chunks, SPAN_STREAK),
+        )
+    ds["variance_scale"] = ("visit", stages.variance_scale)
     ds.attrs.update(
         statistic=cfg.statistic,
         config=config.to_dict(),
@@ -159,4 +159,5 @@ def compare_warp_coadd(stages: CompareWarpStages) -> xr.Dataset:
             "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         },
     )
+    scratch.bind(array_names(ds))  # write_coadd removes the scratch store when it is done
     return ds

@@ -1,16 +1,20 @@
 """CompareWarp's stages, in order, as named lazy pieces (algorithms.md 3.2-3.4):
 
-1. ``"template"``: the static-sky model (:func:`coaddx.assemble` of the PSF-matched warps) in
-   detection tiles, and its bright footprints (the containment veto);
-2. ``"scale variance"``: each visit's ScaleVariance factor (one task per visit plane);
-3. ``"detection"``: each visit's difference with the template, detected in both signs on tiles
-   with halos (packed per-pixel flags);
-4. ``"filtering"``: the PSF-matched ``n_image`` and the epoch count (tree sums over visits),
-   then each visit's artifacts (footprint rules on its whole plane).
+1. ``"template"``: the static-sky model (:func:`coaddx.assemble` of the PSF-matched warps),
+   and its bright footprints (the containment veto);
+2. ``"detection"``: one task per visit reads its whole PSF-matched plane, finds its
+   ScaleVariance factor, differences it with the template and detects it in both signs on
+   haloed tiles, writes its packed flags and its factor to the run's scratch store
+   (:class:`~coaddx.io.zarr.scratch_planes.ScratchPlanes`) and returns only its share of the
+   sums over visits;
+3. ``"filtering"``: the sums (epoch count, PSF-matched ``n_image``, EDGE spans; a tree over
+   visits), then one task per visit finds its artifacts (footprint rules on its whole plane,
+   read back) and writes over its flags the byte the final stack needs.
 
-:func:`compare_warp_stages` builds them; its ``stage`` hook sees each stage's arrays before the
-next is built on them (the benchmark persists and times them there). The final stack is
-:func:`coaddx.coadd.compare_warp.assemble.compare_warp_coadd`.
+No task holds every visit's plane: the final stack and the per-visit masks read those bytes
+back per subregion. :func:`compare_warp_stages` builds the stages; its ``stage`` hook sees
+each stage's arrays before the next is built on them (the benchmark persists and times them
+there). The final stack is :func:`coaddx.coadd.compare_warp.assemble.compare_warp_coadd`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import xarray as xr
 
@@ -27,53 +32,63 @@ from coaddx.coadd.compare_warp.inputs import CompareWarpInputs, compare_warp_inp
 from coaddx.errors import ConfigError
 from coaddx.graph import artifacts as ga
 from coaddx.graph import detect as gd
-from coaddx.graph.cube import (
-    LAYERS,
-    LazyArray,
-    as_dask_cube,
-    constant,
-    rechunked,
-    stack_visits,
-    visit_slice,
-)
-from coaddx.graph.scale_variance import scale_variance_factor
-from coaddx.kernels.detect import n_grow
+from coaddx.graph.cube import LAYERS, LazyArray, as_dask_cube, rechunked, visit_slice
+from coaddx.io.zarr.scratch_planes import ScratchPlanes
+from coaddx.kernels.artifacts import ARTIFACT, STREAK
+from coaddx.kernels.detect import EDGE_SPAN, NAN_SPAN, n_grow
 from coaddx.model.masks import bitmask
+from coaddx.settings import scratch_dir
 
 __all__ = ["STAGES", "CompareWarpStages", "Stage", "compare_warp_stages"]
 
 #: The stage names, in the order :func:`compare_warp_stages` builds them.
-STAGES = ("template", "scale variance", "detection", "filtering")
+STAGES = ("template", "detection", "filtering")
 
 #: ``stage(name, arrays) -> arrays to build on`` (e.g. ``dask.persist(*arrays)``).
-Stage = Callable[[str, tuple[LazyArray, ...]], tuple[LazyArray, ...]]
+Stage = Callable[[str, tuple[Any, ...]], tuple[Any, ...]]
 
 
 @dataclass(frozen=True)
 class CompareWarpStages:
     """The lazy pieces of a CompareWarp coadd, by stage (one entry per direct visit in
-    ``variance_scale`` and ``flags``)."""
+    ``counts`` and ``variance_scale``); the per-visit planes are in ``scratch``, readable
+    once ``done`` is computed."""
 
     config: CompareWarpConfig
     inputs: CompareWarpInputs
-    template: tuple[LazyArray, LazyArray]  # image, variance in detection tiles
+    template: tuple[LazyArray, LazyArray]  # image, variance (whole plane)
     template_footprints: LazyArray  # bright template sources, grown (bool, one chunk)
-    variance_scale: tuple[LazyArray, ...]  # 0-d factors (NaN: no PSF-matched warp)
-    flags: tuple[LazyArray, ...]  # packed detection flags (uint8) per visit
-    flag_cube: LazyArray  # the flags stacked over visits
+    scratch: ScratchPlanes  # per-visit flags, then the final spans (final_spans bytes)
+    counts: tuple[Any, ...]  # delayed (3, y, x) uint8 per visit (kernels.artifacts.visit_counts)
+    sums: Any  # delayed (3, y, x) int32: epoch count, n_image, visits with an EDGE span
+    done: LazyArray  # 0-d: every visit's final spans are in ``scratch``
+    variance_scale: LazyArray  # (visit,) factors (NaN: no PSF-matched warp)
     n_image: LazyArray  # the PSF-matched n_image
     epoch_count: LazyArray
-    artifacts: LazyArray  # ARTIFACT | STREAK flags over (visit, y, x)
+    edge: LazyArray  # some visit has an EDGE span (bool)
+
+    @property
+    def flag_cube(self) -> LazyArray:
+        """The NO_DATA and EDGE spans (:data:`~coaddx.kernels.detect.NAN_SPAN`,
+        :data:`~coaddx.kernels.detect.EDGE_SPAN`) over ``(visit, y, x)``, subregion chunks."""
+        chunks = (self.scratch.shape[0], *self.inputs.tile)
+        return ga.read_spans(self.scratch, self.done, chunks, bits=NAN_SPAN | EDGE_SPAN)
+
+    @property
+    def artifacts(self) -> LazyArray:
+        """ARTIFACT | STREAK flags over ``(visit, y, x)``, subregion chunks."""
+        chunks = (self.scratch.shape[0], *self.inputs.tile)
+        return ga.read_spans(self.scratch, self.done, chunks, shift=6, bits=ARTIFACT | STREAK)
 
 
-def _unchanged(name: str, arrays: tuple[LazyArray, ...]) -> tuple[LazyArray, ...]:
+def _unchanged(name: str, arrays: tuple[Any, ...]) -> tuple[Any, ...]:
     return arrays
 
 
 def _template(
     inp: CompareWarpInputs, config: CompareWarpConfig, given: xr.Dataset | None
 ) -> tuple[LazyArray, ...]:
-    """The template planes in detection tiles (``given``, else the static-sky model of the
+    """The template planes, each one chunk (``given``, else the static-sky model of the
     PSF-matched warps), and its bright footprints."""
     if given is None:
         template = assemble(inp.matched, config.template.replace(subregion_size=inp.tile))
@@ -94,52 +109,54 @@ def _template(
         isotropic=cfg.isotropic_grow,
         background_bin=cfg.temp_local_background,
     )
-    return rechunked(image, inp.detect_tile), rechunked(variance, inp.detect_tile), footprints
-
-
-def _variance_scale(
-    inp: CompareWarpInputs, index: int | None, config: CompareWarpConfig
-) -> LazyArray:
-    """ScaleVariance factor (0-d) of PSF-matched warp ``index``: a task over its whole plane
-    (1 when switched off, NaN without a PSF-matched warp)."""
-    if index is None:
-        return constant(float("nan"))
-    if not config.do_scale_warp_variance:
-        return constant(1.0)
-    sv = config.scale_variance
-    image, variance, mask = (visit_slice(inp.scale[v], index, inp.shape) for v in LAYERS)
-    return scale_variance_factor(
-        image,
-        variance,
-        mask,
-        bad_bits=bitmask(inp.matched.attrs["mask_planes"], sv.mask_planes, strict=False),
-        limit=float(sv.limit),
-        bin_size=int(sv.bin_size),
-    )
+    return rechunked(image, -1), rechunked(variance, -1), footprints
 
 
 def _detect_visit(
     inp: CompareWarpInputs,
+    scratch: ScratchPlanes,
+    created: Any,
+    slot: int,
     index: int | None,
     template: tuple[LazyArray, LazyArray],
-    scale: LazyArray,
     config: CompareWarpConfig,
 ) -> LazyArray:
-    """Packed flags (uint8, 2-D, detection tiles) of one visit's difference with the template."""
-    tile = inp.detect_tile
-    if index is None:  # no PSF-matched warp: the whole visit is a NO_DATA span
-        return gd.no_data_flags(inp.shape, tile)
-    image, variance, mask = (visit_slice(inp.tiles[v], index, tile) for v in LAYERS)
-    t_image, t_variance = template
+    """Direct visit ``slot``'s task (:func:`coaddx.graph.artifacts.visit_flags`): its
+    ScaleVariance factor and packed flags into ``scratch``, its counts out."""
     planes = inp.matched.attrs["mask_planes"]
+    ratio = float(config.prefilter_artifacts_ratio) if config.do_prefilter_artifacts else None
+    if index is None:  # no PSF-matched warp: the whole visit is a NO_DATA span
+        return ga.visit_flags(
+            scratch,
+            created,
+            slot,
+            None,
+            template,
+            scale=None,
+            tile=inp.detect_tile,
+            prefilter_ratio=ratio,
+        )
+    sv = config.scale_variance
+    scale = (
+        {
+            "bad_bits": bitmask(planes, sv.mask_planes, strict=False),
+            "limit": float(sv.limit),
+            "bin_size": int(sv.bin_size),
+        }
+        if config.do_scale_warp_variance
+        else None
+    )
+    image, variance, mask = (visit_slice(inp.scale[v], index, inp.shape) for v in LAYERS)
     cfg = config.detect
-    return gd.detect_tile(
-        image,
-        variance,
-        mask,
-        t_image,
-        t_variance,
-        scale,
+    return ga.visit_flags(
+        scratch,
+        created,
+        slot,
+        (image, variance, mask),
+        template,
+        scale=scale,
+        tile=inp.detect_tile,
+        prefilter_ratio=ratio,
         threshold=float(cfg.threshold_value),
         polarity=cfg.threshold_polarity,
         min_pixels=int(cfg.min_pixels),
@@ -152,31 +169,35 @@ def _detect_visit(
 
 
 def _filtering(
-    flags: tuple[LazyArray, ...],
-    cube: LazyArray,
+    sums: Any,
     template_footprints: LazyArray,
+    scratch: ScratchPlanes,
+    index: list[int | None],
     inp: CompareWarpInputs,
     config: CompareWarpConfig,
-) -> tuple[LazyArray, LazyArray, LazyArray]:
-    """The PSF-matched n_image, the epoch count and every visit's artifacts."""
+) -> LazyArray:
+    """Every visit's artifacts against the sums, written to ``scratch``: the 0-d ``done``."""
     ratio = float(config.prefilter_artifacts_ratio) if config.do_prefilter_artifacts else None
-    n_image = ga.good_count(cube)
-    epoch = ga.epoch_count(flags, prefilter_ratio=ratio)
     streaks = dataclasses.asdict(config.mask_streaks) if config.do_filter_morphological else None
-    artifacts = ga.visit_artifacts(
-        flags,
-        epoch,
-        n_image,
-        template_footprints if config.do_preserve_contained_by_source else None,
-        prefilter_ratio=ratio,
-        max_num_epochs=int(config.max_num_epochs),
-        low=float(config.max_fraction_epochs_low),
-        high=float(config.max_fraction_epochs_high),
-        spatial_threshold=float(config.spatial_threshold),
-        streaks=streaks,
-        streak_grow=int(config.grow_streak_fp * inp.sigma_psf),
-    )
-    return n_image, epoch, artifacts
+    footprints = template_footprints if config.do_preserve_contained_by_source else None
+    tokens = [
+        ga.write_artifacts(
+            scratch,
+            slot,
+            sums,
+            footprints,
+            prefilter_ratio=ratio,
+            max_num_epochs=int(config.max_num_epochs),
+            low=float(config.max_fraction_epochs_low),
+            high=float(config.max_fraction_epochs_high),
+            spatial_threshold=float(config.spatial_threshold),
+            streaks=streaks,
+            streak_grow=int(config.grow_streak_fp * inp.sigma_psf),
+        )
+        for slot, i in enumerate(index)
+        if i is not None  # a visit without PSF-matched warp has no artifacts
+    ]
+    return ga.all_written(tokens)
 
 
 def compare_warp_stages(
@@ -194,7 +215,9 @@ def compare_warp_stages(
     ones the next stages are built on (``lambda name, a: dask.persist(*a)`` computes the work
     stage by stage). ``template``, when given (a coadd on the same grid with ``image`` and
     ``variance``), replaces the static-sky model: DcrAssembleCoadd finds its artifacts with
-    the input coadd and the direct warps (algorithms.md 4.5). Other arguments as
+    the input coadd and the direct warps (algorithms.md 4.5). The per-visit planes go to a
+    scratch store in ``coaddx.scratch-dir`` (default the system's temporary folder), removed
+    when the result is dropped. Other arguments as
     :func:`~coaddx.coadd.compare_warp.assemble.assemble_compare_warp`.
     """
     config = config if config is not None else CompareWarpConfig()
@@ -203,26 +226,35 @@ def compare_warp_stages(
     stage = stage or _unchanged
     inp = compare_warp_inputs(direct, psf_matched, config)
     *planes, footprints = stage("template", _template(inp, config, template))
+    t_planes = (planes[0], planes[1])
     index = [inp.index(v) for v in direct["visit"].values]
-    scales = stage("scale variance", tuple(_variance_scale(inp, i, config) for i in index))
-    flags = stage(
+    scratch = ScratchPlanes(
+        (len(index), *inp.shape), inp.tile, scratch_dir(), names=ga.SCRATCH_ARRAYS
+    )
+    created = ga.scratch_created(scratch)
+    counts = stage(
         "detection",
         tuple(
-            _detect_visit(inp, i, (planes[0], planes[1]), s, config)
-            for i, s in zip(index, scales, strict=True)
+            _detect_visit(inp, scratch, created, slot, i, t_planes, config)
+            for slot, i in enumerate(index)
         ),
     )
-    cube = stack_visits(flags)
-    n_image, epoch, artifacts = stage("filtering", _filtering(flags, cube, footprints, inp, config))
+    sums = ga.sum_counts(counts)
+    sums, done = stage(
+        "filtering", (sums, _filtering(sums, footprints, scratch, index, inp, config))
+    )
+    epoch, n_image, edge = ga.sum_planes(sums, inp.shape)
     return CompareWarpStages(
         config=config,
         inputs=inp,
-        template=(planes[0], planes[1]),
+        template=t_planes,
         template_footprints=footprints,
-        variance_scale=tuple(scales),
-        flags=tuple(flags),
-        flag_cube=cube,
+        scratch=scratch,
+        counts=tuple(counts),
+        sums=sums,
+        done=done,
+        variance_scale=ga.read_values(scratch, done),
         n_image=n_image,
         epoch_count=epoch,
-        artifacts=artifacts,
+        edge=edge > 0,
     )

@@ -443,7 +443,9 @@ class LocalChunkWriter:
             return bool(np.isnan(chunk).all())
         return bool((chunk == fill).all())
 
-    def _put(self, key: Path, payload: bytes | None) -> None:
+    def _put(self, key: Path, payload: bytes | None, checked: set[Path]) -> None:
+        """Write (or, for None, delete) one chunk file; ``checked``: the folders of this
+        write already found inside the store (each is resolved once a write, not per chunk)."""
         if os.path.lexists(key) and (key.is_symlink() or key.is_dir()):
             inside_root(self.array.root, key)
             if key.is_dir() and not key.is_symlink():
@@ -455,8 +457,10 @@ class LocalChunkWriter:
             return
         tmp = key.with_name(f".{key.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            key.parent.mkdir(parents=True, exist_ok=True)
-            inside_root(self.array.root, key.parent)
+            if key.parent not in checked:
+                key.parent.mkdir(parents=True, exist_ok=True)
+                inside_root(self.array.root, key.parent)
+                checked.add(key.parent)
             with tmp.open("wb") as fh:
                 fh.write(payload)
             os.replace(tmp, key)
@@ -490,6 +494,7 @@ class LocalChunkWriter:
         blank_crc = None if blank_payload is None else chunk_crc(blank_payload)
         base = Path(self.array.path, "c", str(int(index)))
         inside_root(self.array.root, base)
+        checked: set[Path] = set()
         crcs: list[list[int | None]] = []
         for j in range(-(-ny // cy)):
             row: list[int | None] = []
@@ -499,7 +504,7 @@ class LocalChunkWriter:
                 r0, r1 = max(y0, a0), min(y1, a0 + cy)
                 c0, c1 = max(x0, b0), min(x1, b0 + cx)
                 if r0 >= r1 or c0 >= c1:
-                    self._put(key, blank_payload)
+                    self._put(key, blank_payload, checked)
                     row.append(blank_crc)
                     continue
                 chunk = blank.copy()
@@ -507,7 +512,7 @@ class LocalChunkWriter:
                     r0 - y0 : r1 - y0, c0 - x0 : c1 - x0
                 ]
                 payload = None if self._is_fill(chunk) else self._encode(chunk)
-                self._put(key, payload)
+                self._put(key, payload, checked)
                 row.append(None if payload is None else chunk_crc(payload))
             crcs.append(row)
         return crcs

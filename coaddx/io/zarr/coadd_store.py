@@ -36,6 +36,7 @@ from coaddx._version import __version__
 from coaddx.errors import CoaddxError, InputError, StoreError
 from coaddx.io.zarr.layout import codecs, jsonable
 from coaddx.io.zarr.lock import pid_alive
+from coaddx.io.zarr.scratch_planes import release_scratch
 
 __all__ = ["exchange_paths", "open_coadd", "write_coadd", "write_failure"]
 
@@ -330,7 +331,9 @@ def write_coadd(
       ``.NAME.old-*`` is moved back when no coadd is at ``path``, every other ``.tmp-*`` /
       ``.old-*`` of a dead writer is removed; each with a ``RuntimeWarning`` naming it. Those
       of a writer still running, or of another host (which cannot be checked), are left alone;
-    * ``overwrite=True`` replaces only a coadd store or an empty folder, never other data.
+    * ``overwrite=True`` replaces only a coadd store or an empty folder, never other data;
+    * the scratch stores the computation read (CompareWarp's per-visit planes,
+      :mod:`coaddx.io.zarr.scratch_planes`) are removed when it ends, succeeded or failed.
 
     Parameters
     ----------
@@ -383,7 +386,13 @@ def write_coadd(
                 _discard(previous)
         finally:
             _ACTIVE.pop(tag, None)
+            release_scratch(_dask_names(coadd))
     return given
+
+
+def _dask_names(ds: xr.Dataset) -> list[str]:
+    """The names of the lazy arrays of ``ds`` (the scratch stores they read are released)."""
+    return [str(v.data.name) for v in ds.variables.values() if dask.is_dask_collection(v.data)]
 
 
 def open_coadd(path: str | os.PathLike[str]) -> xr.Dataset:

@@ -27,11 +27,14 @@ from coaddx.io.zarr.chunks import region_reader
 from coaddx.io.zarr.layout import LAYERS, MASK_DTYPES, WARP_TYPES, open_root
 from coaddx.io.zarr.manifest import (
     ManifestIndex,
+    chunk_crc,
     commit_log,
+    inside_root,
     manifest_since,
     read_manifest,
     record_crc,
 )
+from coaddx.io.zarr.psf_products import PSF_KEY
 from coaddx.model.masks import check_mask_planes
 from coaddx.model.skymap import Box, Patch, wcs_from_header_string
 
@@ -338,6 +341,24 @@ def _check_chunks(state: GroupState, deep: bool) -> None:
                         state.damage.append(Damage(entry[0], problem, name, (j, i)))
 
 
+def _check_psf_files(state: GroupState, deep: bool) -> None:
+    """Every PSF products file a record names is there (deep: and has its CRC)."""
+    for record in state.records:
+        entry = record.get(PSF_KEY)
+        if entry is None:
+            continue
+        visit = int(record["visit"])
+        try:
+            path = state.path / state.warp_type / str(entry["file"])
+            inside_root(state.path, path)
+            if not path.is_file():
+                state.damage.append(Damage(visit, f"its PSF products file {path} is missing"))
+            elif deep and chunk_crc(path.read_bytes()) != int(entry["crc32c"]):
+                state.damage.append(Damage(visit, f"its PSF products file {path} was altered"))
+        except (StoreError, OSError, KeyError, TypeError, ValueError) as exc:
+            state.damage.append(Damage(visit, f"its PSF products entry is unusable: {exc}"))
+
+
 def check_store(
     path: str | os.PathLike[str], warp_type: str = "direct", *, deep: bool = False
 ) -> StoreReport:
@@ -357,6 +378,7 @@ def check_store(
         return StoreReport(str(path), warp_type, 0, (), damaged=(Damage(None, str(exc)),))
     if not any(d.visit is None for d in state.damage) and state.shape != (0, 0):
         _check_chunks(state, deep)
+        _check_psf_files(state, deep)
     notes = () if state.since is not None or not state.records else (OLD_STORE,)
     return StoreReport(
         str(path),

@@ -88,7 +88,7 @@ def pixel_fields(
     finite: np.ndarray,
     weight_stats: Mapping[str, float] | None,
 ) -> dict[str, Any]:
-    """``checksum`` (CRC-32 of each plane, the mask as int32 whatever its stored dtype, so
+    """``checksum`` (CRC-32C of each plane, the mask as int32 whatever its stored dtype, so
     records do not depend on the layout), ``weight_stats`` when given and ``n_finite``."""
     out: dict[str, Any] = {
         "checksum": {

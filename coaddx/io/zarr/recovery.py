@@ -24,6 +24,7 @@ from typing import Any
 
 from coaddx.io.zarr.layout import LAYERS, jsonable
 from coaddx.io.zarr.manifest import chunk_crc, inside_root
+from coaddx.io.zarr.psf_products import PSF_KEY
 
 __all__ = ["WRITTEN", "clear_written", "save_written", "written_records"]
 
@@ -67,6 +68,18 @@ def _whole(group: Path, slot: int, crcs: Mapping[str, Any] | None) -> bool:
     return True
 
 
+def _psf_whole(group: Path, record: Mapping[str, Any]) -> bool:
+    """The visit's PSF products file, if its record names one, is as its CRC says."""
+    entry = record.get(PSF_KEY)
+    if entry is None:
+        return True
+    try:
+        path = group / str(entry["file"])
+        return not path.is_symlink() and chunk_crc(path.read_bytes()) == int(entry["crc32c"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+
+
 def written_records(
     root: str | os.PathLike[str], warp_type: str, pending: Mapping[int, int]
 ) -> dict[int, tuple[int, dict[str, Any]]]:
@@ -85,7 +98,7 @@ def written_records(
             same = int(body["slot"]) == int(slot) and int(record["visit"]) == int(visit)
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if same and _whole(group, int(slot), record.get(_CHUNKS)):
+        if same and _whole(group, int(slot), record.get(_CHUNKS)) and _psf_whole(group, record):
             out[int(visit)] = (int(slot), record)
     return out
 

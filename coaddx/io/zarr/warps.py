@@ -27,6 +27,7 @@ from coaddx.io.zarr.chunks import region_reader
 from coaddx.io.zarr.integrity import inspect_group
 from coaddx.io.zarr.layout import LAYERS
 from coaddx.io.zarr.lock import store_lock
+from coaddx.io.zarr.psf_products import PSF_KEY, psf_variables, read_psf_products
 from coaddx.io.zarr.warp_store import IncompleteStoreWarning, WarpStore
 from coaddx.model.masks import check_mask_planes
 
@@ -39,7 +40,7 @@ VisitStatistics = Callable[[np.ndarray, np.ndarray, Mapping[str, int]], Mapping[
 
 def visit_variables(records: list[dict[str, Any]]) -> dict[str, tuple[str, np.ndarray]]:
     """Per-visit variables (dims ``("visit",)``) from the visit records' metadata fields."""
-    skip = {"visit", "checksum", "weight_stats", "data_box"}
+    skip = {"visit", "checksum", "weight_stats", "data_box", PSF_KEY}
     keys: list[str] = []
     for r in records:
         keys += [k for k in r if k not in skip and k not in keys]
@@ -111,7 +112,9 @@ def open_warps(
     xarray.Dataset
         ``image``, ``variance``, ``mask`` (dask arrays: nothing is read until computed),
         per-visit variables (``mjd``, ``band``, ``psf_fwhm``, ...), the cached statistics
-        ``variance_meanclip(visit, weight_key)`` when the writer stored some, coordinates
+        ``variance_meanclip(visit, weight_key)`` when the writer stored some, the visits' PSF
+        products (``psf_*`` over ``psf_input``, :mod:`coaddx.io.zarr.psf_products`; absent
+        for visits written before coaddx stored them), coordinates
         ``visit``, ``y``, ``x`` and attributes ``mask_planes``, ``wcs``, ``warp_type``,
         ``provenance``. Visits whose writing did not finish are left out with an
         :class:`IncompleteStoreWarning`.
@@ -168,6 +171,13 @@ def open_warps(
     keep["mask_planes"] = check_mask_planes(keep["mask_planes"], where=f"{path} mask_planes")
     ds.attrs.update(keep)
     ds.attrs["store"] = str(path)
+    products = {}
+    for r in records:
+        got = read_psf_products(path, warp_type, r)
+        if got is not None:
+            products[int(r["visit"])] = got
+    for key, (dims, values) in psf_variables(products).items():
+        ds[key] = (dims, values)
     return _weight_stats(ds, records)
 
 

@@ -9,8 +9,10 @@ squares centred on ``(size // 2, size // 2)``, arrays (row, column) = (y, x); se
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -18,6 +20,7 @@ import numpy as np
 from coaddx.constants import SIGMA_TO_FWHM
 
 __all__ = [
+    "SeparableBasis",
     "alard_lupton_basis",
     "alard_lupton_sigmas",
     "delta_function_basis",
@@ -25,6 +28,7 @@ __all__ = [
     "monomials",
     "regularization_matrix",
     "renormalize_basis",
+    "separable_basis",
 ]
 
 _FLOAT32_EPS = float(np.finfo(np.float32).eps)
@@ -91,6 +95,8 @@ def alard_lupton_basis(
 
     For each Gaussian (unit sum on the grid) and each monomial x^i y^j of degree <= d, with
     x = u / half_width, y = v / half_width running -1..1 edge to edge (not scaled by σ).
+    The basis is registered with its separable form (:func:`separable_basis`), which the fits
+    use to build their normal equations from 1-D filters.
 
     Returns
     -------
@@ -104,13 +110,32 @@ def alard_lupton_basis(
         raise ValueError(f"{len(sigmas)} sigmas but {len(degrees)} degrees")
     half = kernel_size // 2
     v, u = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
+    t = np.arange(-half, half + 1, dtype=np.float64)
     scale = float(max(half, 1))
     out: list[np.ndarray] = []
+    filters: list[np.ndarray] = []
+    x_index: list[int] = []
+    y_index: list[int] = []
     for sigma, degree in zip(sigmas, degrees, strict=True):
         gauss = np.exp(-(u * u + v * v) / (2.0 * float(sigma) ** 2))
         gauss /= gauss.sum()
         out.extend(gauss * (u / scale) ** px * (v / scale) ** py for px, py in monomials(degree))
-    return renormalize_basis(np.array(out))
+        g1 = np.exp(-(t * t) / (2.0 * float(sigma) ** 2))
+        first = len(filters)
+        # |t|^p · sign(t)^p: exactly (anti)symmetric filters, which the x passes exploit
+        filters.extend(
+            g1 / g1.sum() * (np.abs(t) / scale) ** p * np.sign(t) ** p for p in range(degree + 1)
+        )
+        x_index.extend(first + px for px, _ in monomials(degree))
+        y_index.extend(first + py for _, py in monomials(degree))
+    basis, mix = _renormalize_tracked(np.array(out))
+    _register(
+        basis,
+        SeparableBasis(
+            np.array(filters), np.array(x_index, np.intp), np.array(y_index, np.intp), mix
+        ),
+    )
+    return basis
 
 
 def kernel_norm_matrix(basis: np.ndarray) -> np.ndarray:
@@ -138,20 +163,75 @@ def renormalize_basis(basis: np.ndarray) -> np.ndarray:
     divided by its sum (a no-op for the AL basis; it makes a PCA mean kernel unit-sum, which
     LSST assumes), so the kernel sum is always the coefficient of B_0.
     """
+    return _renormalize_tracked(basis)[0]
+
+
+def _renormalize_tracked(basis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`renormalize_basis` and the matrix R with renormalised = R @ raw (flattened)."""
     out = np.array(basis, dtype=np.float64, copy=True)
     if out.ndim != 3 or out.shape[0] == 0:
         raise ValueError(f"basis must have shape (n_basis, size, size), got {out.shape}")
+    mix = np.eye(out.shape[0])
     s0 = out[0].sum()
     if abs(s0) > _FLOAT32_EPS:
         out[0] /= s0
+        mix[0] /= s0
     for j in range(1, out.shape[0]):
         s = out[j].sum()
         if abs(s) > _FLOAT32_EPS:
             out[j] = out[j] / s - out[0]
+            mix[j] = mix[j] / s - mix[0]
         norm = math.sqrt(float((out[j] ** 2).sum()))
         if norm > 0.0:
             out[j] /= norm
-    return out
+            mix[j] /= norm
+    return out, mix
+
+
+# ------------------------------------------------------------------------- separable form
+
+
+@dataclass(frozen=True, eq=False)
+class SeparableBasis:
+    """A basis given as combinations of separable terms (the AL basis, afw's orientation).
+
+    Raw term r is the outer product ``filters[y_index[r]][:, None] * filters[x_index[r]]``
+    (rows = v, columns = u), and basis image k is ``Σ_r mix[k, r] · term_r``; correlating a
+    stamp with term r is one 1-D pass along x and one along y.
+    """
+
+    filters: np.ndarray  # (n_filters, size)
+    x_index: np.ndarray  # (n_raw,)
+    y_index: np.ndarray  # (n_raw,)
+    mix: np.ndarray  # (n_basis, n_raw)
+
+    def images(self) -> np.ndarray:
+        """The basis images, array of shape (n_basis, size, size)."""
+        terms = self.filters[self.y_index][:, :, None] * self.filters[self.x_index][:, None, :]
+        return np.tensordot(self.mix, terms, axes=1)
+
+
+_SEPARABLE: dict[tuple[tuple[int, ...], bytes], SeparableBasis] = {}
+_SEPARABLE_MAX = 32
+
+
+def _key(basis: np.ndarray) -> tuple[tuple[int, ...], bytes]:
+    data = np.ascontiguousarray(basis, dtype=np.float64)
+    return data.shape, hashlib.blake2b(data.tobytes(), digest_size=16).digest()
+
+
+def _register(basis: np.ndarray, form: SeparableBasis) -> None:
+    if len(_SEPARABLE) >= _SEPARABLE_MAX:
+        _SEPARABLE.pop(next(iter(_SEPARABLE)))
+    _SEPARABLE[_key(basis)] = form
+
+
+def separable_basis(basis: np.ndarray) -> SeparableBasis | None:
+    """The separable form of a basis that :func:`alard_lupton_basis` built in this process
+    (looked up by content: equal arrays only), or None (delta-function, PCA or other bases)."""
+    if np.ndim(basis) != 3:
+        return None
+    return _SEPARABLE.get(_key(basis))
 
 
 # ----------------------------------------------------------------------- regularisation (6.2)

@@ -11,19 +11,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from coaddx.kernels.psfmatch.basis import renormalize_basis
+from coaddx.kernels.psfmatch.design import combine_basis
 from coaddx.kernels.psfmatch.solve import (
     CandidateSolution,
     SpatialKernel,
     T_Model,
-    candidate_diffim_stats,
     mean_rms,
-    solve_candidate,
+    solve_normal_batch,
     solve_spatial,
+)
+from coaddx.kernels.psfmatch.stamps import (
+    OK,
+    StampStack,
+    core_box,
+    keep_mask,
+    normal_equations,
+    stamp_stats,
 )
 from coaddx.kernels.stats import meanclip_mean_std
 
@@ -86,7 +94,9 @@ class FitOptions:
     statistics. Weights: ``constant_variance`` (the median variance) or per pixel; ``lam`` the
     regularisation strength (with a regularisation matrix); ``max_condition_number`` (None:
     none) rejects candidates with a worse-conditioned M. PCA: ``use_pca``, ``n_pca``
-    components, ``subtract_mean_for_pca``.
+    components, ``subtract_mean_for_pca``. ``threads``: threads of the compiled candidate
+    fits and statistics (None: the CPUs visible, at most 4; set 1 when the fit itself runs in
+    parallel tasks); results do not depend on it.
     """
 
     spatial_order: int = 2
@@ -112,6 +122,7 @@ class FitOptions:
     use_pca: bool = False
     n_pca: int = 5
     subtract_mean_for_pca: bool = True
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if (
@@ -122,8 +133,41 @@ class FitOptions:
             raise ValueError("max_spatial_iterations must be >= 1 and n_star_per_cell >= 1 or -1")
 
 
+def _stacks(stamps: Sequence[CandidateStamp]) -> list[tuple[np.ndarray, StampStack | None]]:
+    """The stamps stacked by shape: (stamp indices, their StampStack) per shape; None for
+    stamps whose planes differ in shape (they cannot be fitted)."""
+    shapes: dict[tuple, list[int]] = {}
+    for i, st in enumerate(stamps):
+        key = tuple(
+            np.shape(p)
+            for p in (st.template, st.science, st.variance_template, st.variance_science)
+        )
+        shapes.setdefault(key if len(set(key)) == 1 else ("mismatch",), []).append(i)
+    out: list[tuple[np.ndarray, StampStack | None]] = []
+    for key, idx in shapes.items():
+        sel = [stamps[i] for i in idx]
+        if key == ("mismatch",):
+            out.append((np.array(idx, np.intp), None))
+            continue
+        out.append(
+            (
+                np.array(idx, np.intp),
+                StampStack.from_planes(
+                    [st.template for st in sel],
+                    [st.science for st in sel],
+                    [st.variance_template for st in sel],
+                    [st.variance_science for st in sel],
+                    [st.mask_template for st in sel],
+                    [st.mask_science for st in sel],
+                ),
+            )
+        )
+    return out
+
+
 class _Loop:
-    """Mutable candidate bookkeeping of the 6.4 loop (SpatialCellSet + visitors)."""
+    """Mutable candidate bookkeeping of the 6.4 loop (SpatialCellSet + visitors); candidates
+    are fitted and assessed a batch at a time (compiled, :mod:`~coaddx.kernels.psfmatch.stamps`)."""
 
     UNKNOWN, GOOD, BAD = 0, 1, 2
 
@@ -135,6 +179,11 @@ class _Loop:
         self.orig: list[CandidateSolution | None] = [None] * len(stamps)
         self.recent: list[CandidateSolution | None] = [None] * len(stamps)
         self.rejections = {"single": 0, "kernel_sum": 0, "pca": 0, "spatial": 0}
+        self.groups = _stacks(stamps)
+        self.where = np.empty((len(stamps), 2), np.intp)  # (group, row) of every stamp
+        for g, (idx, _) in enumerate(self.groups):
+            self.where[idx, 0], self.where[idx, 1] = g, np.arange(idx.size)
+        self._keep: dict[tuple[int, int], np.ndarray] = {}
 
     def visited(self) -> np.ndarray:
         """The first ``n_per_cell`` non-BAD candidates of every cell (rating order)."""
@@ -144,41 +193,78 @@ class _Loop:
             out.extend(ok if self.n_per_cell < 0 else ok[: self.n_per_cell])
         return np.array(sorted(out), dtype=np.intp)
 
-    def _fit(self, i: int, basis: np.ndarray, regularize: bool) -> CandidateSolution | None:
-        st, o = self.stamps[i], self.opts
+    def keep(self, g: int, stack: StampStack, half: int) -> np.ndarray:
+        """The pixels of group ``g``'s stamps that enter the statistics (cached per half)."""
+        if (g, half) not in self._keep:
+            self._keep[g, half] = keep_mask(
+                stack, half, bad_bits=self.opts.bad_bits, core_radius=self.core_radius
+            )
+        return self._keep[g, half]
+
+    def _by_group(self, idx: np.ndarray):
+        """(group, positions in ``idx``, stack rows) for the stamps ``idx``."""
+        for g in np.unique(self.where[idx, 0]):
+            pos = np.flatnonzero(self.where[idx, 0] == g)
+            yield g, pos, self.where[idx[pos], 1]
+
+    def _fit(self, idx: np.ndarray, basis: np.ndarray, regularize: bool) -> list:
+        """Single-kernel solutions (with statistics) of the stamps ``idx``; None where none."""
+        out: list[CandidateSolution | None] = [None] * idx.size
+        for g, pos, rows in self._by_group(idx):
+            for p, sol in zip(pos, self._fit_group(g, rows, basis, regularize), strict=True):
+                out[p] = sol
+        return out
+
+    def _fit_group(self, g: int, rows: np.ndarray, basis: np.ndarray, regularize: bool) -> list:
+        o, stack = self.opts, self.groups[g][1]
+        n_b = basis.shape[0]
+        if stack is None:
+            return [None] * rows.size
         try:
-            sol = solve_candidate(
-                st.template,
-                st.science,
-                st.variance_template,
-                st.variance_science,
+            eq = normal_equations(
+                stack,
+                rows,
                 basis,
                 fit_background=o.fit_background,
                 constant_variance=o.constant_variance,
-                regularization=self.regularization if regularize else None,
-                lam=o.lam,
+                threads=o.threads,
             )
-        except (ValueError, np.linalg.LinAlgError):
-            return None
-        if o.max_condition_number is not None and sol.condition_number() > o.max_condition_number:
-            return None
-        mean, rms = self.stats(i, sol.kernel, sol.background)
-        return replace(sol, mean_z=mean, rms_z=rms)
-
-    def stats(self, i: int, kernel: np.ndarray, background: float) -> tuple[float, float]:
-        st = self.stamps[i]
-        return candidate_diffim_stats(
-            st.template,
-            st.science,
-            st.variance_template,
-            st.variance_science,
-            st.mask_template,
-            st.mask_science,
-            kernel,
-            background,
-            bad_bits=self.opts.bad_bits,
-            core_radius=self.core_radius,
-        )
+            m, lam = eq.m, 0.0
+            if regularize and self.regularization is not None:
+                lam = o.lam
+                m = m + lam * _pad(np.asarray(self.regularization, np.float64), m.shape[1])
+        except ValueError:  # stamps smaller than the kernel, a mismatched regularisation
+            return [None] * rows.size
+        use = eq.status == OK
+        a, failed = solve_normal_batch(m[use], eq.b[use])
+        ok = np.flatnonzero(use)[~failed]
+        a = a[~failed]
+        if o.max_condition_number is not None and ok.size:
+            vals = np.abs(np.linalg.eigvalsh(m[ok]))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                cond = np.where(vals.min(axis=1) > 0, vals.max(axis=1) / vals.min(axis=1), np.inf)
+            good = cond <= o.max_condition_number
+            ok, a = ok[good], a[good]
+        kernels = combine_basis(np.ascontiguousarray(a[:, :n_b]), basis)
+        bg = a[:, n_b] if o.fit_background else np.zeros(ok.size)
+        keep = self.keep(g, stack, basis.shape[-1] // 2)
+        mean, rms = stamp_stats(stack, rows[ok], kernels, bg, keep, threads=o.threads)
+        out: list[CandidateSolution | None] = [None] * rows.size
+        for j, i in enumerate(ok):
+            out[i] = CandidateSolution(
+                a[j, :n_b].copy(),
+                float(bg[j]),
+                float(kernels[j].sum()),
+                m[i],
+                eq.b[i],
+                kernels[j],
+                float(eq.variance[i]) if o.constant_variance else None,
+                float(lam),
+                eq.n_pixels,
+                float(mean[j]),
+                float(rms[j]),
+            )
+        return out
 
     def _judge(self, mean: float, rms: float, clip: bool) -> bool:
         if not (math.isfinite(mean) and math.isfinite(rms)):
@@ -191,10 +277,10 @@ class _Loop:
     ) -> int:
         """BuildSingleKernelVisitor over the visited candidates; returns the number rejected."""
         n_rej = 0
-        for i in self.visited():
-            if (self.recent[i] is not None) != rebuild:  # rebuild: only already-built ones
-                continue
-            sol = self._fit(i, basis, regularize=not rebuild)
+        todo = np.array(
+            [i for i in self.visited() if (self.recent[i] is not None) == rebuild], np.intp
+        )  # rebuild: only already-built ones
+        for i, sol in zip(todo, self._fit(todo, basis, regularize=not rebuild), strict=True):
             if sol is not None:
                 self.recent[i] = sol
                 if self.orig[i] is None:
@@ -238,12 +324,22 @@ class _Loop:
     def assess(self, spatial: SpatialKernel, clip: bool) -> tuple[int, int]:
         """AssessSpatialKernelVisitor: diffim statistics with the spatial kernel at each star."""
         n_rej = n_good = 0
-        for i in self.visited():
-            st = self.stamps[i]
-            mean, rms = self.stats(
-                i, spatial.kernel_image(st.x, st.y), spatial.background(st.x, st.y)
+        idx = self.visited()
+        mean, rms = np.full(idx.size, np.nan), np.full(idx.size, np.nan)
+        for g, pos, rows in self._by_group(idx):
+            stack = self.groups[g][1]
+            if stack is None:
+                continue
+            xs = np.array([self.stamps[i].x for i in idx[pos]], np.float64)
+            ys = np.array([self.stamps[i].y for i in idx[pos]], np.float64)
+            bg = np.broadcast_to(np.asarray(spatial.background(xs, ys), np.float64), xs.shape)
+            keep = self.keep(g, stack, spatial.size // 2)
+            kernels = spatial.kernel_images(xs, ys)
+            mean[pos], rms[pos] = stamp_stats(
+                stack, rows, kernels, bg, keep, threads=self.opts.threads
             )
-            if self.recent[i] is not None and self._judge(mean, rms, clip):
+        for i, mu, sd in zip(idx, mean, rms, strict=True):
+            if self.recent[i] is not None and self._judge(mu, sd, clip):
                 self.status[i], n_good = self.GOOD, n_good + 1
             else:
                 self.status[i], n_rej = self.BAD, n_rej + 1
@@ -264,6 +360,15 @@ class _Loop:
             )
         pos = np.array([(self.stamps[i].x, self.stamps[i].y) for i in idx])
         return solve_spatial([self.recent[i] for i in idx], pos, basis, **kw)
+
+
+def _pad(h: np.ndarray, n: int) -> np.ndarray:
+    """The regularisation matrix for n parameters (the background term unregularised)."""
+    if h.shape == (n, n):
+        return h
+    if h.shape == (n - 1, n - 1):
+        return np.pad(h, ((0, 1), (0, 1)))
+    raise ValueError(f"regularization matrix {h.shape} does not match {n} parameters")
 
 
 def _pca_basis(kernels: np.ndarray, n_pca: int, subtract_mean: bool) -> np.ndarray:
@@ -301,11 +406,7 @@ def _rating(st: CandidateStamp, core_radius: int, bad_bits: int) -> float:
     if st.rating is not None:
         return float(st.rating)
     sci, var = np.asarray(st.science, np.float64), np.asarray(st.variance_science, np.float64)
-    cy, cx = sci.shape[0] // 2, sci.shape[1] // 2
-    box = (
-        slice(max(0, cy - core_radius), cy + core_radius + 1),
-        slice(max(0, cx - core_radius), cx + core_radius + 1),
-    )
+    box = core_box(sci.shape, core_radius)
     keep = np.ones(sci[box].shape, bool)
     if st.mask_science is not None and bad_bits:
         keep = (np.asarray(st.mask_science)[box] & bad_bits) == 0

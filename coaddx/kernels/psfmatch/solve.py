@@ -1,8 +1,10 @@
-"""Normal equations of ip_diffim's PSF matching (algorithms.md 6.3, 6.4 step 4), numpy/scipy.
+"""Normal equations of ip_diffim's PSF matching (algorithms.md 6.3, 6.4 step 4).
 
 The single-kernel solution of one candidate (``StaticKernelSolution``) with its difference-image
 statistics, and the spatial kernel (``SpatialKernelSolution``) built from the candidates'
-normal equations; conventions in :mod:`coaddx.kernels.psfmatch`.
+normal equations; kernels and coefficients in afw's sense (conventions in
+:mod:`coaddx.kernels.psfmatch`). The normal equations come from
+:mod:`coaddx.kernels.psfmatch.stamps` (separable 1-D filters for Alard-Lupton bases).
 """
 
 from __future__ import annotations
@@ -14,10 +16,18 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
-import scipy.linalg
-from numpy.lib.stride_tricks import sliding_window_view
 
 from coaddx.kernels.psfmatch.basis import monomials
+from coaddx.kernels.psfmatch.design import combine_basis, lu_solve
+from coaddx.kernels.psfmatch.stamps import (
+    BAD_VARIANCE,
+    NON_FINITE,
+    StampStack,
+    box_or,
+    core_box,
+    correlate_valid,
+    normal_equations,
+)
 
 __all__ = [
     "CandidateSolution",
@@ -28,6 +38,7 @@ __all__ = [
     "candidate_diffim_stats",
     "mean_rms",
     "solve_candidate",
+    "solve_normal_batch",
     "solve_spatial",
     "spatial_axis_values",
 ]
@@ -39,37 +50,41 @@ T_Model = Literal["chebyshev1", "polynomial"]
 # ------------------------------------------------------------------- linear algebra helpers
 
 
-def _solve_normal(m: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """LU solve; eigen pseudo-inverse when the LU pivots show a (numerically) singular M.
+def solve_normal_batch(m: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Solve M_i a_i = b_i for a stack (n, P, P), (n, P): LU with partial pivoting (compiled,
+    no BLAS threads); eigen pseudo-inverse where the LU pivots show a (numerically) singular M.
+    Returns (a (n, P), failed (n,) bool: the eigen decomposition did not converge).
 
-    "Singular" follows Eigen's FullPivLU threshold (|pivot| <= n·eps·max|pivot|, partial
-    pivoting here). The pseudo-inverse drops eigenvalues with |λ| <= n·eps·max|λ| (LSST drops
+    "Singular" follows Eigen's FullPivLU threshold (|pivot| <= P·eps·max|pivot|, partial
+    pivoting here). The pseudo-inverse drops eigenvalues with |λ| <= P·eps·max|λ| (LSST drops
     only exact zeros, which leaves round-off eigenvalues to blow up).
     """
-    n = m.shape[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        lu, piv = scipy.linalg.lu_factor(m, check_finite=False)
-    pivots = np.abs(np.diag(lu))
-    if n and pivots.min() > n * _EPS * pivots.max():
-        return scipy.linalg.lu_solve((lu, piv), b, check_finite=False)
-    w, v = np.linalg.eigh(0.5 * (m + m.T))
-    keep = np.abs(w) > n * _EPS * np.abs(w).max(initial=0.0)
-    inv = np.zeros_like(w)
-    inv[keep] = 1.0 / w[keep]
-    return v @ (inv * (v.T @ b))
+    m = np.ascontiguousarray(m, np.float64)
+    b = np.ascontiguousarray(b, np.float64)
+    n = m.shape[-1]
+    with np.errstate(all="ignore"):
+        x, ok = lu_solve(m, b, n * _EPS)
+    failed = np.zeros(x.shape[0], bool)
+    for i in np.flatnonzero(~ok):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                w, v = np.linalg.eigh(0.5 * (m[i] + m[i].T))
+        except np.linalg.LinAlgError:
+            failed[i] = True
+            continue
+        keep = np.abs(w) > n * _EPS * np.abs(w).max(initial=0.0)
+        inv = np.zeros_like(w)
+        inv[keep] = 1.0 / w[keep]
+        x[i] = v @ (inv * (v.T @ b[i]))
+    return x, failed
 
 
-def _convolve_valid(stamp: np.ndarray, kernels: np.ndarray) -> np.ndarray:
-    """Columns ``(K_j ⊗ stamp)`` over the valid region, as an (n_valid, n_kernels) matrix.
-
-    The valid region is the stamp shrunk by the kernel footprint (half-width on every side);
-    exact (direct sums through one matrix product, no FFT).
-    """
-    size = kernels.shape[-1]
-    windows = sliding_window_view(stamp, (size, size))
-    flipped = np.ascontiguousarray(kernels[:, ::-1, ::-1].reshape(kernels.shape[0], -1).T)
-    return windows.reshape(-1, size * size) @ flipped
+def _solve_normal(m: np.ndarray, b: np.ndarray) -> np.ndarray:
+    x, failed = solve_normal_batch(m[None], b[None])
+    if failed[0]:
+        raise np.linalg.LinAlgError("eigen decomposition of the normal equations did not converge")
+    return x[0]
 
 
 # --------------------------------------------------------------- per-candidate solution (6.3)
@@ -111,16 +126,6 @@ class CandidateSolution:
         return float(vals.max() / vals.min()) if vals.min() > 0 else math.inf
 
 
-def _variance_estimate(var_t: np.ndarray, var_s: np.ndarray, constant: bool) -> np.ndarray:
-    var = np.asarray(var_s, np.float64) + np.asarray(var_t, np.float64)
-    if constant:
-        med = float(np.nanmedian(var)) if np.isfinite(var).any() else math.nan
-        var = np.full_like(var, med if med > 0 else 1.0)
-    elif not (np.nanmin(var) > 0):  # afw MIN is NaN-safe
-        raise ValueError("variance estimate has pixels <= 0; cannot inverse-variance weight")
-    return var
-
-
 def solve_candidate(
     template: np.ndarray,
     science: np.ndarray,
@@ -135,29 +140,33 @@ def solve_candidate(
     lam_type: Literal["absolute", "relative"] = "absolute",
     lam_scaling: float = 1e-4,
 ) -> CandidateSolution:
-    """Fit ``science ≈ Σ_j a_j (B_j ⊗ template) + bg`` on one stamp (StaticKernelSolution).
+    """Fit ``science ≈ Σ_j a_j (B_j ⋆ template) + bg`` on one stamp (StaticKernelSolution).
 
-    Uses the stamp shrunk by the kernel footprint; weights 1/V with V = var_s + var_t, replaced
-    by its median (1 if <= 0) when ``constant_variance``. Solves M a = b (M = CᵀWC, b = CᵀWI),
+    ``⋆`` is afw's correlation, so ``coeffs`` and ``kernel`` are afw's. Uses the stamp shrunk
+    by the kernel footprint; weights 1/V with V = var_s + var_t, replaced by its median (1 if
+    <= 0) when ``constant_variance``. Solves M a = b (M = CᵀWC, b = CᵀWI),
     or (M + λH) a = b with a regularisation matrix H (λ = ``lam``, or
     ``lam_scaling``·tr(M)/tr(H) for "relative"). Raises ValueError for non-finite pixels in the
     used region or a non-positive variance.
     """
     basis = np.asarray(basis, np.float64)
     t, s = np.asarray(template, np.float64), np.asarray(science, np.float64)
-    size, half = basis.shape[-1], basis.shape[-1] // 2
+    size = basis.shape[-1]
     if t.shape != s.shape or min(t.shape) < size:
         raise ValueError(f"stamps {t.shape}/{s.shape} must match and exceed the kernel ({size})")
-    var = _variance_estimate(variance_template, variance_science, constant_variance)
-    good = (slice(half, t.shape[0] - half), slice(half, t.shape[1] - half))
-    design = _convolve_valid(t, basis)
-    if fit_background:
-        design = np.column_stack([design, np.ones(design.shape[0])])
-    data, weight = s[good].ravel(), 1.0 / var[good].ravel()
-    if not (np.isfinite(design).all() and np.isfinite(data).all() and np.isfinite(weight).all()):
+    stack = StampStack.from_planes([t], [s], [variance_template], [variance_science])
+    eq = normal_equations(
+        stack,
+        np.zeros(1, np.intp),
+        basis,
+        fit_background=fit_background,
+        constant_variance=constant_variance,
+    )
+    if eq.status[0] == BAD_VARIANCE:  # afw MIN is NaN-safe
+        raise ValueError("variance estimate has pixels <= 0; cannot inverse-variance weight")
+    if eq.status[0] == NON_FINITE:
         raise ValueError("non-finite pixels in the candidate's template, science or variance")
-    m = design.T @ (design * weight[:, None])
-    rhs = design.T @ (weight * data)
+    m, rhs = eq.m[0], eq.b[0]
     lam_used = 0.0
     if regularization is not None:
         h = _pad_regularization(np.asarray(regularization, np.float64), m.shape[0])
@@ -173,9 +182,9 @@ def solve_candidate(
         m,
         rhs,
         kernel,
-        float(var.flat[0]) if constant_variance else None,
+        float(eq.variance[0]) if constant_variance else None,
         float(lam_used),
-        data.size,
+        eq.n_pixels,
     )
 
 
@@ -202,11 +211,13 @@ def candidate_diffim_stats(
 ) -> tuple[float, float]:
     """Mean and rms of z = D/σ on a candidate's difference image (ip_diffim ImageStatistics).
 
-    D = science - K ⊗ template - background, σ² = var_s + K² ⊗ var_t, mask = mask_s | OR of
-    mask_t over the kernel footprint; only the stamp shrunk by the kernel footprint exists
-    (afw's convolution edge is NO_DATA), restricted to the central (2r+1)² box when
-    ``core_radius`` is given. Pixels with a ``bad_bits`` bit or non-finite 1/σ² are skipped;
-    rms uses n - 1. NaN when too few pixels remain (NaN pixel values propagate, as in LSST).
+    D = science - K ⋆ template - background, σ² = var_s + K² ⋆ var_t (afw's correlation, K in
+    afw's sense; the exact reference of :func:`~coaddx.kernels.psfmatch.stamps.stamp_stats`),
+    mask = mask_s | OR of mask_t over the kernel footprint; only the stamp shrunk by the
+    kernel footprint exists (afw's convolution edge is NO_DATA), restricted to the central
+    (2r+1)² box when ``core_radius`` is given. Pixels with a ``bad_bits`` bit or non-finite
+    1/σ² are skipped; rms uses n - 1. NaN when too few pixels remain (NaN pixel values
+    propagate, as in LSST).
     """
     k = np.asarray(kernel, np.float64)
     half = k.shape[0] // 2
@@ -214,8 +225,8 @@ def candidate_diffim_stats(
     ny, nx = s.shape
     good = (slice(half, ny - half), slice(half, nx - half))
     shape = (ny - 2 * half, nx - 2 * half)
-    conv = _convolve_valid(np.asarray(template, np.float64), k[None]).reshape(shape)
-    var_c = _convolve_valid(np.asarray(var_t, np.float64), (k * k)[None]).reshape(shape)
+    conv = correlate_valid(np.asarray(template, np.float64), k[None]).reshape(shape)
+    var_c = correlate_valid(np.asarray(var_t, np.float64), (k * k)[None]).reshape(shape)
     diff = s[good] - conv - background
     var = np.asarray(var_s, np.float64)[good] + var_c
     keep = np.ones(shape, bool)
@@ -228,10 +239,7 @@ def candidate_diffim_stats(
         keep &= (mask & int(bad_bits)) == 0
     if core_radius is not None:
         core = np.zeros((ny, nx), bool)
-        core[
-            max(0, ny // 2 - core_radius) : ny // 2 + core_radius + 1,
-            max(0, nx // 2 - core_radius) : nx // 2 + core_radius + 1,
-        ] = True
+        core[core_box((ny, nx), core_radius)] = True
         keep &= core[good]
     with np.errstate(divide="ignore", invalid="ignore"):
         ivar = 1.0 / var
@@ -247,19 +255,6 @@ def mean_rms(z: np.ndarray) -> tuple[float, float]:
         return mean, math.nan
     var = (float((z * z).sum()) / n - mean * mean) * n / (n - 1.0)
     return mean, math.sqrt(var) if var >= 0 else math.nan
-
-
-def box_or(mask: np.ndarray, half: int) -> np.ndarray:
-    """Bitwise OR (or logical OR for bool) over the (2·half+1)² box around every pixel."""
-    rows = mask.copy()
-    for d in range(1, half + 1):
-        rows[:, d:] |= mask[:, :-d]
-        rows[:, :-d] |= mask[:, d:]
-    out = rows.copy()
-    for d in range(1, half + 1):
-        out[d:, :] |= rows[:-d, :]
-        out[:-d, :] |= rows[d:, :]
-    return out
 
 
 # ------------------------------------------------------------------- spatial kernel (6.4 step 4)
@@ -298,10 +293,13 @@ def _spatial_terms(x, y, order: int, model: str, bbox) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class SpatialKernel:
-    """K(x, y) = Σ_j c_j(x, y) B_j with c_j(x, y) = Σ_m coeffs[j, m] f_m(x, y).
+    """K(x, y) = Σ_j c_j(x, y) B_j with c_j(x, y) = Σ_m coeffs[j, m] f_m(x, y), in afw's sense.
 
-    ``coeffs`` has shape (n_basis, n_spatial); with ``constant_first_term`` only
-    ``coeffs[0, 0]`` of the first row is non-zero. ``bg_coeffs`` (n_bg,) or None.
+    As afw's LinearCombinationKernel: ``basis``, ``coeffs``, :meth:`coefficients` and
+    :meth:`kernel_image` are the ones ip_diffim fits and afw's ``convolve`` applies as a
+    correlation, ``out[y, x] = Σ K[c+v, c+u] in[y+v, x+u]``. ``coeffs`` has shape
+    (n_basis, n_spatial); with ``constant_first_term`` only ``coeffs[0, 0]`` of the first row
+    is non-zero. ``bg_coeffs`` (n_bg,) or None.
     """
 
     basis: np.ndarray
@@ -324,12 +322,23 @@ class SpatialKernel:
         return np.tensordot(self.coeffs, f, axes=1)
 
     def term_images(self) -> np.ndarray:
-        """A_m = Σ_j coeffs[j, m] B_j, so that K(x, y) = Σ_m f_m(x, y) A_m: (n_spatial, k, k)."""
-        return np.tensordot(self.coeffs.T, self.basis, axes=1)
+        """The convolution's term images, array of shape (n_spatial, k, k).
+
+        A_m = (Σ_j coeffs[j, m] B_j) rotated by 180°, so that applying K(x, y) in afw's sense
+        is the true convolution (``scipy.signal.convolve``) Σ_m f_m(x, y) (A_m ⊗ image), and
+        ``kernel_image(x, y) == Σ_m f_m(x, y) A_m[::-1, ::-1]``. This is what
+        :mod:`coaddx.kernels.psfmatch.convolve` convolves with.
+        """
+        return np.ascontiguousarray(np.tensordot(self.coeffs.T, self.basis, axes=1)[:, ::-1, ::-1])
 
     def kernel_image(self, x: float, y: float) -> np.ndarray:
-        """The (size, size) kernel image at (x, y)."""
+        """The (size, size) kernel image at (x, y), afw's (``computeImage``)."""
         return np.tensordot(self.coefficients(float(x), float(y)), self.basis, axes=1)
+
+    def kernel_images(self, x, y) -> np.ndarray:
+        """Kernel images at the points (x, y) (1-D arrays): array of shape (n, size, size)."""
+        c = self.coefficients(np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel())
+        return combine_basis(np.ascontiguousarray(c.T), np.ascontiguousarray(self.basis))
 
     def kernel_sum(self, x, y):
         """Σ over pixels of K(x, y) (float for scalars, array otherwise)."""
