@@ -216,7 +216,7 @@ def subtract(
         to_convolve.variance,
         to_convolve.mask,
         kernel,
-        region=config.region_size,
+        region=_region(config.region_size, (ny, nx)),
         no_data=no_data,
         method=config.convolution,
     )
@@ -249,6 +249,13 @@ def subtract(
 def snap_subtract(snap1: Exposure, snap2: Exposure, **kwargs: Any) -> Subtraction:
     """SnapPsfMatch: difference two snaps of one visit with the snap preset (6.7)."""
     return subtract(snap1, snap2, kwargs.pop("config", None) or snap_config(), **kwargs)
+
+
+def _region(region_size: int, shape: tuple[int, int]) -> int:
+    """The convolution's tile size: ``region_size``, or half the image's longer side when that
+    is smaller (at least 256), so that a small image still makes 2-4 tasks for the workers
+    (tiles agree with one whole-image convolution, so the result does not depend on it)."""
+    return min(region_size, max(256, -(-max(shape) // 2)))
 
 
 def _calibrated(exp: Exposure) -> Exposure:
