@@ -2,9 +2,9 @@
 PSF-matched visits of the direct ones, the plans (stacking subregions, detection tiles) and the
 PSF size that footprints grow by.
 
-The PSF-matched planes are asked for in the two layouts the detection stages read (whole
-visit planes, detection tiles); a Dataset opened from a warp store is read again in those
-chunks by :func:`coaddx.io.zarr.views.reopen_warps`, anything else is sliced and rechunked.
+The PSF-matched planes are asked for in the layout the per-visit detection task reads (whole
+visit planes); a Dataset opened from a warp store is read again in those chunks by
+:func:`coaddx.io.zarr.views.reopen_warps`, anything else is sliced and rechunked.
 """
 
 from __future__ import annotations
@@ -32,14 +32,13 @@ __all__ = ["CompareWarpInputs", "check_same_grid", "compare_warp_inputs", "psf_s
 @dataclass(frozen=True)
 class CompareWarpInputs:
     """Normalised inputs: the direct warps, the PSF-matched warps of the direct visits (in
-    their order, for the template), per-visit planes of the PSF-matched cubes for the whole-
-    visit tasks (``scale``) and the tiled ones (``tiles``), each direct visit's index in them
-    (``position``), the stacking plan, the detection tiles and the PSF size."""
+    their order, for the template), per-visit planes of the PSF-matched cubes for the
+    per-visit tasks (``scale``), each direct visit's index in them (``position``), the
+    stacking plan, the detection tiles (within the per-visit task) and the PSF size."""
 
     direct: xr.Dataset
     matched: xr.Dataset
     scale: dict[str, LazyArray]
-    tiles: dict[str, LazyArray]
     position: dict[int, int]
     plan: StackPlan
     detect_tile: tuple[int, int]
@@ -122,7 +121,6 @@ def compare_warp_inputs(
         direct,
         matched,
         _planes_in(psf_matched, (1, ny, nx)),
-        _planes_in(psf_matched, (1, *tile)),
         position,
         plan,
         tile,
