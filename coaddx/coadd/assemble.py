@@ -20,12 +20,14 @@ import numpy as np
 import xarray as xr
 
 from coaddx.coadd.config import AssembleConfig
+from coaddx.coadd.epochs import add_epoch_layers, epoch_layers
 from coaddx.coadd.weights import cached_variance_meanclip, weight_statistic
 from coaddx.errors import ConfigError, InputError, InputWarning, SchemaError
 from coaddx.graph.cube import LAYERS, LazyArray, as_dask_cube
 from coaddx.graph.interp import interpolate_rows
 from coaddx.graph.stack import finish_coadd_mask, stack, weights_from_variance
 from coaddx.graph.weights import visit_meanclip
+from coaddx.io.inputs import input_records
 from coaddx.io.schema import validate_warps
 from coaddx.model.masks import DEFAULT_MASK_PLANES, bitmask, merge_mask_planes
 from coaddx.plan import StackPlan, plan_warp_stack
@@ -260,8 +262,11 @@ def assemble(
     -------
     xarray.Dataset
         Lazy ``image``, ``variance``, ``mask``, ``n_image`` over ``(y, x)``, ``weight`` over
-        ``visit``; attributes ``mask_planes``, ``wcs``, ``statistic``, ``config``, ``plan`` and
-        ``provenance``.
+        ``visit``; with ``config.epoch_planes`` also the epoch planes of
+        :mod:`coaddx.coadd.epochs` (``first_mjd``, ``last_mjd``, ``mean_mjd``,
+        ``mean_psf_fwhm``, ``input_bitmap`` over ``(bitmap_word, y, x)``, ``contributed``
+        over ``visit``) from the same graph; attributes ``mask_planes``, ``wcs``,
+        ``statistic``, ``config``, ``plan``, ``provenance`` and ``inputs``.
 
     Examples
     --------
@@ -297,7 +302,10 @@ def assemble(
         **bits.kernel_kwargs(),
     )
     out = finish_layers(packed, bits, config)
-    return coadd_dataset(out, w, warps, bits, config, plan)
+    ds = coadd_dataset(out, w, warps, bits, config, plan)
+    if config.epoch_planes:
+        ds = add_epoch_layers(ds, epoch_layers(warps, mask, w, bad_mask=bits.bad_mask))
+    return ds
 
 
 def finish_layers(
@@ -341,7 +349,7 @@ def coadd_dataset(
     plan: StackPlan,
 ) -> xr.Dataset:
     """The coadd Dataset: planes, per-visit ``weight`` and the attributes (mask planes, WCS,
-    config, plan, provenance)."""
+    config, plan, provenance, and the ``inputs`` records of :func:`coaddx.coadd_inputs`)."""
     coords = {d: warps[d] for d in ("y", "x") if d in warps.coords}
     ds = xr.Dataset({k: (("y", "x"), v) for k, v in out.items()}, coords=coords)
     ds["weight"] = xr.DataArray(weights, dims=("visit",), coords={"visit": warps["visit"].values})
@@ -364,6 +372,7 @@ def coadd_dataset(
             "visits": [int(v) for v in warps["visit"].values],
             "warp_type": warps.attrs.get("warp_type", "direct"),
         },
+        inputs=input_records(warps),
     )
     for key in ("tract", "patch", "bbox"):
         if key in warps.attrs:
