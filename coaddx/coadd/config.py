@@ -109,9 +109,11 @@ class AssembleConfig:
         Also compute the epoch and property planes (first / last / weight-mean MJD,
         weight-mean PSF FWHM, the contributing-visit bitmap: :mod:`coaddx.coadd.epochs`) in
         the same graph. Not an LSST option (LSST builds them as HealSparse maps in a later
-        task). Off by default: on 16 visits of 1024 x 1024 they add ~20 % to the CPU time of
-        the MEANCLIP stack (``benchmarks/bench_assemble.py``; the target for on-by-default was
-        15 %), less with more visits; ``coaddx demo`` and the quickstart turn them on.
+        task). Off by default: on 16 visits of 1024 x 1024 they add ~2 % to the MEANCLIP
+        compute but ~21 % to assemble + write_coadd (36 more bytes written per pixel;
+        ``benchmarks/bench_assemble.py --epochs-only``; the target for on-by-default was
+        15 %); ``coaddx demo``, ``coaddx assemble --epoch-planes`` and the quickstart turn
+        them on.
     """
 
     statistic: T_Statistic = "meanclip"
