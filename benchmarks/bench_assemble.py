@@ -1,7 +1,7 @@
 """Benchmark AssembleCoadd stacking against numpy, bottleneck and astropy in the same run.
 
     python benchmarks/bench_assemble.py [--visits 64] [--size 2048] [--out bench-out]
-                                        [--store PATH/warps.zarr]
+                                        [--store PATH/warps.zarr] [--epochs-only]
 
 coaddx reads the cube from a Zarr warp store (simulated once and reused, or ``--store``) and
 stacks it with mean, meanclip and median on the default threaded scheduler; the references
@@ -9,9 +9,10 @@ run on the cube in memory: (a) a numpy masked weighted mean and ``bottleneck.nan
 ``astropy.stats.sigma_clip`` + mean. The headline ratios (MEANCLIP / astropy, target >= 10;
 MEDIAN / bottleneck, target >= 4) time coaddx and the peer alternately in the same run, best
 of ``--repeat`` each. The store's layout (dtype, codec and size on disk per plane) and the
-time to read and decode each plane alone are printed first. The references are timed on a
-slab of rows (their throughput per pixel-visit does not depend on the slab size, and the
-full cube would not fit astropy's working copies in memory); every figure is a rate in
+time to read and decode each plane alone are printed first, then the cost of the epoch
+planes (meanclip with and without them, alternately; target under 15 %). The references
+are timed on a slab of rows (their throughput per pixel-visit does not depend on the slab
+size, and the full cube would not fit astropy's working copies in memory); every figure is a rate in
 Mpix-visits/s, with the ratio to each reference and the peak memory beside the planner's
 budget.
 """
@@ -114,6 +115,46 @@ def _coaddx(warps, statistic):
     )
 
 
+EPOCH_PLANES = ("first_mjd", "last_mjd", "mean_mjd", "mean_psf_fwhm", "input_bitmap")
+
+
+def _coaddx_epochs(warps):
+    """The meanclip planes and the epoch planes, from one graph (one read of the masks)."""
+    coadd = coaddx.assemble(warps, AssembleConfig(interp=None))
+    names = ["image", "variance", "mask", "n_image", *EPOCH_PLANES, "contributed"]
+    return dask.compute(*(coadd[v].data for v in names if v in coadd))
+
+
+def _write(warps, out, epochs):
+    """assemble + write_coadd with the default interpolation, epoch planes on or off."""
+    coadd = coaddx.assemble(warps, AssembleConfig(epoch_planes=epochs))
+    coaddx.write_coadd(coadd, out, overwrite=True)
+
+
+def _epoch_cost(warps, out, repeat, work):
+    """The cost of the epoch planes: meanclip with and without them, alternately, on one
+    thread (the synchronous scheduler: the CPU time they add, which threads cannot hide once
+    every core stacks), on the threaded scheduler, and as assemble + write_coadd. Target:
+    under 15 % of the meanclip time."""
+    with dask.config.set(scheduler="synchronous"):
+        ts, tse = _paired(lambda: _coaddx(warps, "meanclip"), lambda: _coaddx_epochs(warps), repeat)
+    tc, te = _paired(lambda: _coaddx(warps, "meanclip"), lambda: _coaddx_epochs(warps), repeat)
+    store = out / "bench-coadd.zarr"
+    tw0, tw1 = _paired(
+        lambda: _write(warps, store, False), lambda: _write(warps, store, True), repeat
+    )
+    print("\nepoch planes (first/last/mean MJD, mean PSF FWHM, visit bitmap), alternately:")
+    for label, t0, t1 in (
+        ("meanclip, 1 thread", ts, tse),
+        ("meanclip, threads", tc, te),
+        ("assemble + write_coadd, threads", tw0, tw1),
+    ):
+        print(
+            f"  {label:32s} {t0:6.2f} s -> {t1:6.2f} s with the epoch planes: "
+            f"cost {100 * (t1 / t0 - 1):+5.1f} % (target < 15 %)"
+        )
+
+
 def _ref_numpy_mean(image, variance, mask, weights, bad):
     good = np.isfinite(image) & ((mask & bad) == 0)
     w = np.where(good, weights[:, None, None], 0.0)
@@ -151,6 +192,11 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (best is shown)")
     parser.add_argument(
+        "--epochs-only",
+        action="store_true",
+        help="only the cost of the epoch planes (meanclip with and without them)",
+    )
+    parser.add_argument(
         "--no-malloc-tuning",
         action="store_true",
         help="leave glibc malloc at its defaults (see coaddx.runtime.malloc.tune_malloc)",
@@ -180,6 +226,11 @@ def main(argv=None) -> int:
     rows = []
     for stat in ("mean", "meanclip", "median"):  # load the compiled kernels
         _coaddx(warps.isel(x=slice(0, 64), y=slice(0, 64)), stat)
+    _coaddx_epochs(warps.isel(x=slice(0, 64), y=slice(0, 64)))
+    if args.epochs_only:
+        _read_once(warps)
+        _epoch_cost(warps, args.out, args.repeat, work)
+        return 0
     _read_once(warps)  # warm the page cache: every figure below is a warm read
     layout = _layout(path)
     print(
@@ -194,7 +245,9 @@ def main(argv=None) -> int:
             f"{out_bytes / dt / 1e9:9.2f} {dt / (n * ny * nx) * 1e9:12.2f}"
         )
     total = sum(size for _, _, size in layout.values())
-    print(f"{'store':9s} {'':8s} {'':22s} {format_bytes(total):>10s}\n")
+    print(f"{'store':9s} {'':8s} {'':22s} {format_bytes(total):>10s}")
+    _epoch_cost(warps, args.out, args.repeat, work)
+    print()
     dt, mem, _ = _timed(lambda: _read_once(warps), args.repeat)
     rows.append(("read cube once (coaddx store)", dt, work, mem))
     for stat in ("mean", "meanclip", "median"):

@@ -43,6 +43,7 @@ from coaddx.errors import (
 )
 from coaddx.io.catalog import read_reference_catalog
 from coaddx.io.fits.exposure import read_exposure, write_exposure
+from coaddx.io.inputs import coadd_inputs
 from coaddx.io.zarr.coadd_store import open_coadd, write_coadd
 from coaddx.io.zarr.warp_store import IncompleteStoreWarning, WarpStore, check_store
 from coaddx.lsst import from_lsst_config
@@ -96,6 +97,7 @@ __all__ = [
     "calibrate",
     "calibrate_exposures",
     "check_store",
+    "coadd_inputs",
     "coadd_psf",
     "coadd_psf_fwhm",
     "dcr_shifts",

@@ -39,6 +39,7 @@ _ASSEMBLE_FIELDS = [
     "bad_mask_planes",
     "interp",
     "subregion_size",
+    "epoch_planes",
 ]
 
 
@@ -61,6 +62,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
             "bad_mask_planes": "planes that reject an input pixel",
             "interp": "do not interpolate over NO_DATA",
             "subregion_size": "fixed subregion side (default: planned from the memory budget)",
+            "epoch_planes": "also write the epoch planes: first / last / weight-mean MJD, "
+            "weight-mean PSF FWHM and the contributing-visit bitmap (default: off)",
         },
     )
     warp_type = add_config_flags(
@@ -76,8 +79,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         default="assemble",
         help="assemble: AssembleCoadd of --warp-type warps; compare-warp: CompareWarp "
         "artifact rejection with LSST's defaults, reading the direct and psf_matched "
-        "groups (only --subregion-size and --no-interp apply; writes epoch_count and "
-        "artifact_mask too); dcr: DcrAssembleCoadd of the direct warps (needs "
+        "groups (only --subregion-size, --no-interp and --epoch-planes apply; writes "
+        "epoch_count and artifact_mask too); dcr: DcrAssembleCoadd of the direct warps (needs "
         "--effective-wavelength and --bandwidth; --subregion-size sets its tiles)",
     )
     add_dcr_flags(p)
@@ -92,6 +95,8 @@ def _compare_warp_config(given: dict[str, Any]) -> CompareWarpConfig:
     config = CompareWarpConfig(**{k: v for k, v in given.items() if k == "subregion_size"})
     if "interp" in given and given["interp"] is None:
         config = config.replace(assemble=config.assemble.replace(interp=None))
+    if given.get("epoch_planes"):
+        config = config.replace(assemble=config.assemble.replace(epoch_planes=True))
     return config
 
 

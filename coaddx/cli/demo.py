@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from coaddx.cli.client import add_runtime_flags, open_client, write_coadd_with_progress
 from coaddx.cli.precompile import Background
 from coaddx.cli.quicklook import quicklook_png
@@ -78,6 +80,24 @@ def throughput_rows(
     return rows
 
 
+def epoch_rows(coadd: Any) -> list[tuple[str, str]]:
+    """The summary row of the epoch planes (first / last / weight-mean MJD of the inputs used
+    at each pixel, the visit bitmap) when the coadd has them."""
+    if "mean_mjd" not in coadd:
+        return []
+    first, last = (float(np.nanmin(coadd["first_mjd"])), float(np.nanmax(coadd["last_mjd"])))
+    mean = coadd["mean_mjd"].values
+    lo, hi = float(np.nanmin(mean)), float(np.nanmax(mean))
+    used = int(np.asarray(coadd["contributed"]).sum()) if "contributed" in coadd else "?"
+    return [
+        (
+            "epoch planes",
+            f"inputs MJD {first:.2f}..{last:.2f}; weight-mean epoch {lo:.2f}..{hi:.2f} "
+            f"over the patch; {used} visits contributed (bitmap in input_bitmap)",
+        )
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -127,7 +147,7 @@ def _demo(args: argparse.Namespace, out: Path, background: Background | None, un
                     )
             warps = open_warps(store)
             with stage("assemble (meanclip)", "assemble"):
-                coadd = assemble(warps)
+                coadd = assemble(warps, AssembleConfig(epoch_planes=True))
                 write_coadd_with_progress(
                     client, coadd, out / "coadd.zarr", overwrite=True, progress=progress
                 )
@@ -136,6 +156,7 @@ def _demo(args: argparse.Namespace, out: Path, background: Background | None, un
                 mean_image = plain["image"].compute().values
         written = open_coadd(out / "coadd.zarr")
         n, ny, nx = (warps.sizes[d] for d in ("visit", "y", "x"))
+        mean_mjd = written["mean_mjd"].values if "mean_mjd" in written else None
         with stage("quick-look"):
             png = quicklook_png(
                 out / "quicklook.png",
@@ -144,6 +165,7 @@ def _demo(args: argparse.Namespace, out: Path, background: Background | None, un
                     "plain weighted mean of the visits": mean_image,
                 },
                 title=f"coaddx demo: {n} simulated visits, {ny} x {nx}",
+                maps=None if mean_mjd is None else {"weight-mean epoch (MJD)": mean_mjd},
             )
     key = "assemble (meanclip)"
     clipped = int(((written["mask"].values >> written.attrs["mask_planes"]["CLIPPED"]) & 1).sum())
@@ -169,6 +191,7 @@ def _demo(args: argparse.Namespace, out: Path, background: Background | None, un
             f"{format_bytes(written.attrs['plan']['task_bytes'])} planned per task",
         ),
         ("clipped pixels", f"{clipped} coadd pixels had an input clipped"),
+        *epoch_rows(written),
         ("calexps", f"{len(sim.calexps)} files in {sim.out / 'calexp'}"),
         ("warps", str(store)),
         ("coadd", str(out / "coadd.zarr")),

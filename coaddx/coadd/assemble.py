@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 
 from coaddx.coadd.config import AssembleConfig
+from coaddx.coadd.epochs import add_epoch_layers, epoch_layers
 from coaddx.coadd.psf import copy_psf_products
 from coaddx.coadd.weights import cached_variance_meanclip, weight_statistic
 from coaddx.errors import ConfigError, InputError, InputWarning, SchemaError
@@ -27,6 +28,7 @@ from coaddx.graph.cube import LAYERS, LazyArray, as_dask_cube
 from coaddx.graph.interp import interpolate_rows
 from coaddx.graph.stack import finish_coadd_mask, stack, weights_from_variance
 from coaddx.graph.weights import visit_meanclip
+from coaddx.io.inputs import input_records
 from coaddx.io.schema import validate_warps
 from coaddx.model.masks import DEFAULT_MASK_PLANES, bitmask, merge_mask_planes
 from coaddx.plan import StackPlan, plan_warp_stack
@@ -262,8 +264,11 @@ def assemble(
     xarray.Dataset
         Lazy ``image``, ``variance``, ``mask``, ``n_image`` over ``(y, x)``, ``weight`` over
         ``visit``, the warps' PSF products (``psf_*`` over ``psf_input``, when they have
-        them: :func:`coaddx.coadd_psf`); attributes ``mask_planes``, ``wcs``, ``statistic``,
-        ``config``, ``plan`` and ``provenance``.
+        them: :func:`coaddx.coadd_psf`); with ``config.epoch_planes`` also the epoch planes of
+        :mod:`coaddx.coadd.epochs` (``first_mjd``, ``last_mjd``, ``mean_mjd``,
+        ``mean_psf_fwhm``, ``input_bitmap`` over ``(bitmap_word, y, x)``, ``contributed``
+        over ``visit``) from the same graph; attributes ``mask_planes``, ``wcs``,
+        ``statistic``, ``config``, ``plan``, ``provenance`` and ``inputs``.
 
     Examples
     --------
@@ -299,7 +304,10 @@ def assemble(
         **bits.kernel_kwargs(),
     )
     out = finish_layers(packed, bits, config)
-    return coadd_dataset(out, w, warps, bits, config, plan)
+    ds = coadd_dataset(out, w, warps, bits, config, plan)
+    if config.epoch_planes:
+        ds = add_epoch_layers(ds, epoch_layers(warps, mask, w, bad_mask=bits.bad_mask))
+    return ds
 
 
 def finish_layers(
@@ -343,7 +351,7 @@ def coadd_dataset(
     plan: StackPlan,
 ) -> xr.Dataset:
     """The coadd Dataset: planes, per-visit ``weight`` and the attributes (mask planes, WCS,
-    config, plan, provenance)."""
+    config, plan, provenance, and the ``inputs`` records of :func:`coaddx.coadd_inputs`)."""
     coords = {d: warps[d] for d in ("y", "x") if d in warps.coords}
     ds = xr.Dataset({k: (("y", "x"), v) for k, v in out.items()}, coords=coords)
     ds["weight"] = xr.DataArray(weights, dims=("visit",), coords={"visit": warps["visit"].values})
@@ -366,6 +374,7 @@ def coadd_dataset(
             "visits": [int(v) for v in warps["visit"].values],
             "warp_type": warps.attrs.get("warp_type", "direct"),
         },
+        inputs=input_records(warps),
     )
     for key in ("tract", "patch", "bbox"):
         if key in warps.attrs:

@@ -105,6 +105,15 @@ class AssembleConfig:
     subregion_size
         Fixed ``(rows, columns)`` (or one int) per stacking task; ``None`` lets the planner
         size it from ``coaddx.memory-per-task``. Results do not depend on it.
+    epoch_planes
+        Also compute the epoch and property planes (first / last / weight-mean MJD,
+        weight-mean PSF FWHM, the contributing-visit bitmap: :mod:`coaddx.coadd.epochs`) in
+        the same graph. Not an LSST option (LSST builds them as HealSparse maps in a later
+        task). Off by default: on 16 visits of 1024 x 1024 they add ~2 % to the MEANCLIP
+        compute but ~21 % to assemble + write_coadd (36 more bytes written per pixel;
+        ``benchmarks/bench_assemble.py --epochs-only``; the target for on-by-default was
+        15 %); ``coaddx demo``, ``coaddx assemble --epoch-planes`` and the quickstart turn
+        them on.
     """
 
     statistic: T_Statistic = "meanclip"
@@ -117,6 +126,7 @@ class AssembleConfig:
     remove_mask_planes: tuple[str, ...] = ("NOT_DEBLENDED",)
     interp: InterpConfig | None = field(default_factory=InterpConfig)
     subregion_size: tuple[int, int] | None = None
+    epoch_planes: bool = False
 
     def __post_init__(self) -> None:
         cls = "AssembleConfig"
@@ -140,6 +150,7 @@ class AssembleConfig:
         )
         check_bool(self.calc_error_from_input_variance, cls, "calc_error_from_input_variance")
         check_bool(self.calc_error_mosaic_mode, cls, "calc_error_mosaic_mode")
+        check_bool(self.epoch_planes, cls, "epoch_planes")
         check(
             not (self.calc_error_from_input_variance and self.calc_error_mosaic_mode),
             cls,

@@ -7,9 +7,14 @@ Layout written by :func:`export_fits`::
                       the patch origin), LTV1/LTV2 and the LSST "A" pixel WCS (tract pixels)
     HDU 2 MASK        int32, MP_<PLANE> = bit keywords, same WCS
     HDU 3 VARIANCE    float32 nJy**2, same WCS
-    HDU 4 N_IMAGE     int32 (when the store has ``n_image``; further 2-D planes likewise)
+    HDU 4 N_IMAGE     int32 (when the store has ``n_image``; further 2-D planes likewise:
+                      EPOCH_COUNT, the epoch planes FIRST_MJD, LAST_MJD, MEAN_MJD (float64 d)
+                      and MEAN_PSF_FWHM; the 3-D visit bitmap stays in the store)
     then              small image HDUs the caller computed (``extra_hdus``: the PSF and its
                       FWHM map, :mod:`coaddx.coadd.export`), appended once the planes are in
+    last  INPUTS      binary table: :func:`coaddx.coadd_inputs` (one row per visit and
+                      detector: MJD, exposure time, weight, zero point, PSF FWHM, footprint,
+                      whether it contributed)
 
 The file is written without gathering the coadd in one process: the headers are written and
 the file's blocks reserved first (every HDU's data offset is then known, and a full disk is
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +46,7 @@ from astropy.io import fits
 
 from coaddx._version import __version__
 from coaddx.errors import CoaddxError, SchemaError, StoreError
+from coaddx.io.inputs import coadd_inputs
 from coaddx.io.zarr.coadd_store import open_coadd, write_failure
 from coaddx.model.masks import mask_planes_to_header
 from coaddx.model.skymap import shift_wcs, wcs_from_header_string
@@ -53,8 +60,12 @@ FITS_LAYERS: dict[str, tuple[str, str, str | None]] = {
     "variance": ("VARIANCE", ">f4", "nJy**2"),
     "n_image": ("N_IMAGE", ">i4", None),
     "epoch_count": ("EPOCH_COUNT", ">i4", None),
+    "first_mjd": ("FIRST_MJD", ">f8", "d"),
+    "last_mjd": ("LAST_MJD", ">f8", "d"),
+    "mean_mjd": ("MEAN_MJD", ">f8", "d"),
+    "mean_psf_fwhm": ("MEAN_PSF_FWHM", ">f4", "pixel"),
 }
-_BITPIX = {">f4": -32, ">i4": 32}
+_BITPIX = {">f4": -32, ">i4": 32, ">f8": -64}
 _BLOCK = 2880
 
 
@@ -171,7 +182,6 @@ def _preallocate(
     """Write every header, size the file and reserve its blocks; return the data offset of
     each HDU."""
     offsets, pos = [], 0
-    data_bytes = shape[0] * shape[1] * 4
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     with os.fdopen(fd, "wb") as fh:
         for header, dtype in zip(headers, dtypes, strict=True):
@@ -181,7 +191,7 @@ def _preallocate(
             pos += len(text)
             offsets.append(pos)
             if dtype is not None:
-                pos += _padded(data_bytes)
+                pos += _padded(shape[0] * shape[1] * np.dtype(dtype).itemsize)
         fh.truncate(pos)  # zeros: FITS pads data areas with zeros
         fh.flush()
         _reserve(fh.fileno(), pos)
@@ -294,6 +304,7 @@ def export_fits(
         (compute or dask.compute)(delayed)
         for hdu in extra_hdus:
             fits.append(tmp, hdu.data, hdu.header)
+        _append_inputs(tmp, ds)
         _sync(tmp)
         os.replace(tmp, out)
     except CoaddxError:
@@ -304,6 +315,22 @@ def export_fits(
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return out
+
+
+def _append_inputs(path: Path, ds: xr.Dataset) -> None:
+    """The INPUTS binary-table HDU at the end of the file (a coadd without a per-visit
+    ``weight`` has none)."""
+    if "weight" not in ds.data_vars:
+        return
+    hdu = fits.table_to_hdu(coadd_inputs(ds))
+    hdu.header["EXTNAME"] = "INPUTS"
+    buf = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buf)
+    data = buf.getvalue()
+    with fits.open(io.BytesIO(data)) as hdul:
+        start = hdul[1].fileinfo()["hdrLoc"]
+    with open(path, "ab") as fh:  # the file so far ends on a 2880-byte block
+        fh.write(data[start:])
 
 
 def _as_dask(var: xr.DataArray, dtype: str) -> da.Array:

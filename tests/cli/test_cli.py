@@ -259,3 +259,18 @@ def test_config_flags_take_their_defaults_from_the_config():
     }
     base = WarpConfig(border=7)
     assert warp.build(q.parse_args([]), base) == base  # only given flags change a preset
+
+
+def test_cli_assemble_writes_the_epoch_planes_on_request(tmp_path):
+    sim = coaddx.simulate(
+        tmp_path / "sim", n_visits=3, shape=(64, 64), seed=2, calexps=False, n_stars=5
+    )
+    assert main(["assemble", str(sim.warps), str(tmp_path / "off.zarr"), "--no-progress"]) == 0
+    assert "mean_mjd" not in coaddx.open_coadd(tmp_path / "off.zarr")
+    out = tmp_path / "on.zarr"
+    assert main(["assemble", str(sim.warps), str(out), "--epoch-planes", "--no-progress"]) == 0
+    coadd = coaddx.open_coadd(out)
+    mjd = coaddx.open_warps(sim.warps)["mjd"].values
+    assert np.nanmin(coadd["first_mjd"].values) == mjd.min()
+    assert np.nanmax(coadd["last_mjd"].values) == mjd.max()
+    assert coadd["contributed"].values.all()

@@ -401,6 +401,31 @@ def test_missing_psf_matched_visit_is_no_data(busy):
     assert out["psf_matched_n_image"].values.max() == 6
 
 
+def test_epoch_planes_leave_out_the_clipped_inputs(busy):
+    """CompareWarp's epoch planes: a visit is used where n_image counts it (its CLIPPED
+    artifacts are not), so the bitmap's popcount is n_image and the MJD planes follow."""
+    direct, matched = busy
+    direct = direct.copy()
+    n = direct.sizes["visit"]
+    direct["mjd"] = ("visit", 60000.0 + 3.0 * np.arange(n))
+    out = run(direct, matched, assemble=AssembleConfig(epoch_planes=True))
+    used = np.stack(
+        [(out["input_bitmap"].values[0] >> np.uint64(v)) & np.uint64(1) for v in range(n)]
+    ).astype(bool)
+    np.testing.assert_array_equal(used.sum(axis=0), out["n_image"].values)
+    assert out["artifact_mask"].values.any()
+    assert not (used & (out["artifact_mask"].values != 0)).any()
+    t = direct["mjd"].values[:, None, None]
+    w = np.where(used, out["weight"].values[:, None, None], 0.0)
+    some = used.any(axis=0)
+    np.testing.assert_array_equal(
+        out["first_mjd"].values[some], np.where(used, t, np.inf).min(axis=0)[some]
+    )
+    with np.errstate(invalid="ignore"):
+        mean = (w * t).sum(axis=0) / w.sum(axis=0)
+    np.testing.assert_allclose(out["mean_mjd"].values[some], mean[some], rtol=1e-13)
+
+
 def test_coadd_equals_mean_assemble_with_alt_masks_applied(busy):
     """The CompareWarp coadd is AssembleCoadd's weighted MEAN of the direct warps whose masks
     have the alternative masks applied (brute force here), CLIPPED rejected, weights from the

@@ -24,7 +24,8 @@ def coadd_store(tmp_path_factory):
     )
     with dask.config.set({"coaddx.memory-per-task": "64MiB"}):
         coadd = coaddx.assemble(
-            coaddx.open_warps(sim.warps), coaddx.AssembleConfig(subregion_size=64)
+            coaddx.open_warps(sim.warps),
+            coaddx.AssembleConfig(subregion_size=64, epoch_planes=True),
         )
     path = coaddx.write_coadd(coadd, out / "coadd.zarr")
     assert len(coaddx.open_coadd(path)["image"].chunks[0]) > 1
@@ -54,7 +55,29 @@ def test_export_fits_hdus_read_with_astropy(coadd_store, tmp_path):
     out = coaddx.export_fits(coadd_store, tmp_path / "coadd.fits")
     store = coaddx.open_coadd(coadd_store)
     with fits.open(out) as hdul:
-        assert [h.name for h in hdul] == ["PRIMARY", "IMAGE", "MASK", "VARIANCE", "N_IMAGE"]
+        assert [h.name for h in hdul] == [
+            "PRIMARY",
+            "IMAGE",
+            "MASK",
+            "VARIANCE",
+            "N_IMAGE",
+            "FIRST_MJD",
+            "LAST_MJD",
+            "MEAN_MJD",
+            "MEAN_PSF_FWHM",
+            "INPUTS",
+        ]
+        for name in ("first_mjd", "last_mjd", "mean_mjd", "mean_psf_fwhm"):
+            hdu = hdul[name.upper()]
+            np.testing.assert_array_equal(hdu.data, store[name].values)
+            assert hdu.header["LTV1"] == -int(store["x"][0])
+        assert hdul["MEAN_MJD"].data.dtype == np.dtype(">f8")
+        table = coaddx.coadd_inputs(store)
+        rows = hdul["INPUTS"].data
+        np.testing.assert_array_equal(rows["visit"], table["visit"])
+        np.testing.assert_array_equal(rows["mjd"], table["mjd"])
+        np.testing.assert_array_equal(rows["weight"], table["weight"])
+        np.testing.assert_array_equal(rows["contributed"], table["contributed"])
         assert hdul[0].header["NVISIT"] == 5
         assert hdul["IMAGE"].header["BUNIT"] == "nJy"
         assert hdul["IMAGE"].data.dtype == np.dtype(">f4")

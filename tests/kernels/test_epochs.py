@@ -9,8 +9,10 @@ import pytest
 
 from coaddx.errors import InputError
 from coaddx.kernels.epochs import (
+    EpochPlanes,
     bitmap_words,
     epoch_block,
+    epoch_block_into,
     epoch_chunk,
     epoch_combine,
     epoch_finalize,
@@ -149,6 +151,40 @@ def test_more_than_64_visits_and_chunking_invariance() -> None:
     np.testing.assert_array_equal(combined.n_used, whole.n_used)
     for a, b in zip(combined[:4], whole[:4], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-13, equal_nan=True)
+
+
+@pytest.mark.parametrize("nv", [20, 150])
+def test_fast_path_equals_the_sums_and_writes_into_strided_fields(nv: int) -> None:
+    """epoch_block's bitmap + byte-table path against epoch_finalize(epoch_chunk) (the
+    sums over visits), also at a visit offset in a larger store and written into the fields
+    of a structured block."""
+    mask, image, weights, mjd, fwhm = random_block(nv, seed=5)
+    fwhm[1] = np.nan  # a visit without PSF: out of the FWHM mean only
+    for offset, total in ((0, None), (61, 61 + nv + 7)):
+        kw = dict(bad_mask=BAD, image=image, visit_offset=offset, n_visits=total)
+        fast = epoch_block(mask, weights, mjd, fwhm, **kw)
+        sums = epoch_finalize(epoch_chunk(mask, weights, mjd, fwhm, **kw))
+        for a, b in zip(fast[:4], sums[:4], strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-14, atol=0, equal_nan=True)
+        for a, b in zip(fast[4:], sums[4:], strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(fast.first_mjd, sums.first_mjd)
+    block = np.zeros(mask.shape[1:], [("a", "f8"), ("f", "f4"), ("bits", "u8"), ("t", "f8")])
+    words = bitmap_words(nv)
+    out = EpochPlanes(
+        block["a"],
+        block["t"],
+        np.empty(mask.shape[1:]),
+        block["f"],
+        np.empty(mask.shape[1:], np.int32),
+        block["bits"][None] if words == 1 else np.full((words, *mask.shape[1:]), 7, np.uint64),
+    )
+    epoch_block_into(out, mask, weights, mjd, fwhm, bad_mask=BAD)
+    want = epoch_block(mask, weights, mjd, fwhm, bad_mask=BAD)
+    np.testing.assert_array_equal(block["a"], want.first_mjd)
+    np.testing.assert_array_equal(block["t"], want.last_mjd)
+    np.testing.assert_array_equal(block["f"], want.mean_fwhm.astype(np.float32))
+    np.testing.assert_array_equal(out.visits, want.visits)
 
 
 def test_errors_and_bitmap_size() -> None:

@@ -40,6 +40,7 @@ from coaddx.coadd.assemble import (
 from coaddx.coadd.compare_warp.config import CompareWarpConfig
 from coaddx.coadd.compare_warp.stages import CompareWarpStages, compare_warp_stages
 from coaddx.coadd.config import AssembleConfig
+from coaddx.coadd.epochs import add_epoch_layers, epoch_layers
 from coaddx.graph.artifacts import apply_spans, set_where, spans_flag
 from coaddx.graph.cube import LAYERS, LazyArray, array_names, as_dask_cube, rechunked
 from coaddx.graph.stack import stack
@@ -86,10 +87,12 @@ def assemble_compare_warp(
 
 def final_stack(
     stages: CompareWarpStages,
-) -> tuple[dict[str, LazyArray], Any, StackBits, AssembleConfig]:
+) -> tuple[dict[str, LazyArray], Any, StackBits, AssembleConfig, dict[str, LazyArray]]:
     """Weighted MEAN of the direct warps with the alternative masks (CLIPPED rejected), then
     SENSOR_EDGE | INEXACT_PSF wherever some visit's PSF-matched warp has EDGE. Returns the
-    coadd planes, the weights, the mask bits and the AssembleConfig it stacked with."""
+    coadd planes, the weights, the mask bits, the AssembleConfig it stacked with and the
+    epoch planes (:func:`coaddx.coadd.epochs.epoch_layers` of the masks it stacked, CLIPPED
+    inputs not used; empty when ``epoch_planes`` is off)."""
     inp, config = stages.inputs, stages.config
     direct = inp.direct
     chunks = (direct.sizes["visit"], *inp.tile)
@@ -124,7 +127,8 @@ def final_stack(
     )
     out = finish_layers(stacked, bits, cfg)
     out["mask"] = set_where(out["mask"], stages.edge, bitmask(p, ("SENSOR_EDGE", "INEXACT_PSF")))
-    return out, weights, bits, cfg
+    epochs = epoch_layers(direct, mask, weights, bad_mask=bits.bad_mask) if cfg.epoch_planes else {}
+    return out, weights, bits, cfg, epochs
 
 
 def compare_warp_coadd(stages: CompareWarpStages) -> xr.Dataset:
@@ -132,8 +136,8 @@ def compare_warp_coadd(stages: CompareWarpStages) -> xr.Dataset:
     final stack, the epoch count, the per-visit artifact (and streak) masks, the ScaleVariance
     factors and the attributes."""
     inp, config = stages.inputs, stages.config
-    out, weights, bits, cfg = final_stack(stages)
-    ds = coadd_dataset(out, weights, inp.direct, bits, cfg, inp.plan)
+    out, weights, bits, cfg, epochs = final_stack(stages)
+    ds = add_epoch_layers(coadd_dataset(out, weights, inp.direct, bits, cfg, inp.plan), epochs)
     visit_chunks = (1, *inp.tile)
     ds["epoch_count"] = (("y", "x"), rechunked(stages.epoch_count, inp.tile))
     ds["psf_matched_n_image"] = (("y", "x"), rechunked(stages.n_image, inp.tile))

@@ -281,6 +281,11 @@ class _GuardedStore(LocalStore):
 # --- the public functions ----------------------------------------------------------------------
 
 
+#: The epoch planes (coaddx.coadd.epochs): piecewise constant over the patch, so blosc lz4
+#: stores them in a few percent of their size, ~10x faster than the default zstd.
+_EPOCH_PLANES = ("first_mjd", "last_mjd", "mean_mjd", "mean_psf_fwhm", "input_bitmap")
+
+
 def _prepared(coadd: xr.Dataset) -> xr.Dataset:
     ds = coadd.copy()
     ds.attrs = {k: jsonable(v) for k, v in coadd.attrs.items()}
@@ -289,7 +294,7 @@ def _prepared(coadd: xr.Dataset) -> xr.Dataset:
         var.encoding = {}
         if var.chunks and name in ds.data_vars:
             var.encoding["chunks"] = tuple(c[0] for c in var.chunks)
-        if name in ("variance", "mask", "n_image", "epoch_count"):
+        if name in ("variance", "mask", "n_image", "epoch_count") or name in _EPOCH_PLANES:
             var.encoding["compressors"] = codecs("variance" if name == "variance" else "mask")
     return ds
 
