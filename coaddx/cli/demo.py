@@ -18,6 +18,7 @@ from coaddx.cli.simulate import add_sim_flags
 from coaddx.cli.summary import summary
 from coaddx.coadd.assemble import assemble
 from coaddx.coadd.config import AssembleConfig
+from coaddx.coadd.psf import PSF_VARIABLES, coadd_psf_fwhm
 from coaddx.io.zarr.coadd_store import open_coadd
 from coaddx.kernels import compile_seconds, precompiled
 from coaddx.runtime.cluster import compute_with_progress
@@ -26,7 +27,7 @@ from coaddx.sim.simulate import simulate
 from coaddx.warp.make_warps import make_warps
 from coaddx.warp.store import open_warps
 
-__all__ = ["add_parser", "run", "throughput_rows"]
+__all__ = ["add_parser", "epoch_rows", "psf_fwhm_map", "psf_rows", "run", "throughput_rows"]
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -78,6 +79,30 @@ def throughput_rows(
             )
         )
     return rows
+
+
+def psf_fwhm_map(coadd: Any) -> Any:
+    """:func:`coaddx.coadd_psf_fwhm` of a coadd with PSF products (None without them)."""
+    if not all(name in coadd for name in PSF_VARIABLES):
+        return None
+    return coadd_psf_fwhm(coadd)
+
+
+def psf_rows(fwhm: Any) -> list[tuple[str, str]]:
+    """The summary row of the CoaddPsf FWHM map (its range over the patch)."""
+    if fwhm is None:
+        return []
+    values = np.asarray(fwhm.values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return [("CoaddPsf FWHM", "no input covers the map's box centres")]
+    return [
+        (
+            "CoaddPsf FWHM",
+            f"{np.median(values):.2f} px median, {values.min():.2f}..{values.max():.2f} px over "
+            f"the patch ({fwhm.sizes['y']} x {fwhm.sizes['x']} map)",
+        )
+    ]
 
 
 def epoch_rows(coadd: Any) -> list[tuple[str, str]]:
@@ -156,7 +181,12 @@ def _demo(args: argparse.Namespace, out: Path, background: Background | None, un
                 mean_image = plain["image"].compute().values
         written = open_coadd(out / "coadd.zarr")
         n, ny, nx = (warps.sizes[d] for d in ("visit", "y", "x"))
-        mean_mjd = written["mean_mjd"].values if "mean_mjd" in written else None
+        maps = {}
+        if "mean_mjd" in written:
+            maps["weight-mean epoch (MJD)"] = written["mean_mjd"].values
+        fwhm = psf_fwhm_map(written)
+        if fwhm is not None:
+            maps[f"CoaddPsf FWHM (px, {fwhm.attrs['bin_size']} px boxes)"] = fwhm.values
         with stage("quick-look"):
             png = quicklook_png(
                 out / "quicklook.png",
@@ -165,7 +195,7 @@ def _demo(args: argparse.Namespace, out: Path, background: Background | None, un
                     "plain weighted mean of the visits": mean_image,
                 },
                 title=f"coaddx demo: {n} simulated visits, {ny} x {nx}",
-                maps=None if mean_mjd is None else {"weight-mean epoch (MJD)": mean_mjd},
+                maps=maps,
             )
     key = "assemble (meanclip)"
     clipped = int(((written["mask"].values >> written.attrs["mask_planes"]["CLIPPED"]) & 1).sum())
@@ -192,6 +222,7 @@ def _demo(args: argparse.Namespace, out: Path, background: Background | None, un
         ),
         ("clipped pixels", f"{clipped} coadd pixels had an input clipped"),
         *epoch_rows(written),
+        *psf_rows(fwhm),
         ("calexps", f"{len(sim.calexps)} files in {sim.out / 'calexp'}"),
         ("warps", str(store)),
         ("coadd", str(out / "coadd.zarr")),

@@ -90,6 +90,22 @@ def _footprint(entry: Any, detector: int, k: int, n: int) -> str:
     return json.dumps(value)
 
 
+def _polygons(warps: xr.Dataset) -> dict[tuple[int, int], str]:
+    """(visit, detector) -> the detector's valid polygon on the patch as JSON ``[[x, y], ...]``
+    from the warps' PSF products (:mod:`coaddx.io.zarr.psf_products`; the vertex padding
+    dropped); empty when the warps have none or hold them lazily."""
+    names = ("psf_visit", "psf_detector", "psf_polygon")
+    if not all(n in warps.variables and warps[n].chunks is None for n in names):
+        return {}
+    visits, detectors = (np.asarray(warps[n].values, np.int64) for n in names[:2])
+    out = {}
+    for v, d, poly in zip(visits, detectors, np.asarray(warps["psf_polygon"].values), strict=True):
+        keep = np.ones(len(poly), bool)
+        keep[1:] = np.any(poly[1:] != poly[:-1], axis=1)  # padding repeats the last vertex
+        out[(int(v), int(d))] = json.dumps(poly[keep].tolist())
+    return out
+
+
 def input_records(warps: xr.Dataset) -> list[dict[str, Any]]:
     """The static columns of the inputs table from the warps' per-visit variables (JSON-able:
     missing numbers are None)."""
@@ -99,6 +115,7 @@ def input_records(warps: xr.Dataset) -> list[dict[str, Any]]:
     }
     cols["detectors"] = _column(warps, "detectors")
     cols["footprints"] = _column(warps, "footprints")
+    polygons = _polygons(warps)
     rows = []
     for i, visit in enumerate(warps["visit"].values):
         zp = _number(cols["zero_point"], i)
@@ -107,6 +124,8 @@ def input_records(warps: xr.Dataset) -> list[dict[str, Any]]:
             zp = AB_ZERO_NJY - 2.5 * math.log10(calib)
         band = cols["band"]
         dets = _detectors(None if cols["detectors"] is None else cols["detectors"][i])
+        if dets == [-1] and polygons:  # no detector list: those the PSF products name
+            dets = sorted(d for v, d in polygons if v == int(visit)) or [-1]
         feet = None if cols["footprints"] is None else cols["footprints"][i]
         for k, det in enumerate(dets):
             rows.append(
@@ -118,7 +137,8 @@ def input_records(warps: xr.Dataset) -> list[dict[str, Any]]:
                     "exptime": _number(cols["exptime"], i),
                     "zero_point": zp,
                     "psf_fwhm": _number(cols["psf_fwhm"], i),
-                    "footprint": _footprint(feet, det, k, len(dets)),
+                    "footprint": _footprint(feet, det, k, len(dets))
+                    or polygons.get((int(visit), det), ""),
                 }
             )
     return rows

@@ -11,6 +11,8 @@ import pytest
 from astropy.wcs import WCS
 
 import coaddx
+from coaddx.cli.demo import psf_fwhm_map, psf_rows
+from coaddx.cli.quicklook import quicklook_png
 from coaddx.errors import InputError, StoreError
 from coaddx.model.masks import mask_planes
 from coaddx.model.skymap import Patch
@@ -213,6 +215,7 @@ def test_fits_export_carries_the_psf_and_the_fwhm_map(psf_coadd, tmp_path):
     with fits.open(out) as hdul:
         names = [h.name for h in hdul]
         assert names[:4] == ["PRIMARY", "IMAGE", "MASK", "VARIANCE"]
+        assert names[-3:] == ["PSF", "PSF_FWHM", "INPUTS"]  # the inputs table comes last
         psf = hdul["PSF"].data
         x, y = hdul["PSF"].header["PSF_X"], hdul["PSF"].header["PSF_Y"]
         assert (x, y) == ((PATCH[1] - 1) / 2.0, (PATCH[0] - 1) / 2.0)
@@ -338,4 +341,39 @@ def test_fits_export_of_a_coadd_without_psf_products_has_no_psf_hdus(psf_coadd, 
     bare = coadd.drop_vars([k for k in coadd.data_vars if str(k).startswith("psf_")])
     path = coaddx.write_coadd(bare, tmp_path / "bare.zarr")
     with fits.open(coaddx.export_fits(path, tmp_path / "bare.fits")) as hdul:
-        assert [h.name for h in hdul] == ["PRIMARY", "IMAGE", "MASK", "VARIANCE", "N_IMAGE"]
+        names = [h.name for h in hdul]
+        assert names == ["PRIMARY", "IMAGE", "MASK", "VARIANCE", "N_IMAGE", "INPUTS"]
+
+
+def test_the_inputs_table_carries_each_detector_footprint(psf_coadd):
+    """coadd_inputs' footprint column is the valid polygon the PSF products store (before, it
+    was empty for every coadd make_warps wrote)."""
+    _, coadd = psf_coadd
+    table = coaddx.coadd_inputs(coadd)
+    assert sorted(table["visit"]) == [1, 2, 3]
+    for row in table:
+        k = int(np.flatnonzero(coadd["psf_visit"].values == row["visit"])[0])
+        want = coadd["psf_polygon"].values[k]
+        got = np.asarray(json.loads(row["footprint"]))
+        assert got.shape[1] == 2 and len(got) >= 3
+        assert np.array_equal(got, want[: len(got)])
+        assert np.all(want[len(got) :] == got[-1])  # only the padding was dropped
+        assert all(inside(row["visit"], x, y) for x, y in got.mean(axis=0, keepdims=True))
+
+
+def test_the_demo_summary_and_quicklook_show_the_fwhm_map(psf_coadd, tmp_path):
+    """The demo's quick-look panel and summary row of the CoaddPsf FWHM: the map of
+    coadd_psf_fwhm, between the narrowest and widest input PSF (Gaussian sigma 1.6..2.6 px)."""
+    _, coadd = psf_coadd
+    fwhm = psf_fwhm_map(coadd)
+    assert np.array_equal(fwhm.values, coaddx.coadd_psf_fwhm(coadd).values, equal_nan=True)
+    finite = fwhm.values[np.isfinite(fwhm.values)]
+    assert finite.size and finite.min() > 2.3548 * 1.6 * 0.98 and finite.max() < 2.3548 * 2.6 * 1.02
+    ((label, text),) = psf_rows(fwhm)
+    assert label == "CoaddPsf FWHM" and text.startswith(f"{np.median(finite):.2f} px median")
+    bare = coadd.drop_vars([v for v in coadd.variables if str(v).startswith("psf_")])
+    assert psf_fwhm_map(bare) is None and psf_rows(None) == []
+    png = quicklook_png(
+        tmp_path / "q.png", {"coadd": coadd["image"].values}, maps={"FWHM": fwhm.values}
+    )
+    assert png.stat().st_size > 5_000
