@@ -41,12 +41,14 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     text = _outputs(book)
     assert "warped 8 visits" in text and "statistic: meanclip" in text
     assert "inputs (visit, detector) of 8 visits" in text  # the inputs table
+    assert "px; PSF sum 1.0000" in text  # the CoaddPsf FWHM map and the PSF at the centre
     assert (tmp_path / "quickstart-out" / "coadd.zarr").is_dir()
     assert (tmp_path / "quickstart-out" / "coadd.fits").stat().st_size > 3 * 256 * 256 * 4
     for png in (
         "coadd.png",
         "planes.png",
         "epochs.png",
+        "coadd_psf.png",
     ):  # the figures, also saved under the Agg backend
         assert (tmp_path / "quickstart-out" / png).stat().st_size > 20_000
     assert seconds < MAX_SECONDS
