@@ -26,6 +26,7 @@ from coaddx.coadd.compare_warp.assemble import assemble_compare_warp
 from coaddx.coadd.compare_warp.config import CompareWarpConfig
 from coaddx.coadd.config import AssembleConfig, InterpConfig
 from coaddx.coadd.export import export_fits
+from coaddx.coadd.property_maps import property_maps
 from coaddx.coadd.psf import CoaddPsf, coadd_psf, coadd_psf_fwhm
 from coaddx.dcr.assemble import assemble_dcr, dcr_template
 from coaddx.dcr.config import DcrConfig
@@ -44,6 +45,7 @@ from coaddx.errors import (
 from coaddx.io.catalog import read_reference_catalog
 from coaddx.io.fits.exposure import read_exposure, write_exposure
 from coaddx.io.inputs import coadd_inputs
+from coaddx.io.property_maps import write_property_maps
 from coaddx.io.zarr.coadd_store import open_coadd, write_coadd
 from coaddx.io.zarr.warp_store import IncompleteStoreWarning, WarpStore, check_store
 from coaddx.lsst import from_lsst_config
@@ -108,6 +110,7 @@ __all__ = [
     "mask_planes",
     "open_coadd",
     "open_warps",
+    "property_maps",
     "read_exposure",
     "read_reference_catalog",
     "simulate",
@@ -116,5 +119,6 @@ __all__ = [
     "subtract",
     "write_coadd",
     "write_exposure",
+    "write_property_maps",
     "write_warps",
 ]
