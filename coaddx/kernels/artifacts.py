@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 from scipy import ndimage
 
+from coaddx.kernels.components import label_flags
 from coaddx.kernels.detect import (
     CANDIDATE,
     DETECTED,
@@ -71,15 +73,9 @@ def candidate_footprints(
     False): goodRatio = pixels without a prefilter plane / area > ``prefilter_ratio``
     (``None``: no prefilter).
     """
-    labels, n = ndimage.label((packed & CANDIDATE) != 0, structure=EIGHT_CONNECTED)
-    where = np.flatnonzero(labels)  # candidates are sparse: reduce over their pixels only
-    flat = labels.ravel()[where]
-    area = np.bincount(flat, minlength=n + 1).astype(np.float64)
+    labels, n, area, good = label_flags(packed, CANDIDATE, PREFILTER_GOOD)
     keep = np.ones(n + 1, bool)
     if prefilter_ratio is not None:
-        good = np.bincount(
-            flat, weights=(packed.ravel()[where] & PREFILTER_GOOD) != 0, minlength=n + 1
-        )
         with np.errstate(invalid="ignore", divide="ignore"):
             keep = good / area > prefilter_ratio
     keep[0] = False
@@ -269,9 +265,22 @@ def apply_spans(
     """``mask`` (int32) with the alternative masks of :func:`final_spans` bytes applied
     (:func:`alt_mask_tables`)."""
     keep, put = tables
-    out = np.bitwise_and(mask, keep[spans], dtype=np.int32)
-    out |= put[spans]
+    out = np.empty(mask.shape, np.int32)
+    _apply_tables(
+        np.ascontiguousarray(mask, np.int32).ravel(),
+        np.ascontiguousarray(spans, np.uint8).ravel(),
+        keep,
+        put,
+        out.ravel(),
+    )
     return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _apply_tables(mask, spans, keep, put, out):  # pragma: no cover - numba
+    for i in range(mask.size):
+        s = spans[i]
+        out[i] = (mask[i] & keep[s]) | put[s]
 
 
 def apply_alt_masks(

@@ -15,6 +15,7 @@ import numba
 import numpy as np
 from scipy import ndimage
 
+from coaddx.kernels import components
 from coaddx.kernels.background import background_model
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "GOOD",
     "NAN_SPAN",
     "PREFILTER_GOOD",
+    "STAMP_RADIUS",
     "detect_tile",
     "dilate",
     "disk",
@@ -79,16 +81,20 @@ def dilate(mask: np.ndarray, radius: int, isotropic: bool = True) -> np.ndarray:
 
 
 def remove_small(mask: np.ndarray, min_pixels: int) -> np.ndarray:
-    """Keep the 8-connected components of ``mask`` with at least ``min_pixels`` pixels.
+    """Keep the 8-connected components of ``mask`` with at least ``min_pixels`` pixels
+    (:func:`coaddx.kernels.components.remove_small`, the components of scipy's label).
 
     Exact on a tile with a halo of ``min_pixels - 1`` around the pixels that matter: a
     component smaller than that lies wholly within the halo of any of its pixels.
     """
     if min_pixels <= 1 or not mask.any():
         return mask.copy()
-    labels, _ = ndimage.label(mask, structure=EIGHT_CONNECTED)
-    sizes = np.bincount(labels.ravel())
-    return mask & (sizes[labels] >= min_pixels)
+    return components.remove_small(mask, min_pixels)
+
+
+#: Growth radii up to which :func:`detect_tile` stamps the stencil on each detected pixel
+#: (beyond it, :func:`dilate`'s distance transform is cheaper).
+STAMP_RADIUS = 4
 
 
 def footprint_mask(
@@ -180,10 +186,15 @@ def detect_tile(
         below,
     )
     signs = {"positive": (above,), "negative": (below,), "both": (above, below)}[polarity]
-    found = [remove_small(m, min_pixels) for m in signs]
+    found = [components.remove_small(m, min_pixels) for m in signs]
     grown = np.zeros(shape, bool)
-    for m in found:
-        grown |= dilate(m, grow, isotropic)
+    if grow <= STAMP_RADIUS:  # the same pixels as dilate(): the stencil around each one
+        offsets = components.stencil_offsets(disk(max(int(grow), 0), isotropic))
+        for m in found:
+            components.stamp(m, offsets, grown)
+    else:
+        for m in found:
+            grown |= dilate(m, grow, isotropic)
     flags[grown] |= np.uint8(CANDIDATE)
     if polarity != "negative":
         flags[found[0]] |= np.uint8(DETECTED)
