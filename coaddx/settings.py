@@ -20,7 +20,8 @@ dask.config.update_defaults({"coaddx": {"store-chunk": STORE_CHUNK}})
 # where the dashboards of the clusters coaddx starts listen (coaddx.runtime.security):
 # null = distributed.dashboard.address if set, else 127.0.0.1:8787 (this host only)
 dask.config.update_defaults({"coaddx": {"dashboard-address": None}})
-# where runs keep per-visit scratch planes (CompareWarp): null = the system's temporary folder
+# where runs keep per-visit scratch planes (CompareWarp): null = /dev/shm where it has room,
+# else the system's temporary folder (coaddx.io.zarr.scratch_planes.default_folder)
 dask.config.update_defaults({"coaddx": {"scratch-dir": None}})
 
 
@@ -45,7 +46,8 @@ def store_chunk() -> int:
 
 
 def scratch_dir() -> Path | None:
-    """Folder of the per-visit scratch stores of a run (``coaddx.scratch-dir``; None: the
-    system's temporary folder). With a multi-host cluster it must be one every worker sees."""
+    """Folder of the per-visit scratch stores of a run (``coaddx.scratch-dir``; None:
+    ``/dev/shm`` where it has room, else the system's temporary folder). With a multi-host
+    cluster it must be one every worker sees."""
     value = dask.config.get("coaddx.scratch-dir", None)
     return Path(value) if value else None

@@ -60,7 +60,7 @@ def _normalised_quartiles(
     image: np.ndarray, background: np.ndarray, variance: np.ndarray, good: np.ndarray
 ) -> tuple[float, float]:
     """``np.percentile((image - background)[good] / sqrt(variance[good]), [25, 75])`` (float64
-    arithmetic), bit for bit, by selection."""
+    arithmetic), bit for bit, by a radix selection (:func:`_quartiles`)."""
     z = np.empty(int(np.count_nonzero(good)), np.float64)
     _gather_normalised(
         np.ascontiguousarray(image).ravel(),
@@ -72,7 +72,7 @@ def _normalised_quartiles(
     if not np.isfinite(z).all():  # numpy's NaN rules: leave them to numpy
         q1, q3 = np.percentile(z, [25, 75])
         return float(q1), float(q3)
-    q1, q3 = _quartiles(z)
+    q1, q3 = _quartiles(z.view(np.uint64))
     return float(q1), float(q3)
 
 
@@ -85,47 +85,60 @@ def _gather_normalised(image, background, variance, good, out):  # pragma: no co
             k += 1
 
 
-@numba.njit(nogil=True, cache=True)
-def _select(a, lo, hi, k):  # pragma: no cover - numba
-    """Partially order ``a[lo:hi + 1]`` in place so that ``a[k]`` is its (k - lo)-th smallest
-    and nothing after it is smaller (Hoare quickselect, median-of-three pivot)."""
-    while hi > lo:
-        mid = (lo + hi) // 2
-        x, y, w = a[lo], a[mid], a[hi]
-        pivot = max(min(x, y), min(max(x, y), w))
-        i, j = lo, hi
-        while i <= j:
-            while a[i] < pivot:
-                i += 1
-            while a[j] > pivot:
-                j -= 1
-            if i <= j:
-                a[i], a[j] = a[j], a[i]
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:
-            return
+#: Bits of the order-preserving key of a float64 that :func:`_quartiles` buckets by.
+_BUCKET_BITS = 16
 
 
 @numba.njit(nogil=True, cache=True)
-def _quartiles(a):  # pragma: no cover - numba
-    """numpy's "linear" 25th and 75th percentiles of the finite float64 ``a`` (n >= 2),
-    reordering it."""
-    n = a.size
+def _key(u):  # pragma: no cover - numba
+    """Order-preserving uint64 key of the float64 bits ``u`` (finite values)."""
+    sign = np.uint64(0x8000000000000000)
+    return (u ^ np.uint64(0xFFFFFFFFFFFFFFFF)) if (u & sign) != 0 else (u | sign)
+
+
+@numba.njit(nogil=True, cache=True)
+def _quartiles(bits):  # pragma: no cover - numba
+    """numpy's "linear" 25th and 75th percentiles of finite float64 values given as their bits
+    (n >= 2): a histogram of the top :data:`_BUCKET_BITS` bits of their order-preserving keys
+    finds the buckets of the four ranks needed, whose values alone are sorted."""
+    n = bits.size
+    shift = np.uint64(64 - _BUCKET_BITS)
+    count = np.zeros((1 << _BUCKET_BITS) + 1, np.int64)
+    for i in range(n):
+        count[(_key(bits[i]) >> shift) + np.uint64(1)] += 1
+    for b in range(1 << _BUCKET_BITS):  # count[b]: values in buckets below b
+        count[b + 1] += count[b]
+    ranks, pos = np.empty(4, np.int64), np.empty(2)
+    for j in range(2):
+        q = 0.25 + 0.5 * j
+        pos[j] = n * q + (1.0 + q * (1.0 - 1.0 - 1.0)) - 1.0  # numpy's virtual index
+        lo = math.floor(pos[j])
+        ranks[2 * j], ranks[2 * j + 1] = lo, min(lo + 1, n - 1)
+    wanted = np.zeros(1 << _BUCKET_BITS, np.bool_)
+    for r in ranks:
+        wanted[np.searchsorted(count, r, side="right") - 1] = True
+    before = np.zeros(1 << _BUCKET_BITS, np.int64)  # wanted values in wanted buckets below b
+    total = 0
+    for b in range(1 << _BUCKET_BITS):
+        before[b] = total
+        if wanted[b]:
+            total += count[b + 1] - count[b]
+    keys = np.empty(total, np.uint64)
+    k = 0
+    for i in range(n):
+        key = _key(bits[i])
+        if wanted[key >> shift]:
+            keys[k] = key
+            k += 1
+    keys.sort()
     out = np.empty(2)
-    start = 0
-    for j, q in enumerate((0.25, 0.75)):
-        pos = n * q + (1.0 + q * (1.0 - 1.0 - 1.0)) - 1.0  # numpy's virtual index
-        lo = math.floor(pos)
-        if pos >= n - 1:
-            out[j] = a[:].max()
-            continue
-        _select(a, start, n - 1, lo)
-        nxt = a[lo + 1 :].min()  # nothing after a[lo] is smaller
-        out[j] = numpy_lerp(a[lo], nxt, pos - lo)
-        start = lo + 1  # the next rank is above: select among what follows
+    for j in range(2):
+        v = np.empty(2)
+        for h in range(2):
+            r = ranks[2 * j + h]
+            b = np.searchsorted(count, r, side="right") - 1
+            key = keys[before[b] + r - count[b]]
+            u = (key ^ np.uint64(0x8000000000000000)) if (key >> np.uint64(63)) != 0 else ~key
+            v[h] = np.array([u]).view(np.float64)[0]
+        out[j] = v[0] if pos[j] >= n - 1 else numpy_lerp(v[0], v[1], pos[j] - math.floor(pos[j]))
     return out[0], out[1]

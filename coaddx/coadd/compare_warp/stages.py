@@ -216,8 +216,8 @@ def compare_warp_stages(
     stage by stage). ``template``, when given (a coadd on the same grid with ``image`` and
     ``variance``), replaces the static-sky model: DcrAssembleCoadd finds its artifacts with
     the input coadd and the direct warps (algorithms.md 4.5). The per-visit planes go to a
-    scratch store in ``coaddx.scratch-dir`` (default the system's temporary folder), removed
-    when the result is dropped. Other arguments as
+    scratch store in ``coaddx.scratch-dir`` (default ``/dev/shm`` where it has room, else the
+    system's temporary folder), removed when the result is dropped. Other arguments as
     :func:`~coaddx.coadd.compare_warp.assemble.assemble_compare_warp`.
     """
     config = config if config is not None else CompareWarpConfig()
