@@ -85,7 +85,7 @@ def candidate_footprints(
 def kept_candidates(packed: np.ndarray, prefilter_ratio: float | None) -> np.ndarray:
     """Pixels of the candidates that pass the prefilter (what the epoch count adds up)."""
     labels, _, keep = candidate_footprints(packed, prefilter_ratio)
-    return keep[labels]
+    return _lookup(labels, keep)
 
 
 def max_outlier_epochs(
@@ -122,22 +122,66 @@ def artifact_footprints(
     ``0 < epoch <= effMax(N̄)``; the footprint is an artifact when the outlier fraction is
     above ``spatial_threshold``, unless it lies wholly inside ``template_footprints``.
     """
-    where = np.flatnonzero(labels)
-    flat = labels.ravel()[where]
     n = area.size
+    labels = np.ascontiguousarray(labels)
+    fp = None if template_footprints is None else np.ascontiguousarray(template_footprints, bool)
+    n_sum, outside = np.zeros(n), np.zeros(n)
+    _footprint_sums(labels, np.ascontiguousarray(n_image), fp, n_sum, outside)
     with np.errstate(invalid="ignore", divide="ignore"):
-        nbar = np.bincount(flat, weights=n_image.ravel()[where], minlength=n) / area
+        nbar = n_sum / area
     eff = max_outlier_epochs(nbar, max_num_epochs=max_num_epochs, low=low, high=high)
-    e = epoch.ravel()[where]
-    outlier = (e > 0) & (e <= eff[flat])
+    outliers = np.zeros(n)
+    _outlier_counts(labels, np.ascontiguousarray(epoch), eff, outliers)
     with np.errstate(invalid="ignore", divide="ignore"):
-        frac = np.bincount(flat, weights=outlier, minlength=n) / area
+        frac = outliers / area
     art = keep & (frac > spatial_threshold)
     if template_footprints is not None:
-        outside = np.bincount(flat, weights=~template_footprints.ravel()[where], minlength=n)
         art &= outside > 0
     art[0] = False
     return art
+
+
+@numba.njit(nogil=True, cache=True)
+def _footprint_sums(labels, n_image, footprints, n_sum, outside):  # pragma: no cover - numba
+    """Per label: the sum of ``n_image`` and the pixels outside ``footprints`` (None: none
+    counted); sums of integers in float64, exact in any order."""
+    lab, img = labels.ravel(), n_image.ravel()
+    if footprints is None:
+        for i in range(lab.size):
+            if lab[i] != 0:
+                n_sum[lab[i]] += img[i]
+    else:
+        fp = footprints.ravel()
+        for i in range(lab.size):
+            k = lab[i]
+            if k != 0:
+                n_sum[k] += img[i]
+                if not fp[i]:
+                    outside[k] += 1.0
+
+
+@numba.njit(nogil=True, cache=True)
+def _outlier_counts(labels, epoch, eff, out):  # pragma: no cover - numba
+    """Per label: its pixels with ``0 < epoch <= eff[label]``."""
+    lab, e = labels.ravel(), epoch.ravel()
+    for i in range(lab.size):
+        k = lab[i]
+        if k != 0 and e[i] > 0 and e[i] <= eff[k]:
+            out[k] += 1.0
+
+
+@numba.njit(nogil=True, cache=True)
+def _lookup_into(labels, table, out):  # pragma: no cover - numba
+    lab, o = labels.ravel(), out.ravel()
+    for i in range(lab.size):
+        o[i] = table[lab[i]]
+
+
+def _lookup(labels: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``table[labels]`` in one numba pass."""
+    out = np.empty(labels.shape, table.dtype)
+    _lookup_into(np.ascontiguousarray(labels), np.ascontiguousarray(table), out)
+    return out
 
 
 def drop_contained(mask: np.ndarray, footprints: np.ndarray) -> np.ndarray:
@@ -179,7 +223,7 @@ def visit_artifacts(
         high=high,
         spatial_threshold=spatial_threshold,
     )
-    out = np.where(art[labels], np.uint8(ARTIFACT), np.uint8(0))
+    out = _lookup(labels, np.where(art, np.uint8(ARTIFACT), np.uint8(0)))
     if streaks is not None:
         found = streak_mask((packed & DETECTED) != 0, **streaks)
         if template_footprints is not None:
@@ -224,20 +268,44 @@ def detect_plane(
 def visit_counts(packed: np.ndarray, prefilter_ratio: float | None) -> np.ndarray:
     """One visit's share of the sums over visits, ``(3, y, x)`` uint8: its kept candidates
     (the epoch count), its GOOD pixels (the PSF-matched ``n_image``) and its EDGE spans."""
+    labels, _, keep = candidate_footprints(packed, prefilter_ratio)
     out = np.empty((3, *packed.shape), np.uint8)
-    out[0] = kept_candidates(packed, prefilter_ratio)
-    out[1] = (packed & GOOD) != 0
-    out[2] = (packed & EDGE_SPAN) != 0
+    _counts_into(np.ascontiguousarray(packed, np.uint8), labels, keep, out)
     return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _counts_into(packed, labels, keep, out):  # pragma: no cover - numba
+    p, lab = packed.ravel(), labels.ravel()
+    kept, good, edge = out[0].ravel(), out[1].ravel(), out[2].ravel()
+    for i in range(p.size):
+        kept[i] = keep[lab[i]]
+        good[i] = (p[i] & GOOD) != 0
+        edge[i] = (p[i] & EDGE_SPAN) != 0
 
 
 def final_spans(packed: np.ndarray, art: np.ndarray) -> np.ndarray:
     """What the final stack needs of one visit, one byte per pixel: the NO_DATA and EDGE spans
     of its flags, :data:`SPAN_ARTIFACT` and :data:`SPAN_STREAK` (:data:`SPAN_BITS`)."""
-    out = packed & np.uint8(NAN_SPAN | EDGE_SPAN)
-    out |= np.where((art & ARTIFACT) != 0, np.uint8(SPAN_ARTIFACT), np.uint8(0))
-    out |= np.where((art & STREAK) != 0, np.uint8(SPAN_STREAK), np.uint8(0))
+    out = np.empty(np.broadcast_shapes(packed.shape, art.shape), np.uint8)
+    _spans_into(
+        np.ascontiguousarray(np.broadcast_to(packed, out.shape), np.uint8),
+        np.ascontiguousarray(np.broadcast_to(art, out.shape), np.uint8),
+        out,
+    )
     return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _spans_into(packed, art, out):  # pragma: no cover - numba
+    p, a, o = packed.ravel(), art.ravel(), out.ravel()
+    for i in range(p.size):
+        v = p[i] & (NAN_SPAN | EDGE_SPAN)
+        if (a[i] & ARTIFACT) != 0:
+            v |= SPAN_ARTIFACT
+        if (a[i] & STREAK) != 0:
+            v |= SPAN_STREAK
+        o[i] = v
 
 
 def alt_mask_tables(

@@ -7,6 +7,9 @@ CompareWarp (``temp_local_background``). Pure numpy/scipy.
 
 from __future__ import annotations
 
+from typing import Any
+
+import numba
 import numpy as np
 from scipy import ndimage
 
@@ -40,13 +43,45 @@ def _interp_axis(
         if centres.size < 4
         else Akima1DInterpolator(centres, values, axis=-1)
     )
-    out = spline(at)
+    out = spline(at) if centres.size < 4 else _akima_at(spline, at)
     lo = (values[..., 1] - values[..., 0]) / (centres[1] - centres[0])
     hi = (values[..., -1] - values[..., -2]) / (centres[-1] - centres[-2])
     below, above = coords < centres[0], coords > centres[-1]
     out[..., below] += (coords[below] - centres[0]) * lo[..., None]
     out[..., above] += (coords[above] - centres[-1]) * hi[..., None]
     return np.moveaxis(out, -1, axis)
+
+
+def _akima_at(spline: Any, at: np.ndarray) -> np.ndarray:
+    """``spline(at)`` of an Akima spline (a float64 PPoly, ``at`` inside its knots), evaluated
+    in numba with the GIL released as scipy's ``_ppoly.evaluate`` does it (the interval
+    ``x[i] <= at < x[i + 1]``, closed at the last knot; the power series summed from the
+    constant term, ``z *= s``), so bit for bit."""
+    c = np.ascontiguousarray(spline.c, np.float64)
+    flat = c.reshape(c.shape[0], c.shape[1], -1)
+    out = np.empty((at.size, flat.shape[2]), np.float64)
+    _ppoly_eval(flat, np.ascontiguousarray(spline.x, np.float64), at.astype(np.float64), out)
+    return np.moveaxis(out.reshape(at.shape + c.shape[2:]), 0, -1)
+
+
+@numba.njit(nogil=True, cache=True)
+def _ppoly_eval(c, x, at, out):  # pragma: no cover - numba
+    nx, k = x.size, c.shape[0]
+    for ip in range(at.size):
+        xval = at[ip]
+        if xval == x[nx - 1]:
+            i = nx - 2
+        else:
+            i = np.searchsorted(x, xval, side="right") - 1  # x[i] <= xval < x[i + 1]
+        s = xval - x[i]
+        for jp in range(c.shape[2]):
+            res = 0.0
+            z = 1.0
+            for kp in range(k):
+                res = res + c[k - kp - 1, i, jp] * z
+                if kp < k - 1:
+                    z *= s
+            out[ip, jp] = res
 
 
 def background_model(image: np.ndarray, good: np.ndarray, bin_size: int) -> np.ndarray:

@@ -85,3 +85,18 @@ def test_scale_variance_quartiles_are_np_percentile(seed):
     ref = np.percentile((img - bg)[good] / np.sqrt(var[good].astype(np.float64)), [25, 75])
     got = np.array(scale_variance._normalised_quartiles(img, bg, var, good))
     np.testing.assert_array_equal(got.view(np.uint64), ref.view(np.uint64))
+
+
+@pytest.mark.parametrize("lead", [(), (3,), (40,), (2, 5)])
+def test_akima_evaluation_is_scipy(lead):
+    from scipy.interpolate import Akima1DInterpolator
+
+    from coaddx.kernels import background
+
+    rng = np.random.default_rng(len(lead))
+    centres = np.unique(np.sort(rng.random(9)) * 300)
+    spline = Akima1DInterpolator(centres, rng.standard_normal((*lead, centres.size)), axis=-1)
+    at = np.concatenate([np.clip(np.arange(300.0), centres[0], centres[-1]), centres])
+    ref, got = spline(at), background._akima_at(spline, at)
+    assert got.shape == ref.shape
+    np.testing.assert_array_equal(got.view(np.uint64), ref.view(np.uint64))
