@@ -47,6 +47,7 @@ __all__ = [
     "sum_counts",
     "sum_planes",
     "visit_flags",
+    "visit_planes",
     "write_artifacts",
 ]
 
@@ -112,6 +113,19 @@ def _chunk(array: da.Array) -> Any:
     return block
 
 
+def visit_planes(cube: da.Array, shape: tuple[int, int]) -> list[Any]:
+    """Each visit's whole plane of a ``(visit, y, x)`` cube, for :func:`visit_flags`: the
+    cube's own blocks (Delayed, no task added) when it is chunked one visit plane per block
+    (a warp store reopened so; ``(1, y, x)``), else a slice of it in one chunk."""
+    if cube.chunks[0] == (1,) * cube.shape[0] and cube.chunks[1:] == ((shape[0],), (shape[1],)):
+        return list(cube.to_delayed(optimize_graph=False)[:, 0, 0])
+    return [cube[i].rechunk(shape) for i in range(cube.shape[0])]
+
+
+def _block(plane: Any) -> Any:
+    return _chunk(plane) if isinstance(plane, da.Array) else plane
+
+
 def _create(scratch: Scratch) -> np.ndarray:
     scratch.create()
     return np.zeros((), np.uint8)
@@ -146,6 +160,7 @@ def _visit_task(
     prefilter_ratio: float | None,
     detect: dict[str, Any],
 ) -> np.ndarray:
+    image, variance, mask = (p.reshape(p.shape[-2:]) for p in (image, variance, mask))
     factor = _factor(image, variance, mask, **scale) if scale is not None else 1.0
     packed = ka.detect_plane(
         image, variance, mask, t_image, t_variance, factor, tile=tile, **detect
@@ -166,7 +181,7 @@ def visit_flags(
     scratch: Scratch,
     created: Any,
     index: int,
-    planes: tuple[da.Array, da.Array, da.Array] | None,
+    planes: tuple[Any, Any, Any] | None,
     template: tuple[da.Array, da.Array],
     *,
     scale: dict[str, Any] | None,
@@ -180,12 +195,12 @@ def visit_flags(
     with ``detect``), the flags and the factor written to ``scratch``; its value is its
     ``(3, y, x)`` counts (:func:`coaddx.kernels.artifacts.visit_counts`). ``planes`` (its
     whole PSF-matched image, variance and mask, one chunk each) None: no PSF-matched warp, a
-    NO_DATA span, factor NaN."""
+    NO_DATA span, factor NaN; each a 2-D dask array or a block of :func:`visit_planes`."""
     if planes is None:
         return dask.delayed(_missing_task, pure=True)(created, scratch=scratch, index=index)
     return dask.delayed(_visit_task, pure=True)(
         created,
-        *(_chunk(p) for p in planes),
+        *(_block(p) for p in planes),
         *(_chunk(t) for t in template),
         scratch=scratch,
         index=index,

@@ -32,7 +32,7 @@ from coaddx.coadd.compare_warp.inputs import CompareWarpInputs, compare_warp_inp
 from coaddx.errors import ConfigError
 from coaddx.graph import artifacts as ga
 from coaddx.graph import detect as gd
-from coaddx.graph.cube import LAYERS, LazyArray, as_dask_cube, rechunked, visit_slice
+from coaddx.graph.cube import LAYERS, LazyArray, as_dask_cube, rechunked
 from coaddx.io.zarr.scratch_planes import ScratchPlanes
 from coaddx.kernels.artifacts import ARTIFACT, STREAK
 from coaddx.kernels.detect import EDGE_SPAN, NAN_SPAN, n_grow
@@ -120,6 +120,7 @@ def _detect_visit(
     index: int | None,
     template: tuple[LazyArray, LazyArray],
     config: CompareWarpConfig,
+    planes_of: dict[str, list[Any]],
 ) -> LazyArray:
     """Direct visit ``slot``'s task (:func:`coaddx.graph.artifacts.visit_flags`): its
     ScaleVariance factor and packed flags into ``scratch``, its counts out."""
@@ -146,7 +147,7 @@ def _detect_visit(
         if config.do_scale_warp_variance
         else None
     )
-    image, variance, mask = (visit_slice(inp.scale[v], index, inp.shape) for v in LAYERS)
+    image, variance, mask = (planes_of[v][index] for v in LAYERS)
     cfg = config.detect
     return ga.visit_flags(
         scratch,
@@ -232,10 +233,11 @@ def compare_warp_stages(
         (len(index), *inp.shape), inp.tile, scratch_dir(), names=ga.SCRATCH_ARRAYS
     )
     created = ga.scratch_created(scratch)
+    planes_of = {v: ga.visit_planes(inp.scale[v], inp.shape) for v in LAYERS}
     counts = stage(
         "detection",
         tuple(
-            _detect_visit(inp, scratch, created, slot, i, t_planes, config)
+            _detect_visit(inp, scratch, created, slot, i, t_planes, config, planes_of)
             for slot, i in enumerate(index)
         ),
     )
