@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import psutil
 import zarr
 
 from coaddx.errors import StoreError
@@ -53,6 +54,8 @@ _BOUND: weakref.WeakValueDictionary[str, ScratchPlanes] = weakref.WeakValueDicti
 
 #: The RAM-backed folder a run's scratch planes go to by default where it has room for them.
 SHM = Path("/dev/shm")
+#: the most of the host's available memory a default tmpfs scratch store may ask for
+SHM_FRACTION_OF_MEMORY = 0.125
 
 
 def _size(shape: tuple[int, ...]) -> int:
@@ -69,11 +72,17 @@ def default_folder(nbytes: int) -> Path:
     on a disk file system each file and folder costs a journalled metadata update (measured on
     the project VM: 2.3 ms per folder and file on ext4 against 0.04 ms on tmpfs, 0.4 s of a
     64-visit 1024^2 CompareWarp run), and the planes compress ~50x, so the room asked is
-    far more than they take."""
+    far more than they take.
+
+    tmpfs is memory that no worker's budget counts, so it is taken only while the whole
+    uncompressed size stays small beside what the host has: at most a quarter of the free
+    tmpfs and an eighth of the memory available (:data:`SHM_FRACTION_OF_MEMORY`)."""
     try:
         if SHM.is_dir() and os.access(SHM, os.W_OK | os.X_OK):
             st = os.statvfs(SHM)
-            if st.f_bavail * st.f_frsize >= nbytes:
+            if 4 * nbytes <= st.f_bavail * st.f_frsize and nbytes <= SHM_FRACTION_OF_MEMORY * (
+                psutil.virtual_memory().available
+            ):
                 return SHM
     except OSError:
         pass
