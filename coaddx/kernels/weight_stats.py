@@ -180,6 +180,42 @@ def _ss_pass(vals, cls, n, c0, h0, m0, c1, h1, m1, c2, h2, m2):  # pragma: no co
     return s0, s1, s2
 
 
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _sum_pass1(vals, cls, n, bit, c, h):  # pragma: no cover - numba
+    """:func:`_sum_pass` of one set (membership ``bit``): its sum and count, in order."""
+    t = 0.0
+    m = 0
+    for i in range(n):
+        v = np.float64(vals[i])
+        keep = ((cls[i] & bit) != 0) & (abs(v - c) <= h)
+        t += v if keep else 0.0
+        m += keep
+    return t, m
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _ss_pass1(vals, cls, n, bit, c, h, m):  # pragma: no cover - numba
+    """:func:`_ss_pass` of one set (membership ``bit``), in order."""
+    s = 0.0
+    for i in range(n):
+        v = np.float64(vals[i])
+        d = (v - m) * (v - m)
+        s += d if ((cls[i] & bit) != 0) & (abs(v - c) <= h) else 0.0
+    return s
+
+
+@numba.njit(nogil=True, cache=True)
+def _only_one(half):  # pragma: no cover - numba
+    """The one set whose half-width is not NaN (-1 if none or several)."""
+    k = -1
+    for j in range(3):
+        if not np.isnan(half[j]):
+            if k >= 0:
+                return -1
+            k = j
+    return k
+
+
 @numba.njit(nogil=True, cache=True)
 def _meanclip_group(values, mask, bads, sigma_clip, clip_iter):  # pragma: no cover - numba
     nk = bads.size
@@ -210,16 +246,25 @@ def _meanclip_group(values, mask, bads, sigma_clip, clip_iter):  # pragma: no co
                 half[k] = iqr_half[k]
             else:
                 half[k] = next_half_width(sigma_clip[k], iqr_half[k], n[k], count[k], var[k])
-        total[0], count[0], total[1], count[1], total[2], count[2] = _sum_pass(
-            vals, cls, n_all, center[0], half[0], center[1], half[1], center[2], half[2]
-        )
+        one = _only_one(half)  # the late passes of the 3-iteration preset: one set left
+        if one >= 0:
+            total[:] = 0.0
+            count[:] = 0
+            total[one], count[one] = _sum_pass1(vals, cls, n_all, 1 << one, center[one], half[one])
+        else:
+            total[0], count[0], total[1], count[1], total[2], count[2] = _sum_pass(
+                vals, cls, n_all, center[0], half[0], center[1], half[1], center[2], half[2]
+            )
         ss_half = np.full(3, np.nan)  # the squared deviations only where a later pass reads them
         for k in range(3):
             mean[k] = total[k] / count[k] if count[k] > 0 else np.nan
             if not done[k] and count[k] > 1 and it + 1 < iters[k]:
                 ss_half[k] = half[k]
         ss = np.zeros(3)
-        if np.isfinite(ss_half).any():
+        one = _only_one(ss_half)
+        if one >= 0:
+            ss[one] = _ss_pass1(vals, cls, n_all, 1 << one, center[one], ss_half[one], mean[one])
+        elif np.isfinite(ss_half).any():
             ss[0], ss[1], ss[2] = _ss_pass(
                 vals, cls, n_all, center[0], ss_half[0], mean[0], center[1], ss_half[1],
                 mean[1], center[2], ss_half[2], mean[2],
