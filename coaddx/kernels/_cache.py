@@ -15,8 +15,8 @@ Imported by ``coaddx.kernels`` before any kernel is defined, this module does tw
   ``x86-64-v3`` (AVX2 + FMA; ``generic`` is ~20 % slower) when the host supports it, or for
   ``x86-64-v4`` with 512-bit vectors where it has AVX-512 (the stacking kernels run up to 40 %
   faster there), so one cache serves every node of a cluster that shares the install (numba
-  keys entries on the CPU name and features: a mixed cluster keeps one entry per level). ``COADDX_NUMBA_CPU=native``
-  keeps numba's default (the host's own model and features).
+  keys entries on the CPU name and features: a mixed cluster keeps one entry per level).
+  ``COADDX_NUMBA_CPU=native`` keeps numba's default (the host's own model and features).
 
 :func:`precompiled` / :func:`mark_precompiled` record that a precompile run has filled the cache
 for the current sources (``coaddx precompile``, or the background one ``coaddx demo`` starts).
