@@ -12,10 +12,11 @@ Imported by ``coaddx.kernels`` before any kernel is defined, this module does tw
   two copies of the package share one cache directory. Touching a file keeps its entries,
   changing its content drops them.
 * **A portable CPU target.** Unless ``NUMBA_CPU_NAME`` is set, the kernels are compiled for
-  ``x86-64-v3`` (AVX2 + FMA; as fast as the native target here, while ``generic`` is ~20 %
-  slower) when the host supports it, so one cache serves every node of a cluster that shares
-  the install (numba keys entries on the CPU name and features). ``COADDX_NUMBA_CPU=native``
-  keeps numba's default (the host's own model and features).
+  ``x86-64-v3`` (AVX2 + FMA; ``generic`` is ~20 % slower) when the host supports it, or for
+  ``x86-64-v4`` with 512-bit vectors where it has AVX-512 (the stacking kernels run up to 40 %
+  faster there), so one cache serves every node of a cluster that shares the install (numba
+  keys entries on the CPU name and features: a mixed cluster keeps one entry per level).
+  ``COADDX_NUMBA_CPU=native`` keeps numba's default (the host's own model and features).
 
 :func:`precompiled` / :func:`mark_precompiled` record that a precompile run has filled the cache
 for the current sources (``coaddx precompile``, or the background one ``coaddx demo`` starts).
@@ -38,10 +39,16 @@ from typing import Any
 import llvmlite.binding as ll
 
 PORTABLE_CPU = "x86-64-v3"
+#: Where the host has AVX-512 (F, BW, CD, DQ, VL): x86-64-v4, with 512-bit vectors (LLVM's
+#: generic v4 tuning prefers 256-bit ones; "-prefer-256-bit" lifts that). On the project's
+#: Zen 5 VM it stacks "meanclip" 35-40 % faster than v3 (one thread, 64 visits in memory) with
+#: the same results bit for bit.
+PORTABLE_CPU_AVX512 = ("x86-64-v4", "-prefer-256-bit")
 # x86-64-v3 = v2 (cx16, lahf/sahf, popcnt, sse3, sse4.1, sse4.2, ssse3) + these (LLVM's names)
 _V3_FEATURES = frozenset(
     "cx16 sahf popcnt sse3 sse4.1 sse4.2 ssse3 avx avx2 bmi bmi2 f16c fma lzcnt movbe xsave".split()
 )
+_V4_FEATURES = _V3_FEATURES | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the coaddx package folder
 _MARKER = "coaddx-precompiled.json"
 
@@ -63,11 +70,14 @@ def _choose_cpu() -> str | None:
     features = ll.get_host_cpu_features()
     if not all(features.get(f, False) for f in _V3_FEATURES):
         return None
-    os.environ["NUMBA_CPU_NAME"] = PORTABLE_CPU
-    os.environ["NUMBA_CPU_FEATURES"] = ""
+    name, extra = PORTABLE_CPU, ""
+    if all(features.get(f, False) for f in _V4_FEATURES):
+        name, extra = PORTABLE_CPU_AVX512
+    os.environ["NUMBA_CPU_NAME"] = name
+    os.environ["NUMBA_CPU_FEATURES"] = extra
     if "numba.core.config" in sys.modules:
         sys.modules["numba.core.config"].reload_config()
-    return PORTABLE_CPU
+    return name
 
 
 CPU_CHOSEN = _choose_cpu()

@@ -131,3 +131,27 @@ def test_write_slot_box_equals_a_zarr_write_of_the_whole_plane(tmp_path, box):
         assert rec["weight_stats"][key] == value or (
             np.isnan(value) and np.isnan(rec["weight_stats"][key])
         )
+
+
+def test_block_pool_reuses_memory_only_when_no_view_is_left():
+    from coaddx.io.zarr.chunks import BlockPool
+
+    pool = BlockPool(1 << 20, 64)
+    block = pool.empty((4, 8), np.float32)
+    address = block.__array_interface__["data"][0]
+    view = block[1:]
+    del block
+    assert pool.free_bytes == 0  # a view still references the memory
+    del view
+    assert pool.free_bytes == 0  # and its memory went back to the allocator
+    block = pool.empty((4, 8), np.float32)
+    address = block.__array_interface__["data"][0]
+    del block
+    assert pool.free_bytes == 128
+    again = pool.empty((8, 4), np.int32)  # same size, any shape and dtype
+    assert again.__array_interface__["data"][0] == address and pool.free_bytes == 0
+    small = pool.empty((2, 2), np.float32)  # below min_bytes: plain np.empty
+    del small, again
+    assert pool.free_bytes == 128
+    pool.clear()
+    assert pool.free_bytes == 0

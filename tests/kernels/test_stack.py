@@ -359,3 +359,44 @@ def test_mean_chunk_combine_finalize_equals_stack_block_mean(nvis, rules):
         for name, a, b in (("value", value, want[0]), ("variance", var, want[1])):
             np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=f"{name} NaN")
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True, err_msg=name)
+
+
+@pytest.mark.parametrize("n", [8, 16])
+def test_bitonic_passes_sort_all_zero_one_inputs(n):
+    from coaddx.kernels.stack.network import bitonic_passes, sort_blocked
+
+    keys = np.array(list(itertools.product([0, 1], repeat=n)), dtype=np.float32).T.copy()
+    sort_blocked(keys, keys.shape[1], bitonic_passes(n))
+    assert (np.diff(keys, axis=0) >= 0).all()
+
+
+@pytest.mark.parametrize("n", [5, 13, 31, 48, 64, 100, 200])
+def test_bitonic_passes_sort_random_inputs_padded_with_inf(n):
+    from coaddx.kernels.stack.network import bitonic_passes, network_rows, sort_blocked
+
+    rows = network_rows(n, True)
+    keys = np.full((rows, 300), np.inf, np.float32)
+    keys[:n] = np.random.default_rng(n).integers(0, 5, size=(n, 300))
+    want = np.sort(keys, axis=0)
+    sort_blocked(keys, 300, bitonic_passes(n))
+    np.testing.assert_array_equal(keys, want)
+
+
+@pytest.mark.parametrize("nvis", [6, 7, 8, 12, 16, 31, 48, 64])
+@pytest.mark.parametrize("statistic", ["median", "meanclip"])
+def test_stack_block_bitonic_passes_equal_comparator_list(statistic, nvis, monkeypatch):
+    # both sorts leave the same sorted columns, signed zeros included (the comparator list
+    # turns -0.0 into +0.0, so the copy into the passes' buffer does too)
+    import coaddx.kernels.stack.block as block
+    from coaddx.kernels.stack.network import NO_PASSES, sort_plan
+
+    image, variance, mask, weights = random_cube(20 + nvis, nvis, shape=(6, 40))
+    zeros = np.float32([-0.0, 0.0, 1.0])
+    image[:, 2:4] = np.random.default_rng(nvis).choice(zeros, (nvis, 2, 40))
+    kwargs = dict(statistic=statistic, **lsst_rules())
+    assert sort_plan(nvis)[2].shape[0] > 0  # these counts sort by the passes
+    got = stack_block(image, variance, mask, weights, **kwargs)
+    monkeypatch.setattr(block, "sort_plan", lambda n: (*sorting_network(n), NO_PASSES, n))
+    want = stack_block(image, variance, mask, weights, **kwargs)
+    for a, b in zip(got, want, strict=True):
+        assert a.tobytes() == b.tobytes()

@@ -13,7 +13,8 @@ cache) to what that statistic needs; every driver is ``cache=True`` and captures
 * ``"median"`` / ``"meanclip"`` (:mod:`.select`, :mod:`.network`, :mod:`.clip`): per segment
   the values are copied into a (visit, pixel) buffer, sorted column-wise by a sorting network
   (per-pixel quickselect above ``network_max_visits``), then the clip iterations run as
-  visit-outer passes over the unsorted copy.
+  visit-outer passes over the unsorted copy. The passes over visits take four visits at a time
+  (each pixel's sums are loaded and stored once per four visits, and added to in visit order).
 * the output mask and n_image (:mod:`.masks`).
 
 Numerics: all sums are float64. Clipped sums are taken about the clip-window centre (afw sums
@@ -31,7 +32,7 @@ from coaddx.kernels._dispatch import register
 from coaddx.kernels.stack.clip import meanclip_finish
 from coaddx.kernels.stack.masks import finish_masks
 from coaddx.kernels.stack.mean import mean_segment
-from coaddx.kernels.stack.network import sorting_network
+from coaddx.kernels.stack.network import sort_plan, sorting_network
 from coaddx.kernels.stack.options import (
     ERROR_MODES,
     MAX_VISITS,
@@ -121,10 +122,10 @@ def stack_block(
     network = vis.size <= options.network_max_visits or vis.size == 1
     vals = np.empty((vis.size, seg), dtype=image.dtype)
     if network:
-        ci, cj = sorting_network(vis.size)
-        buf = np.empty((vis.size, width), dtype=image.dtype)
+        ci, cj, passes, rows = sort_plan(vis.size)
+        buf = np.full((rows, width), np.inf, dtype=image.dtype)
         driver = meanclip_flat if kernel.stat == MEANCLIP else median_flat
-        driver(*flat, w, vis, kernel, ci, cj, seg, vals, buf, *outs)
+        driver(*flat, w, vis, kernel, ci, cj, passes, seg, vals, buf, *outs)
     else:
         tile = np.empty((SELECT_TILE, vis.size), dtype=image.dtype)
         driver = meanclip_select_flat if kernel.stat == MEANCLIP else median_select_flat
@@ -249,9 +250,25 @@ def mean_flat(
 
 @numba.njit(**JIT)
 def meanclip_flat(
-    image, variance, mask, w, vis, k, ci, cj, seg, vals, buf, out_val, out_var, out_mask, out_n
+    image,
+    variance,
+    mask,
+    w,
+    vis,
+    k,
+    ci,
+    cj,
+    passes,
+    seg,
+    vals,
+    buf,
+    out_val,
+    out_var,
+    out_mask,
+    out_n,
 ):  # pragma: no cover - numba
-    """ "meanclip" with the sorting network (ci, cj) for the window of pass 0."""
+    """ "meanclip" with the sorting network (the bitonic passes, or the comparators (ci, cj)
+    where there are none) for the window of pass 0."""
     facc, iacc, rej = segment_scratch(k.pbits.size, seg)
     for x0 in range(0, image.shape[1], seg):
         x1 = min(image.shape[1], x0 + seg)
@@ -260,7 +277,7 @@ def meanclip_flat(
             image, mask, w, vis, x0, x1, k.bad, k.keep, k.pbits, vals, facc, iacc, rej
         )
         network_window(
-            vals, x1 - x0, k.sigma_clip, True, ci, cj, buf, iacc[CNT], facc[C], facc[HIQR]
+            vals, x1 - x0, k.sigma_clip, True, ci, cj, passes, buf, iacc[CNT], facc[C], facc[HIQR]
         )
         meanclip_finish(
             variance,
@@ -282,16 +299,31 @@ def meanclip_flat(
 
 @numba.njit(**JIT)
 def median_flat(
-    image, variance, mask, w, vis, k, ci, cj, seg, vals, buf, out_val, out_var, out_mask, out_n
+    image,
+    variance,
+    mask,
+    w,
+    vis,
+    k,
+    ci,
+    cj,
+    passes,
+    seg,
+    vals,
+    buf,
+    out_val,
+    out_var,
+    out_mask,
+    out_n,
 ):  # pragma: no cover - numba
-    """ "median" with the sorting network (ci, cj)."""
+    """ "median" with the sorting network (the bitonic passes, or the comparators (ci, cj))."""
     facc, iacc, rej = segment_scratch(k.pbits.size, seg)
     for x0 in range(0, image.shape[1], seg):
         x1 = min(image.shape[1], x0 + seg)
         clear_segment(x1 - x0, facc, iacc, rej)
         fill_segment(image, mask, w, vis, x0, x1, k.bad, k.keep, k.pbits, vals, facc, iacc, rej)
         network_window(
-            vals, x1 - x0, k.sigma_clip, False, ci, cj, buf, iacc[CNT], facc[C], facc[HIQR]
+            vals, x1 - x0, k.sigma_clip, False, ci, cj, passes, buf, iacc[CNT], facc[C], facc[HIQR]
         )
         median_finish(vals, w, x0, x1 - x0, facc, iacc, out_val, out_var)
         segment_masks(x0, x1, vis.size, k, facc, iacc, rej, out_mask, out_n)
