@@ -29,7 +29,7 @@ import warnings
 from pathlib import Path
 
 import dask
-import google_crc32c
+import crc32c
 import numpy as np
 
 import coaddx
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
         f"plan: subregions {plan['subregion']}, {format_bytes(plan['task_bytes'])} per task, "
         f"budget {format_bytes(plan['budget_bytes'])} per task x {threads} threads"
     )
-    print(f"chunk CRC-32C: google-crc32c, implementation {google_crc32c.implementation!r}\n")
+    print(f"chunk CRC-32C: crc32c {crc32c.__version__}, hardware {crc32c.hardware_based}\n")
 
     rows = []
     for stat in ("mean", "meanclip", "median"):  # load the compiled kernels

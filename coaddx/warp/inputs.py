@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import google_crc32c
+import crc32c
 from astropy.io import fits
 from astropy.wcs import WCS
 
@@ -233,10 +233,10 @@ def check_selection(selected: Sequence[WarpInput], patch: Patch, config: WarpCon
 
 
 def file_crc32c(path: Path) -> str:
-    """CRC-32C (Castagnoli, google-crc32c's hardware path) of a file's bytes, as 8 hex digits
+    """CRC-32C (Castagnoli; the crc32c package's hardware path) of a file's bytes, as 8 hex digits
     (the ``inputs`` of a visit record)."""
     crc = 0
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
-            crc = google_crc32c.extend(crc, block)
+            crc = crc32c.crc32c(block, crc)
     return f"{crc & 0xFFFFFFFF:08x}"

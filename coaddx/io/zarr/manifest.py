@@ -4,7 +4,7 @@ When a visit is committed, the store writes its manifest: one small JSON record 
 ``<group>/chunk_manifests/<visit>/zarr.json`` (a Zarr group whose attributes are the record,
 so Zarr sees a valid hierarchy), never the shared group attributes, so writers of different
 visits never rewrite one object. It holds the CRC-32C (Castagnoli, hardware accelerated by
-``google-crc32c``) of every chunk file of every plane of the visit's slot, ``null`` for the
+the ``crc32c`` package, which releases the GIL) of every chunk file of every plane of the visit's slot, ``null`` for the
 chunks that equal the fill value and were not written, the layout the visit was written
 with (plane shape, chunk shape, dtype per array, mask planes), the CRC-32C of the visit's
 commit record and one of the manifest itself. ``chunk_manifests/zarr.json`` records
@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import google_crc32c
+import crc32c
 import numpy as np
 
 from coaddx.errors import StoreError
@@ -57,7 +57,7 @@ def chunk_crc(data: bytes | np.ndarray) -> int:
     """CRC-32C of a chunk file's bytes (or of an array's bytes, in memory order)."""
     if isinstance(data, np.ndarray):
         data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-    return int(google_crc32c.value(data))
+    return int(crc32c.crc32c(data))
 
 
 def _canonical(value: Any) -> bytes:
