@@ -73,7 +73,8 @@ def stack_block(
     image, variance : ndarray of shape (V, Y, X)
         float32 (float64 accepted); sums are computed in float64.
     mask : ndarray of shape (V, Y, X)
-        int32 mask bit planes.
+        Mask bit planes: uint16 (the warp store's) or int32 are used as they are, other
+        integer types are widened to int32.
     weights : ndarray of shape (V,)
         Per-visit scalar weights. A visit whose weight is not finite or <= 0 is excluded
         entirely (as if absent: it counts nowhere, not in N, n_image or the mask map).
@@ -154,9 +155,17 @@ def _check_cube(image, variance, mask):
     cube = (
         np.ascontiguousarray(image, dtype=ftype),
         np.ascontiguousarray(variance, dtype=ftype),
-        np.ascontiguousarray(mask, dtype=np.int32),
+        np.ascontiguousarray(mask, dtype=_mask_dtype(mask)),
     )
     return tuple(readonly(a) for a in cube)
+
+
+def _mask_dtype(mask):
+    """uint16 masks (the warp store's, issue 15) are stacked as they are: widening a 64-visit
+    block to int32 cost more than the clip passes of "mean" (a fresh 64 MiB copy per block,
+    mostly page faults). Every other integer type is widened to int32, as before."""
+    dtype = mask.dtype if isinstance(mask, np.ndarray) else np.asarray(mask).dtype
+    return dtype if dtype in (np.dtype(np.uint16), np.dtype(np.int32)) else np.int32
 
 
 def _included_visits(weights, nvisit):
