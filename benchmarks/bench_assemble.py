@@ -28,8 +28,8 @@ import time
 import warnings
 from pathlib import Path
 
-import dask
 import crc32c
+import dask
 import numpy as np
 
 import coaddx

@@ -85,7 +85,7 @@ def checksum(a: np.ndarray) -> str:
     """CRC-32C of the array's bytes (the crc32c package's hardware path, as the chunk checksums),
     as 8 hex digits (the ``checksum`` of a visit record; before issue 15: zlib's CRC-32)."""
     data = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-    return f"{crc32c.crc32c(data) & 0xFFFFFFFF:08x}"
+    return f"{crc32c.crc32c(data.data) & 0xFFFFFFFF:08x}"
 
 
 def open_root(path: Path, mode: str) -> zarr.Group:

@@ -3,13 +3,14 @@
 When a visit is committed, the store writes its manifest: one small JSON record per visit,
 ``<group>/chunk_manifests/<visit>/zarr.json`` (a Zarr group whose attributes are the record,
 so Zarr sees a valid hierarchy), never the shared group attributes, so writers of different
-visits never rewrite one object. It holds the CRC-32C (Castagnoli, hardware accelerated by
-the ``crc32c`` package, which releases the GIL) of every chunk file of every plane of the visit's slot, ``null`` for the
-chunks that equal the fill value and were not written, the layout the visit was written
-with (plane shape, chunk shape, dtype per array, mask planes), the CRC-32C of the visit's
-commit record and one of the manifest itself. ``chunk_manifests/zarr.json`` records
-``since``: the first slot whose visits all have a manifest (0 for a store created by this
-coaddx; the number of visits already committed when an older store was first appended to).
+visits never rewrite one object. It holds the CRC-32C (Castagnoli, hardware accelerated
+by the ``crc32c`` package, which releases the GIL) of every chunk file of every plane of the
+visit's slot, ``null`` for the chunks that equal the fill value and were not written, the
+layout the visit was written with (plane shape, chunk shape, dtype per array, mask planes),
+the CRC-32C of the visit's commit record and one of the manifest itself.
+``chunk_manifests/zarr.json`` records ``since``: the first slot whose visits all have a
+manifest (0 for a store created by this coaddx; the number of visits already committed when
+an older store was first appended to).
 
 Readers check each chunk file against its CRC as they read it (:class:`ManifestIndex`), so a
 replaced, truncated or deleted chunk, or metadata edited since the visit was written, raises
@@ -56,7 +57,7 @@ UNCHECKED = -1
 def chunk_crc(data: bytes | np.ndarray) -> int:
     """CRC-32C of a chunk file's bytes (or of an array's bytes, in memory order)."""
     if isinstance(data, np.ndarray):
-        data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        return int(crc32c.crc32c(np.ascontiguousarray(data).reshape(-1).view(np.uint8).data))
     return int(crc32c.crc32c(data))
 
 
