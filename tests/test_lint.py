@@ -137,3 +137,16 @@ def test_modules_are_at_most_600_lines():
         if (n := len(p.read_text().splitlines())) > 600
     }
     assert not long, long
+
+
+def test_test_module_basenames_are_unique():
+    """The test folders have no __init__.py, so pytest imports every test file by its basename:
+    two files of one name in different folders stop the whole collection ("import file
+    mismatch"; tests/kernels/test_footprint.py beside tests/model/test_footprint.py did)."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(ROOT)} and {path.relative_to(ROOT)}")
+        seen.setdefault(path.name, path)
+    assert not clashes, f"test files share a basename: {clashes}"
