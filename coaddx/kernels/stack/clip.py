@@ -50,44 +50,9 @@ __all__ = [
 
 
 @numba.njit(**JIT)
-def clip_visit(row, var, wk, cv, npix, centre, half, sw, sw2, sd, sdd, sv, nkeep):
-    """Add one visit's inputs with |x - centre| <= half to the clip sums.
-
-    Inputs that are not good are +inf in ``row`` and never pass (centre and half are finite or
-    NaN). Sums are taken about the window centre (as afw does); sv sums cv·var.
-    """
-    one, zero = np.int32(1), np.int32(0)
-    for p in range(npix):
-        x = np.float64(row[p])
-        d = x - centre[p]
-        kept = abs(d) <= half[p]
-        sw[p] += wk if kept else 0.0
-        sw2[p] += wk * wk if kept else 0.0
-        sd[p] += wk * d if kept else 0.0
-        sdd[p] += wk * d * d if kept else 0.0
-        t = cv * var[p]
-        sv[p] += t if kept else 0.0
-        nkeep[p] += one if kept else zero
-
-
-@numba.njit(**JIT)
-def clip_visit_sums(row, wk, npix, centre, half, sw, sw2, sd, sdd, nkeep):
-    """:func:`clip_visit` without the error sum (the passes before the last)."""
-    one, zero = np.int32(1), np.int32(0)
-    for p in range(npix):
-        x = np.float64(row[p])
-        d = x - centre[p]
-        kept = abs(d) <= half[p]
-        sw[p] += wk if kept else 0.0
-        sw2[p] += wk * wk if kept else 0.0
-        sd[p] += wk * d if kept else 0.0
-        sdd[p] += wk * d * d if kept else 0.0
-        nkeep[p] += one if kept else zero
-
-
-@numba.njit(**JIT)
 def clip_add(x, c, h, wk, sw, sw2, sd, sdd, n):
-    """One input added to a pixel's clip sums (the body of :func:`clip_visit_sums`)."""
+    """One input added to a pixel's clip sums (the body of :func:`clip_visit`,
+    :func:`clip_visit_sums` and :func:`clip_visits4`)."""
     d = np.float64(x) - c
     kept = abs(d) <= h
     sw += wk if kept else 0.0
@@ -96,6 +61,30 @@ def clip_add(x, c, h, wk, sw, sw2, sd, sdd, n):
     sdd += wk * d * d if kept else 0.0
     n += np.int32(1) if kept else np.int32(0)
     return sw, sw2, sd, sdd, n, kept
+
+
+@numba.njit(**JIT)
+def clip_visit(row, var, wk, cv, npix, centre, half, sw, sw2, sd, sdd, sv, nkeep):
+    """Add one visit's inputs with |x - centre| <= half to the clip sums.
+
+    Inputs that are not good are +inf in ``row`` and never pass (centre and half are finite or
+    NaN). Sums are taken about the window centre (as afw does); sv sums cv·var.
+    """
+    for p in range(npix):
+        sw[p], sw2[p], sd[p], sdd[p], nkeep[p], kept = clip_add(
+            row[p], centre[p], half[p], wk, sw[p], sw2[p], sd[p], sdd[p], nkeep[p]
+        )
+        t = cv * var[p]
+        sv[p] += t if kept else 0.0
+
+
+@numba.njit(**JIT)
+def clip_visit_sums(row, wk, npix, centre, half, sw, sw2, sd, sdd, nkeep):
+    """:func:`clip_visit` without the error sum (the passes before the last)."""
+    for p in range(npix):
+        sw[p], sw2[p], sd[p], sdd[p], nkeep[p], _ = clip_add(
+            row[p], centre[p], half[p], wk, sw[p], sw2[p], sd[p], sdd[p], nkeep[p]
+        )
 
 
 @numba.njit(**JIT)

@@ -57,56 +57,9 @@ SELECT_TILE = 16  # pixels gathered at once for the per-pixel selection
 
 
 @numba.njit(**JIT)
-def fill_visit(img, msk, wk, bad, keep, sw, sw2, swx, cnt, orm, ora, row):
-    """Standard-pass sums of one visit, also copying its values (+inf where not good) to row.
-
-    Returns the OR of the visit's (kept) mask bits over the segment.
-    """
-    zero, fzero = np.int32(0), img.dtype.type(0)
-    row_or = zero
-    for p in range(img.size):
-        xi = img[p]
-        xv = np.float64(xi)
-        m0 = msk[p]
-        m = np.int32(m0 & keep)
-        good = (np.int32(m & bad) == zero) & (xi - xi == fzero)
-        sw[p] += wk if good else 0.0
-        sw2[p] += wk * wk if good else 0.0
-        swx[p] += wk * xv if good else 0.0
-        counted = np.int32(m0 & bad) == zero  # n_image: before remove_bits, NaN or not
-        inc = (np.int32(1) if good else zero) + (NIMAGE_ONE if counted else zero)
-        cnt[p] += np.int32(inc)
-        orm[p] |= m if good else zero
-        ora[p] |= m
-        row[p] = xi if good else np.inf
-        row_or = np.int32(row_or | m)
-    return row_or
-
-
-@numba.njit(**JIT)
-def fill_good(img, msk, wk, bad, keep, sw, cnt, orm, ora, row):
-    """:func:`fill_visit` without Σw² and Σwx (what "meanclip" needs of the standard pass)."""
-    zero, fzero = np.int32(0), img.dtype.type(0)
-    row_or = zero
-    for p in range(img.size):
-        xi = img[p]
-        m0 = msk[p]
-        m = np.int32(m0 & keep)
-        good = (np.int32(m & bad) == zero) & (xi - xi == fzero)
-        sw[p] += wk if good else 0.0
-        counted = np.int32(m0 & bad) == zero  # n_image: before remove_bits, NaN or not
-        inc = (np.int32(1) if good else zero) + (NIMAGE_ONE if counted else zero)
-        cnt[p] += np.int32(inc)
-        orm[p] |= m if good else zero
-        ora[p] |= m
-        row[p] = xi if good else np.inf
-        row_or = np.int32(row_or | m)
-    return row_or
-
-
-@numba.njit(**JIT)
 def fill_add(xi, m0, wk, bad, keep, fzero, sw, cnt, orm, ora):
-    """One input added to a pixel's standard-pass sums (the body of :func:`fill_good`).
+    """One input added to a pixel's standard-pass sums (the body of :func:`fill_good`,
+    :func:`fill_visit` and :func:`fill_visits4`).
 
     Returns the sums, the input's kept mask bits and whether it is good."""
     zero = np.int32(0)
@@ -119,6 +72,42 @@ def fill_add(xi, m0, wk, bad, keep, fzero, sw, cnt, orm, ora):
     orm = np.int32(orm | (m if good else zero))
     ora = np.int32(ora | m)
     return sw, cnt, orm, ora, m, good
+
+
+@numba.njit(**JIT)
+def fill_visit(img, msk, wk, bad, keep, sw, sw2, swx, cnt, orm, ora, row):
+    """Standard-pass sums of one visit, also copying its values (+inf where not good) to row.
+
+    Returns the OR of the visit's (kept) mask bits over the segment.
+    """
+    fzero = img.dtype.type(0)
+    row_or = np.int32(0)
+    for p in range(img.size):
+        xi = img[p]
+        sw[p], cnt[p], orm[p], ora[p], m, good = fill_add(
+            xi, msk[p], wk, bad, keep, fzero, sw[p], cnt[p], orm[p], ora[p]
+        )
+        sw2[p] += wk * wk if good else 0.0
+        swx[p] += wk * np.float64(xi) if good else 0.0
+        row[p] = xi if good else np.inf
+        row_or = np.int32(row_or | m)
+    return row_or
+
+
+@numba.njit(**JIT)
+def fill_good(img, msk, wk, bad, keep, sw, cnt, orm, ora, row):
+    """Σw, the counts, the mask ORs and the value copy of one visit (:func:`fill_add` per
+    pixel; what "meanclip" needs of the standard pass). Returns the visit's mask OR."""
+    fzero = img.dtype.type(0)
+    row_or = np.int32(0)
+    for p in range(img.size):
+        xi = img[p]
+        sw[p], cnt[p], orm[p], ora[p], m, good = fill_add(
+            xi, msk[p], wk, bad, keep, fzero, sw[p], cnt[p], orm[p], ora[p]
+        )
+        row[p] = xi if good else np.inf
+        row_or = np.int32(row_or | m)
+    return row_or
 
 
 @numba.njit(**JIT)
