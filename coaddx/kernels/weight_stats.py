@@ -144,14 +144,43 @@ def _quartiles(vals, cls, n_all, hist, nk):  # pragma: no cover - numba
     return q, n
 
 
+@numba.njit(nogil=True, cache=True)
+def _sums_exact(hist):  # pragma: no cover - numba
+    """Whether every float64 sum of any subset of the gathered values, in any order, is exact.
+
+    All values are multiples of ``g``, the spacing of the smallest exponent present, so every
+    partial sum is too; each is exactly representable while it stays within ``2**53 * g``,
+    which holds when the bound ``sum |v|`` (from the high-16-bit counts: ``|v| < 2**(E-126)``
+    for biased exponent E) does, with a factor 2 to spare for the bound's own rounding. A bin
+    of exponent 0 (zeros, subnormals) counts as failing (the caller sums in pixel order).
+    """
+    tot = np.zeros(65536, np.int64)
+    for cl in range(hist.shape[0]):
+        for b in range(65536):
+            tot[b] += hist[cl, b]
+    e_min = 255
+    bound = 0.0
+    for t in range(65536):
+        if tot[t] == 0:
+            continue
+        u_top = t & 0x7FFF if t & 0x8000 else ~t & 0x7FFF  # |v|'s top 15 bits
+        e = u_top >> 7
+        if e == 0:
+            return False
+        e_min = min(e_min, e)
+        bound += tot[t] * 2.0 ** (e - 126)
+    return e_min == 255 or bound <= 2.0 ** (e_min - 98)
+
+
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _sum_pass(vals, cls, n, c0, h0, c1, h1, c2, h2):  # pragma: no cover - numba
-    """Sums and counts of |v - c_k| <= h_k over each set's values, in order (NaN h: none)."""
+    """Sums and counts of |v - c_k| <= h_k over each set's values, in order (NaN h: none);
+    the kept bits go to bits 3-5 of ``cls`` for :func:`_ss_pass`."""
     t0 = t1 = t2 = 0.0
     n0 = n1 = n2 = 0
     for i in range(n):
         v = np.float64(vals[i])
-        cl = cls[i]
+        cl = cls[i] & np.uint8(7)
         k0 = ((cl & 1) != 0) & (abs(v - c0) <= h0)
         k1 = ((cl & 2) != 0) & (abs(v - c1) <= h1)
         k2 = ((cl & 4) != 0) & (abs(v - c2) <= h2)
@@ -161,23 +190,62 @@ def _sum_pass(vals, cls, n, c0, h0, c1, h1, c2, h2):  # pragma: no cover - numba
         n0 += k0
         n1 += k1
         n2 += k2
+        cls[i] = cl | (np.uint8(k0) << 3) | (np.uint8(k1) << 4) | (np.uint8(k2) << 5)
+    return t0, n0, t1, n1, t2, n2
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc"})
+def _sum_pass_exact(vals, cls, n, c0, h0, c1, h1, c2, h2):  # pragma: no cover - numba
+    """:func:`_sum_pass` in any order (vectorised): for values where :func:`_sums_exact`
+    holds, where every order gives the exact sum, so the same bits as in pixel order."""
+    t0 = t1 = t2 = 0.0
+    n0 = n1 = n2 = 0
+    for i in range(n):
+        v = np.float64(vals[i])
+        cl = cls[i] & np.uint8(7)
+        k0 = ((cl & 1) != 0) & (abs(v - c0) <= h0)
+        k1 = ((cl & 2) != 0) & (abs(v - c1) <= h1)
+        k2 = ((cl & 4) != 0) & (abs(v - c2) <= h2)
+        t0 += v if k0 else 0.0
+        t1 += v if k1 else 0.0
+        t2 += v if k2 else 0.0
+        n0 += k0
+        n1 += k1
+        n2 += k2
+        cls[i] = cl | (np.uint8(k0) << 3) | (np.uint8(k1) << 4) | (np.uint8(k2) << 5)
     return t0, n0, t1, n1, t2, n2
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def _ss_pass(vals, cls, n, c0, h0, m0, c1, h1, m1, c2, h2, m2):  # pragma: no cover - numba
-    """Sums of (v - m_k)^2 over the values each set keeps, in order."""
-    s0 = s1 = s2 = 0.0
+def _ss_pass(vals, cls, n, m0, m1, m2, lut):  # pragma: no cover - numba
+    """Sums of (v - m_k)^2 over the values each set keeps, in order: the kept bits the sum pass
+    left in ``cls`` select, through ``lut[cls, k]`` (1.0 kept, 0.0 not), four isomorphic
+    chains (the fourth a dummy) that the compiler packs into one vector. ``d * 0.0`` is +0 and
+    adding it leaves the sum as it was, so each equals summing the kept terms alone."""
+    s0 = s1 = s2 = s3 = 0.0
     for i in range(n):
         v = np.float64(vals[i])
-        cl = cls[i]
-        d0 = (v - m0) * (v - m0)
-        d1 = (v - m1) * (v - m1)
-        d2 = (v - m2) * (v - m2)
-        s0 += d0 if ((cl & 1) != 0) & (abs(v - c0) <= h0) else 0.0
-        s1 += d1 if ((cl & 2) != 0) & (abs(v - c1) <= h1) else 0.0
-        s2 += d2 if ((cl & 4) != 0) & (abs(v - c2) <= h2) else 0.0
-    return s0, s1, s2
+        k = np.int64(cls[i]) * 4
+        e0 = v - m0
+        e1 = v - m1
+        e2 = v - m2
+        e3 = v - m2
+        s0 += e0 * e0 * lut[k]
+        s1 += e1 * e1 * lut[k + 1]
+        s2 += e2 * e2 * lut[k + 2]
+        s3 += e3 * e3 * lut[k + 3]
+    return s0, s1, s2 + 0.0 * s3
+
+
+@numba.njit(nogil=True, cache=True)
+def _ss_lut(wanted):  # pragma: no cover - numba
+    """``lut[cls * 4 + k]``: 1.0 where set k is ``wanted`` and its kept bit (3 + k) is set."""
+    lut = np.zeros(256 * 4)
+    for c in range(256):
+        for k in range(3):
+            if wanted[k] and (c >> (3 + k)) & 1:
+                lut[c * 4 + k] = 1.0
+    return lut
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -187,7 +255,7 @@ def _sum_pass1(vals, cls, n, bit, c, h):  # pragma: no cover - numba
     m = 0
     for i in range(n):
         v = np.float64(vals[i])
-        keep = ((cls[i] & bit) != 0) & (abs(v - c) <= h)
+        keep = ((cls[i] & bit) != 0) & (abs(v - c) <= h)  # bits 3-5 never match ``bit``
         t += v if keep else 0.0
         m += keep
     return t, m
@@ -221,6 +289,7 @@ def _meanclip_group(values, mask, bads, sigma_clip, clip_iter):  # pragma: no co
     nk = bads.size
     vals, cls, n_all, hist = _gather_classes(values, mask, bads)
     q, n = _quartiles(vals, cls, n_all, hist, nk)
+    exact = _sums_exact(hist)
     out = np.full(3, np.nan)
     center = np.full(3, np.nan)
     half = np.full(3, np.nan)
@@ -247,7 +316,11 @@ def _meanclip_group(values, mask, bads, sigma_clip, clip_iter):  # pragma: no co
             else:
                 half[k] = next_half_width(sigma_clip[k], iqr_half[k], n[k], count[k], var[k])
         one = _only_one(half)  # the late passes of the 3-iteration preset: one set left
-        if one >= 0:
+        if exact:
+            total[0], count[0], total[1], count[1], total[2], count[2] = _sum_pass_exact(
+                vals, cls, n_all, center[0], half[0], center[1], half[1], center[2], half[2]
+            )
+        elif one >= 0:
             total[:] = 0.0
             count[:] = 0
             total[one], count[one] = _sum_pass1(vals, cls, n_all, 1 << one, center[one], half[one])
@@ -264,11 +337,10 @@ def _meanclip_group(values, mask, bads, sigma_clip, clip_iter):  # pragma: no co
         one = _only_one(ss_half)
         if one >= 0:
             ss[one] = _ss_pass1(vals, cls, n_all, 1 << one, center[one], ss_half[one], mean[one])
-        elif np.isfinite(ss_half).any():
+        elif np.isfinite(ss_half).any():  # two or more sets: the sum pass left their kept bits
             ss[0], ss[1], ss[2] = _ss_pass(
-                vals, cls, n_all, center[0], ss_half[0], mean[0], center[1], ss_half[1],
-                mean[1], center[2], ss_half[2], mean[2],
-            )  # fmt: skip
+                vals, cls, n_all, mean[0], mean[1], mean[2], _ss_lut(np.isfinite(ss_half))
+            )
         for k in range(3):
             if done[k]:
                 continue

@@ -49,3 +49,43 @@ def test_constant_plane_and_single_pixel():
     ]
     one = np.array([[7.0]], np.float32)
     assert meanclip_sets(one, np.zeros((1, 1), np.int32), [(0, 3.0, 2)]) == [7.0]
+
+
+def _hist(v, m, bads):
+    from coaddx.kernels.weight_stats import _gather_classes
+
+    return _gather_classes(v, m, np.array(bads, np.int32))[3]
+
+
+def test_any_order_sums_only_where_every_order_is_exact():
+    from coaddx.kernels.weight_stats import _sums_exact
+
+    v, m = _plane(1)
+    assert _sums_exact(_hist(v, m, [0x21, 0x3, 0x7F]))
+    for tiny in (1e-7, 0.0, 1e-40):  # a fine spacing (or a zero / subnormal bin): in order
+        w = v.copy()
+        w[3, 5] = tiny
+        assert not _sums_exact(_hist(w, m, [0x21, 0x3, 0x7F]))
+    big = np.full((4, 4), 2.0**30, np.float32)  # spacing 2^7, sum 2^34 < 2^60: exact
+    assert _sums_exact(_hist(big, np.zeros((4, 4), np.int32), [0]))
+    big[0, 0] = 1.0  # spacing 2^-23 with a sum of 2^34: not
+    assert not _sums_exact(_hist(big, np.zeros((4, 4), np.int32), [0]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_in_order_sums_where_order_matters(seed):
+    from coaddx.kernels import weight_stats as ws
+
+    v, m = _plane(seed)
+    rng = np.random.default_rng(100 + seed)
+    fin = np.isfinite(v)  # a wide sample with many tiny values: every pass keeps nearly all,
+    v[fin] = (rng.random(fin.sum()) * 200.0).astype(np.float32)  # and float64 sums round
+    small = fin & (rng.random(v.shape) < 0.3)
+    v[small] = (rng.random(small.sum()) * 0.01).astype(np.float32)
+    vals, cls, n, hist = ws._gather_classes(v, m, np.array([0x21, 0x3, 0x7F], np.int32))
+    assert not ws._sums_exact(hist)
+    args = (70.0, 300.0, 70.0, 300.0, 70.0, 300.0)  # the order shows in the sums' last bits
+    assert ws._sum_pass(vals, cls.copy(), n, *args) != ws._sum_pass_exact(vals, cls, n, *args)
+    got = meanclip_sets(v, m, PARAMS)
+    want = [meanclip_masked(v, m, bad, sigma_clip=s, clip_iter=i) for bad, s, i in PARAMS]
+    assert got == want
