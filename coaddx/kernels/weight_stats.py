@@ -219,22 +219,20 @@ def _sum_pass_exact(vals, cls, n, c0, h0, c1, h1, c2, h2):  # pragma: no cover -
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _ss_pass(vals, cls, n, m0, m1, m2, lut):  # pragma: no cover - numba
     """Sums of (v - m_k)^2 over the values each set keeps, in order: the kept bits the sum pass
-    left in ``cls`` select, through ``lut[cls, k]`` (1.0 kept, 0.0 not), four isomorphic
-    chains (the fourth a dummy) that the compiler packs into one vector. ``d * 0.0`` is +0 and
-    adding it leaves the sum as it was, so each equals summing the kept terms alone."""
-    s0 = s1 = s2 = s3 = 0.0
+    left in ``cls`` weight each term by ``lut[cls * 4 + k]`` (1.0 kept, 0.0 not) instead of
+    testing the half-widths again. ``d * 0.0`` is +0 (``d`` is finite) and adding it leaves a
+    sum as it was, so each equals summing the kept terms alone, in pixel order."""
+    s0 = s1 = s2 = 0.0
     for i in range(n):
         v = np.float64(vals[i])
         k = np.int64(cls[i]) * 4
         e0 = v - m0
         e1 = v - m1
         e2 = v - m2
-        e3 = v - m2
         s0 += e0 * e0 * lut[k]
         s1 += e1 * e1 * lut[k + 1]
         s2 += e2 * e2 * lut[k + 2]
-        s3 += e3 * e3 * lut[k + 3]
-    return s0, s1, s2 + 0.0 * s3
+    return s0, s1, s2
 
 
 @numba.njit(nogil=True, cache=True)
