@@ -9,9 +9,12 @@ of :mod:`coaddx.kernels.stats`), for up to three sets per call:
   16 bits of their order-preserving keys per membership class (one increment per pixel);
 * the exact "linear" quartiles of every set follow from those counts and one pass over the
   buffer counting the low 16 bits of the few bins that hold the wanted ranks;
-* the clipping passes run over the buffer with the three sets' sums in registers, summed in
-  pixel order (so each equals the gathered computation) without branches; the squared
-  deviations are skipped on a set's last pass, where nothing reads them.
+* the clipping passes run over the buffer with the three sets' sums in registers, without
+  branches. The sums of the kept values run vectorised where every summation order gives the
+  exact sum (:func:`_sums_exact`: the values' spacing and a bound on their sum, from those
+  counts), else in pixel order; the squared deviations always in pixel order (so each equals
+  the gathered computation), selected by kept bits the sum pass leaves in the class byte, and
+  skipped on a set's last pass, where nothing reads them.
 """
 
 from __future__ import annotations
