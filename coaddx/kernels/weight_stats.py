@@ -262,6 +262,19 @@ def _sum_pass1(vals, cls, n, bit, c, h):  # pragma: no cover - numba
     return t, m
 
 
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc"})
+def _sum_pass1_exact(vals, cls, n, bit, c, h):  # pragma: no cover - numba
+    """:func:`_sum_pass1` in any order (vectorised), where :func:`_sums_exact` holds."""
+    t = 0.0
+    m = 0
+    for i in range(n):
+        v = np.float64(vals[i])
+        keep = ((cls[i] & bit) != 0) & (abs(v - c) <= h)
+        t += v if keep else 0.0
+        m += keep
+    return t, m
+
+
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _ss_pass1(vals, cls, n, bit, c, h, m):  # pragma: no cover - numba
     """:func:`_ss_pass` of one set (membership ``bit``), in order."""
@@ -317,7 +330,13 @@ def _meanclip_group(values, mask, bads, sigma_clip, clip_iter):  # pragma: no co
             else:
                 half[k] = next_half_width(sigma_clip[k], iqr_half[k], n[k], count[k], var[k])
         one = _only_one(half)  # the late passes of the 3-iteration preset: one set left
-        if exact:
+        if exact and one >= 0:
+            total[:] = 0.0
+            count[:] = 0
+            total[one], count[one] = _sum_pass1_exact(
+                vals, cls, n_all, 1 << one, center[one], half[one]
+            )
+        elif exact:
             total[0], count[0], total[1], count[1], total[2], count[2] = _sum_pass_exact(
                 vals, cls, n_all, center[0], half[0], center[1], half[1], center[2], half[2]
             )
