@@ -236,6 +236,7 @@ class LocalChunkArray:
         self.compressed = compressed
         self.stored = np.dtype(stored) if stored is not None else np.dtype(dtype)
         self.blosc = blosc if blosc is not None else ("lz4", 1, numcodecs.blosc.SHUFFLE)
+        self._n_items = int(np.prod(chunks))  # values per chunk (per-chunk Python adds up)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
@@ -312,8 +313,9 @@ class LocalChunkArray:
         """The path of chunk ``index``'s file (a string: pathlib costs ~20 us a chunk)."""
         return os.path.join(self.path, "c", *[str(int(i)) for i in index])
 
-    def _open(self, key: str, index: Sequence[int]) -> int | None:
-        """A descriptor of chunk file ``key`` (None when absent), opened only inside the root."""
+    def _open(self, key: str, index: Sequence[int]) -> tuple[int, int] | None:
+        """A descriptor of chunk file ``key`` and its size (None when absent), opened only
+        inside the root."""
         parent = os.path.dirname(key)
         if parent not in self._safe_dirs:
             inside_root(self.root, parent)
@@ -327,10 +329,11 @@ class LocalChunkArray:
                 raise StoreError(f"{self._where(index)}: cannot read {key}: {exc}") from exc
             inside_root(self.root, key)
             fd = os.open(key, os.O_RDONLY)
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
             os.close(fd)
             raise StoreError(f"{self._where(index)}: {key} is a directory, not a chunk file")
-        return fd
+        return fd, info.st_size
 
     def _absent(self, index: Sequence[int], key: str, expected: int | None) -> None:
         if expected is not None and expected != UNCHECKED:
@@ -361,15 +364,16 @@ class LocalChunkArray:
         """Decode chunk ``index``; into ``dest`` (a whole-chunk contiguous view) when given.
         Returns the chunk array, or None when the chunk file does not exist (fill value)."""
         key = self._key(index)
-        n_items = int(np.prod(self.chunks))
+        n_items = self._n_items
         expected = self._expected(index)
-        fd = self._open(key, index)
-        if fd is None:
+        opened = self._open(key, index)
+        if opened is None:
             self._absent(index, key, expected)
             return None
+        fd, size = opened
         same = self.stored == self.dtype
         if dest is not None and not self.compressed and same:
-            return self._read_into(fd, key, index, dest, expected)
+            return self._read_into(fd, size, key, index, dest, expected)
         with os.fdopen(fd, "rb") as fh:
             buf = fh.read()
         self._verify(index, key, buf, expected)
@@ -391,12 +395,20 @@ class LocalChunkArray:
         return chunk
 
     def _read_into(
-        self, fd: int, key: str, index: Sequence[int], dest: np.ndarray, expected: int | None
+        self,
+        fd: int,
+        size: int,
+        key: str,
+        index: Sequence[int],
+        dest: np.ndarray,
+        expected: int | None,
     ) -> np.ndarray:
-        """Read an uncompressed chunk file straight into ``dest`` (no intermediate copy)."""
-        with os.fdopen(fd, "rb", buffering=0) as fh:
-            size = os.fstat(fh.fileno()).st_size
-            got = fh.readinto(memoryview(dest).cast("B"))  # type: ignore[arg-type]
+        """Read an uncompressed chunk file of ``size`` bytes straight into ``dest`` (no
+        intermediate copy; one read call, as a file object's ``readinto`` makes)."""
+        try:
+            got = os.readv(fd, [memoryview(dest).cast("B")]) if size == dest.nbytes else 0
+        finally:
+            os.close(fd)
         if got != dest.nbytes or size != dest.nbytes:
             raise StoreError(
                 f"corrupt chunk {key} ({self._where(index)}): {size} bytes, expected {dest.nbytes}"
@@ -411,11 +423,11 @@ class LocalChunkArray:
         key = self._key(index)
         try:
             expected = self._expected(index)
-            fd = self._open(key, index)
-            if fd is None:
+            opened = self._open(key, index)
+            if opened is None:
                 self._absent(index, key, expected)
                 return None
-            with os.fdopen(fd, "rb") as fh:
+            with os.fdopen(opened[0], "rb") as fh:
                 buf = fh.read() if read or expected is None else b""
             if read or expected is None:
                 self._verify(index, key, buf, expected, force=True)
@@ -424,23 +436,29 @@ class LocalChunkArray:
             return text[len(where) :] if text.startswith(where) else text
         return None
 
+    def _pieces(self, sl: list[slice]) -> list[list[tuple[int, slice, slice, bool]]]:
+        """Per dimension, the chunks a region covers: (chunk index, slice within the chunk,
+        slice within the region, whether the region holds the chunk's whole extent)."""
+        out = []
+        for s, c, dim in zip(sl, self.chunks, self.shape, strict=True):
+            row = []
+            for i in range(s.start // c, -(-s.stop // c)):
+                a = i * c
+                b0, b1 = max(s.start, a), min(s.stop, a + c, dim)
+                row.append(
+                    (i, slice(b0 - a, b1 - a), slice(b0 - s.start, b1 - s.start), b1 - b0 == c)
+                )
+            out.append(row)
+        return out
+
     def __getitem__(self, key: Any) -> np.ndarray:
         sl, squeeze = self._slices(key)
         out = READ_BLOCKS.empty([s.stop - s.start for s in sl], self.dtype)
-        ranges = [
-            range(s.start // c, -(-s.stop // c)) for s, c in zip(sl, self.chunks, strict=True)
-        ]
-        for index in product(*ranges):
-            lo = [i * c for i, c in zip(index, self.chunks, strict=True)]
-            src = tuple(
-                slice(max(s.start, a) - a, min(s.stop, a + c, dim) - a)
-                for s, a, c, dim in zip(sl, lo, self.chunks, self.shape, strict=True)
-            )
-            dst = tuple(
-                slice(max(s.start, a) - s.start, min(s.stop, a + c, dim) - s.start)
-                for s, a, c, dim in zip(sl, lo, self.chunks, self.shape, strict=True)
-            )
-            whole = all(d.stop - d.start == c for d, c in zip(dst, self.chunks, strict=True))
+        for parts in product(*self._pieces(sl)):
+            index = tuple(p[0] for p in parts)
+            src = tuple(p[1] for p in parts)
+            dst = tuple(p[2] for p in parts)
+            whole = all(p[3] for p in parts)
             target = out[dst]
             direct = whole and target.flags.c_contiguous
             chunk = self._read_chunk(index, target if direct else None)
