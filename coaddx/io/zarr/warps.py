@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import warnings
 import zlib
 from collections import OrderedDict
@@ -111,11 +112,15 @@ _STORED: OrderedDict[str, da.Array] = OrderedDict()
 _STORED_KEEP = 64
 
 
+_STORED_LOCK = threading.Lock()
+
+
 def _remember_stored(wide: da.Array, narrow: da.Array) -> None:
-    _STORED[wide.name] = narrow
-    _STORED.move_to_end(wide.name)
-    while len(_STORED) > _STORED_KEEP:
-        _STORED.popitem(last=False)
+    with _STORED_LOCK:
+        _STORED[wide.name] = narrow
+        _STORED.move_to_end(wide.name)
+        while len(_STORED) > _STORED_KEEP:
+            _STORED.popitem(last=False)
 
 
 def stored_mask(mask: xr.DataArray) -> xr.DataArray:
@@ -127,7 +132,8 @@ def stored_mask(mask: xr.DataArray) -> xr.DataArray:
     since (a new name) is returned unchanged: the stack then reads the int32 one.
     """
     data = mask.data
-    narrow = _STORED.get(data.name) if isinstance(data, da.Array) else None
+    with _STORED_LOCK:
+        narrow = _STORED.get(data.name) if isinstance(data, da.Array) else None
     if narrow is None or narrow.shape != data.shape or narrow.chunks != data.chunks:
         return mask
     return mask.copy(data=narrow)
