@@ -30,6 +30,7 @@ from coaddx.graph.stack import finish_coadd_mask, stack, weights_from_variance
 from coaddx.graph.weights import visit_meanclip
 from coaddx.io.inputs import input_records
 from coaddx.io.schema import validate_warps
+from coaddx.io.zarr.warps import stored_mask
 from coaddx.model.masks import DEFAULT_MASK_PLANES, bitmask, merge_mask_planes
 from coaddx.plan import StackPlan, plan_warp_stack
 from coaddx.settings import memory_per_task
@@ -284,7 +285,8 @@ def assemble(
     plan = plan_warps(warps, config.subregion_size)
     n = warps.sizes["visit"]
     chunks = (n, *plan.subregion)
-    image, variance, mask = (as_dask_cube(warps[v], chunks) for v in LAYERS)
+    image, variance = (as_dask_cube(warps[v], chunks) for v in LAYERS[:2])
+    mask = as_dask_cube(stored_mask(warps["mask"]), chunks)  # a store's 16-bit masks as they are
     if alt_masks is not None:
         mask = mask | _alt_masks(alt_masks, warps, chunks)
     w = (

@@ -7,6 +7,8 @@ import json
 import zlib
 
 import crc32c
+import dask
+import dask.array as da
 import google_crc32c
 import numcodecs
 import numpy as np
@@ -21,6 +23,7 @@ from coaddx.io.zarr.chunks import region_reader
 from coaddx.io.zarr.layout import checksum, mask_dtype
 from coaddx.io.zarr.manifest import MANIFESTS, chunk_crc
 from coaddx.io.zarr.warp_store import WarpStore, check_store
+from coaddx.io.zarr.warps import stored_mask
 from coaddx.model.masks import mask_planes as default_mask_planes
 from coaddx.testing import random_warps
 from coaddx.warp.inputs import file_crc32c
@@ -120,6 +123,40 @@ def test_masks_with_planes_above_bit_15_are_stored_as_int32(tmp_path):
     store.append_visit(1, np.ones((20, 20)), np.ones((20, 20)), mask)
     assert meta(tmp_path / "p.zarr", "mask")["data_type"] == "int32"
     np.testing.assert_array_equal(coaddx.open_warps(tmp_path / "p.zarr")["mask"][0].values, mask)
+
+
+def _layers(dataset):
+    return {k: v.data for k, v in dataset.data_vars.items() if isinstance(v.data, da.Array)}
+
+
+@pytest.mark.parametrize("statistic", ["mean", "meanclip", "median"])
+def test_stacking_reads_16_bit_masks_as_stored_and_gives_the_same_coadd(tmp_path, warps, statistic):
+    path = tmp_path / "p.zarr"
+    coaddx.write_warps(warps, path, chunk=16)
+    ds = coaddx.open_warps(path)
+    assert ds["mask"].dtype == np.int32  # what open_warps returns is unchanged
+    narrow = stored_mask(ds["mask"])
+    assert narrow.dtype == np.uint16 and narrow.dims == ds["mask"].dims
+    np.testing.assert_array_equal(narrow.values, warps["mask"].values)
+    # a mask changed since open_warps (sliced, rechunked, in memory) is left as it is
+    for other in (ds["mask"].isel(x=slice(0, 20)), ds["mask"].chunk({"y": 8}), warps["mask"]):
+        assert stored_mask(other) is other
+    config = coaddx.AssembleConfig(statistic=statistic)
+    coadd = coaddx.assemble(ds, config)
+    layers = {name for a in _layers(coadd).values() for name in a.dask.layers}
+    assert any(name.startswith("coaddx-read-mask-stored-") for name in layers)
+    want = coaddx.assemble(warps.compute(), config)  # int32 masks in memory
+    assert want["mask"].dtype == coadd["mask"].dtype == np.int32
+    for name, got in dask.compute(_layers(coadd))[0].items():
+        np.testing.assert_array_equal(got, want[name].values, err_msg=name)
+
+
+def test_int32_store_masks_are_stacked_as_they_are(tmp_path):
+    planes = {**default_mask_planes(), "EXTRA": 20}
+    store = WarpStore.create(tmp_path / "p.zarr", shape=(20, 20), mask_planes=planes, chunk=8)
+    store.append_visit(1, np.ones((20, 20)), np.ones((20, 20)), np.zeros((20, 20), np.int32))
+    mask = coaddx.open_warps(tmp_path / "p.zarr")["mask"]
+    assert stored_mask(mask) is mask
 
 
 def old_layout(monkeypatch):

@@ -23,7 +23,6 @@ import shutil
 import stat
 import sys
 import threading
-import weakref
 from collections.abc import Sequence
 from itertools import product
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 
 from coaddx.errors import StoreError
 from coaddx.io.zarr.manifest import UNCHECKED, ManifestIndex, chunk_crc, inside_root
+from coaddx.io.zarr.pool import READ_BLOCKS, BlockPool
 
 #: ``coaddx.verify-chunks``: check each chunk's CRC-32C as it is read (default True; False
 #: skips the CRC, not the checks of missing or foreign chunk files). A per-process setting:
@@ -68,73 +68,6 @@ _SHUFFLES = {
 }
 #: Per-thread decode buffers for chunks read into another dtype (a 16-bit mask as int32).
 _SCRATCH = threading.local()
-
-
-class BlockPool:
-    """Memory of freed read blocks, kept for the next read of the same size.
-
-    A stacking task's block (all visits x one subregion, 64 MiB for 64 visits of 512 x 512
-    float32) is larger than a glibc thread arena's heaps (64 MiB), so glibc maps it freshly in
-    every dask thread but one and unmaps it on free, however ``tune_malloc`` set the
-    thresholds: each read then pays the kernel zeroing every page (measured on the project VM:
-    a fifth of a threaded meanclip stack's CPU time). Blocks of ``min_bytes`` or more come from
-    here instead; when the last view of one is gone its memory returns to the pool (at most
-    ``max_bytes`` of it; never memory something else still references).
-    """
-
-    def __init__(self, max_bytes: int, min_bytes: int) -> None:
-        self.max_bytes, self.min_bytes = max_bytes, min_bytes
-        self._lock = threading.Lock()
-        self._free: dict[int, list[np.ndarray]] = {}
-        self.free_bytes = 0
-
-    def empty(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
-        """An uninitialised array, like ``np.empty``."""
-        dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if nbytes < self.min_bytes:
-            return np.empty(shape, dtype)
-        with self._lock:
-            stack = self._free.get(nbytes)
-            raw = stack.pop() if stack else None
-            if raw is not None:
-                self.free_bytes -= nbytes
-        if raw is None:
-            raw = np.empty(nbytes, np.uint8)
-        out = np.ndarray(tuple(shape), dtype, buffer=raw)
-        weakref.finalize(out, self._release, raw)
-        return out
-
-    def _release(self, raw: np.ndarray) -> None:
-        # a live view of the block references raw (numpy views keep the owner as their base):
-        # then the memory stays out of the pool
-        if sys.getrefcount(raw) > _RELEASE_REFS:
-            return
-        with self._lock:
-            if self.free_bytes + raw.nbytes <= self.max_bytes:
-                self._free.setdefault(raw.nbytes, []).append(raw)
-                self.free_bytes += raw.nbytes
-
-    def clear(self) -> None:
-        """Drop the memory kept for reuse."""
-        with self._lock:
-            self._free.clear()
-            self.free_bytes = 0
-
-
-def _release_refs() -> int:
-    """References to a block's memory inside :meth:`BlockPool._release` when nothing else
-    holds it (the finalizer's arguments, the call, getrefcount's own)."""
-    seen: list[int] = []
-    block = np.ndarray((1,), np.uint8, buffer=np.empty(1, np.uint8))
-    weakref.finalize(block, lambda raw: seen.append(sys.getrefcount(raw)), block.base)
-    del block
-    return seen[0]
-
-
-_RELEASE_REFS = _release_refs()
-#: The read blocks of :class:`LocalChunkArray` (blocks of 16 MiB or more; up to 1 GiB kept).
-READ_BLOCKS = BlockPool(1 << 30, 16 << 20)
 
 
 def _blosc(codec: dict[str, Any]) -> tuple[str, int, int] | None:
@@ -236,6 +169,7 @@ class LocalChunkArray:
         self.compressed = compressed
         self.stored = np.dtype(stored) if stored is not None else np.dtype(dtype)
         self.blosc = blosc if blosc is not None else ("lz4", 1, numcodecs.blosc.SHUFFLE)
+        self._n_items = int(np.prod(chunks))  # values per chunk (per-chunk Python adds up)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
@@ -312,8 +246,9 @@ class LocalChunkArray:
         """The path of chunk ``index``'s file (a string: pathlib costs ~20 us a chunk)."""
         return os.path.join(self.path, "c", *[str(int(i)) for i in index])
 
-    def _open(self, key: str, index: Sequence[int]) -> int | None:
-        """A descriptor of chunk file ``key`` (None when absent), opened only inside the root."""
+    def _open(self, key: str, index: Sequence[int]) -> tuple[int, int] | None:
+        """A descriptor of chunk file ``key`` and its size (None when absent), opened only
+        inside the root."""
         parent = os.path.dirname(key)
         if parent not in self._safe_dirs:
             inside_root(self.root, parent)
@@ -327,10 +262,11 @@ class LocalChunkArray:
                 raise StoreError(f"{self._where(index)}: cannot read {key}: {exc}") from exc
             inside_root(self.root, key)
             fd = os.open(key, os.O_RDONLY)
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
             os.close(fd)
             raise StoreError(f"{self._where(index)}: {key} is a directory, not a chunk file")
-        return fd
+        return fd, info.st_size
 
     def _absent(self, index: Sequence[int], key: str, expected: int | None) -> None:
         if expected is not None and expected != UNCHECKED:
@@ -361,15 +297,16 @@ class LocalChunkArray:
         """Decode chunk ``index``; into ``dest`` (a whole-chunk contiguous view) when given.
         Returns the chunk array, or None when the chunk file does not exist (fill value)."""
         key = self._key(index)
-        n_items = int(np.prod(self.chunks))
+        n_items = self._n_items
         expected = self._expected(index)
-        fd = self._open(key, index)
-        if fd is None:
+        opened = self._open(key, index)
+        if opened is None:
             self._absent(index, key, expected)
             return None
+        fd, size = opened
         same = self.stored == self.dtype
         if dest is not None and not self.compressed and same:
-            return self._read_into(fd, key, index, dest, expected)
+            return self._read_into(fd, size, key, index, dest, expected)
         with os.fdopen(fd, "rb") as fh:
             buf = fh.read()
         self._verify(index, key, buf, expected)
@@ -391,12 +328,21 @@ class LocalChunkArray:
         return chunk
 
     def _read_into(
-        self, fd: int, key: str, index: Sequence[int], dest: np.ndarray, expected: int | None
+        self,
+        fd: int,
+        size: int,
+        key: str,
+        index: Sequence[int],
+        dest: np.ndarray,
+        expected: int | None,
     ) -> np.ndarray:
-        """Read an uncompressed chunk file straight into ``dest`` (no intermediate copy)."""
-        with os.fdopen(fd, "rb", buffering=0) as fh:
-            size = os.fstat(fh.fileno()).st_size
-            got = fh.readinto(memoryview(dest).cast("B"))  # type: ignore[arg-type]
+        """Read an uncompressed chunk file of ``size`` bytes straight into ``dest`` (no
+        intermediate copy; one read call, as a file object's ``readinto`` makes)."""
+        view = memoryview(dest).cast("B")  # type: ignore[arg-type]
+        try:
+            got = os.readv(fd, [view]) if size == dest.nbytes else 0
+        finally:
+            os.close(fd)
         if got != dest.nbytes or size != dest.nbytes:
             raise StoreError(
                 f"corrupt chunk {key} ({self._where(index)}): {size} bytes, expected {dest.nbytes}"
@@ -411,11 +357,11 @@ class LocalChunkArray:
         key = self._key(index)
         try:
             expected = self._expected(index)
-            fd = self._open(key, index)
-            if fd is None:
+            opened = self._open(key, index)
+            if opened is None:
                 self._absent(index, key, expected)
                 return None
-            with os.fdopen(fd, "rb") as fh:
+            with os.fdopen(opened[0], "rb") as fh:
                 buf = fh.read() if read or expected is None else b""
             if read or expected is None:
                 self._verify(index, key, buf, expected, force=True)
@@ -424,23 +370,29 @@ class LocalChunkArray:
             return text[len(where) :] if text.startswith(where) else text
         return None
 
+    def _pieces(self, sl: list[slice]) -> list[list[tuple[int, slice, slice, bool]]]:
+        """Per dimension, the chunks a region covers: (chunk index, slice within the chunk,
+        slice within the region, whether the region holds the chunk's whole extent)."""
+        out = []
+        for s, c, dim in zip(sl, self.chunks, self.shape, strict=True):
+            row = []
+            for i in range(s.start // c, -(-s.stop // c)):
+                a = i * c
+                b0, b1 = max(s.start, a), min(s.stop, a + c, dim)
+                row.append(
+                    (i, slice(b0 - a, b1 - a), slice(b0 - s.start, b1 - s.start), b1 - b0 == c)
+                )
+            out.append(row)
+        return out
+
     def __getitem__(self, key: Any) -> np.ndarray:
         sl, squeeze = self._slices(key)
         out = READ_BLOCKS.empty([s.stop - s.start for s in sl], self.dtype)
-        ranges = [
-            range(s.start // c, -(-s.stop // c)) for s, c in zip(sl, self.chunks, strict=True)
-        ]
-        for index in product(*ranges):
-            lo = [i * c for i, c in zip(index, self.chunks, strict=True)]
-            src = tuple(
-                slice(max(s.start, a) - a, min(s.stop, a + c, dim) - a)
-                for s, a, c, dim in zip(sl, lo, self.chunks, self.shape, strict=True)
-            )
-            dst = tuple(
-                slice(max(s.start, a) - s.start, min(s.stop, a + c, dim) - s.start)
-                for s, a, c, dim in zip(sl, lo, self.chunks, self.shape, strict=True)
-            )
-            whole = all(d.stop - d.start == c for d, c in zip(dst, self.chunks, strict=True))
+        for parts in product(*self._pieces(sl)):
+            index = tuple(p[0] for p in parts)
+            src = tuple(p[1] for p in parts)
+            dst = tuple(p[2] for p in parts)
+            whole = all(p[3] for p in parts)
             target = out[dst]
             direct = whole and target.flags.c_contiguous
             chunk = self._read_chunk(index, target if direct else None)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import warnings
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -31,7 +33,7 @@ from coaddx.io.zarr.psf_products import PSF_KEY, psf_variables, read_psf_product
 from coaddx.io.zarr.warp_store import IncompleteStoreWarning, WarpStore
 from coaddx.model.masks import check_mask_planes
 
-__all__ = ["VisitStatistics", "open_warps", "visit_variables", "write_warps"]
+__all__ = ["VisitStatistics", "open_warps", "stored_mask", "visit_variables", "write_warps"]
 
 #: A per-visit statistic computed by the caller of :func:`write_warps`:
 #: ``(variance, mask, mask_planes) -> {key: value}``, written as the record's ``weight_stats``.
@@ -89,6 +91,54 @@ def _weight_stats(ds: xr.Dataset, records: list[dict[str, Any]]) -> xr.Dataset:
     return ds.assign_coords(weight_key=np.asarray(keys, dtype=str))
 
 
+def _lazy_plane(
+    source: Any, label: str, token: str, chunks: tuple[int, int, int], n: int
+) -> da.Array:
+    """One plane of the store as a dask array of its first ``n`` visits in ``chunks``."""
+    lazy = da.from_array(
+        source,
+        chunks=chunks,
+        lock=False,
+        asarray=True,
+        name=f"coaddx-read-{label}-{zlib.crc32(token.encode()):x}-{chunks}",
+        inline_array=True,
+    )
+    return lazy[:n] if lazy.shape[0] != n else lazy
+
+
+#: The int32 masks :func:`open_warps` widened from 16-bit chunks, by dask name, with the same
+#: masks read as stored (:func:`stored_mask`); the newest entries only.
+_STORED: OrderedDict[str, da.Array] = OrderedDict()
+_STORED_KEEP = 64
+
+
+_STORED_LOCK = threading.Lock()
+
+
+def _remember_stored(wide: da.Array, narrow: da.Array) -> None:
+    with _STORED_LOCK:
+        _STORED[wide.name] = narrow
+        _STORED.move_to_end(wide.name)
+        while len(_STORED) > _STORED_KEEP:
+            _STORED.popitem(last=False)
+
+
+def stored_mask(mask: xr.DataArray) -> xr.DataArray:
+    """``mask`` read in its stored dtype when it is a mask plane exactly as :func:`open_warps`
+    returned it from a store of 16-bit masks (uint16: the same values in half the bytes, which
+    the stacking and epoch kernels take as they are), else ``mask`` itself.
+
+    A dask array's name names its values, so a mask that was sliced, combined or rechunked
+    since (a new name) is returned unchanged: the stack then reads the int32 one.
+    """
+    data = mask.data
+    with _STORED_LOCK:
+        narrow = _STORED.get(data.name) if isinstance(data, da.Array) else None
+    if narrow is None or narrow.shape != data.shape or narrow.chunks != data.chunks:
+        return mask
+    return mask.copy(data=narrow)
+
+
 def open_warps(
     path: str | os.PathLike[str],
     warp_type: str = "direct",
@@ -110,7 +160,9 @@ def open_warps(
     Returns
     -------
     xarray.Dataset
-        ``image``, ``variance``, ``mask`` (dask arrays: nothing is read until computed),
+        ``image``, ``variance``, ``mask`` (dask arrays: nothing is read until computed;
+        ``mask`` is int32 whatever the stored dtype, :func:`stored_mask` gives a 16-bit
+        store's masks as they are stored, which :func:`coaddx.assemble` stacks),
         per-visit variables (``mjd``, ``band``, ``psf_fwhm``, ...), the cached statistics
         ``variance_meanclip(visit, weight_key)`` when the writer stored some, the visits' PSF
         products (``psf_*`` over ``psf_input``, :mod:`coaddx.io.zarr.psf_products`; absent
@@ -145,19 +197,14 @@ def open_warps(
         # masks read as int32 whatever their stored dtype (uint16 since the mask planes fit)
         want = np.dtype(np.int32) if name == "mask" else None
         fast = region_reader(path / warp_type / name, root=path, manifests=index, dtype=want)
-        source = fast if fast is not None else arr
-        lazy = da.from_array(
-            source,
-            chunks=dchunks,
-            lock=False,
-            asarray=True,
-            name=f"coaddx-read-{name}-{zlib.crc32(token.encode()):x}-{dchunks}",
-            inline_array=True,
-        )
-        if lazy.shape[0] != n:
-            lazy = lazy[:n]
+        lazy = _lazy_plane(fast if fast is not None else arr, name, token, dchunks, n)
         if want is not None and lazy.dtype != want:
             lazy = lazy.astype(want)
+        if fast is not None and fast.stored != fast.dtype:  # the stacking reads it as stored
+            narrow = region_reader(path / warp_type / name, root=path, manifests=index)
+            if narrow is not None:
+                stored = _lazy_plane(narrow, f"{name}-stored", token, dchunks, n)
+                _remember_stored(lazy, stored)
         data[name] = (("visit", "y", "x"), lazy)
     coords: dict[str, Any] = {
         "visit": ("visit", np.asarray([int(r["visit"]) for r in records], dtype=np.int64)),
