@@ -165,8 +165,9 @@ def axis_weights(f, code, lo, ntap, consts, w, w2):  # pragma: no cover - numba
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
-def row_weights(coords, code, lo, ntap, consts, w, total, scratch):  # pragma: no cover
-    """Weights w[m, c] of tap lo + m at the fraction of coords[c], and their sums total[c].
+def row_weights(coords, code, lo, ntap, consts, w, w2, total, scratch):  # pragma: no cover
+    """Weights w[m, c] of tap lo + m at the fraction of coords[c], their squares w2[m, c] and
+    their sums total[c].
 
     Meant for fractions in (0, 1) (a zero fraction takes the single-tap path of the pixel loop);
     lanes with non-finite coordinates get values that are never used. scratch: (5, n) floats.
@@ -179,6 +180,8 @@ def row_weights(coords, code, lo, ntap, consts, w, total, scratch):  # pragma: n
         for c in range(n):
             w[0, c] = 1.0 - frac[c]
             w[1, c] = frac[c]
+            w2[0, c] = w[0, c] * w[0, c]
+            w2[1, c] = frac[c] * frac[c]
             total[c] = 1.0
         return
     gs, s1, sb, cb = scratch[1], scratch[2], scratch[3], scratch[4]
@@ -198,4 +201,5 @@ def row_weights(coords, code, lo, ntap, consts, w, total, scratch):  # pragma: n
                 gs[c], frac[c] > 0.5, k, code, sign, sk, ck, sign1, sk1, ck1, s1[c], sb[c], cb[c]
             )
             w[m, c] = v
+            w2[m, c] = v * v
             total[c] += v

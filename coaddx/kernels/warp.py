@@ -37,14 +37,18 @@ Speed (single thread, ``benchmarks/bench_warp_kernel.py``): sin(pi (k - f)) = -(
 for every tap, and sin(pi (k - f) / n) follows from sin and cos of pi f / n by the angle
 difference formula, so an axis costs three short polynomial evaluations (accurate to ~1e-16 on
 the ranges used) instead of 2n sine calls; they are computed for a whole destination row at once
-(SIMD-vectorised). The tap count is a compile-time constant of each kernel's loop, pixels are read
-as stored (float32) and accumulated in float64; an interior pixel's footprint is summed column
-by column in explicit SIMD vectors (:func:`coaddx.kernels.footprint.footprint_sums`: each column
-over the rows, then the columns weighted; the one-pixel fallback sums row by row, in either order
-the float64 sums agree to rounding), and the grown-bit footprint OR is skipped wherever
-a lazily built 8x8-tile summary of the source mask shows none of those bits. On the project
-machine a rotated 2048 x 4096 -> 2048 x 2048 Lanczos-3 warp runs at about 27 input Mpix/s in one
-thread (a straightforward numba loop: about 15), bilinear at about 85.
+(SIMD-vectorised), with their squares and each pixel's area / kSum, in chunks of ``_CHUNK``
+destination columns (still in cache when the pixel loop reads them; an interior pixel needs no
+division). The tap count is a compile-time constant of each kernel's loop, pixels are read as
+stored (float32) and accumulated in float64; an interior pixel's footprint is summed column by
+column in explicit SIMD vectors (:func:`coaddx.kernels.footprint.footprint_sums`: each column
+over the rows, then the columns weighted; the one-pixel fallback sums row by row, in either
+order the float64 sums agree to rounding). The mask is computed in the same pixel loop (the
+bilinear OR as four unchecked loads, :func:`coaddx.kernels.footprint.corner_or`), and the
+grown-bit footprint OR is skipped wherever a lazily built 8x8-tile summary of the source mask
+shows none of those bits. On the project machine a rotated 2048 x 4096 -> 2048 x 2048 Lanczos-3
+warp runs at about 27 input Mpix/s in one thread (a straightforward numba loop: about 15),
+bilinear at about 85.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from coaddx.kernels.footprint import footprint_sums
+from coaddx.kernels.footprint import corner_or, footprint_sums
 from coaddx.kernels.lanczos import (
     KERNEL_CODES,
     KERNELS,
@@ -173,6 +177,7 @@ def _footprint_or(mask, j0, i0, ny, nx, bits):  # pragma: no cover - numba
 # -- grown mask bits: exact footprint OR, skipped where an 8x8 tile summary shows none ---------
 
 _TILE_SHIFT = 3  # 8x8 source tiles
+_CHUNK = 512  # destination columns whose weights are computed at once (kept in L1)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -217,33 +222,6 @@ def _pixel_general(
     return acc, acc_v, tx * ty
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
-def _row_masks(
-    mask, tiles, xs, ys, box, lo, ntap, grow_bits, no_data_bit, out
-):  # pragma: no cover - numba
-    """Output mask of one row: bilinear-footprint OR | grown bits over the kernel footprint."""
-    xlo, xhi, ylo, yhi = box
-    for c in range(xs.size):
-        x = xs[c]
-        y = ys[c]
-        if not (x >= xlo and x < xhi and y >= ylo and y < yhi):
-            out[c] = no_data_bit
-            continue
-        i = int(x)
-        j = int(y)
-        di = 1 if x > i else 0
-        dj = 1 if y > j else 0
-        bits = mask[j, i] | mask[j, i + di] | mask[j + dj, i] | mask[j + dj, i + di]
-        if grow_bits != 0:  # tiles: 0 = none of grow_bits there (the usual case)
-            tj0 = (j + lo) >> _TILE_SHIFT
-            tj1 = (j + lo + ntap - 1) >> _TILE_SHIFT
-            ti0 = (i + lo) >> _TILE_SHIFT
-            ti1 = (i + lo + ntap - 1) >> _TILE_SHIFT
-            if (tiles[tj0, ti0] | tiles[tj0, ti1] | tiles[tj1, ti0] | tiles[tj1, ti1]) != 0:
-                bits |= _grown_bits(mask, tiles, j + lo, i + lo, ntap, grow_bits)
-        out[c] = bits
-
-
 # The loops below are module-level functions (no closures: numba's cache cannot keep a function
 # whose closure holds a dispatcher, and would recompile it in every process). The tap count is
 # the length of ``taps``, a tuple of that many zeros (one for nearest, whose pixels all take the
@@ -256,40 +234,59 @@ def _taps(code: int) -> tuple[int, ...]:
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
-def _row_values(
-    image, variance, xs, ys, areas, box, code, lo, taps, consts, wxs, wys, sumx, sumy, small,
-    out_image, out_variance,
+def _row_pixels(
+    image, variance, mask, tiles, xs, ys, areas, box, code, lo, taps, consts, weights, squares,
+    sums, small, grow_bits, no_data_bit, out_image, out_variance, out_mask,
 ):  # fmt: skip  # pragma: no cover - numba
-    """Image and variance of one destination row (``lo``: the first tap offset, which
-    :func:`tap_footprint` ties to the tap count)."""
+    """Image, variance and mask of one destination row (``lo``: the first tap offset, which
+    :func:`tap_footprint` ties to the tap count). The mask is the bilinear-footprint OR, plus
+    the grown bits over the kernel footprint where the tile summaries show any."""
     separable = len(taps) != 1  # nearest (one-entry taps) always takes the single-tap path
     ntap = len(taps) if separable else 2
     lo = 0 if ntap == 2 else 1 - ntap // 2  # a constant too (== the argument)
     xlo, xhi, ylo, yhi = box
     flat_image = image.reshape(-1)
     flat_variance = variance.reshape(-1)
+    flat_mask = mask.reshape(-1)
+    flat_tiles = tiles.reshape(-1)
     stride = image.shape[1]
+    tile_stride = tiles.shape[1]
+    wxs, wys, wx2s, wy2s = weights[0], weights[1], squares[0], squares[1]
     for c in range(xs.size):
         x = xs[c]
         y = ys[c]
         if not (x >= xlo and x < xhi and y >= ylo and y < yhi):
             out_image[c] = np.nan
             out_variance[c] = np.inf
+            out_mask[c] = no_data_bit
             continue
         i = int(x)
         j = int(y)
         fx = x - i
         fy = y - j
+        q = j * stride + i
         if separable and fx > 0.0 and fy > 0.0:
-            q = (j + lo) * stride + (i + lo)
-            acc, acc_v = footprint_sums(flat_image, flat_variance, q, stride, wxs, wys, c, taps)
-            ksum = sumx[c] * sumy[c]
+            q0 = q + lo * (stride + 1)
+            acc, acc_v = footprint_sums(
+                flat_image, flat_variance, q0, stride, wxs, wx2s, wys, wy2s, c, taps
+            )
+            scale = sums[2, c]  # areas[c] / (sum w_x * sum w_y), computed for the whole row
+            bits = corner_or(flat_mask, q, 1, stride)
         else:
             acc, acc_v, ksum = _pixel_general(
                 image, variance, i, j, fx, fy, code, lo, ntap, consts,
                 small[0], small[1], small[2], small[3],
             )  # fmt: skip
-        scale = areas[c] / ksum
+            scale = areas[c] / ksum
+            bits = corner_or(flat_mask, q, 1 if fx > 0.0 else 0, stride if fy > 0.0 else 0)
+        if grow_bits != 0:  # tiles: 0 = none of grow_bits there (the usual case)
+            tj0 = (j + lo) >> _TILE_SHIFT
+            ti0 = (i + lo) >> _TILE_SHIFT
+            ti1 = (i + lo + ntap - 1) >> _TILE_SHIFT
+            tj1 = (j + lo + ntap - 1) >> _TILE_SHIFT
+            if corner_or(flat_tiles, tj0 * tile_stride + ti0, ti1 - ti0, (tj1 - tj0) * tile_stride):
+                bits |= _grown_bits(mask, tiles, j + lo, i + lo, ntap, grow_bits)
+        out_mask[c] = bits
         out_image[c] = acc * scale
         out_variance[c] = acc_v * (scale * scale)
 
@@ -299,13 +296,15 @@ def _buffers(shape, nx, lo, ntap):  # pragma: no cover - numba
     """The computable box of source positions (0 <= floor(x) + lo and floor(x) + lo + ntap - 1
     <= size - 1 on both axes), the mask tile summaries and the per-row weight buffers."""
     sy, sx = shape
+    nx = min(nx, _CHUNK)
     box = (float(-lo), float(sx - lo - ntap + 1), float(-lo), float(sy - lo - ntap + 1))
     tiles = np.full((((sy - 1) >> _TILE_SHIFT) + 1, ((sx - 1) >> _TILE_SHIFT) + 1), -1, np.int8)
     weights = np.empty((2, ntap, nx))
-    sums = np.empty((2, nx))
+    squares = np.empty((2, ntap, nx))
+    sums = np.empty((3, nx))  # sum w_x, sum w_y, area / (sum w_x sum w_y)
     scratch = np.empty((5, nx))
     small = np.empty((4, MAX_TAPS))
-    return box, tiles, weights, sums, scratch, small
+    return box, tiles, weights, squares, sums, scratch, small
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -329,31 +328,23 @@ def _warp_row(
     out_mask,
 ):  # pragma: no cover - numba
     """Destination row ``r``: its tap weights, image, variance and mask."""
-    box, tiles, weights, sums, scratch, small = bufs
+    box, tiles, weights, squares, sums, scratch, small = bufs
     ntap = weights.shape[1]
-    if len(taps) != 1:  # separable kernels (nearest takes the single-tap path)
-        row_weights(xs, code, lo, ntap, consts, weights[0], sums[0], scratch)
-        row_weights(ys, code, lo, ntap, consts, weights[1], sums[1], scratch)
-    _row_values(
-        image,
-        variance,
-        xs,
-        ys,
-        areas,
-        box,
-        code,
-        lo,
-        taps,
-        consts,
-        weights[0],
-        weights[1],
-        sums[0],
-        sums[1],
-        small,
-        out_image[r],
-        out_variance[r],
-    )
-    _row_masks(mask, tiles, xs, ys, box, lo, ntap, grow_bits, no_data_bit, out_mask[r])
+    n = xs.size
+    for c0 in range(0, n, _CHUNK):
+        c1 = min(c0 + _CHUNK, n)
+        cx, cy, ca = xs[c0:c1], ys[c0:c1], areas[c0:c1]
+        m = c1 - c0
+        if len(taps) != 1:  # separable kernels (nearest takes the single-tap path)
+            row_weights(cx, code, lo, ntap, consts, weights[0], squares[0], sums[0], scratch)
+            row_weights(cy, code, lo, ntap, consts, weights[1], squares[1], sums[1], scratch)
+            for c in range(m):  # vectorised: no division left in the pixel loop
+                sums[2, c] = ca[c] / (sums[0, c] * sums[1, c])
+        _row_pixels(
+            image, variance, mask, tiles, cx, cy, ca, box, code, lo, taps, consts, weights,
+            squares, sums, small, grow_bits, no_data_bit, out_image[r, c0:c1],
+            out_variance[r, c0:c1], out_mask[r, c0:c1],
+        )  # fmt: skip
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")

@@ -7,20 +7,29 @@ import numba
 import numpy as np
 import pytest
 
-from coaddx.kernels.footprint import footprint_sums
+from coaddx.kernels.footprint import corner_or, footprint_sums
 
 
 @numba.njit
 def _sums(image, variance, q, stride, wxs, wys, c, taps):
-    return footprint_sums(image.reshape(-1), variance.reshape(-1), q, stride, wxs, wys, c, taps)
+    return footprint_sums(
+        image.reshape(-1), variance.reshape(-1), q, stride, wxs, wxs * wxs, wys, wys * wys, c, taps
+    )
 
 
-@pytest.mark.parametrize("ntap", [2, 6, 8])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_footprint_sums_match_the_double_sum(ntap, dtype):
+@numba.njit
+def _corners(flat, q, dx, dy):
+    return corner_or(flat, q, dx, dy)
+
+
+@pytest.mark.parametrize("ntap", [2, 4, 6, 8])
+@pytest.mark.parametrize("dtypes", [(np.float32,) * 2, (np.float64,) * 2, (np.float64, np.float32)])
+def test_footprint_sums_match_the_double_sum(ntap, dtypes):
+    """Also with planes of two types (float64 image, float32 variance: that failed to compile)
+    and at the very end of the planes (the 6-tap rows are read with masked 8-lane loads)."""
     rng = np.random.default_rng(ntap)
-    image = rng.normal(100.0, 30.0, (20, 23)).astype(dtype)
-    variance = rng.uniform(1.0, 9.0, (20, 23)).astype(dtype)
+    image = rng.normal(100.0, 30.0, (20, 23)).astype(dtypes[0])
+    variance = rng.uniform(1.0, 9.0, (20, 23)).astype(dtypes[1])
     wxs = rng.uniform(-0.2, 1.0, (ntap, 5))
     wys = rng.uniform(-0.2, 1.0, (ntap, 5))
     taps = (0,) * ntap
@@ -41,3 +50,11 @@ def test_footprint_sums_reject_unsupported_tap_counts():
     w = np.ones((3, 1))
     with pytest.raises(numba.TypingError):
         _sums(image, image, 0, 8, w, w, 0, (0, 0, 0))
+
+
+def test_corner_or_ors_the_four_corners():
+    flat = (1 << np.arange(12)).astype(np.int32)
+    assert _corners(flat, 0, 1, 4) == 1 | 2 | 16 | 32
+    assert _corners(flat, 6, 0, 4) == (1 << 6) | (1 << 10)
+    assert _corners(flat, 11, 0, 0) == 1 << 11
+    assert _corners(flat.astype(np.int8), 2, 1, 0) == 4 | 8

@@ -162,8 +162,14 @@ def test_row_weights_match_sinc_definition():
     f = (coords - np.floor(coords)).astype(np.longdouble)
     pi = np.longdouble("3.14159265358979323846264338327950288")
     for n in (3, 4):
-        w, total = np.empty((2 * n, fracs.size)), np.empty(fracs.size)
-        row_weights(coords, n, 1 - n, 2 * n, tap_constants(n), w, total, np.empty((5, fracs.size)))
+        w, w2, total = (
+            np.empty((2 * n, fracs.size)),
+            np.empty((2 * n, fracs.size)),
+            np.empty(fracs.size),
+        )
+        scratch = np.empty((5, fracs.size))
+        row_weights(coords, n, 1 - n, 2 * n, tap_constants(n), w, w2, total, scratch)
+        np.testing.assert_array_equal(w2, w * w)
         t = pi * (np.arange(1 - n, n + 1).astype(np.longdouble)[:, None] - f[None, :])
         with np.errstate(invalid="ignore", divide="ignore"):
             want = np.where(np.abs(t) < 1e-5, 1.0, np.sin(t) * np.sin(t / n) / (t * t / n))
@@ -390,6 +396,12 @@ def test_warp_block_float64_input_matches_float32(noisy_source):
     for got, want in zip(a, b, strict=True):
         assert got.dtype == want.dtype
         np.testing.assert_allclose(got, want, rtol=1e-6)
+    # planes of two types (a float64 image with a float32 variance failed to compile)
+    mixed = warp_block(
+        image.astype(float), variance, mask, x * 1.3 + 3.2, y * 0.9 + 4.7, np.full(x.shape, 1.17)
+    )
+    for got, want in zip(mixed, b, strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_warp_block_rejects_bad_arguments():
