@@ -7,6 +7,7 @@ import numpy as np
 from astropy.wcs import WCS
 
 from coaddx.errors import InputError
+from coaddx.kernels.no_data import blank_no_data
 from coaddx.kernels.warp import warp_block, warp_on_grid
 from coaddx.model.exposure import Exposure, boundary_pixels
 from coaddx.model.geometry import source_coordinates, source_grid
@@ -162,9 +163,7 @@ def warp_exposure_box(
             grow_full_bits=grow,
             no_data_bit=no_data_bit,
         )
-    no_data = (msk & no_data_bit) != 0
-    img[no_data] = np.nan
-    var[no_data] = np.nan
+    blank_no_data(img, var, msk, no_data_bit)
     return box, img, var, msk
 
 
