@@ -376,6 +376,17 @@ class WarpStore:
         fields = pixel_fields(arrays, arrays["image"], weight_stats, n_finite)
         return {"checksum": fields.pop("checksum"), "data_box": list(box), **fields, CHUNKS: crcs}
 
+    def _layouts(self) -> dict[str, dict[str, Any]]:
+        """Each plane's dtype and chunk shape, as a manifest lists them."""
+        out = {}
+        for name in LAYERS:
+            array = self._array(name)
+            out[name] = {
+                "dtype": str(np.dtype(str(array.dtype))),
+                "chunk_shape": list(array.chunks[1:]),
+            }
+        return out
+
     def _manifests(self, records: Sequence[dict[str, Any]], slots: Sequence[int]) -> None:
         """Write the manifest of each record (with its chunk CRCs) before it is committed."""
         group_path = self.path / self.warp_type
@@ -383,6 +394,7 @@ class WarpStore:
         if since is None and all(r.get(CHUNKS) for r in records) and records:
             write_manifest_group(group_path, min(slots))  # an older store, checked from here
             since = min(slots)
+        shape, layouts = self.shape, self._layouts()  # looked up once, not per record
         for record, slot in zip(records, slots, strict=True):
             crcs = record.pop(CHUNKS, None)
             if since is None or slot < since:
@@ -392,21 +404,13 @@ class WarpStore:
                     f"{self.where}: visit {record['visit']} was written without chunk "
                     "checksums (a layout coaddx does not write itself); cannot commit it"
                 )
-            arrays = self.group
             write_manifest(
                 group_path,
                 int(record["visit"]),
                 slot,
-                shape=self.shape,
+                shape=shape,
                 mask_planes=self.mask_planes,
-                arrays={
-                    name: {
-                        "dtype": str(np.dtype(str(cast(zarr.Array, arrays[name]).dtype))),
-                        "chunk_shape": list(cast(zarr.Array, arrays[name]).chunks[1:]),
-                        "crc": crcs[name],
-                    }
-                    for name in LAYERS
-                },
+                arrays={name: {**layouts[name], "crc": crcs[name]} for name in LAYERS},
                 record=record,
             )
 
