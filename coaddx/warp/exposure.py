@@ -7,6 +7,7 @@ import numpy as np
 from astropy.wcs import WCS
 
 from coaddx.errors import InputError
+from coaddx.kernels.no_data import blank_no_data, unusable_counts
 from coaddx.kernels.warp import warp_block, warp_on_grid
 from coaddx.model.exposure import Exposure, boundary_pixels
 from coaddx.model.geometry import source_coordinates, source_grid
@@ -82,12 +83,28 @@ def _source_planes(
     else:
         src_image, src_variance = exposure.image, exposure.variance
     mask = _remap_mask(exposure.mask, exposure.mask_planes, planes, exposure.where)
+    if src_image.size and src_image.ndim == 2 and src_image.shape == src_variance.shape:
+        if unusable_counts(src_image, src_variance)[0] == 0:  # the usual case, in one pass
+            return src_image, src_variance, mask
+    return _usable(src_image, src_variance, mask, planes, no_data_bit, exposure.where)
+
+
+def _usable(
+    src_image: np.ndarray,
+    src_variance: np.ndarray,
+    mask: np.ndarray,
+    planes: dict[str, int],
+    no_data_bit: int,
+    where: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_source_planes`' planes with the unusable pixels zeroed and marked (an
+    :class:`InputError` naming ``where`` when no pixel is usable)."""
     with np.errstate(invalid="ignore"):
         nonpositive = src_variance <= 0
     missing = ~(np.isfinite(src_image) & np.isfinite(src_variance)) | nonpositive
     if missing.all():
         raise InputError(
-            f"{exposure.where}: the exposure has no finite pixel (no pixel with a finite image "
+            f"{where}: the exposure has no finite pixel (no pixel with a finite image "
             "value and a finite variance > 0); nothing to warp"
         )
     if missing.any():
@@ -162,9 +179,7 @@ def warp_exposure_box(
             grow_full_bits=grow,
             no_data_bit=no_data_bit,
         )
-    no_data = (msk & no_data_bit) != 0
-    img[no_data] = np.nan
-    var[no_data] = np.nan
+    blank_no_data(img, var, msk, no_data_bit)
     return box, img, var, msk
 
 

@@ -15,6 +15,7 @@ from coaddx.errors import CoaddxError, InputError
 from coaddx.io.zarr.psf_products import PSF_KEY, write_psf_products
 from coaddx.io.zarr.recovery import save_written
 from coaddx.io.zarr.warp_store import WarpStore
+from coaddx.kernels.no_data import any_finite
 from coaddx.model.exposure import Exposure
 from coaddx.model.masks import bitmask
 from coaddx.model.psf import model_psf
@@ -156,7 +157,7 @@ def _write(
         return {"visit": visit, "error": "no pixel of the visit lands on the patch"}
     union = _union(warped)
     image, variance, mask = (np.asarray(a) for a in _composite(warped, union, no_data))
-    if not np.isfinite(image).any():
+    if not any_finite(image):
         return {"visit": visit, "error": "no pixel of the visit lands on the patch"}
     meta = visit_metadata(exposures, items)
     records = {}

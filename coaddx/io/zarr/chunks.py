@@ -458,20 +458,23 @@ class LocalChunkWriter:
     def __init__(self, reader: LocalChunkArray) -> None:
         self.array = reader
 
-    def _encode(self, chunk: np.ndarray) -> bytes:
+    def _encode(self, chunk: np.ndarray) -> bytes | np.ndarray:
+        """A chunk file's bytes: the chunk itself (C-contiguous, the stored dtype) when the
+        array is not compressed (written and checksummed without a copy), else blosc's."""
         chunk = np.ascontiguousarray(chunk, dtype=self.array.stored)
         if not self.array.compressed:
-            return chunk.tobytes()
+            return chunk
         cname, clevel, shuffle = self.array.blosc
         return numcodecs.blosc.compress(chunk, cname.encode(), clevel, shuffle)
 
     def _is_fill(self, chunk: np.ndarray) -> bool:
         fill = self.array.fill
+        first, last = chunk.flat[0], chunk.flat[-1]  # a chunk with data usually shows it here
         if isinstance(fill, float | np.floating) and np.isnan(fill):
-            return bool(np.isnan(chunk).all())
-        return bool((chunk == fill).all())
+            return bool(np.isnan(first) and np.isnan(last) and np.isnan(chunk).all())
+        return bool(first == fill and last == fill and (chunk == fill).all())
 
-    def _put(self, key: Path, payload: bytes | None, checked: set[Path]) -> None:
+    def _put(self, key: Path, payload: bytes | np.ndarray | None, checked: set[Path]) -> None:
         """Write (or, for None, delete) one chunk file; ``checked``: the folders of this
         write already found inside the store (each is resolved once a write, not per chunk)."""
         if os.path.lexists(key) and (key.is_symlink() or key.is_dir()):
@@ -490,7 +493,7 @@ class LocalChunkWriter:
                 inside_root(self.array.root, key.parent)
                 checked.add(key.parent)
             with tmp.open("wb") as fh:
-                fh.write(payload)
+                fh.write(payload if isinstance(payload, bytes) else payload.data.cast("B"))
             os.replace(tmp, key)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
@@ -518,6 +521,7 @@ class LocalChunkWriter:
         if not (0 <= x0 <= x1 <= nx and 0 <= y0 <= y1 <= ny):
             raise ValueError(f"box {box} is outside the {ny} x {nx} plane")
         blank = np.full((cy, cx), outside, dtype=self.array.stored)
+        chunk = np.empty_like(blank)  # each chunk is assembled here in turn (written before reuse)
         blank_payload = None if self._is_fill(blank) else self._encode(blank)
         blank_crc = None if blank_payload is None else chunk_crc(blank_payload)
         base = Path(self.array.path, "c", str(int(index)))
@@ -535,7 +539,8 @@ class LocalChunkWriter:
                     self._put(key, blank_payload, checked)
                     row.append(blank_crc)
                     continue
-                chunk = blank.copy()
+                if (r1 - r0, c1 - c0) != (cy, cx):  # partly outside the box
+                    np.copyto(chunk, blank)
                 chunk[r0 - a0 : r1 - a0, c0 - b0 : c1 - b0] = data[
                     r0 - y0 : r1 - y0, c0 - x0 : c1 - x0
                 ]

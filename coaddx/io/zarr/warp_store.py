@@ -309,7 +309,7 @@ class WarpStore:
         NO_DATA (NaN image and variance): ``n_finite`` then counts only that region.
         """
         arrays = planes_of(image, variance, mask, self.mask_stored, f"slot {index}")
-        check_variance(f"slot {index}", arrays["image"], arrays["variance"], warn=False)
+        n_finite = check_variance(f"slot {index}", arrays["image"], arrays["variance"], warn=False)
         writers = self._writers()
         crcs: dict[str, Any] | None = None
         if writers is not None and all(a.shape == self.shape for a in arrays.values()):
@@ -321,8 +321,11 @@ class WarpStore:
         else:
             for name, arr in arrays.items():
                 self._array(name)[index] = arr
-        region = data_region if data_region is not None else (slice(None), slice(None))
-        return {**pixel_fields(arrays, arrays["image"][region], weight_stats), CHUNKS: crcs}
+        if data_region is not None:
+            fields = pixel_fields(arrays, arrays["image"][data_region], weight_stats)
+        else:
+            fields = pixel_fields(arrays, arrays["image"], weight_stats, n_finite)
+        return {**fields, CHUNKS: crcs}
 
     def write_slot_box(
         self,
@@ -341,7 +344,9 @@ class WarpStore:
         full-plane copies: a warp usually covers part of the patch); others go through zarr.
         The checksums are those of the box arrays; ``data_box`` is recorded beside them. A
         finite pixel with a NaN or negative variance is refused before anything is written."""
-        arrays = planes_of(image, variance, mask, self.mask_stored, f"slot {index}")
+        arrays = planes_of(  # the mask narrowed chunk by chunk as it is written
+            image, variance, mask, self.mask_stored, f"slot {index}", narrow_mask=False
+        )
         ny, nx = self.shape
         h, w = arrays["image"].shape
         box = (int(x0), int(y0), int(x0) + w, int(y0) + h)
@@ -352,7 +357,7 @@ class WarpStore:
                 f"slot {index}: data box {box} of shapes "
                 f"{[a.shape for a in arrays.values()]} does not fit {ny} x {nx}"
             )
-        check_variance(f"slot {index}", arrays["image"], arrays["variance"], warn=False)
+        n_finite = check_variance(f"slot {index}", arrays["image"], arrays["variance"], warn=False)
         no_data = np.int32(bitmask(self.mask_planes, "NO_DATA"))
         outside = {"image": np.float32(np.nan), "variance": np.float32(np.nan), "mask": no_data}
         writers = self._writers()
@@ -364,11 +369,23 @@ class WarpStore:
             }
         else:
             for name, arr in arrays.items():
-                full = np.full((ny, nx), outside[name], dtype=arr.dtype)
+                stored = self.mask_stored if name == "mask" else arr.dtype
+                full = np.full((ny, nx), outside[name], dtype=stored)
                 full[box[1] : box[3], box[0] : box[2]] = arr
                 self._array(name)[index] = full
-        fields = pixel_fields(arrays, arrays["image"], weight_stats)
+        fields = pixel_fields(arrays, arrays["image"], weight_stats, n_finite)
         return {"checksum": fields.pop("checksum"), "data_box": list(box), **fields, CHUNKS: crcs}
+
+    def _layouts(self) -> dict[str, dict[str, Any]]:
+        """Each plane's dtype and chunk shape, as a manifest lists them."""
+        out = {}
+        for name in LAYERS:
+            array = self._array(name)
+            out[name] = {
+                "dtype": str(np.dtype(str(array.dtype))),
+                "chunk_shape": list(array.chunks[1:]),
+            }
+        return out
 
     def _manifests(self, records: Sequence[dict[str, Any]], slots: Sequence[int]) -> None:
         """Write the manifest of each record (with its chunk CRCs) before it is committed."""
@@ -377,6 +394,7 @@ class WarpStore:
         if since is None and all(r.get(CHUNKS) for r in records) and records:
             write_manifest_group(group_path, min(slots))  # an older store, checked from here
             since = min(slots)
+        shape, layouts = self.shape, self._layouts()  # looked up once, not per record
         for record, slot in zip(records, slots, strict=True):
             crcs = record.pop(CHUNKS, None)
             if since is None or slot < since:
@@ -386,21 +404,13 @@ class WarpStore:
                     f"{self.where}: visit {record['visit']} was written without chunk "
                     "checksums (a layout coaddx does not write itself); cannot commit it"
                 )
-            arrays = self.group
             write_manifest(
                 group_path,
                 int(record["visit"]),
                 slot,
-                shape=self.shape,
+                shape=shape,
                 mask_planes=self.mask_planes,
-                arrays={
-                    name: {
-                        "dtype": str(np.dtype(str(cast(zarr.Array, arrays[name]).dtype))),
-                        "chunk_shape": list(cast(zarr.Array, arrays[name]).chunks[1:]),
-                        "crc": crcs[name],
-                    }
-                    for name in LAYERS
-                },
+                arrays={name: {**layouts[name], "crc": crcs[name]} for name in LAYERS},
                 record=record,
             )
 
