@@ -175,10 +175,11 @@ def _sums_exact(hist):  # pragma: no cover - numba
     return e_min == 255 or bound <= 2.0 ** (e_min - 98)
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
-def _sum_pass(vals, cls, n, c0, h0, c1, h1, c2, h2):  # pragma: no cover - numba
-    """Sums and counts of |v - c_k| <= h_k over each set's values, in order (NaN h: none);
-    the kept bits go to bits 3-5 of ``cls`` for :func:`_ss_pass`."""
+@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _sum_body(vals, cls, n, c0, h0, c1, h1, c2, h2):  # pragma: no cover - numba
+    """Sums and counts of |v - c_k| <= h_k over each set's values (NaN h: none); the kept bits
+    go to bits 3-5 of ``cls`` for :func:`_ss_pass`. Inlined into its two callers, which
+    compile it in pixel order or, with ``reassoc``, vectorised."""
     t0 = t1 = t2 = 0.0
     n0 = n1 = n2 = 0
     for i in range(n):
@@ -195,28 +196,19 @@ def _sum_pass(vals, cls, n, c0, h0, c1, h1, c2, h2):  # pragma: no cover - numba
         n2 += k2
         cls[i] = cl | (np.uint8(k0) << 3) | (np.uint8(k1) << 4) | (np.uint8(k2) << 5)
     return t0, n0, t1, n1, t2, n2
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _sum_pass(vals, cls, n, c0, h0, c1, h1, c2, h2):  # pragma: no cover - numba
+    """:func:`_sum_body` in pixel order."""
+    return _sum_body(vals, cls, n, c0, h0, c1, h1, c2, h2)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc"})
 def _sum_pass_exact(vals, cls, n, c0, h0, c1, h1, c2, h2):  # pragma: no cover - numba
-    """:func:`_sum_pass` in any order (vectorised): for values where :func:`_sums_exact`
+    """:func:`_sum_body` in any order (vectorised): for values where :func:`_sums_exact`
     holds, where every order gives the exact sum, so the same bits as in pixel order."""
-    t0 = t1 = t2 = 0.0
-    n0 = n1 = n2 = 0
-    for i in range(n):
-        v = np.float64(vals[i])
-        cl = cls[i] & np.uint8(7)
-        k0 = ((cl & 1) != 0) & (abs(v - c0) <= h0)
-        k1 = ((cl & 2) != 0) & (abs(v - c1) <= h1)
-        k2 = ((cl & 4) != 0) & (abs(v - c2) <= h2)
-        t0 += v if k0 else 0.0
-        t1 += v if k1 else 0.0
-        t2 += v if k2 else 0.0
-        n0 += k0
-        n1 += k1
-        n2 += k2
-        cls[i] = cl | (np.uint8(k0) << 3) | (np.uint8(k1) << 4) | (np.uint8(k2) << 5)
-    return t0, n0, t1, n1, t2, n2
+    return _sum_body(vals, cls, n, c0, h0, c1, h1, c2, h2)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
